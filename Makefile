@@ -1,0 +1,53 @@
+# The front door. `make run` serves the API, `make test` runs lint and the whole suite.
+# Both create .venv and install the locked dependencies on first use, and reuse them after.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+LOCK := backend/requirements/dev.lock
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run test test-only lint format migrate lock clean-data
+
+help:
+	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
+	@echo "make test     lint + the whole test suite (embedded PostgreSQL unless TEST_DATABASE_URL is set)"
+	@echo "make lint     ruff check, ruff format --check, mypy (strict on app/)"
+	@echo "make migrate  alembic upgrade head"
+	@echo "make lock     re-resolve backend/requirements/*.lock from backend/pyproject.toml"
+
+$(STAMP): $(LOCK) backend/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e backend
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	cd backend && $(BIN)/python -m app run
+
+migrate: install
+	cd backend && $(BIN)/python -m app migrate
+
+lint: install
+	cd backend && $(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+format: install
+	cd backend && $(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+test: lint test-only
+
+test-only: install
+	cd backend && $(BIN)/python -m pytest
+
+lock:
+	$(BIN)/python -m pip install --quiet uv
+	cd backend && $(BIN)/uv pip compile --quiet pyproject.toml --extra embedded --extra dev \
+		--python-version 3.11 -o requirements/dev.lock
+	cd backend && $(BIN)/uv pip compile --quiet pyproject.toml --extra embedded \
+		--python-version 3.11 -o requirements/prod.lock
+
+clean-data:
+	rm -rf backend/.data

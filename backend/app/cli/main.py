@@ -1,0 +1,21 @@
+"""The command-line interface: serve the API, migrate, and (admin) provisioning commands."""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli import serve
+
+cli = typer.Typer(
+    help="Tenant Docs backend: run the API, migrate the database, provision tenants and users.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cli.command("run")(serve.run)
+cli.command("migrate")(serve.migrate)
+
+
+def main() -> None:
+    """Entry point of the `tenantdocs` console script and `python -m app`."""
+    cli()

@@ -1,0 +1,170 @@
+"""The one Settings object: every environment variable the application reads is declared here."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+BACKEND_DIR = Path(__file__).resolve().parents[2]
+
+# Railway, Heroku and most providers hand out libpq-style URLs; SQLAlchemy needs the driver named.
+_POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
+PSYCOPG_DRIVER = "postgresql+psycopg"
+
+
+class Environment(StrEnum):
+    """Where the process runs; production refuses development conveniences."""
+
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable and what is expected."""
+
+
+def normalise_database_url(raw: str) -> str:
+    """Return `raw` as a SQLAlchemy URL that uses the psycopg 3 driver.
+
+    Accepts `postgres://`, `postgresql://` and `postgresql+psycopg://`; anything else is refused.
+    """
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise ValueError("expected a URL like postgresql://user:password@host:5432/dbname") from exc
+    if url.drivername not in _POSTGRES_SCHEMES:
+        raise ValueError(
+            f"expected a postgresql:// URL, got scheme '{url.drivername}://'"
+            " (e.g. postgresql://user:password@host:5432/dbname)"
+        )
+    if not url.database:
+        raise ValueError("expected a database name at the end of the URL (…/dbname)")
+    if not url.host and not (url.query.get("host")):
+        raise ValueError("expected a host in the URL (postgresql://user@host:5432/dbname)")
+    return url.set(drivername=PSYCOPG_DRIVER).render_as_string(hide_password=False)
+
+
+class Settings(BaseSettings):
+    """Application configuration, read from the environment (and `.env` in development)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    ENVIRONMENT: Environment = Environment.DEVELOPMENT
+    LOG_LEVEL: str = "INFO"
+
+    # Database. Unset outside production: an embedded PostgreSQL with pgvector is started.
+    DATABASE_URL: SecretStr | None = None
+    APP_RUNTIME_PASSWORD: SecretStr | None = None
+    DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=200)
+    DB_POOL_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=60)
+    DB_CONNECT_TIMEOUT_SECONDS: int = Field(default=2, ge=1, le=60)
+    DB_STATEMENT_TIMEOUT_MS: int = Field(default=5000, ge=100, le=600_000)
+    EMBEDDED_DB_DIR: Path = BACKEND_DIR / ".data" / "postgres"
+
+    # HTTP.
+    ALLOWED_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Identity provider (OIDC). Unset outside production: the app is its own dev issuer.
+    OIDC_ISSUER_URL: str | None = None
+    OIDC_CLIENT_ID: str | None = None
+    OIDC_CLIENT_SECRET: SecretStr | None = None
+    OIDC_TENANT_CLAIM: str = "tenant_id"
+
+    # AWS (KMS for per-tenant keys, Bedrock for embeddings: used by later features).
+    AWS_REGION: str | None = None
+    AWS_ACCESS_KEY_ID: SecretStr | None = None
+    AWS_SECRET_ACCESS_KEY: SecretStr | None = None
+
+    @field_validator("DATABASE_URL", mode="before")
+    @classmethod
+    def _normalise_database_url(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        return normalise_database_url(raw)
+
+    @field_validator("ALLOWED_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _require_production_settings(self) -> Settings:
+        if self.ENVIRONMENT is not Environment.PRODUCTION:
+            return self
+        for name in ("DATABASE_URL", "OIDC_ISSUER_URL", "OIDC_CLIENT_ID"):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name}: required when ENVIRONMENT=production")
+        if "*" in self.ALLOWED_ORIGINS:
+            raise ValueError("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
+        return self
+
+    @property
+    def database_url(self) -> URL | None:
+        """The configured database as a SQLAlchemy URL, or None for the embedded default."""
+        if self.DATABASE_URL is None:
+            return None
+        return make_url(self.DATABASE_URL.get_secret_value())
+
+    @property
+    def is_production(self) -> bool:
+        """True when ENVIRONMENT=production."""
+        return self.ENVIRONMENT is Environment.PRODUCTION
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Turn pydantic's report into one line per problem: `VARIABLE: what is expected`."""
+    lines = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        if location:
+            lines.append(f"{location}: {message}")
+        else:
+            lines.append(message)
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment, raising SettingsError with a one-line reason."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid configuration: {describe_validation_error(exc)}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide Settings, loaded once."""
+    return load_settings()
+
+
+def settings_or_exit() -> Settings:
+    """Settings for an entry point: on a bad setting print one clear line and exit with status 2."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,150 @@
+"""Domain errors and the JSON error body every 4xx/5xx response carries."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    """An error with a status code and a message safe to show the client."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+
+class NotFoundError(AppError):
+    """The resource does not exist for this caller (another tenant's looks the same)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(AppError):
+    """The request conflicts with existing state (e.g. a duplicate active email)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class ForbiddenError(AppError):
+    """Authenticated, but not allowed to do this."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class UnauthorizedError(AppError):
+    """No valid credentials; `reason` is one of missing, expired, invalid."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": f'Bearer error="{reason}"'})
+        self.reason = reason
+
+
+class ServiceUnavailableError(AppError):
+    """A dependency (the database) is unavailable; the client may retry."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+
+def error_body(
+    status_code: int, code: str, message: str, request: Request, **extra: Any
+) -> dict[str, Any]:
+    """The one JSON shape for errors: {"error": {code, message, request_id, ...}}."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra)
+    return {"error": body}
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    details = []
+    for problem in exc.errors():
+        location = [str(part) for part in problem.get("loc", ()) if part != "body"]
+        details.append({"field": ".".join(location) or "body", "message": problem.get("msg", "")})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+    return f"invalid request: {summary}", details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error a JSON body of the same shape; never a stack trace to the client."""
+
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.status_code, exc.code, exc.message, request),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, details = _describe_validation(exc)
+        return JSONResponse(
+            error_body(422, "validation_error", message, request, details=details),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(exc.status_code, code, str(exc.detail), request),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_timeout(request: Request, exc: PoolTimeoutError) -> JSONResponse:
+        logger.warning("database pool exhausted", extra={"error": type(exc).__name__})
+        return JSONResponse(
+            error_body(503, "service_unavailable", "the service is busy, retry shortly", request),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        # The driver's text can carry SQL, constraint names and other tenants' values: log it,
+        # never send it.
+        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+        logger.error(
+            "database error", extra={"sqlstate": sqlstate, "error": type(exc.orig).__name__}
+        )
+        if isinstance(exc, OperationalError) or (sqlstate or "").startswith(("08", "57")):
+            return JSONResponse(
+                error_body(503, "service_unavailable", "the database is unavailable", request),
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
+        return JSONResponse(
+            error_body(500, "internal_error", "internal error", request), status_code=500
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return JSONResponse(
+            error_body(500, "internal_error", "internal error", request), status_code=500
+        )

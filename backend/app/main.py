@@ -1,0 +1,92 @@
+"""The FastAPI application: create_app(), its lifespan, middleware and routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.api.v1.router import api_router
+from app.core.config import Settings, settings_or_exit
+from app.core.errors import install_error_handlers
+from app.core.logging import configure_logging
+from app.database import Database
+from app.database.engine import build_runtime_engine, resolve_targets
+from app.database.safety import login_is_privileged, runtime_role_problems
+from app.database.session import make_sessionmaker
+from app.middleware.request_id import RequestIdMiddleware
+
+logger = logging.getLogger(__name__)
+
+
+class UnsafeRuntimeRoleError(RuntimeError):
+    """The role request handlers would run as is not bound by Row-Level Security."""
+
+
+async def open_database(settings: Settings) -> Database:
+    """Connect as the runtime role and refuse to go on if that role could bypass RLS."""
+    targets = resolve_targets(settings)
+    engine = build_runtime_engine(targets, settings)
+    database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
+    try:
+        async with engine.connect() as connection:
+            problems = await runtime_role_problems(connection)
+            privileged_login = await login_is_privileged(connection)
+            await connection.rollback()
+    except SQLAlchemyError as exc:
+        # Start anyway: /health/ready reports 503 until the database answers and the checks pass.
+        logger.warning("database not reachable at start-up", extra={"error": type(exc).__name__})
+        return database
+    if problems:
+        await engine.dispose()
+        raise UnsafeRuntimeRoleError("refusing to start: " + "; ".join(problems))
+    if not targets.runtime_logs_in and privileged_login:
+        logger.warning(
+            "APP_RUNTIME_PASSWORD is not set: requests switch to app_runtime with SET ROLE from a"
+            " login that can bypass RLS, so an injected RESET ROLE would regain that power;"
+            " set APP_RUNTIME_PASSWORD and migrate to log in as app_runtime instead"
+        )
+    return database
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    """Build the application. Tests pass their own settings and database."""
+    settings = settings or settings_or_exit()
+    configure_logging(settings.LOG_LEVEL)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = database is None
+        app.state.database = database or await open_database(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.database.dispose()
+
+    app = FastAPI(
+        title="Tenant Docs API",
+        version="0.1.0",
+        description="Multi-tenant document platform: every row is isolated per tenant by "
+        "PostgreSQL Row-Level Security.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    if database is not None:
+        app.state.database = database
+    install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.ALLOWED_ORIGINS,
+        allow_credentials=False,
+        allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID"],
+    )
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(api_router)
+    return app

@@ -1,0 +1,125 @@
+"""Document: a stored file's metadata, its processing status and its embedding."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    String,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.database.base import Base, SoftDeleteMixin
+
+if TYPE_CHECKING:
+    from app.models.tenant import Tenant
+    from app.models.user import User
+    from app.services.vector_search import SearchFilters, SearchHit
+
+EMBEDDING_DIMENSIONS = 1024
+DOCUMENT_STATUSES = ("processing", "completed", "failed")
+
+
+class Document(SoftDeleteMixin, Base):
+    """A document registered by a user of a tenant."""
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"],
+            ["users.tenant_id", "users.id"],
+            name="fk_documents_tenant_id_user_id_users",
+            ondelete="RESTRICT",
+        ),
+        CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
+        CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),
+        Index(
+            "idx_documents_tenant_created",
+            "tenant_id",
+            text("created_at DESC"),
+            text("id DESC"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        Index("idx_documents_tenant_user", "tenant_id", "user_id"),
+        Index(
+            "idx_documents_tenant_status",
+            "tenant_id",
+            "status",
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        Index("idx_documents_metadata_gin", "metadata", postgresql_using="gin"),
+        Index(
+            "idx_documents_embedding_hnsw",
+            "embedding_vector",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding_vector": "vector_cosine_ops"},
+            postgresql_where=text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
+        ),
+        {"comment": "Documents stored in S3, with metadata and a 1024-dim embedding."},
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="RESTRICT"), comment="Owning tenant (RLS key)."
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        comment="Uploader; references users(tenant_id, id) so it is always a same-tenant user."
+    )
+    s3_key: Mapped[str] = mapped_column(String(1024), comment="Object key in the S3 bucket.")
+    s3_bucket: Mapped[str] = mapped_column(String(255), comment="S3 bucket holding the object.")
+    filename: Mapped[str] = mapped_column(String(255), comment="Original file name (may be PHI).")
+    content_type: Mapped[str] = mapped_column(String(255), comment="MIME type of the file.")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, comment="Size of the file in bytes.")
+    status: Mapped[str] = mapped_column(
+        String(50),
+        server_default=text("'processing'"),
+        comment="Processing status: processing, completed or failed.",
+    )
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata",
+        JSONB,
+        server_default=text("'{}'::jsonb"),
+        comment="Free-form JSON metadata (GIN-indexed for containment queries).",
+    )
+    embedding_vector: Mapped[Any | None] = mapped_column(
+        Vector(EMBEDDING_DIMENSIONS), comment="Embedding (1024 dims, cosine distance)."
+    )
+
+    tenant: Mapped[Tenant] = relationship(back_populates="documents", lazy="raise")
+    user: Mapped[User] = relationship(
+        back_populates="documents",
+        lazy="raise",
+        primaryjoin="and_(User.tenant_id == foreign(Document.tenant_id),"
+        " User.id == foreign(Document.user_id))",
+        overlaps="documents,tenant",
+    )
+
+    @classmethod
+    async def similarity_search(
+        cls,
+        session: AsyncSession,
+        embedding: Any,
+        k: int = 10,
+        filters: SearchFilters | None = None,
+    ) -> list[SearchHit]:
+        """The current tenant's `k` nearest active documents by cosine distance, nearest first.
+
+        Runs in the session's transaction, under its tenant context; raises ValueError for an
+        embedding that is not 1024 finite numbers or a `k` outside 1..100.
+        """
+        from app.services import vector_search
+
+        return await vector_search.similarity_search(session, embedding, k, filters)
+
+    def __repr__(self) -> str:
+        return f"<Document id={self.id} tenant_id={self.tenant_id} status={self.status}>"

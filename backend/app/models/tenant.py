@@ -1,0 +1,55 @@
+"""Tenant: an organisation whose data RLS keeps apart from every other tenant's."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import CheckConstraint, Index, String, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.database.base import Base, SoftDeleteMixin
+
+if TYPE_CHECKING:
+    from app.models.audit_log import AuditLog
+    from app.models.document import Document
+    from app.models.user import User
+
+SYSTEM_TENANT_ID = "00000000-0000-0000-0000-000000000000"
+TENANT_STATUSES = ("active", "suspended")
+
+
+class Tenant(SoftDeleteMixin, Base):
+    """A customer organisation; the unit of isolation."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        Index("idx_tenants_status", "status", postgresql_where=text("deleted_at IS NULL")),
+        Index(
+            "idx_tenants_deleted_at", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL")
+        ),
+        {"comment": "Organisations using the platform; every tenant-owned row points here."},
+    )
+
+    name: Mapped[str] = mapped_column(String(255), comment="Display name of the organisation.")
+    status: Mapped[str] = mapped_column(
+        String(50),
+        server_default=text("'active'"),
+        comment="Lifecycle status: active or suspended (suspended tenants cannot sign in).",
+    )
+    kms_key_arn: Mapped[str | None] = mapped_column(
+        String(2048), comment="AWS KMS key ARN for per-tenant encryption (Feature 4)."
+    )
+
+    users: Mapped[list[User]] = relationship(
+        back_populates="tenant", cascade="save-update, merge", passive_deletes=True, lazy="raise"
+    )
+    documents: Mapped[list[Document]] = relationship(
+        back_populates="tenant", cascade="save-update, merge", passive_deletes=True, lazy="raise"
+    )
+    audit_logs: Mapped[list[AuditLog]] = relationship(
+        back_populates="tenant", cascade="save-update, merge", passive_deletes=True, lazy="raise"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Tenant id={self.id} status={self.status} deleted={self.deleted_at is not None}>"

@@ -1,0 +1,134 @@
+"""Shared fixtures: one real PostgreSQL for the session, migrated to head as a non-superuser.
+
+Request-style code runs as `app_runtime` (logged in with its own password, the strong mode);
+provisioning uses `app_admin` through the migrating login, as the admin CLI does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.config import Settings, load_settings
+from app.database import Database, migrations
+from app.database.engine import build_engine, build_runtime_engine, targets_for
+from app.database.session import make_sessionmaker
+from app.main import create_app
+from tests import database_harness as harness
+
+os.environ.setdefault("ENVIRONMENT", "test")
+
+
+@dataclass
+class MigratedDatabase:
+    """A test database at head, and the logins that reach it."""
+
+    server: harness.TestServer
+    name: str
+    owner_url: URL  # app_migrator: the migration login and table owner (not a superuser)
+    superuser_url: URL
+    runtime_url: URL  # app_runtime's own login
+
+
+@pytest.fixture(scope="session")
+def test_server() -> Iterator[harness.TestServer]:
+    """The PostgreSQL server for the whole run (embedded unless TEST_DATABASE_URL is set)."""
+    server = harness.start_test_server()
+    harness.ensure_migrator_role(server)
+    return server
+
+
+@pytest.fixture(scope="session")
+def migrated_db(test_server: harness.TestServer) -> Iterator[MigratedDatabase]:
+    """A fresh database migrated to head by the non-superuser migrator."""
+    name = harness.create_database(test_server, owner=harness.MIGRATOR_ROLE)
+    harness.bootstrap_least_privilege(test_server, name)
+    owner_url = test_server.url(
+        name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD
+    )
+    migrations.upgrade(owner_url, harness.RUNTIME_PASSWORD)
+    yield MigratedDatabase(
+        server=test_server,
+        name=name,
+        owner_url=owner_url,
+        superuser_url=test_server.url(name),
+        runtime_url=test_server.url(
+            name, username="app_runtime", password=harness.RUNTIME_PASSWORD
+        ),
+    )
+    harness.drop_database(test_server, name)
+
+
+@pytest.fixture(scope="session")
+def settings(migrated_db: MigratedDatabase) -> Settings:
+    """Settings as the app would load them for the test database (strong login mode)."""
+    return load_settings(
+        ENVIRONMENT="test",
+        DATABASE_URL=migrated_db.owner_url.render_as_string(hide_password=False),
+        APP_RUNTIME_PASSWORD=harness.RUNTIME_PASSWORD,
+        DB_POOL_SIZE=5,
+        DB_MAX_OVERFLOW=5,
+        LOG_LEVEL="WARNING",
+    )
+
+
+@pytest.fixture(scope="session")
+async def runtime_engine(
+    settings: Settings, migrated_db: MigratedDatabase
+) -> AsyncIterator[AsyncEngine]:
+    """The engine request handlers use: logged in as app_runtime."""
+    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+    engine = build_runtime_engine(targets, settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def runtime_sessions(runtime_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions as app_runtime (use with `tenant_transaction`)."""
+    return make_sessionmaker(runtime_engine)
+
+
+@pytest.fixture(scope="session")
+async def owner_engine(
+    settings: Settings, migrated_db: MigratedDatabase
+) -> AsyncIterator[AsyncEngine]:
+    """The migrating login (table owner); switches to app_admin in `admin_transaction`."""
+    engine = build_engine(migrated_db.owner_url, settings, pool_size=2, max_overflow=2)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def admin_sessions(owner_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for provisioning (use with `admin_transaction`)."""
+    return make_sessionmaker(owner_engine)
+
+
+@pytest.fixture(scope="session")
+def database(
+    migrated_db: MigratedDatabase,
+    runtime_engine: AsyncEngine,
+    runtime_sessions: async_sessionmaker[AsyncSession],
+) -> Database:
+    """The Database object the app holds, for the test database."""
+    return Database(
+        targets=targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD),
+        engine=runtime_engine,
+        sessions=runtime_sessions,
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings, database: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the app, served in-process over ASGI."""
+    app = create_app(settings, database)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http

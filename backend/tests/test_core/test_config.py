@@ -1,0 +1,87 @@
+"""Settings: URL normalisation, clear one-line errors, secrets kept out of reprs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.core.config import BACKEND_DIR, Environment, SettingsError, load_settings
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgres://u:p@db.example:5432/app",
+        "postgresql://u:p@db.example:5432/app",
+        "postgresql+psycopg://u:p@db.example:5432/app",
+    ],
+)
+def test_railway_style_urls_use_psycopg3(raw: str) -> None:
+    settings = load_settings(DATABASE_URL=raw)
+    assert settings.database_url is not None
+    assert settings.database_url.drivername == "postgresql+psycopg"
+    assert settings.database_url.host == "db.example"
+    assert settings.database_url.database == "app"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("mysql://u:p@h/app", "expected a postgresql:// URL"),
+        ("not a url", "expected a URL like postgresql://"),
+        ("postgresql://u:p@h:5432/", "expected a database name"),
+    ],
+)
+def test_malformed_database_url_is_one_clear_line(raw: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(DATABASE_URL=raw)
+    message = str(caught.value)
+    assert "DATABASE_URL" in message
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_production_requires_its_settings() -> None:
+    with pytest.raises(SettingsError, match="DATABASE_URL: required when ENVIRONMENT=production"):
+        load_settings(ENVIRONMENT="production", OIDC_ISSUER_URL="https://idp", OIDC_CLIENT_ID="c")
+    with pytest.raises(SettingsError, match="OIDC_ISSUER_URL: required"):
+        load_settings(ENVIRONMENT="production", DATABASE_URL="postgresql://u:p@h/db")
+
+
+def test_secrets_never_in_repr() -> None:
+    settings = load_settings(
+        DATABASE_URL="postgresql://u:hunter2@h/app",
+        OIDC_CLIENT_SECRET="s3cret-client",
+        AWS_SECRET_ACCESS_KEY="aws-s3cret",
+        APP_RUNTIME_PASSWORD="runtime-s3cret",
+    )
+    text = repr(settings) + str(settings)
+    for secret in ("hunter2", "s3cret-client", "aws-s3cret", "runtime-s3cret"):
+        assert secret not in text
+
+
+def test_origins_and_defaults() -> None:
+    settings = load_settings(ALLOWED_ORIGINS="https://a.example, https://b.example")
+    assert settings.ALLOWED_ORIGINS == ["https://a.example", "https://b.example"]
+    assert settings.DB_POOL_SIZE == 10
+    assert settings.DB_MAX_OVERFLOW == 10
+    assert settings.ENVIRONMENT is Environment.TEST or settings.ENVIRONMENT is not None
+
+
+def test_process_exits_with_one_line_naming_the_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "migrate"],
+        cwd=BACKEND_DIR,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "mysql://x@y/z", "HOME": "/tmp"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: invalid configuration: DATABASE_URL:")
+    assert "Traceback" not in result.stderr
