@@ -107,3 +107,9 @@ def drop_database(server: TestServer, database: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
         )
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error, whether raised by psycopg or wrapped by SQLAlchemy."""
+    original = getattr(error, "orig", error)
+    return getattr(original, "sqlstate", None)

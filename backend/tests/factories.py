@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.database.session import admin_transaction
 from app.models import Document, Tenant, User
 
 
@@ -48,3 +50,27 @@ async def make_document(session: AsyncSession, user: User, **fields: Any) -> Doc
     session.add(document)
     await session.flush()
     return document
+
+
+@dataclass(frozen=True)
+class ProvisionedTenant:
+    """Ids of a committed tenant, its users and its documents (all uploaded by the first user)."""
+
+    tenant_id: uuid.UUID
+    user_ids: list[uuid.UUID]
+    document_ids: list[uuid.UUID]
+
+
+async def provision_tenant(
+    admin_sessions: async_sessionmaker[AsyncSession], *, users: int = 1, documents: int = 0
+) -> ProvisionedTenant:
+    """Create and commit a tenant with `users` users and `documents` documents, as app_admin."""
+    async with admin_transaction(admin_sessions) as session:
+        tenant = await make_tenant(session)
+        people = [await make_user(session, tenant) for _ in range(users)]
+        files = [await make_document(session, people[0]) for _ in range(documents)]
+    return ProvisionedTenant(
+        tenant_id=tenant.id,
+        user_ids=[person.id for person in people],
+        document_ids=[document.id for document in files],
+    )

@@ -109,7 +109,7 @@ class AuditLog(Base):
             metadata_=metadata or {},
         )
         session.add(entry)
-        await session.flush([entry])
+        await session.flush()
         return entry
 
     def __repr__(self) -> str:
