@@ -38,11 +38,25 @@ def upgrade() -> None:
                 RAISE EXCEPTION 'role app_runtime exists with superuser, BYPASSRLS, CREATEROLE '
                     'or CREATEDB: refusing to use it as the runtime role';
             END IF;
-            IF NOT pg_has_role(current_user, 'app_runtime', 'MEMBER') THEN
-                EXECUTE format('GRANT app_runtime TO %I', current_user);
-            END IF;
-            IF NOT pg_has_role(current_user, 'app_admin', 'MEMBER') THEN
-                EXECUTE format('GRANT app_admin TO %I', current_user);
+            -- The migrating login must be able to SET ROLE to both. From PostgreSQL 16 on, a
+            -- CREATEROLE login that creates a role is made a member of it automatically, but
+            -- without the SET option, so membership alone is not enough: check for SET.
+            IF current_setting('server_version_num')::int >= 160000 THEN
+                IF NOT pg_has_role(current_user, 'app_runtime', 'SET') THEN
+                    EXECUTE format('GRANT app_runtime TO %I WITH INHERIT FALSE, SET TRUE',
+                                   current_user);
+                END IF;
+                IF NOT pg_has_role(current_user, 'app_admin', 'SET') THEN
+                    EXECUTE format('GRANT app_admin TO %I WITH INHERIT FALSE, SET TRUE',
+                                   current_user);
+                END IF;
+            ELSE
+                IF NOT pg_has_role(current_user, 'app_runtime', 'MEMBER') THEN
+                    EXECUTE format('GRANT app_runtime TO %I', current_user);
+                END IF;
+                IF NOT pg_has_role(current_user, 'app_admin', 'MEMBER') THEN
+                    EXECUTE format('GRANT app_admin TO %I', current_user);
+                END IF;
             END IF;
         END $$
         """

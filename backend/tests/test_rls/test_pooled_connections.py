@@ -1,0 +1,86 @@
+"""A pooled connection never carries one transaction's tenant into the next."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.database.engine import build_runtime_engine, targets_for
+from app.database.session import make_sessionmaker, tenant_transaction
+from app.models import Document
+from tests import database_harness as harness
+from tests.conftest import MigratedDatabase
+from tests.factories import ProvisionedTenant, provision_tenant
+
+
+async def test_many_concurrent_tenants_over_a_two_connection_pool_each_see_their_own(
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    admin_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenants = [await provision_tenant(admin_sessions, documents=2) for _ in range(6)]
+    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+    engine = build_runtime_engine(targets, settings, pool_size=2, max_overflow=0)
+    sessions = make_sessionmaker(engine)
+    backends: set[int] = set()
+
+    async def read_as(tenant: ProvisionedTenant) -> tuple[ProvisionedTenant, set[uuid.UUID]]:
+        async with tenant_transaction(sessions, tenant.tenant_id) as session:
+            backends.add(int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()))
+            await session.execute(text("SELECT pg_sleep(0.002)"))
+            ids = set((await session.scalars(select(Document.id))).all())
+        return tenant, ids
+
+    async def read_without_context() -> tuple[str | None, int]:
+        async with sessions() as session, session.begin():
+            setting = (
+                await session.execute(
+                    text("SELECT current_setting('app.current_tenant_id', true)")
+                )
+            ).scalar_one()
+            count = (await session.execute(text("SELECT count(*) FROM documents"))).scalar_one()
+        return setting, int(count)
+
+    try:
+        work = [read_as(tenant) for _ in range(8) for tenant in tenants]
+        results = await asyncio.gather(*work)
+        # Every pooled connection has now served tenants; none may remember one.
+        leftovers = await asyncio.gather(*(read_without_context() for _ in range(6)))
+    finally:
+        await engine.dispose()
+
+    assert len(backends) == 2  # the 48 transactions really shared two connections
+    for tenant, ids in results:
+        assert ids == set(tenant.document_ids)
+    for setting, count in leftovers:
+        assert setting in (None, "")
+        assert count == 0
+
+
+async def test_a_rolled_back_transaction_leaves_no_context_behind(
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    admin_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant = await provision_tenant(admin_sessions, documents=1)
+    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+    engine = build_runtime_engine(targets, settings, pool_size=1, max_overflow=0)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with sessions() as session:
+            await session.begin()
+            await session.execute(
+                text("SELECT set_config('app.current_tenant_id', :t, true)"),
+                {"t": str(tenant.tenant_id)},
+            )
+            assert (await session.scalars(select(Document.id))).all() == tenant.document_ids
+            await session.rollback()
+        async with sessions() as session, session.begin():
+            after = (await session.scalars(select(Document.id))).all()
+    finally:
+        await engine.dispose()
+    assert after == []
