@@ -1,0 +1,118 @@
+"""Every tenant table of the model has forced RLS and a policy for each command app_runtime may run.
+
+The walk starts from the model metadata, so a table added later with a `tenant_id` column is
+checked without anyone remembering to add it here.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from app.database.base import Base
+from app.models import AuditLog, Document, Tenant, User  # noqa: F401  (register the tables)
+from tests import database_harness as harness
+from tests.conftest import MigratedDatabase
+
+# pg_policy.polcmd: r = SELECT, a = INSERT, w = UPDATE, d = DELETE, * = ALL.
+COMMAND_CODES = {"SELECT": "r", "INSERT": "a", "UPDATE": "w", "DELETE": "d"}
+CONTEXT_LOOKUP = "current_setting('app.current_tenant_id'::text, true)"
+
+
+def _tenant_tables() -> dict[str, str]:
+    """Table name -> the column holding its tenant id, for every tenant-scoped model table."""
+    tables = {}
+    for table in Base.metadata.sorted_tables:
+        if "tenant_id" in table.c:
+            tables[table.name] = "tenant_id"
+        elif table.name == "tenants":
+            tables[table.name] = "id"
+    return tables
+
+
+def test_every_tenant_table_is_forced_and_covered_for_every_runtime_command(
+    migrated_db: MigratedDatabase,
+) -> None:
+    tables = _tenant_tables()
+    assert {"tenants", "users", "documents", "audit_logs"} <= set(tables)
+    problems: list[str] = []
+    with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
+        runtime_oid = conn.execute("SELECT 'app_runtime'::regrole::oid").fetchone()[0]  # type: ignore[index]
+        for table, tenant_column in tables.items():
+            flags = conn.execute(
+                "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s::regclass",
+                (table,),
+            ).fetchone()
+            if flags != (True, True):
+                problems.append(f"{table}: RLS enabled/forced = {flags}")
+            policies = conn.execute(
+                """
+                SELECT polname, polcmd, polroles, polpermissive,
+                       pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid)
+                FROM pg_policy WHERE polrelid = %s::regclass
+                """,
+                (table,),
+            ).fetchall()
+            for name, _, roles, permissive, using, check in policies:
+                if runtime_oid not in roles:
+                    problems.append(f"{table}.{name}: does not name app_runtime (TO {roles})")
+                for expression in (using, check):
+                    if expression is not None and (
+                        tenant_column not in expression or CONTEXT_LOOKUP not in expression
+                    ):
+                        problems.append(f"{table}.{name}: not keyed on the tenant: {expression}")
+                if not permissive:
+                    problems.append(f"{table}.{name}: restrictive policies need a permissive one")
+            if conn.execute(
+                "SELECT has_table_privilege('app_runtime', %s, 'TRUNCATE')", (table,)
+            ).fetchone() != (False,):
+                problems.append(f"{table}: app_runtime may TRUNCATE, which RLS does not filter")
+            for command, code in COMMAND_CODES.items():
+                allowed = conn.execute(
+                    "SELECT has_table_privilege('app_runtime', %(t)s, %(c)s)"
+                    " OR (%(c)s <> 'DELETE' AND has_any_column_privilege('app_runtime', %(t)s, %(c)s))",
+                    {"t": table, "c": command},
+                ).fetchone() == (True,)
+                if not allowed:
+                    continue
+                covering = [p for p in policies if p[1] in (code, "*") and runtime_oid in p[2]]
+                if not covering:
+                    problems.append(f"{table}: app_runtime may {command} but no policy covers it")
+                for name, _, _, _, using, check in covering:
+                    if command in ("SELECT", "UPDATE", "DELETE") and using is None:
+                        problems.append(f"{table}.{name}: {command} without USING")
+                    if command in ("INSERT", "UPDATE") and check is None:
+                        problems.append(f"{table}.{name}: {command} without WITH CHECK")
+    assert problems == []
+
+
+def test_runtime_commands_per_table_are_exactly_the_intended_ones(
+    migrated_db: MigratedDatabase,
+) -> None:
+    expected = {
+        "tenants": {"SELECT"},
+        "users": {"SELECT", "INSERT", "UPDATE"},
+        "documents": {"SELECT", "INSERT", "UPDATE"},
+        "audit_logs": {"SELECT", "INSERT"},
+    }
+    with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
+        granted = {
+            table: {
+                command
+                for command in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+                if conn.execute(
+                    "SELECT has_table_privilege('app_runtime', %(t)s, %(c)s)"
+                    " OR (%(c)s IN ('SELECT', 'INSERT', 'UPDATE')"
+                    "     AND has_any_column_privilege('app_runtime', %(t)s, %(c)s))",
+                    {"t": table, "c": command},
+                ).fetchone()
+                == (True,)
+            }
+            for table in expected
+        }
+        updatable_tenant_column = conn.execute(
+            "SELECT table_name FROM information_schema.column_privileges"
+            " WHERE grantee = 'app_runtime' AND privilege_type = 'UPDATE'"
+            "   AND column_name IN ('tenant_id', 'id', 'user_id', 'created_at')"
+        ).fetchall()
+    assert granted == expected
+    assert updatable_tenant_column == []  # keys and ownership are never rewritten by requests
