@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.database.session import admin_transaction
+from app.database.base import Base
+from app.database.session import admin_transaction, tenant_transaction
 from app.models import Document, Tenant, User
 
 
@@ -74,3 +75,17 @@ async def provision_tenant(
         user_ids=[person.id for person in people],
         document_ids=[document.id for document in files],
     )
+
+
+async def insert_row(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID | None, row: Base
+) -> None:
+    """Insert `row` in a transaction of its own, under `tenant_id` (None: with no context)."""
+    if tenant_id is None:
+        async with sessions() as session, session.begin():
+            session.add(row)
+            await session.flush()
+        return
+    async with tenant_transaction(sessions, tenant_id) as session:
+        session.add(row)
+        await session.flush()

@@ -24,6 +24,10 @@ def upgrade() -> None:
     op.execute(
         """
         DO $$
+        DECLARE
+            role_name text;
+            can_set boolean;
+            grant_sql text;
         BEGIN
             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_runtime') THEN
                 CREATE ROLE app_runtime NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE
@@ -41,23 +45,27 @@ def upgrade() -> None:
             -- The migrating login must be able to SET ROLE to both. From PostgreSQL 16 on, a
             -- CREATEROLE login that creates a role is made a member of it automatically, but
             -- without the SET option, so membership alone is not enough: check for SET.
-            IF current_setting('server_version_num')::int >= 160000 THEN
-                IF NOT pg_has_role(current_user, 'app_runtime', 'SET') THEN
-                    EXECUTE format('GRANT app_runtime TO %I WITH INHERIT FALSE, SET TRUE',
-                                   current_user);
+            FOREACH role_name IN ARRAY ARRAY['app_runtime', 'app_admin'] LOOP
+                IF current_setting('server_version_num')::int >= 160000 THEN
+                    can_set := pg_has_role(current_user, role_name, 'SET');
+                    grant_sql := format('GRANT %I TO %I WITH INHERIT FALSE, SET TRUE',
+                                        role_name, current_user);
+                ELSE
+                    can_set := pg_has_role(current_user, role_name, 'MEMBER');
+                    grant_sql := format('GRANT %I TO %I', role_name, current_user);
                 END IF;
-                IF NOT pg_has_role(current_user, 'app_admin', 'SET') THEN
-                    EXECUTE format('GRANT app_admin TO %I WITH INHERIT FALSE, SET TRUE',
-                                   current_user);
+                IF NOT can_set THEN
+                    BEGIN
+                        EXECUTE grant_sql;
+                    EXCEPTION WHEN insufficient_privilege THEN
+                        RAISE EXCEPTION 'login % cannot SET ROLE % and may not grant it',
+                            current_user, role_name
+                            USING HINT = format(
+                                'as a superuser run: GRANT %I TO %I WITH ADMIN OPTION',
+                                role_name, current_user);
+                    END;
                 END IF;
-            ELSE
-                IF NOT pg_has_role(current_user, 'app_runtime', 'MEMBER') THEN
-                    EXECUTE format('GRANT app_runtime TO %I', current_user);
-                END IF;
-                IF NOT pg_has_role(current_user, 'app_admin', 'MEMBER') THEN
-                    EXECUTE format('GRANT app_admin TO %I', current_user);
-                END IF;
-            END IF;
+            END LOOP;
         END $$
         """
     )

@@ -160,12 +160,18 @@ async def test_orm_update_raises_before_reaching_the_database(
     audited: tuple[ProvisionedTenant, uuid.UUID],
 ) -> None:
     tenant, entry_id = audited
-    with _statements_sent(runtime_engine) as sent:
-        with pytest.raises(ImmutableAuditLogError, match="cannot be modified"):
-            async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
-                entry = await session.get_one(AuditLog, entry_id)
-                entry.metadata_ = {"tampered": True}
-                await session.flush()
+
+    async def tamper() -> None:
+        async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
+            entry = await session.get_one(AuditLog, entry_id)
+            entry.metadata_ = {"tampered": True}
+            await session.flush()
+
+    with (
+        _statements_sent(runtime_engine) as sent,
+        pytest.raises(ImmutableAuditLogError, match="cannot be modified"),
+    ):
+        await tamper()
     assert sent  # the SELECT went out...
     assert not [s for s in sent if s.lstrip().upper().startswith("UPDATE")]  # ...no UPDATE did
     assert _stored_action(migrated_db.superuser_url, entry_id) == "document.create"
@@ -178,11 +184,17 @@ async def test_orm_delete_raises_before_reaching_the_database(
     audited: tuple[ProvisionedTenant, uuid.UUID],
 ) -> None:
     tenant, entry_id = audited
-    with _statements_sent(runtime_engine) as sent:
-        with pytest.raises(ImmutableAuditLogError, match="cannot be deleted"):
-            async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
-                await session.delete(await session.get_one(AuditLog, entry_id))
-                await session.flush()
+
+    async def remove() -> None:
+        async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
+            await session.delete(await session.get_one(AuditLog, entry_id))
+            await session.flush()
+
+    with (
+        _statements_sent(runtime_engine) as sent,
+        pytest.raises(ImmutableAuditLogError, match="cannot be deleted"),
+    ):
+        await remove()
     assert not [s for s in sent if s.lstrip().upper().startswith("DELETE")]
     assert _stored_action(migrated_db.superuser_url, entry_id) == "document.create"
 

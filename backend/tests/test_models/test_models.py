@@ -181,10 +181,14 @@ async def test_audit_log_is_append_only_in_the_orm(
     assert not hasattr(AuditLog, "delete")
     assert not hasattr(entry, "deleted_at")
     assert "updated_at" not in AuditLog.__table__.c
-    with pytest.raises(ImmutableAuditLogError, match="cannot be modified"):
+
+    async def rename() -> None:
         async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
             loaded = await session.get_one(AuditLog, entry.id)
             loaded.action = "user.logout"
+
+    with pytest.raises(ImmutableAuditLogError, match="cannot be modified"):
+        await rename()
     async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
         assert (await session.get_one(AuditLog, entry.id)).action == "user.login"
 

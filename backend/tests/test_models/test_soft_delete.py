@@ -81,12 +81,8 @@ async def test_hybrids_and_queries_filter_in_sql(
         def ids(statement: object) -> set[object]:
             return {document.id for document in statement}  # type: ignore[attr-defined]
 
-        by_hybrid_active = ids(
-            await session.scalars(select(Document).where(Document.is_active))
-        )
-        by_hybrid_deleted = ids(
-            await session.scalars(select(Document).where(Document.is_deleted))
-        )
+        by_hybrid_active = ids(await session.scalars(select(Document).where(Document.is_active)))
+        by_hybrid_deleted = ids(await session.scalars(select(Document).where(Document.is_deleted)))
         by_active_query = ids(await session.scalars(Document.active_query()))
         by_deleted_query = ids(await session.scalars(Document.deleted_query()))
 

@@ -8,10 +8,9 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.database.session import tenant_transaction
 from app.models import AuditLog, Document
 from tests.database_harness import sqlstate
-from tests.factories import provision_tenant
+from tests.factories import insert_row, provision_tenant
 
 FOREIGN_KEY_VIOLATION = "23503"
 
@@ -43,10 +42,9 @@ async def test_other_tenants_user_id_fails_exactly_like_a_random_id(
     make = build  # a factory of the row to insert
     outcomes = {}
     for label, user_id in (("theirs", theirs.user_ids[0]), ("random", uuid.uuid4())):
+        row = make(mine.tenant_id, user_id)  # type: ignore[operator]
         with pytest.raises(IntegrityError) as refused:
-            async with tenant_transaction(runtime_sessions, mine.tenant_id) as session:
-                session.add(make(mine.tenant_id, user_id))  # type: ignore[operator]
-                await session.flush()
+            await insert_row(runtime_sessions, mine.tenant_id, row)
         error = refused.value.orig
         assert error is not None
         diag = error.diag  # type: ignore[attr-defined]

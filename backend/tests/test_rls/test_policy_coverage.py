@@ -68,8 +68,8 @@ def test_every_tenant_table_is_forced_and_covered_for_every_runtime_command(
                 problems.append(f"{table}: app_runtime may TRUNCATE, which RLS does not filter")
             for command, code in COMMAND_CODES.items():
                 allowed = conn.execute(
-                    "SELECT has_table_privilege('app_runtime', %(t)s, %(c)s)"
-                    " OR (%(c)s <> 'DELETE' AND has_any_column_privilege('app_runtime', %(t)s, %(c)s))",
+                    "SELECT has_table_privilege('app_runtime', %(t)s, %(c)s) OR (%(c)s <> 'DELETE'"
+                    " AND has_any_column_privilege('app_runtime', %(t)s, %(c)s))",
                     {"t": table, "c": command},
                 ).fetchone() == (True,)
                 if not allowed:

@@ -1,4 +1,4 @@
-"""The policies read the tenant context once per statement and let the planner use tenant indexes."""
+"""Policies read the tenant context once per statement and let the planner use tenant indexes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from tests.conftest import MigratedDatabase
 TENANTS = 20
 DOCUMENTS_EACH = 200
 
-_SEED = f"""
+_SEED = """
 WITH t AS (
-    INSERT INTO tenants (name) SELECT 'plan-' || g FROM generate_series(1, {TENANTS}) g
+    INSERT INTO tenants (name) SELECT 'plan-' || g FROM generate_series(1, %(tenants)s) g
     RETURNING id
 ), u AS (
     INSERT INTO users (tenant_id, email) SELECT id, 'planner@example.org' FROM t
@@ -22,7 +22,7 @@ WITH t AS (
 )
 INSERT INTO documents (tenant_id, user_id, s3_key, s3_bucket, filename, content_type, size_bytes)
 SELECT u.tenant_id, u.id, 'k/' || g, 'b', 'f.pdf', 'application/pdf', g
-FROM u, generate_series(1, {DOCUMENTS_EACH}) g
+FROM u, generate_series(1, %(documents)s) g
 RETURNING tenant_id
 """
 
@@ -40,7 +40,9 @@ def test_tenant_scoped_listing_uses_the_tenant_index_and_an_initplan(
     # Everything happens in one transaction that is rolled back: seed rows (as the superuser,
     # which RLS does not bind), gather statistics, then plan as app_runtime under a tenant.
     with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
-        tenant_id = conn.execute(_SEED).fetchone()[0]  # type: ignore[index]
+        tenant_id = conn.execute(
+            _SEED, {"tenants": TENANTS, "documents": DOCUMENTS_EACH}
+        ).fetchone()[0]  # type: ignore[index]
         conn.execute("ANALYZE tenants, users, documents")
         conn.execute("SET LOCAL ROLE app_runtime")
         conn.execute("SELECT set_config('app.current_tenant_id', %s, true)", (str(tenant_id),))

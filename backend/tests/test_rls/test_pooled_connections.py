@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker, tenant_transaction
+from app.database.tenant_context import set_tenant_context
 from app.models import Document
 from tests import database_harness as harness
 from tests.conftest import MigratedDatabase
@@ -38,9 +41,7 @@ async def test_many_concurrent_tenants_over_a_two_connection_pool_each_see_their
     async def read_without_context() -> tuple[str | None, int]:
         async with sessions() as session, session.begin():
             setting = (
-                await session.execute(
-                    text("SELECT current_setting('app.current_tenant_id', true)")
-                )
+                await session.execute(text("SELECT current_setting('app.current_tenant_id', true)"))
             ).scalar_one()
             count = (await session.execute(text("SELECT count(*) FROM documents"))).scalar_one()
         return setting, int(count)
@@ -84,3 +85,21 @@ async def test_a_rolled_back_transaction_leaves_no_context_behind(
     finally:
         await engine.dispose()
     assert after == []
+
+
+def test_tenant_context_is_set_in_one_place_only() -> None:
+    app_dir = Path(__file__).resolve().parents[2] / "app"
+    setters = sorted(
+        str(path.relative_to(app_dir))
+        for path in app_dir.rglob("*.py")
+        if "app.current_tenant_id" in path.read_text()
+    )
+    assert setters == ["database/tenant_context.py"]
+
+
+async def test_tenant_context_accepts_only_a_uuid(
+    runtime_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with runtime_sessions() as session, session.begin():
+        with pytest.raises(TypeError, match=r"tenant_id must be a uuid\.UUID"):
+            await set_tenant_context(session, "' OR true --")  # type: ignore[arg-type]

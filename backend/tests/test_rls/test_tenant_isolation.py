@@ -15,7 +15,7 @@ from app.models import AuditLog, Document, Tenant, User
 from tests import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.database_harness import sqlstate
-from tests.factories import ProvisionedTenant, make_document, provision_tenant
+from tests.factories import ProvisionedTenant, insert_row, make_document, provision_tenant
 
 INSUFFICIENT_PRIVILEGE = "42501"  # both "permission denied" and "violates row-level security"
 TABLES = ("tenants", "users", "documents", "audit_logs")
@@ -88,9 +88,7 @@ async def test_writing_a_row_into_another_tenant_is_refused(
     }
     for table, row in attempts.items():
         with pytest.raises(ProgrammingError) as refused:
-            async with tenant_transaction(runtime_sessions, first.tenant_id) as session:
-                session.add(row)
-                await session.flush()
+            await insert_row(runtime_sessions, first.tenant_id, row)
         assert sqlstate(refused.value) == INSUFFICIENT_PRIVILEGE
         assert f'new row violates row-level security policy for table "{table}"' in str(
             refused.value.orig
@@ -149,16 +147,12 @@ async def test_missing_context_sees_no_rows_and_cannot_write(
     }
     for table, row in inserts.items():
         with pytest.raises(ProgrammingError) as refused:
-            async with runtime_sessions() as session, session.begin():
-                session.add(row)
-                await session.flush()
+            await insert_row(runtime_sessions, None, row)
         assert sqlstate(refused.value) == INSUFFICIENT_PRIVILEGE
         assert f'row-level security policy for table "{table}"' in str(refused.value.orig)
     # tenants: the runtime role may not insert at all, context or not.
     with pytest.raises(ProgrammingError) as denied:
-        async with runtime_sessions() as session, session.begin():
-            session.add(Tenant(name="sneaky"))
-            await session.flush()
+        await insert_row(runtime_sessions, None, Tenant(name="sneaky"))
     assert sqlstate(denied.value) == INSUFFICIENT_PRIVILEGE
     assert "permission denied for table tenants" in str(denied.value.orig)
 
@@ -262,4 +256,3 @@ async def test_moving_a_row_to_another_tenant_is_refused(
     async with tenant_transaction(runtime_sessions, first.tenant_id) as session:
         assert await session.get(Document, first.document_ids[0]) is not None
         assert await session.get(User, first.user_ids[1]) is not None
-
