@@ -31,7 +31,8 @@ def test_db_is_pgvector_with_a_named_volume_and_pg_isready() -> None:
     assert mount == "/var/lib/postgresql/data"
     assert volume_name in compose["volumes"]
     test = db["healthcheck"]["test"]
-    assert test[0] == "CMD-SHELL" and test[1].startswith("pg_isready")
+    assert test[0] == "CMD-SHELL"
+    assert test[1].startswith("pg_isready")
     assert set(db["environment"]) == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
 
 
@@ -60,7 +61,8 @@ def test_api_env_names_are_settings_the_app_reads() -> None:
         assert set(service["environment"]) <= setting_names()
         assert {"DATABASE_URL", "APP_RUNTIME_PASSWORD"} <= set(service["environment"])
         database_url = service["environment"]["DATABASE_URL"]
-        assert database_url.startswith("postgresql://") and "@db:5432/" in database_url
+        assert database_url.startswith("postgresql://")
+        assert "@db:5432/" in database_url
 
 
 def test_every_interpolated_variable_is_documented_in_env_example() -> None:

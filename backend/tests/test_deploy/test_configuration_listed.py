@@ -14,7 +14,8 @@ from tests.test_deploy.artifacts import (
 def test_settings_read_their_own_names() -> None:
     # Variables are matched by field name; an alias would make the lists below lie.
     for name, field in Settings.model_fields.items():
-        assert field.alias is None and field.validation_alias is None, name
+        assert field.alias is None, name
+        assert field.validation_alias is None, name
     assert Settings.model_config.get("env_prefix", "") == ""
 
 

@@ -31,7 +31,8 @@ def test_railway_migrates_in_the_pre_deploy_step_not_in_the_web_process() -> Non
     deploy = load_json("railway.json")["deploy"]
     assert deploy["preDeployCommand"] == ["alembic upgrade head"]
     for command in (deploy["startCommand"], DOCKERFILE.split("\nCMD ", 1)[1]):
-        assert "alembic" not in command and "migrate" not in command
+        assert "alembic" not in command
+        assert "migrate" not in command
 
 
 def test_railway_starts_uvicorn_on_port_like_the_image() -> None:
@@ -58,7 +59,8 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert stages == ["build", "runtime"]
     runtime = DOCKERFILE.split("AS runtime", 1)[1]
     users = re.findall(r"^USER (\S+)$", runtime, re.M)
-    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    assert users
+    assert users[-1].split(":")[0] not in {"0", "root"}
     assert "COPY --from=build /opt/venv /opt/venv" in runtime
 
 

@@ -97,4 +97,5 @@ def test_hnsw_parameters_match_the_index(migrated_db: MigratedDatabase) -> None:
 def test_policies_are_documented(migrated_db: MigratedDatabase) -> None:
     rls_doc = (DOCS_DIR / "RLS_PATTERNS.md").read_text()
     for (policy,) in _catalog(migrated_db, "SELECT policyname FROM pg_policies"):
-        assert f"`{policy}`" in SCHEMA_DOC and f"`{policy}`" in rls_doc, policy
+        assert f"`{policy}`" in SCHEMA_DOC, policy
+        assert f"`{policy}`" in rls_doc, policy

@@ -1,4 +1,4 @@
-"""template.json: the Railway one-click template carries the database, the backend and every setting."""
+"""template.json: the one-click Railway template has the database, the backend, every setting."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ SECRET_FUNCTION = re.compile(r'^\$\{\{secret\((\d+)(, "[A-Za-z0-9]+")?\)\}\}$')
 def test_postgres_runs_pgvector_on_15_or_newer_with_a_volume() -> None:
     postgres = template_service("Postgres")
     match = re.fullmatch(r"pgvector/pgvector:pg(\d+)", postgres["source"]["image"])
-    assert match and int(match.group(1)) >= 15
+    assert match
+    assert int(match.group(1)) >= 15
     assert postgres["volumes"][0]["mountPath"] == "/var/lib/postgresql/data"
     assert postgres["variables"]["PGDATA"]["value"].startswith("/var/lib/postgresql/data/")
     assert postgres["networking"] == {"public": False, "tcpProxy": False}
@@ -91,7 +92,8 @@ def test_template_values_load_as_production_settings() -> None:
 def test_instructions_cover_deploy_and_hipaa() -> None:
     instructions = load_json("template.json")["instructions"]
     deploy = " ".join(instructions["deploy"])
-    assert ready_path() in deploy and "alembic upgrade head" in deploy
+    assert ready_path() in deploy
+    assert "alembic upgrade head" in deploy
     hipaa = " ".join(instructions["hipaa"])
     for topic in ("Business Associate Agreement", "backups", "private", "APP_RUNTIME_PASSWORD"):
         assert topic in hipaa, topic
