@@ -46,7 +46,7 @@ lock:
 	$(BIN)/python -m pip install --quiet uv
 	cd backend && $(BIN)/uv pip compile --quiet pyproject.toml --extra embedded --extra dev \
 		--python-version 3.11 -o requirements/dev.lock
-	cd backend && $(BIN)/uv pip compile --quiet pyproject.toml --extra embedded \
+	cd backend && $(BIN)/uv pip compile --quiet pyproject.toml --generate-hashes \
 		--python-version 3.11 -o requirements/prod.lock
 
 clean-data:
