@@ -22,14 +22,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
-from app.core.config import BACKEND_DIR, normalise_database_url
+from app.core.config import BACKEND_DIR, load_settings, normalise_database_url
 from app.database import migrations
+from app.database.engine import session_options
 from app.database.roles import ADMIN_ROLE
 from tests import database_harness as harness
 
@@ -88,7 +90,7 @@ class Corpus:
     build_seconds: float | None  # None when the cache was reused
 
     def dsn(self, role: str | None = None) -> str:
-        """A libpq DSN for the server's superuser login switched to `role` at connection start.
+        """A libpq DSN for the server's superuser login, switched to `role` at connection start.
 
         Every variant logs in the same way and differs only in its role; after the switch the
         session has exactly that role's rights (RLS applies to app_runtime as to its own login).
@@ -96,7 +98,9 @@ class Corpus:
         dsn = harness.libpq(self.superuser_url)
         if role is None:
             return dsn
-        return psycopg.conninfo.make_conninfo(dsn, options=f"-c role={role}")
+        # The app's own connection settings (timeouts, plan_cache_mode), so plans match its.
+        options = session_options(load_settings(ENVIRONMENT="test"), role=role)
+        return psycopg.conninfo.make_conninfo(dsn, options=options)
 
 
 def zipf_sizes(total: int, buckets: int, exponent: float) -> np.ndarray:
@@ -139,8 +143,8 @@ def _fingerprint(spec: CorpusSpec) -> str:
 
 
 def bench_server() -> harness.TestServer:
-    """BENCH_DATABASE_URL's server (a login that may create databases and roles), else a
-    persistent embedded server under bench/.cache/ (kept between runs)."""
+    """BENCH_DATABASE_URL's server if set (a login that may create databases and roles), else
+    a persistent embedded server under bench/.cache/, kept between runs."""
     external = os.environ.get("BENCH_DATABASE_URL")
     if external:
         return harness.TestServer(make_url(normalise_database_url(external)))
@@ -248,21 +252,23 @@ def load(owner_dsn: str, spec: CorpusSpec) -> None:
         with conn.cursor() as cur:
             _copy_tenants(cur, tenant_ids)
             _copy_users(cur, tenant_ids, users_per_tenant, user_ids)
-            _copy_documents(cur, spec, rng, tenant_ids, user_ids, doc_tenant, doc_user, doc_ids,
-                            doc_created)  # fmt: skip
-            _copy_audit_logs(cur, spec, rng, tenant_ids, user_ids, doc_tenant, doc_user, doc_ids,
-                             doc_created)  # fmt: skip
+            rows = _Rows(tenant_ids, user_ids, doc_tenant, doc_user, doc_ids, doc_created)
+            _copy_documents(cur, spec, rng, rows)
+            _copy_audit_logs(cur, spec, rng, rows)
         conn.execute("RESET ROLE")
         _recreate_indexes(conn, dropped)
+        rebuilt = _secondary_indexes(conn, ("documents", "audit_logs"))
+        if sorted(definition for _name, definition in rebuilt) != sorted(dropped):
+            raise RuntimeError("the rebuilt indexes differ from the migrated ones")
         conn.commit()
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
         # VACUUM sets the visibility map, so index-only scans (the counts) work as in production.
         conn.execute("VACUUM (ANALYZE) tenants, users, documents, audit_logs")
 
 
-def _drop_secondary_indexes(conn: psycopg.Connection, tables: tuple[str, ...]) -> list[str]:
-    """Drop the indexes no constraint depends on; return their exact definitions to rebuild."""
-    rows = conn.execute(
+def _secondary_indexes(conn: psycopg.Connection, tables: tuple[str, ...]) -> list[Any]:
+    """(name, definition) of the indexes of `tables` that no constraint depends on."""
+    return conn.execute(
         """
         SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
         FROM pg_index i
@@ -272,6 +278,14 @@ def _drop_secondary_indexes(conn: psycopg.Connection, tables: tuple[str, ...]) -
         """,
         (list(tables),),
     ).fetchall()
+
+
+def _drop_secondary_indexes(conn: psycopg.Connection, tables: tuple[str, ...]) -> list[str]:
+    """Drop the indexes no constraint depends on; return their exact definitions to rebuild.
+
+    Building them once after the load is several times faster than updating them per row.
+    """
+    rows = _secondary_indexes(conn, tables)
     for name, _definition in rows:
         conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
     return [definition for _name, definition in rows]
@@ -309,17 +323,23 @@ def _copy_users(
         copy.write("".join(lines))
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """The generated ids, and per document (in arrival order) its tenant, uploader, creation."""
+
+    tenant_ids: list[uuid.UUID]
+    user_ids: list[uuid.UUID]
+    doc_tenant: np.ndarray  # index into tenant_ids
+    doc_user: np.ndarray  # index into user_ids
+    doc_ids: list[uuid.UUID]
+    doc_created: np.ndarray  # epoch seconds, ascending
+
+
 def _copy_documents(
-    cur: psycopg.Cursor,
-    spec: CorpusSpec,
-    rng: np.random.Generator,
-    tenant_ids: list[uuid.UUID],
-    user_ids: list[uuid.UUID],
-    doc_tenant: np.ndarray,
-    doc_user: np.ndarray,
-    doc_ids: list[uuid.UUID],
-    doc_created: np.ndarray,
+    cur: psycopg.Cursor, spec: CorpusSpec, rng: np.random.Generator, rows: _Rows
 ) -> None:
+    tenant_ids, user_ids, doc_ids = rows.tenant_ids, rows.user_ids, rows.doc_ids
+    doc_tenant, doc_user, doc_created = rows.doc_tenant, rows.doc_user, rows.doc_created
     n = spec.documents
     department = rng.integers(0, len(DEPARTMENTS), n)
     category = rng.integers(0, len(CATEGORIES), n)
@@ -358,16 +378,10 @@ def _copy_documents(
 
 
 def _copy_audit_logs(
-    cur: psycopg.Cursor,
-    spec: CorpusSpec,
-    rng: np.random.Generator,
-    tenant_ids: list[uuid.UUID],
-    user_ids: list[uuid.UUID],
-    doc_tenant: np.ndarray,
-    doc_user: np.ndarray,
-    doc_ids: list[uuid.UUID],
-    doc_created: np.ndarray,
+    cur: psycopg.Cursor, spec: CorpusSpec, rng: np.random.Generator, rows: _Rows
 ) -> None:
+    tenant_ids, user_ids, doc_ids = rows.tenant_ids, rows.user_ids, rows.doc_ids
+    doc_tenant, doc_user, doc_created = rows.doc_tenant, rows.doc_user, rows.doc_created
     # One audit row per `documents_per_audit_row` documents, about a random document each, a
     # little after it was created; every tenant's audit log grows with its documents.
     n = spec.documents // spec.documents_per_audit_row
@@ -417,9 +431,7 @@ def sample_tenants(corpus: Corpus, per_tenant_ids: int = 200) -> list[TenantSamp
                 (tenant_id, per_tenant_ids),
             ).fetchall()
             filters = [{"department": row[1], "category": row[2]} for row in rows]
-            samples.append(
-                TenantSample(label, tenant_id, count, [row[0] for row in rows], filters)
-            )
+            samples.append(TenantSample(label, tenant_id, count, [row[0] for row in rows], filters))
     return samples
 
 
