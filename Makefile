@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint     ruff check, ruff format --check, mypy (strict on app/)"
 	@echo "make migrate  alembic upgrade head"
 	@echo "make lock     re-resolve backend/requirements/*.lock from backend/pyproject.toml"
+	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
 
 $(STAMP): $(LOCK) backend/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -48,6 +49,11 @@ lock:
 		--python-version 3.11 -o requirements/dev.lock
 	cd backend && $(BIN)/uv pip compile --quiet pyproject.toml --generate-hashes \
 		--python-version 3.11 -o requirements/prod.lock
+
+# The corpus is built once (about a minute) into backend/bench/.cache/ and reused; pass flags
+# through ARGS, e.g. make bench-rls ARGS="--explain --iterations 500".
+bench-rls: install
+	cd backend && $(BIN)/python -m bench.rls_cost $(ARGS)
 
 clean-data:
 	rm -rf backend/.data

@@ -62,6 +62,27 @@ def targets_for(login_url: URL, runtime_password: str | None) -> DatabaseTargets
     return DatabaseTargets(login_url, runtime_url, runtime_password or None)
 
 
+def session_options(settings: Settings, *, role: str | None = None) -> str:
+    """The server settings every app connection starts with (libpq `options`, no round trip)."""
+    idle_timeout_ms = max(settings.DB_STATEMENT_TIMEOUT_MS * 4, 10_000)
+    options = [
+        f"-c statement_timeout={settings.DB_STATEMENT_TIMEOUT_MS}",
+        # Waiting on a row lock is bounded too, so one stuck writer can't pile up requests.
+        f"-c lock_timeout={settings.DB_STATEMENT_TIMEOUT_MS}",
+        f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
+        # psycopg prepares a statement after 5 runs, and PostgreSQL then switches to a generic
+        # plan made for the *average* tenant. Tenant sizes are skewed (one tenant may hold 100x
+        # the average), so a generic plan that suits the average tenant can be 50x slower for a
+        # large one (bench/rls_cost.py: the metadata @> page went from 3 ms to 180 ms). Planning
+        # each execution with the actual tenant id costs ~0.05 ms and keeps every plan right.
+        # https://www.postgresql.org/docs/current/sql-prepare.html (plan_cache_mode)
+        "-c plan_cache_mode=force_custom_plan",
+    ]
+    if role is not None:
+        options.append(f"-c role={role}")
+    return " ".join(options)
+
+
 def build_engine(
     url: URL,
     settings: Settings,
@@ -76,19 +97,10 @@ def build_engine(
     `role` is set as a start-up parameter of every connection (`-c role=…`), which costs no
     round trip; pass it when the login is not already the role the code must run as.
     """
-    idle_timeout_ms = max(settings.DB_STATEMENT_TIMEOUT_MS * 4, 10_000)
-    options = [
-        f"-c statement_timeout={settings.DB_STATEMENT_TIMEOUT_MS}",
-        # Waiting on a row lock is bounded too, so one stuck writer can't pile up requests.
-        f"-c lock_timeout={settings.DB_STATEMENT_TIMEOUT_MS}",
-        f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
-    ]
-    if role is not None:
-        options.append(f"-c role={role}")
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.DB_CONNECT_TIMEOUT_SECONDS,
         "application_name": application_name,
-        "options": " ".join(options),
+        "options": session_options(settings, role=role),
     }
     return create_async_engine(
         url,
