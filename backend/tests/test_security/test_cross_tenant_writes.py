@@ -118,15 +118,17 @@ def test_update_to_other_tenant_refused_by_with_check_even_with_column_privilege
     direct = "UPDATE documents SET tenant_id = %(tenant)s, user_id = %(user)s WHERE id = %(id)s"
     params = {"tenant": tenants.b.tenant_id, "user": tenants.b.user_id, "id": tenants.a.document_id}
     for statement in (direct, f"WITH u AS ({direct} RETURNING *) SELECT * FROM u"):
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:  # noqa: PT012
-            with superuser.transaction():
-                superuser.execute("GRANT UPDATE (tenant_id, user_id) ON documents TO app_runtime")
-                superuser.execute("SET LOCAL ROLE app_runtime")
-                superuser.execute(
-                    "SELECT set_config('app.current_tenant_id', %s, true)",
-                    (str(tenants.a.tenant_id),),
-                )
-                superuser.execute(statement, params)
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege) as caught,
+            superuser.transaction(),
+        ):
+            superuser.execute("GRANT UPDATE (tenant_id, user_id) ON documents TO app_runtime")
+            superuser.execute("SET LOCAL ROLE app_runtime")
+            superuser.execute(
+                "SELECT set_config('app.current_tenant_id', %s, true)",
+                (str(tenants.a.tenant_id),),
+            )
+            superuser.execute(statement, params)
         assert 'new row violates row-level security policy for table "documents"' in str(
             caught.value
         )
@@ -181,19 +183,19 @@ async def test_insert_on_conflict_do_update_aimed_at_other_tenants_id_refused_wi
     Ids are server-generated and app_runtime may not supply them at all (column privileges),
     so neither the RLS error of ON CONFLICT nor a unique violation can reveal that an id exists.
     """
-    upsert = (
+    insert = (
         "INSERT INTO documents (id, tenant_id, user_id, s3_key, s3_bucket, filename,"
         f" content_type, size_bytes) VALUES (:id, :tenant_id, :user_id, {_DOCUMENT_VALUES})"
-        " ON CONFLICT (id) DO UPDATE SET filename = 'hijacked.pdf' RETURNING id"
+    )
+    attempts = (
+        f"{insert} ON CONFLICT (id) DO UPDATE SET filename = 'hijacked.pdf' RETURNING id",
+        f"{insert} ON CONFLICT (id) DO NOTHING RETURNING id",
+        f"{insert} RETURNING id",
     )
     own = {"tenant_id": tenants.a.tenant_id, "user_id": tenants.a.user_id}
     errors = []
     for target in (tenants.b.document_id, uuid.uuid4()):
-        for statement in (
-            upsert,
-            upsert.replace(" DO UPDATE SET filename = 'hijacked.pdf'", " DO NOTHING"),
-            upsert.split(" ON CONFLICT")[0],
-        ):
+        for statement in attempts:
             error = await refused(
                 runtime_sessions, tenants.a.tenant_id, statement, {"id": target, **own}
             )
@@ -202,3 +204,29 @@ async def test_insert_on_conflict_do_update_aimed_at_other_tenants_id_refused_wi
     assert errors[0][0] == "42501"
     filename = await admin_scalar(admin_sessions, _DOCUMENT_FILENAME, {"id": tenants.b.document_id})
     assert filename == tenants.b.filename
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        _INSERT_DOCUMENT,
+        "INSERT INTO audit_logs (tenant_id, user_id, action, resource_type)"
+        " VALUES (:tenant_id, :user_id, 'document.read', 'document')",
+    ],
+    ids=["document", "audit_log"],
+)
+async def test_row_pointing_at_other_tenants_user_refused_like_random_id(
+    runtime_sessions: async_sessionmaker[AsyncSession], tenants: TwoTenants, statement: str
+) -> None:
+    """b's user id in a's row fails the composite FK exactly as a made-up id does."""
+    errors = []
+    for user_id in (tenants.b.user_id, uuid.uuid4()):
+        error = await refused(
+            runtime_sessions,
+            tenants.a.tenant_id,
+            statement,
+            {"tenant_id": tenants.a.tenant_id, "user_id": user_id},
+        )
+        errors.append((sqlstate(error), message_shape(error)))
+    assert errors[0] == errors[1]
+    assert errors[0][0] == "23503"  # foreign_key_violation

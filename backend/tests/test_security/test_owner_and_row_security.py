@@ -41,12 +41,14 @@ def test_table_owner_cannot_insert_under_force(
     migrated_db: MigratedDatabase, tenants: TwoTenants
 ) -> None:
     """No policy admits the owner, so its writes are refused like any unscoped writer's."""
-    with psycopg.connect(harness.libpq(migrated_db.owner_url), autocommit=True) as owner:
-        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
-            owner.execute(
-                "INSERT INTO users (tenant_id, email) VALUES (%s, 'owner-planted@x.org')",
-                (tenants.b.tenant_id,),
-            )
+    with (
+        psycopg.connect(harness.libpq(migrated_db.owner_url), autocommit=True) as owner,
+        pytest.raises(errors.InsufficientPrivilege, match="row-level security"),
+    ):
+        owner.execute(
+            "INSERT INTO users (tenant_id, email) VALUES (%s, 'owner-planted@x.org')",
+            (tenants.b.tenant_id,),
+        )
 
 
 async def test_row_security_off_as_runtime_errors_instead_of_bypassing(
