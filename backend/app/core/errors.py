@@ -25,6 +25,7 @@ class AppError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = headers
+        self.extra: dict[str, Any] = {}
 
 
 class NotFoundError(AppError):
@@ -49,14 +50,26 @@ class ForbiddenError(AppError):
 
 
 class UnauthorizedError(AppError):
-    """No valid credentials; `reason` is one of missing, expired, invalid."""
+    """No valid credentials; `reason` is one of missing, expired, invalid (also in the body)."""
 
     status_code = 401
     code = "unauthorized"
 
     def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": f'Bearer error="{reason}"'})
+        # RFC 6750 §3: no error code when credentials are missing, invalid_token otherwise.
+        challenge = "Bearer"
+        if reason != "missing":
+            challenge += ' error="invalid_token"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
         self.reason = reason
+        self.extra = {"reason": reason}
+
+
+class HeaderTooLargeError(AppError):
+    """A request header is larger than we accept (checked before the header is parsed)."""
+
+    status_code = 431
+    code = "header_too_large"
 
 
 class ServiceUnavailableError(AppError):
@@ -93,7 +106,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.status_code, exc.code, exc.message, request),
+            error_body(exc.status_code, exc.code, exc.message, request, **exc.extra),
             status_code=exc.status_code,
             headers=exc.headers,
         )
