@@ -59,6 +59,8 @@ def public_jwk(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str) ->
 class TestIssuer:
     """An OIDC issuer for tests: its URL, audience, keys, and what its JWKS publishes."""
 
+    __test__ = False  # not a test class, despite the name
+
     url: str
     audience: str = TEST_AUDIENCE
     rsa_key: rsa.RSAPrivateKey = field(default_factory=new_rsa_key)
@@ -82,7 +84,9 @@ class TestIssuer:
         """The JWK Set as served."""
         return {"keys": list(self.published)}
 
-    def claims(self, *, tenant_id: uuid.UUID | str, subject: str, **overrides: Any) -> dict[str, Any]:
+    def claims(
+        self, *, tenant_id: uuid.UUID | str, subject: str, **overrides: Any
+    ) -> dict[str, Any]:
         """Valid claims for `subject` in `tenant_id`; `overrides` replace (None removes) claims."""
         now = int(time.time())
         claims: dict[str, Any] = {
@@ -109,16 +113,23 @@ class TestIssuer:
         key: Any = None,
         kid: str | None = None,
         headers: dict[str, Any] | None = None,
+        with_kid: bool = True,
     ) -> str:
-        """Sign `claims`; by default with the published key for `algorithm`."""
+        """Sign `claims`; by default with the published key for `algorithm`, naming its kid."""
         if key is None:
             key = self.rsa_key if algorithm == "RS256" else self.ec_key
         if kid is None:
             kid = self.rsa_kid if algorithm == "RS256" else self.ec_kid
-        return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid, **(headers or {})})
+        header = {"kid": kid, **(headers or {})} if with_kid else dict(headers or {})
+        return jwt.encode(claims, key, algorithm=algorithm, headers=header)
 
     def mint(
-        self, *, tenant_id: uuid.UUID | str, subject: str, algorithm: str = "RS256", **overrides: Any
+        self,
+        *,
+        tenant_id: uuid.UUID | str,
+        subject: str,
+        algorithm: str = "RS256",
+        **overrides: Any,
     ) -> str:
         """A valid token (unless `overrides` make it otherwise)."""
         return self.sign(

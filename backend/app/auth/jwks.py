@@ -82,6 +82,10 @@ class JwksSigningKeys:
         return self._clock() - self._last_attempt >= self._min_refresh_seconds
 
     async def _refresh(self) -> None:
+        if self._lock.locked():
+            # A fetch is in flight: wait for it and use its result rather than fail.
+            async with self._lock:
+                return
         if not self._may_refresh():
             return
         async with self._lock:
