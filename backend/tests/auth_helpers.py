@@ -148,6 +148,14 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (the slow-IdP test) is expected; don't print a traceback.
+        pass
+
+
 class IssuerServer:
     """Serves a TestIssuer's discovery document and JWKS over HTTP on 127.0.0.1."""
 
@@ -178,8 +186,7 @@ class IssuerServer:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._http.daemon_threads = True
+        self._http = _QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
         self.issuer = TestIssuer(self.url)
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)

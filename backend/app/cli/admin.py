@@ -23,7 +23,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.dev_issuer import DEFAULT_TOKEN_LIFETIME_SECONDS, dev_issuer_for
 from app.core.config import Settings, SettingsError, describe_validation_error, settings_or_exit
 from app.core.errors import AppError, ConflictError, NotFoundError
 from app.core.logging import configure_logging
@@ -270,12 +269,12 @@ async def _token_subject(session: AsyncSession, tenant_id: uuid.UUID, user: str)
 def dev_token(
     tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
     user: str = typer.Option(..., "--user", help="User id or email."),
-    expires_in: int = typer.Option(
-        DEFAULT_TOKEN_LIFETIME_SECONDS, min=60, max=7 * 24 * 3600, help="Lifetime in seconds."
-    ),
+    expires_in: int = typer.Option(3600, min=60, max=7 * 24 * 3600, help="Lifetime in seconds."),
     as_json: bool = JsonOption,
 ) -> None:
     """Mint a dev token for a user (dev mode only: no OIDC_ISSUER_URL, not production)."""
+    from app.auth.dev_issuer import dev_issuer_for  # crypto imports only for this command
+
     settings = settings_or_exit()
     try:
         issuer = dev_issuer_for(settings)

@@ -6,12 +6,9 @@ import asyncio
 import shlex
 
 import typer
-import uvicorn
 
-from app.auth.dev_issuer import dev_issuer_for
 from app.core.config import Settings, settings_or_exit
 from app.core.logging import configure_logging
-from app.database import migrations
 from app.database.engine import DatabaseTargets, build_engine, resolve_targets
 from app.database.session import admin_transaction, make_sessionmaker
 from app.models import Tenant, User
@@ -24,6 +21,8 @@ DEMO_TOKEN_LIFETIME_SECONDS = 12 * 3600
 
 def migrate(revision: str = typer.Argument("head", help="Revision to upgrade to.")) -> None:
     """Upgrade the database (embedded when DATABASE_URL is unset) to `revision`."""
+    from app.database import migrations  # Alembic is heavy: imported only when used
+
     settings = settings_or_exit()
     configure_logging(settings.LOG_LEVEL)
     targets = resolve_targets(settings)
@@ -36,6 +35,10 @@ def run(
     port: int = typer.Option(8000, help="Port to listen on."),
 ) -> None:
     """Start the database if embedded, migrate to head, and serve the API."""
+    import uvicorn
+
+    from app.database import migrations
+
     settings = settings_or_exit()
     configure_logging(settings.LOG_LEVEL)
     targets = resolve_targets(settings)
@@ -50,6 +53,8 @@ def run(
 
 def demo_instructions(settings: Settings, targets: DatabaseTargets, host: str, port: int) -> str:
     """Ensure the demo tenant and admin exist; a ready-to-paste curl with a fresh dev token."""
+    from app.auth.dev_issuer import dev_issuer_for
+
     tenant, user = asyncio.run(_ensure_demo_user(settings, targets))
     issuer = dev_issuer_for(settings)
     token = issuer.mint(

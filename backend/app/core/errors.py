@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+
+if TYPE_CHECKING:
+    # Imported lazily below: the admin CLI raises these errors without loading FastAPI.
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
 
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error a JSON body of the same shape; never a stack trace to the client."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -298,7 +298,7 @@ async def test_keys_we_would_never_accept_are_skipped(
         )
         hs = bearer(
             fake_idp.issuer.sign(
-                claims, algorithm="HS256", key=b"secret-secret-secret-secret-32b", kid="hmac"
+                claims, algorithm="HS256", key=b"a-32-byte-secret-for-hmac-sha256", kid="hmac"
             )
         )
         assert_unauthorized(await client.get(ME, headers=hs), "invalid")
