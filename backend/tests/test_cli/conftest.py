@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner, Result
 
-from app.core.config import BACKEND_DIR
+from app.cli.main import cli
+from app.core.config import BACKEND_DIR, get_settings
 from tests import database_harness as harness
 from tests.conftest import MigratedDatabase
 
@@ -56,3 +58,26 @@ def run_cli(migrated_db: MigratedDatabase, dev_key_file: Path) -> RunCli:
         )
 
     return run
+
+
+InvokeCli = Callable[..., Result]
+
+
+@pytest.fixture
+def invoke_cli(migrated_db: MigratedDatabase, dev_key_file: Path) -> InvokeCli:
+    """The same CLI in-process (typer's CliRunner): fast, for the many bad-input cases.
+
+    Must be called from a synchronous test: the command runs its own event loop.
+    """
+    runner = CliRunner()
+
+    def invoke(*args: str, **env: str) -> Result:
+        get_settings.cache_clear()
+        try:
+            return runner.invoke(
+                cli, list(args), env=cli_environment(migrated_db, dev_key_file, **env)
+            )
+        finally:
+            get_settings.cache_clear()
+
+    return invoke

@@ -9,8 +9,10 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from typer.testing import Result
 
 from app.auth.dev_issuer import DEV_ISSUER, dev_issuer_for
 from app.core.config import Settings
@@ -19,7 +21,7 @@ from app.database.session import admin_transaction
 from app.main import create_app
 from app.models import AuditLog, User
 from tests.conftest import MakeCaller
-from tests.test_cli.conftest import RunCli
+from tests.test_cli.conftest import InvokeCli, RunCli
 
 
 def _ok(result: subprocess.CompletedProcess[str]) -> Any:
@@ -27,8 +29,13 @@ def _ok(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout)
 
 
-def _one_line_error(result: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+def _one_line_error(
+    result: subprocess.CompletedProcess[str] | Result, code: int, fragment: str
+) -> None:
+    returncode = (
+        result.returncode if isinstance(result, subprocess.CompletedProcess) else result.exit_code
+    )
+    assert returncode == code, (returncode, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
@@ -52,7 +59,17 @@ async def _audit_actions(
         ]
 
 
-async def test_tenant_lifecycle_with_an_audit_row_per_change(
+async def test_tenant_and_user_lifecycles(
+    run_cli: RunCli, admin_sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # Two independent flows of sequential commands: run them side by side to save time.
+    await asyncio.gather(
+        _tenant_lifecycle_with_an_audit_row_per_change(run_cli, admin_sessions),
+        _user_lifecycle_and_conflicts(run_cli, admin_sessions),
+    )
+
+
+async def _tenant_lifecycle_with_an_audit_row_per_change(
     run_cli: RunCli, admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     created = _ok(await run_cli("create-tenant", "  Acme Health  ", "--json"))
@@ -93,7 +110,7 @@ async def test_tenant_lifecycle_with_an_audit_row_per_change(
     ]
 
 
-async def test_user_lifecycle_and_conflicts(
+async def _user_lifecycle_and_conflicts(
     run_cli: RunCli, admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     tenant_id = _ok(await run_cli("create-tenant", "Beta Labs", "--json"))["id"]
@@ -232,14 +249,21 @@ BAD_INPUT: dict[str, tuple[list[str], int, str]] = {
 }
 
 
-async def test_bad_input_is_one_clear_line_and_a_nonzero_exit(run_cli: RunCli) -> None:
-    # Independent processes: run them side by side to keep the suite fast.
-    results = await asyncio.gather(*(run_cli(*args) for args, _, _ in BAD_INPUT.values()))
-    for (case, (_, code, fragment)), result in zip(BAD_INPUT.items(), results, strict=True):
-        try:
-            _one_line_error(result, code, fragment)
-        except AssertionError as exc:
-            raise AssertionError(f"case {case!r}: {exc}") from None
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_clear_line_and_a_nonzero_exit(case: str, invoke_cli: InvokeCli) -> None:
+    args, code, fragment = BAD_INPUT[case]
+    result = invoke_cli(*args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    _one_line_error(result, code, fragment)
+
+
+async def test_bad_input_exit_codes_from_the_real_process(run_cli: RunCli) -> None:
+    # The same two classes of failure as above, from a real `python -m app` process.
+    bad_uuid, unknown = await asyncio.gather(
+        run_cli(*BAD_INPUT["bad tenant uuid"][0]), run_cli(*BAD_INPUT["unknown tenant"][0])
+    )
+    _one_line_error(bad_uuid, 2, BAD_INPUT["bad tenant uuid"][2])
+    _one_line_error(unknown, 1, BAD_INPUT["unknown tenant"][2])
 
 
 async def test_dev_token_is_accepted_by_a_dev_mode_app(
