@@ -284,3 +284,15 @@ async def test_concurrent_requests_do_not_share_a_transaction(
     for caller, response in zip(callers * 5, responses, strict=True):
         assert response.status_code == 200, response.text
         assert response.json()["db_tenant"] == str(caller.tenant.id)
+
+
+async def test_access_log_names_the_tenant_and_user(
+    client: httpx.AsyncClient, make_caller: MakeCaller, caplog: pytest.LogCaptureFixture
+) -> None:
+    caller = await make_caller()
+    with caplog.at_level("INFO", logger="app.access"):
+        response = await client.get("/api/v1/me", headers=caller.headers)
+    assert response.status_code == 200
+    record = next(r for r in caplog.records if r.name == "app.access")
+    assert record.__dict__["tenant_id"] == str(caller.tenant.id)
+    assert record.__dict__["user_id"] == str(caller.user.id)
