@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_DOCUMENT_BYTES = 512 * 1024
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+_NO_KEYS_RETRY_SECONDS = 2.0
 
 
 def discovery_url(issuer_url: str) -> str:
@@ -79,7 +80,11 @@ class JwksSigningKeys:
     def _may_refresh(self) -> bool:
         if self._last_attempt is None:
             return True
-        return self._clock() - self._last_attempt >= self._min_refresh_seconds
+        interval = self._min_refresh_seconds
+        if self._keys is None:
+            # Nothing cached (the IdP failed at start-up): retry sooner, every request is a 503.
+            interval = min(interval, _NO_KEYS_RETRY_SECONDS)
+        return self._clock() - self._last_attempt >= interval
 
     async def _refresh(self) -> None:
         if self._lock.locked():

@@ -244,10 +244,20 @@ async def test_stale_keys_stay_in_use_while_the_idp_is_down(fake_idp: FakeIdP) -
     assert keys.fetch_count == 3
 
 
-async def test_no_keys_at_all_is_unavailable(fake_idp: FakeIdP) -> None:
+async def test_no_keys_at_all_is_unavailable_and_retried_soon(fake_idp: FakeIdP) -> None:
     fake_idp.failing = True
+    clock = FakeClock()
+    keys = _keys(fake_idp, clock)
     with pytest.raises(SigningKeysUnavailableError):
-        await _keys(fake_idp, FakeClock()).key_for("test-rsa-1")
+        await keys.key_for("test-rsa-1")
+    clock.now += 1  # still failing fast, without asking the IdP again
+    with pytest.raises(SigningKeysUnavailableError):
+        await keys.key_for("test-rsa-1")
+    assert keys.fetch_count == 1
+    fake_idp.failing = False
+    clock.now += 1.5  # with nothing cached, retried after 2 s rather than the 30 s interval
+    assert await keys.key_for("test-rsa-1") is not None
+    assert keys.fetch_count == 2
 
 
 @pytest.mark.parametrize(
