@@ -10,7 +10,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.v1.router import api_router
+from app.api.v1.router import api_router, dev_router
+from app.auth.dev_issuer import dev_issuer_for
+from app.auth.tokens import TokenVerifier, build_token_verifier
 from app.core.config import Settings, settings_or_exit
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
@@ -19,6 +21,7 @@ from app.database.engine import build_runtime_engine, resolve_targets
 from app.database.safety import login_is_privileged, runtime_role_problems
 from app.database.session import make_sessionmaker
 from app.middleware.request_id import RequestIdMiddleware
+from app.middleware.tenant_context import AuthorizationHeaderGuard
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +56,15 @@ async def open_database(settings: Settings) -> Database:
     return database
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
-    """Build the application. Tests pass their own settings and database."""
+def create_app(
+    settings: Settings | None = None,
+    database: Database | None = None,
+    token_verifier: TokenVerifier | None = None,
+) -> FastAPI:
+    """Build the application. Tests pass their own settings, database and token verifier."""
     settings = settings or settings_or_exit()
     configure_logging(settings.LOG_LEVEL)
+    dev_issuer = dev_issuer_for(settings) if settings.dev_issuer_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,9 +84,15 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.dev_issuer = dev_issuer
+    app.state.token_verifier = token_verifier or build_token_verifier(
+        settings, dev_issuer=dev_issuer
+    )
     if database is not None:
         app.state.database = database
     install_error_handlers(app)
+    # Innermost of the middlewares (added first), so its 400/431 carry CORS and request id.
+    app.add_middleware(AuthorizationHeaderGuard)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.ALLOWED_ORIGINS,
@@ -89,4 +103,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
+    if dev_issuer is not None:
+        app.include_router(dev_router)
     return app

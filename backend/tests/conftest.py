@@ -7,8 +7,10 @@ provisioning uses `app_admin` through the migrating login, as the admin CLI does
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
 from app.main import create_app
 from tests import database_harness as harness
+from tests.auth_helpers import AuthenticatedCaller, IssuerServer, TestIssuer, create_caller
 
 os.environ.setdefault("ENVIRONMENT", "test")
 
@@ -66,7 +69,29 @@ def migrated_db(test_server: harness.TestServer) -> Iterator[MigratedDatabase]:
 
 
 @pytest.fixture(scope="session")
-def settings(migrated_db: MigratedDatabase) -> Settings:
+def issuer_server() -> Iterator[IssuerServer]:
+    """A test OIDC issuer serving its discovery document and JWKS over HTTP on 127.0.0.1."""
+    server = IssuerServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def test_issuer(issuer_server: IssuerServer) -> TestIssuer:
+    """The issuer the app under test trusts: mint tokens with `test_issuer.mint(...)`."""
+    return issuer_server.issuer
+
+
+@pytest.fixture(scope="session")
+def dev_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where dev-mode tests keep the dev issuer's key (never the developer's backend/.data)."""
+    return tmp_path_factory.mktemp("dev-issuer") / "signing-key.pem"
+
+
+@pytest.fixture(scope="session")
+def settings(
+    migrated_db: MigratedDatabase, issuer_server: IssuerServer, dev_key_file: Path
+) -> Settings:
     """Settings as the app would load them for the test database (strong login mode)."""
     return load_settings(
         ENVIRONMENT="test",
@@ -75,6 +100,9 @@ def settings(migrated_db: MigratedDatabase) -> Settings:
         DB_POOL_SIZE=5,
         DB_MAX_OVERFLOW=5,
         LOG_LEVEL="WARNING",
+        OIDC_ISSUER_URL=issuer_server.url,
+        OIDC_CLIENT_ID=issuer_server.issuer.audience,
+        DEV_ISSUER_KEY_FILE=dev_key_file,
     )
 
 
@@ -132,3 +160,21 @@ async def client(settings: Settings, database: Database) -> AsyncIterator[httpx.
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
+
+
+MakeCaller = Callable[..., Awaitable[AuthenticatedCaller]]
+
+
+@pytest.fixture
+def make_caller(
+    admin_sessions: async_sessionmaker[AsyncSession], test_issuer: TestIssuer
+) -> MakeCaller:
+    """`tenant, user, headers = await make_caller(role="admin")`: a new tenant and user.
+
+    Pass `tenant=` to add the user to an existing tenant; also `email=`, `full_name=`.
+    """
+
+    async def make(**options: Any) -> AuthenticatedCaller:
+        return await create_caller(admin_sessions, test_issuer, **options)
+
+    return make

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import serve
+from app.cli import admin, serve
 
 cli = typer.Typer(
     help="Tenant Docs backend: run the API, migrate the database, provision tenants and users.",
@@ -14,6 +14,7 @@ cli = typer.Typer(
 )
 cli.command("run")(serve.run)
 cli.command("migrate")(serve.migrate)
+admin.register(cli)
 
 
 def main() -> None:

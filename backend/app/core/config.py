@@ -7,6 +7,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -53,6 +54,14 @@ def normalise_database_url(raw: str) -> str:
     return url.set(drivername=PSYCOPG_DRIVER).render_as_string(hide_password=False)
 
 
+def _is_secure_issuer(url: str) -> bool:
+    """https, or plain http to this machine only (a sidecar or a test issuer)."""
+    parsed = urlsplit(url)
+    if parsed.scheme == "https":
+        return True
+    return parsed.scheme == "http" and parsed.hostname in {"127.0.0.1", "localhost", "::1"}
+
+
 class Settings(BaseSettings):
     """Application configuration, read from the environment (and `.env` in development)."""
 
@@ -80,7 +89,16 @@ class Settings(BaseSettings):
     OIDC_ISSUER_URL: str | None = None
     OIDC_CLIENT_ID: str | None = None
     OIDC_CLIENT_SECRET: SecretStr | None = None
-    OIDC_TENANT_CLAIM: str = "tenant_id"
+    OIDC_TENANT_CLAIM: str = Field(default="tenant_id", min_length=1, max_length=200)
+    # Expected `aud`; defaults to OIDC_CLIENT_ID (set it when access tokens name an API instead).
+    OIDC_AUDIENCE: str | None = None
+    OIDC_JWKS_CACHE_SECONDS: int = Field(default=600, ge=10, le=86_400)
+    # Least time between two JWKS fetches, so tokens with made-up `kid`s can't hammer the IdP.
+    OIDC_JWKS_MIN_REFRESH_SECONDS: float = Field(default=30.0, ge=0, le=3600)
+    OIDC_HTTP_TIMEOUT_SECONDS: float = Field(default=3.0, gt=0, le=30)
+    OIDC_LEEWAY_SECONDS: int = Field(default=30, ge=0, le=300)
+    # Dev issuer (OIDC_ISSUER_URL unset, not production): its signing key lives here.
+    DEV_ISSUER_KEY_FILE: Path = BACKEND_DIR / ".data" / "dev-issuer" / "signing-key.pem"
 
     # AWS (KMS for per-tenant keys, Bedrock for embeddings: used by later features).
     AWS_REGION: str | None = None
@@ -102,6 +120,23 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "OIDC_AUDIENCE", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("OIDC_ISSUER_URL")
+    @classmethod
+    def _check_issuer_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ValueError("expected the issuer's URL, e.g. https://login.example.com/realms/x")
+        if parsed.query or parsed.fragment:
+            raise ValueError("expected the issuer's URL without ?query or #fragment")
+        return value
+
     @field_validator("LOG_LEVEL")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -112,11 +147,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _require_production_settings(self) -> Settings:
+        if self.OIDC_ISSUER_URL is not None and self.oidc_audience is None:
+            # Without an expected audience, a token the IdP issued to any other app would pass.
+            raise ValueError("OIDC_CLIENT_ID: required when OIDC_ISSUER_URL is set")
         if self.ENVIRONMENT is not Environment.PRODUCTION:
             return self
-        for name in ("DATABASE_URL", "OIDC_ISSUER_URL", "OIDC_CLIENT_ID"):
-            if getattr(self, name) is None:
-                raise ValueError(f"{name}: required when ENVIRONMENT=production")
+        if self.DATABASE_URL is None:
+            raise ValueError("DATABASE_URL: required when ENVIRONMENT=production")
+        if self.OIDC_ISSUER_URL is None:
+            raise ValueError(
+                "OIDC_ISSUER_URL: required when ENVIRONMENT=production"
+                " (the built-in dev token issuer is refused in production)"
+            )
+        if not _is_secure_issuer(self.OIDC_ISSUER_URL):
+            raise ValueError("OIDC_ISSUER_URL: must be an https:// URL when ENVIRONMENT=production")
         if "*" in self.ALLOWED_ORIGINS:
             raise ValueError("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
         return self
@@ -127,6 +171,16 @@ class Settings(BaseSettings):
         if self.DATABASE_URL is None:
             return None
         return make_url(self.DATABASE_URL.get_secret_value())
+
+    @property
+    def dev_issuer_enabled(self) -> bool:
+        """True when the app is its own token issuer (no OIDC_ISSUER_URL, not production)."""
+        return self.OIDC_ISSUER_URL is None and not self.is_production
+
+    @property
+    def oidc_audience(self) -> str | None:
+        """The `aud` a token must carry: OIDC_AUDIENCE, else OIDC_CLIENT_ID."""
+        return self.OIDC_AUDIENCE or self.OIDC_CLIENT_ID
 
     @property
     def is_production(self) -> bool:

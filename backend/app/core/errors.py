@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+
+if TYPE_CHECKING:
+    # Imported lazily below: the admin CLI raises these errors without loading FastAPI.
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class AppError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = headers
+        self.extra: dict[str, Any] = {}
 
 
 class NotFoundError(AppError):
@@ -49,14 +51,26 @@ class ForbiddenError(AppError):
 
 
 class UnauthorizedError(AppError):
-    """No valid credentials; `reason` is one of missing, expired, invalid."""
+    """No valid credentials; `reason` is one of missing, expired, invalid (also in the body)."""
 
     status_code = 401
     code = "unauthorized"
 
     def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": f'Bearer error="{reason}"'})
+        # RFC 6750 §3: no error code when credentials are missing, invalid_token otherwise.
+        challenge = "Bearer"
+        if reason != "missing":
+            challenge += ' error="invalid_token"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
         self.reason = reason
+        self.extra = {"reason": reason}
+
+
+class HeaderTooLargeError(AppError):
+    """A request header is larger than we accept (checked before the header is parsed)."""
+
+    status_code = 431
+    code = "header_too_large"
 
 
 class ServiceUnavailableError(AppError):
@@ -89,11 +103,14 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
 
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error a JSON body of the same shape; never a stack trace to the client."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.status_code, exc.code, exc.message, request),
+            error_body(exc.status_code, exc.code, exc.message, request, **exc.extra),
             status_code=exc.status_code,
             headers=exc.headers,
         )

@@ -53,6 +53,8 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            # Set by the TenantSession dependency once the caller is known (app.api.deps).
+            context = scope["state"].get("context")
             logger.info(
                 "request",
                 extra={
@@ -61,5 +63,7 @@ class RequestIdMiddleware:
                     "status": status_code,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     "request_id": request_id,
+                    "tenant_id": str(context.tenant_id) if context else None,
+                    "user_id": str(context.user_id) if context else None,
                 },
             )

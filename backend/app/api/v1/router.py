@@ -2,7 +2,12 @@
 
 from fastapi import APIRouter
 
-from app.api.v1 import health
+from app.api.v1 import dev, health, me
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(health.router)
+api_router.include_router(me.router)
+
+# Mounted by create_app only when the app is its own (dev) token issuer.
+dev_router = APIRouter(prefix="/api/v1")
+dev_router.include_router(dev.router)

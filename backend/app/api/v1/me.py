@@ -1,0 +1,23 @@
+"""GET /me: who the bearer token belongs to."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import CurrentContext, TenantSession
+from app.api.responses import AUTHENTICATED_ERRORS
+from app.schemas.me import Me
+from app.services import me as me_service
+
+router = APIRouter(tags=["me"])
+
+
+@router.get(
+    "/me",
+    response_model=Me,
+    summary="The caller's user and tenant",
+    responses=AUTHENTICATED_ERRORS,
+)
+async def read_me(session: TenantSession, context: CurrentContext) -> Me:
+    """The authenticated user (id, email, full name, role) and their tenant (id, name, status)."""
+    return await me_service.get_me(session, context)

@@ -1,0 +1,313 @@
+"""Admin CLI: provision tenants and users, and mint dev tokens.
+
+Runs as the provisioning role (`app_admin`, switched to from DATABASE_URL's login, or the
+embedded server's), writes one audit row per change (no user id: an operator acted), prints a
+table or `--json`, and on bad input prints one `error: …` line and exits non-zero: 2 for
+malformed input (bad UUID, invalid email), 1 when the database says no (unknown tenant,
+duplicate email).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings, SettingsError, describe_validation_error, settings_or_exit
+from app.core.errors import AppError, ConflictError, NotFoundError
+from app.core.logging import configure_logging
+from app.database.engine import build_engine, resolve_targets
+from app.database.session import admin_transaction, make_sessionmaker
+from app.models import Tenant, User
+from app.models.user import normalise_email
+from app.schemas.tenant import TenantCreate, TenantRecord
+from app.schemas.user import UserCreate, UserRecord
+from app.services import tenants as tenants_service
+from app.services import users as users_service
+from app.services.audit import ADMIN_CLI
+
+T = TypeVar("T")
+
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 1
+
+TENANT_COLUMNS = ["id", "name", "status", "created_at", "deleted_at"]
+USER_COLUMNS = ["id", "tenant_id", "email", "role", "full_name", "external_idp_id", "deleted_at"]
+
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print one `error:` line on stderr and exit with `code`."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    """`value` as a UUID, or exit 2 naming the argument."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        fail(f"{what} must be a UUID, got {value!r}", EXIT_BAD_INPUT)
+
+
+def _validated(model: type[BaseModel], **values: Any) -> Any:
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        fail(f"invalid input: {describe_validation_error(exc)}", EXIT_BAD_INPUT)
+
+
+@asynccontextmanager
+async def _admin_session(settings: Settings) -> AsyncIterator[AsyncSession]:
+    targets = resolve_targets(settings)
+    engine = build_engine(
+        targets.login_url,
+        settings,
+        application_name="tenant-docs-admin",
+        pool_size=1,
+        max_overflow=0,
+    )
+    try:
+        async with admin_transaction(make_sessionmaker(engine)) as session:
+            yield session
+    finally:
+        await engine.dispose()
+
+
+def run_admin(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `work` in one admin transaction; turn refusals into one line and an exit code."""
+    settings = settings_or_exit()
+    configure_logging("WARNING" if settings.LOG_LEVEL == "INFO" else settings.LOG_LEVEL)
+
+    async def main() -> T:
+        async with _admin_session(settings) as session:
+            return await work(session)
+
+    try:
+        return asyncio.run(main())
+    except AppError as exc:
+        fail(exc.message, EXIT_REFUSED)
+    except SettingsError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    except DBAPIError as exc:
+        sqlstate = getattr(exc.orig, "sqlstate", None) or "no connection"
+        fail(f"the database refused or is unavailable ({sqlstate})", EXIT_REFUSED)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return str(value)
+
+
+def emit(records: Sequence[BaseModel], columns: list[str], as_json: bool, *, many: bool) -> None:
+    """Print records as an aligned table, or as JSON (an object, or a list when `many`)."""
+    if as_json:
+        payload = [record.model_dump(mode="json") for record in records]
+        typer.echo(json.dumps(payload if many else payload[0], indent=2))
+        return
+    rows = [[_cell(getattr(record, column)) for column in columns] for record in records]
+    widths = [
+        max([len(column), *(len(row[i]) for row in rows)]) for i, column in enumerate(columns)
+    ]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    typer.echo("\n".join(line.rstrip() for line in lines))
+
+
+def _emit_tenant(tenant: Tenant, as_json: bool) -> None:
+    emit([TenantRecord.model_validate(tenant)], TENANT_COLUMNS, as_json, many=False)
+
+
+def _emit_user(user: User, as_json: bool) -> None:
+    emit([UserRecord.model_validate(user)], USER_COLUMNS, as_json, many=False)
+
+
+# Tenants ----------------------------------------------------------------------------------
+
+
+def create_tenant(
+    name: str = typer.Argument(..., help="Display name of the organisation."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create an active tenant."""
+    data = _validated(TenantCreate, name=name)
+    tenant = run_admin(lambda s: tenants_service.create_tenant(s, data, ADMIN_CLI))
+    _emit_tenant(tenant, as_json)
+
+
+def list_tenants(
+    include_deleted: bool = typer.Option(False, help="Include soft-deleted tenants."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List tenants, oldest first."""
+    tenants = run_admin(lambda s: tenants_service.list_tenants(s, include_deleted=include_deleted))
+    records = [TenantRecord.model_validate(t) for t in tenants]
+    emit(records, TENANT_COLUMNS, as_json, many=True)
+
+
+def suspend_tenant(
+    tenant_id: str = typer.Argument(..., help="Tenant id."), as_json: bool = JsonOption
+) -> None:
+    """Suspend a tenant: its users get 403 until it is activated again."""
+    tid = parse_uuid(tenant_id, "TENANT_ID")
+    tenant = run_admin(lambda s: tenants_service.set_tenant_status(s, tid, "suspended", ADMIN_CLI))
+    _emit_tenant(tenant, as_json)
+
+
+def activate_tenant(
+    tenant_id: str = typer.Argument(..., help="Tenant id."), as_json: bool = JsonOption
+) -> None:
+    """Re-activate a suspended tenant."""
+    tid = parse_uuid(tenant_id, "TENANT_ID")
+    tenant = run_admin(lambda s: tenants_service.set_tenant_status(s, tid, "active", ADMIN_CLI))
+    _emit_tenant(tenant, as_json)
+
+
+def delete_tenant(
+    tenant_id: str = typer.Argument(..., help="Tenant id."), as_json: bool = JsonOption
+) -> None:
+    """Soft-delete a tenant (data kept; its users get 403). Undo with restore-tenant."""
+    tid = parse_uuid(tenant_id, "TENANT_ID")
+    tenant = run_admin(lambda s: tenants_service.delete_tenant(s, tid, ADMIN_CLI))
+    _emit_tenant(tenant, as_json)
+
+
+def restore_tenant(
+    tenant_id: str = typer.Argument(..., help="Tenant id."), as_json: bool = JsonOption
+) -> None:
+    """Restore a soft-deleted tenant."""
+    tid = parse_uuid(tenant_id, "TENANT_ID")
+    tenant = run_admin(lambda s: tenants_service.restore_tenant(s, tid, ADMIN_CLI))
+    _emit_tenant(tenant, as_json)
+
+
+# Users ------------------------------------------------------------------------------------
+
+
+def create_user(
+    tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
+    email: str = typer.Option(..., help="Email (unique among the tenant's active users)."),
+    external_idp_id: str = typer.Option(..., help="The user's `sub` at the identity provider."),
+    role: str = typer.Option("member", help="admin or member."),
+    full_name: str | None = typer.Option(None, help="Display name."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Add a user to a tenant."""
+    tid = parse_uuid(tenant, "--tenant")
+    data = _validated(
+        UserCreate, email=email, external_idp_id=external_idp_id, role=role, full_name=full_name
+    )
+    user = run_admin(lambda s: users_service.create_user(s, tid, data, ADMIN_CLI))
+    _emit_user(user, as_json)
+
+
+def list_users(
+    tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
+    include_deleted: bool = typer.Option(False, help="Include soft-deleted users."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List a tenant's users, oldest first."""
+    tid = parse_uuid(tenant, "--tenant")
+    users = run_admin(lambda s: users_service.list_users(s, tid, include_deleted=include_deleted))
+    emit([UserRecord.model_validate(u) for u in users], USER_COLUMNS, as_json, many=True)
+
+
+def delete_user(
+    user_id: str = typer.Argument(..., help="User id."), as_json: bool = JsonOption
+) -> None:
+    """Soft-delete a user (they get 403 from then on). Undo with restore-user."""
+    uid = parse_uuid(user_id, "USER_ID")
+    user = run_admin(lambda s: users_service.delete_user(s, uid, ADMIN_CLI))
+    _emit_user(user, as_json)
+
+
+def restore_user(
+    user_id: str = typer.Argument(..., help="User id."), as_json: bool = JsonOption
+) -> None:
+    """Restore a soft-deleted user (refused if an active user now has their email)."""
+    uid = parse_uuid(user_id, "USER_ID")
+    user = run_admin(lambda s: users_service.restore_user(s, uid, ADMIN_CLI))
+    _emit_user(user, as_json)
+
+
+# Dev tokens -------------------------------------------------------------------------------
+
+
+async def _token_subject(session: AsyncSession, tenant_id: uuid.UUID, user: str) -> str:
+    """The IdP subject of an active user (by id or email) of an active tenant."""
+    statement = select(User, Tenant).join(Tenant, Tenant.id == User.tenant_id)
+    statement = statement.where(User.tenant_id == tenant_id, User.deleted_at.is_(None))
+    try:
+        statement = statement.where(User.id == uuid.UUID(user))
+    except ValueError:
+        statement = statement.where(User.email == normalise_email(user))
+    row = (await session.execute(statement)).first()
+    if row is None:
+        raise NotFoundError(f"no active user {user} in tenant {tenant_id}")
+    found_user, found_tenant = row
+    if found_tenant.deleted_at is not None or found_tenant.status != "active":
+        raise ConflictError(f"tenant {tenant_id} is not active; its users would get 403")
+    if found_user.external_idp_id is None:
+        raise ConflictError(f"user {user} has no external IdP id to put in the token's sub")
+    return str(found_user.external_idp_id)
+
+
+def dev_token(
+    tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
+    user: str = typer.Option(..., "--user", help="User id or email."),
+    expires_in: int = typer.Option(3600, min=60, max=7 * 24 * 3600, help="Lifetime in seconds."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Mint a dev token for a user (dev mode only: no OIDC_ISSUER_URL, not production)."""
+    from app.auth.dev_issuer import dev_issuer_for  # crypto imports only for this command
+
+    settings = settings_or_exit()
+    try:
+        issuer = dev_issuer_for(settings)
+    except SettingsError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    tid = parse_uuid(tenant, "--tenant")
+    subject = run_admin(lambda s: _token_subject(s, tid, user))
+    token = issuer.mint(
+        subject=subject,
+        tenant_id=tid,
+        tenant_claim=settings.OIDC_TENANT_CLAIM,
+        lifetime_seconds=expires_in,
+    )
+    if as_json:
+        body = {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
+        typer.echo(json.dumps(body, indent=2))
+    else:
+        typer.echo(token)
+
+
+def register(cli: typer.Typer) -> None:
+    """Add the admin commands to the CLI."""
+    for command in (
+        create_tenant,
+        list_tenants,
+        suspend_tenant,
+        activate_tenant,
+        delete_tenant,
+        restore_tenant,
+        create_user,
+        list_users,
+        delete_user,
+        restore_user,
+        dev_token,
+    ):
+        cli.command(command.__name__.replace("_", "-"))(command)

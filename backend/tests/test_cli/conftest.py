@@ -1,0 +1,83 @@
+"""Run the real CLI (`python -m app …`) in a subprocess against the test database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from app.cli.main import cli
+from app.core.config import BACKEND_DIR, get_settings
+from tests import database_harness as harness
+from tests.conftest import MigratedDatabase
+
+# Settings the parent test process may have: never let them leak into the CLI's environment.
+_APP_VARIABLES = ("DATABASE_URL", "APP_RUNTIME_PASSWORD", "OIDC_", "DEV_ISSUER_", "ENVIRONMENT")
+
+RunCli = Callable[..., Coroutine[Any, Any, subprocess.CompletedProcess[str]]]
+
+
+def cli_environment(
+    migrated_db: MigratedDatabase, dev_key_file: Path, **extra: str
+) -> dict[str, str]:
+    """The environment for a CLI subprocess: the test database via its migrating login."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_APP_VARIABLES)}
+    env.update(
+        ENVIRONMENT="test",
+        DATABASE_URL=migrated_db.owner_url.render_as_string(hide_password=False),
+        APP_RUNTIME_PASSWORD=harness.RUNTIME_PASSWORD,
+        DEV_ISSUER_KEY_FILE=str(dev_key_file),
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_cli(migrated_db: MigratedDatabase, dev_key_file: Path) -> RunCli:
+    """`result = await run_cli("create-tenant", "Acme", "--json", ENVIRONMENT=...)`."""
+
+    async def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "app", *args],
+            cwd=BACKEND_DIR,
+            env=cli_environment(migrated_db, dev_key_file, **env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+InvokeCli = Callable[..., Result]
+
+
+@pytest.fixture
+def invoke_cli(migrated_db: MigratedDatabase, dev_key_file: Path) -> InvokeCli:
+    """The same CLI in-process (typer's CliRunner): fast, for the many bad-input cases.
+
+    Must be called from a synchronous test: the command runs its own event loop.
+    """
+    runner = CliRunner()
+
+    def invoke(*args: str, **env: str) -> Result:
+        get_settings.cache_clear()
+        try:
+            return runner.invoke(
+                cli, list(args), env=cli_environment(migrated_db, dev_key_file, **env)
+            )
+        finally:
+            get_settings.cache_clear()
+
+    return invoke
