@@ -57,6 +57,8 @@ NOT_APP_SETTINGS: dict[str, OutsideReader] = {
 TEMPLATE_OMITS: dict[str, str] = {
     "EMBEDDED_DB_DIR": "development only: production requires DATABASE_URL, so the embedded "
     "server never starts and its data directory is never read",
+    "DEV_ISSUER_KEY_FILE": "development only: production refuses the dev token issuer, so its "
+    "signing key is never created or read",
 }
 
 START_COMMAND = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from pathlib import Path
 
@@ -87,12 +88,19 @@ async def test_a_rolled_back_transaction_leaves_no_context_behind(
     assert after == []
 
 
+# Any way of writing the setting: set_config('app.current_tenant_id', ...) or SET [LOCAL] ...
+_SETS_TENANT_CONTEXT = re.compile(
+    r"set_config\(\s*['\"]app\.current_tenant_id|\bSET\s+(LOCAL\s+|SESSION\s+)?app\.current_tenant_id",
+    re.IGNORECASE,
+)
+
+
 def test_tenant_context_is_set_in_one_place_only() -> None:
     app_dir = Path(__file__).resolve().parents[2] / "app"
     setters = sorted(
         str(path.relative_to(app_dir))
         for path in app_dir.rglob("*.py")
-        if "app.current_tenant_id" in path.read_text()
+        if _SETS_TENANT_CONTEXT.search(path.read_text())
     )
     assert setters == ["database/tenant_context.py"]
 
