@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     OIDC_CLIENT_SECRET: SecretStr | None = None
     OIDC_TENANT_CLAIM: str = "tenant_id"
 
+    # API behaviour.
+    CURSOR_SECRET: SecretStr | None = None
+    AUDIT_DOCUMENT_READS: bool = False
+
     # AWS (KMS for per-tenant keys, Bedrock for embeddings: used by later features).
     AWS_REGION: str | None = None
     AWS_ACCESS_KEY_ID: SecretStr | None = None
@@ -114,7 +118,7 @@ class Settings(BaseSettings):
     def _require_production_settings(self) -> Settings:
         if self.ENVIRONMENT is not Environment.PRODUCTION:
             return self
-        for name in ("DATABASE_URL", "OIDC_ISSUER_URL", "OIDC_CLIENT_ID"):
+        for name in ("DATABASE_URL", "OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "CURSOR_SECRET"):
             if getattr(self, name) is None:
                 raise ValueError(f"{name}: required when ENVIRONMENT=production")
         if "*" in self.ALLOWED_ORIGINS:
@@ -127,6 +131,13 @@ class Settings(BaseSettings):
         if self.DATABASE_URL is None:
             return None
         return make_url(self.DATABASE_URL.get_secret_value())
+
+    @property
+    def cursor_secret(self) -> bytes:
+        """Key that signs pagination cursors (a fixed development key outside production)."""
+        if self.CURSOR_SECRET is not None:
+            return self.CURSOR_SECRET.get_secret_value().encode()
+        return b"development-only-cursor-secret"
 
     @property
     def is_production(self) -> bool:
