@@ -21,13 +21,15 @@ from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from app.core.errors import InvalidInputError
+
 _Row = TypeVar("_Row")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 
 
-class InvalidCursorError(ValueError):
+class InvalidCursorError(InvalidInputError):
     """The cursor was not issued by this service for this tenant and query."""
 
 
@@ -65,17 +67,17 @@ class CursorCodec:
     def decode(self, cursor: str, tenant_id: uuid.UUID, fingerprint: str) -> Position:
         """The position a cursor stands for, or InvalidCursorError."""
         if len(cursor) > 512:
-            raise InvalidCursorError("cursor is too long")
+            raise InvalidCursorError("cursor: too long")
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         except (binascii.Error, ValueError):
-            raise InvalidCursorError("cursor is not valid") from None
+            raise InvalidCursorError("cursor: not a cursor issued for this query") from None
         payload, signature = raw[:-16], raw[-16:]
         if len(raw) <= 16 or not hmac.compare_digest(signature, self._sign(payload)):
-            raise InvalidCursorError("cursor is not valid")
+            raise InvalidCursorError("cursor: not a cursor issued for this query")
         created_at, row_id, cursor_tenant, cursor_fingerprint = json.loads(payload)
         if cursor_tenant != str(tenant_id) or cursor_fingerprint != fingerprint:
-            raise InvalidCursorError("cursor does not belong to this query")
+            raise InvalidCursorError("cursor: not a cursor issued for this query")
         return Position(datetime.fromisoformat(created_at), uuid.UUID(row_id))
 
 

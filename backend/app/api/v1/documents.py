@@ -17,7 +17,7 @@ from app.services.vector_search import SearchFilters
 
 router = APIRouter(prefix="/documents", tags=["documents"])
 
-_NOT_FOUND = {404: {"description": "No such document in your tenant (same for other tenants')."}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such document in your tenant (same for other tenants')."}}
 
 
 def _out(document: Any) -> schemas.Document:

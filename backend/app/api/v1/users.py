@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
@@ -13,8 +13,8 @@ from app.schemas import user as schemas
 from app.services import users as users_service
 
 router = APIRouter(prefix="/users", tags=["users"])
-_NOT_FOUND = {404: {"description": "No such user in your tenant (same for other tenants')."}}
-_ADMIN = {403: {"description": "Only admins of the tenant may do this."}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such user in your tenant (same for other tenants')."}}
+_ADMIN: dict[int | str, dict[str, Any]] = {403: {"description": "Only admins of the tenant may do this."}}
 
 
 @router.get("", response_model=schemas.UserPage, summary="List the tenant's users")
