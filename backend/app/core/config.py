@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # Dev issuer (OIDC_ISSUER_URL unset, not production): its signing key lives here.
     DEV_ISSUER_KEY_FILE: Path = BACKEND_DIR / ".data" / "dev-issuer" / "signing-key.pem"
 
+    # API behaviour.
+    CURSOR_SECRET: SecretStr | None = None
+    AUDIT_DOCUMENT_READS: bool = False
+
     # AWS (KMS for per-tenant keys, Bedrock for embeddings: used by later features).
     AWS_REGION: str | None = None
     AWS_ACCESS_KEY_ID: SecretStr | None = None
@@ -161,6 +165,8 @@ class Settings(BaseSettings):
             )
         if not _is_secure_issuer(self.OIDC_ISSUER_URL):
             raise ValueError("OIDC_ISSUER_URL: must be an https:// URL when ENVIRONMENT=production")
+        if self.CURSOR_SECRET is None:
+            raise ValueError("CURSOR_SECRET: required when ENVIRONMENT=production")
         if "*" in self.ALLOWED_ORIGINS:
             raise ValueError("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
         return self
@@ -181,6 +187,13 @@ class Settings(BaseSettings):
     def oidc_audience(self) -> str | None:
         """The `aud` a token must carry: OIDC_AUDIENCE, else OIDC_CLIENT_ID."""
         return self.OIDC_AUDIENCE or self.OIDC_CLIENT_ID
+
+    @property
+    def cursor_secret(self) -> bytes:
+        """Key that signs pagination cursors (a fixed development key outside production)."""
+        if self.CURSOR_SECRET is not None:
+            return self.CURSOR_SECRET.get_secret_value().encode()
+        return b"development-only-cursor-secret"
 
     @property
     def is_production(self) -> bool:

@@ -29,6 +29,13 @@ class AppError(Exception):
         self.extra: dict[str, Any] = {}
 
 
+class InvalidInputError(AppError):
+    """Input that passed schema validation but is still wrong (e.g. a forged cursor)."""
+
+    status_code = 422
+    code = "validation_error"
+
+
 class NotFoundError(AppError):
     """The resource does not exist for this caller (another tenant's looks the same)."""
 

@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from app.database.base import Base, SoftDeleteMixin
 
@@ -91,8 +91,15 @@ class Document(SoftDeleteMixin, Base):
         server_default=text("'{}'::jsonb"),
         comment="Free-form JSON metadata (GIN-indexed for containment queries).",
     )
+    # Deferred: a 1024-float vector is loaded only when asked for (search needs only distances,
+    # listings only whether there is one).
     embedding_vector: Mapped[Any | None] = mapped_column(
-        Vector(EMBEDDING_DIMENSIONS), comment="Embedding (1024 dims, cosine distance)."
+        Vector(EMBEDDING_DIMENSIONS),
+        deferred=True,
+        comment="Embedding (1024 dims, cosine distance).",
+    )
+    has_embedding: Mapped[bool] = column_property(
+        embedding_vector.column.is_not(None)  # type: ignore[attr-defined]
     )
 
     tenant: Mapped[Tenant] = relationship(back_populates="documents", lazy="raise")

@@ -41,3 +41,10 @@ class UserCreate(BaseModel):
     external_idp_id: str | None = Field(default=None, min_length=1, max_length=255)
     full_name: str | None = Field(default=None, max_length=255)
     role: UserRole = "member"
+
+
+class UserPage(BaseModel):
+    """One page of users, newest first; pass `next_cursor` back for the next page."""
+
+    items: list[UserRecord]
+    next_cursor: str | None = Field(description="Opaque; null on the last page.")

@@ -19,6 +19,7 @@ from app.models import SYSTEM_TENANT_ID, Tenant, User
 from app.models.user import normalise_email
 from app.schemas.user import UserCreate
 from app.services.audit import AuditActor, record_change
+from app.services.pagination import CursorCodec, PageRequest, fetch_page, query_fingerprint
 
 RESOURCE_TYPE = "user"
 _UNIQUE_VIOLATION = "23505"
@@ -143,3 +144,34 @@ async def _refuse_clash(
             raise ConflictError(
                 f"a user with external IdP id {external_idp_id} already exists in this tenant"
             )
+
+
+async def get_tenant_user(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    *,
+    include_deleted: bool = False,
+) -> User:
+    """A user of `tenant_id`; NotFoundError alike for another tenant's id and a random one."""
+    statement = select(User) if include_deleted else User.active_query()
+    statement = statement.where(User.tenant_id == tenant_id, User.id == user_id)
+    user = (await session.scalars(statement)).first()
+    if user is None:
+        raise NotFoundError("user not found")
+    return user
+
+
+async def page_users(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    page: PageRequest,
+    codec: CursorCodec,
+    *,
+    include_deleted: bool = False,
+) -> tuple[list[User], str | None]:
+    """One page of the tenant's users, newest first, and the next page's cursor."""
+    statement = select(User) if include_deleted else User.active_query()
+    statement = statement.where(User.tenant_id == tenant_id)
+    fingerprint = query_fingerprint({"include_deleted": include_deleted})
+    return await fetch_page(session, statement, User, page, codec, tenant_id, fingerprint)

@@ -2,11 +2,14 @@
 
 from fastapi import APIRouter
 
-from app.api.v1 import dev, health, me
+from app.api.v1 import audit_logs, dev, documents, health, me, users
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(health.router)
 api_router.include_router(me.router)
+api_router.include_router(documents.router)
+api_router.include_router(users.router)
+api_router.include_router(audit_logs.router)
 
 # Mounted by create_app only when the app is its own (dev) token issuer.
 dev_router = APIRouter(prefix="/api/v1")

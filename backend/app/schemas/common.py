@@ -1,0 +1,57 @@
+"""Shared request/response pieces: strict base models, bounded JSON metadata, embeddings."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from app.models.document import EMBEDDING_DIMENSIONS
+
+METADATA_MAX_BYTES = 64 * 1024
+METADATA_MAX_DEPTH = 10
+
+
+class RequestModel(BaseModel):
+    """Request bodies: unknown fields are refused and types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ResponseModel(BaseModel):
+    """Response bodies, built from ORM objects' attributes."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """Metadata must be at most 64 KiB as JSON and nested at most 10 levels deep."""
+    if _depth(value) > METADATA_MAX_DEPTH:
+        raise ValueError(f"metadata is nested deeper than {METADATA_MAX_DEPTH} levels")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata is {size} bytes as JSON; the limit is {METADATA_MAX_BYTES}")
+    if "\x00" in json.dumps(value):
+        raise ValueError("metadata must not contain NUL characters")
+    return value
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Embedding = Annotated[
+    list[FiniteFloat],
+    Field(
+        min_length=EMBEDDING_DIMENSIONS,
+        max_length=EMBEDDING_DIMENSIONS,
+        description=f"Exactly {EMBEDDING_DIMENSIONS} finite numbers.",
+    ),
+]

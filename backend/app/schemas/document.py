@@ -1,0 +1,101 @@
+"""Request and response shapes for documents and search."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from app.schemas.common import Embedding, Metadata, RequestModel, ResponseModel
+
+DocumentStatus = Literal["processing", "completed", "failed"]
+
+_EXAMPLE_METADATA = {"patient_ref": "P-1042", "department": "cardiology", "pages": 12}
+
+
+class DocumentCreate(RequestModel):
+    """Register a document already uploaded to S3. Its status starts as `processing`."""
+
+    filename: str = Field(min_length=1, max_length=255, examples=["discharge-summary.pdf"])
+    content_type: str = Field(min_length=1, max_length=255, examples=["application/pdf"])
+    size_bytes: int = Field(ge=0, le=2**63 - 1, examples=[482113])
+    s3_bucket: str = Field(min_length=1, max_length=255, examples=["acme-phi-documents"])
+    s3_key: str = Field(min_length=1, max_length=1024, examples=["2026/11/discharge-1042.pdf"])
+    metadata: Metadata = Field(default_factory=dict, examples=[_EXAMPLE_METADATA])
+    embedding: Embedding | None = Field(default=None, description="Optional 1024-dim embedding.")
+
+
+class DocumentUpdate(RequestModel):
+    """Change a document's status, metadata or embedding (`embedding: null` removes it)."""
+
+    status: DocumentStatus | None = Field(default=None, examples=["completed"])
+    metadata: Metadata | None = Field(default=None, examples=[_EXAMPLE_METADATA])
+    embedding: Embedding | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> DocumentUpdate:
+        if not self.model_fields_set:
+            raise ValueError("nothing to update: give status, metadata or embedding")
+        if "status" in self.model_fields_set and self.status is None:
+            raise ValueError("status cannot be null")
+        if "metadata" in self.model_fields_set and self.metadata is None:
+            raise ValueError("metadata cannot be null (send {} to clear it)")
+        return self
+
+
+class Document(ResponseModel):
+    """A document as clients see it (the embedding itself is not echoed back)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    filename: str
+    content_type: str
+    size_bytes: int
+    s3_bucket: str
+    s3_key: str
+    status: DocumentStatus
+    metadata: dict[str, Any] = Field(validation_alias="metadata_")
+    has_embedding: bool
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+
+class DocumentPage(ResponseModel):
+    """One page of documents, newest first; pass `next_cursor` back to get the next page."""
+
+    items: list[Document]
+    next_cursor: str | None = Field(description="Opaque; null on the last page.")
+
+
+class SearchFilters(RequestModel):
+    """Optional restrictions for a search."""
+
+    status: DocumentStatus | None = None
+    content_type: str | None = Field(default=None, min_length=1, max_length=255)
+    metadata: Metadata | None = Field(
+        default=None, description="Only documents whose metadata contains this JSON object."
+    )
+
+
+class SearchRequest(RequestModel):
+    """Nearest-neighbour search over the caller's tenant's active documents."""
+
+    embedding: Embedding
+    k: int = Field(default=10, ge=1, le=100)
+    filters: SearchFilters | None = None
+
+
+class SearchHit(ResponseModel):
+    """A document and its cosine distance to the query (0 = same direction, 2 = opposite)."""
+
+    document: Document
+    distance: float
+
+
+class SearchResults(ResponseModel):
+    """Nearest first; ties ordered by id."""
+
+    items: list[SearchHit]

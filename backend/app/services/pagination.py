@@ -1,0 +1,124 @@
+"""Keyset pagination with opaque, signed cursors bound to the tenant and the query.
+
+A cursor is the (created_at, id) of the last row of a page, plus the tenant and a fingerprint
+of the query's filters, signed with HMAC-SHA256. A tampered, forged or foreign cursor (another
+tenant's, or another query's) is refused instead of silently returning someone else's page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from app.core.errors import InvalidInputError
+
+_Row = TypeVar("_Row")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+class InvalidCursorError(InvalidInputError):
+    """The cursor was not issued by this service for this tenant and query."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a page ended: the last row's creation time and id."""
+
+    created_at: datetime
+    id: uuid.UUID
+
+
+def query_fingerprint(filters: dict[str, Any]) -> str:
+    """A stable digest of a query's filters (a cursor only continues the same query)."""
+    canonical = json.dumps(filters, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class CursorCodec:
+    """Signs and checks cursors with one secret."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:16]
+
+    def encode(self, position: Position, tenant_id: uuid.UUID, fingerprint: str) -> str:
+        """An opaque cursor for `position`, valid only for this tenant and query."""
+        payload = json.dumps(
+            [position.created_at.isoformat(), str(position.id), str(tenant_id), fingerprint],
+            separators=(",", ":"),
+        ).encode()
+        return base64.urlsafe_b64encode(payload + self._sign(payload)).decode().rstrip("=")
+
+    def decode(self, cursor: str, tenant_id: uuid.UUID, fingerprint: str) -> Position:
+        """The position a cursor stands for, or InvalidCursorError."""
+        if len(cursor) > 512:
+            raise InvalidCursorError("cursor: too long")
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        except (binascii.Error, ValueError):
+            raise InvalidCursorError("cursor: not a cursor issued for this query") from None
+        payload, signature = raw[:-16], raw[-16:]
+        if len(raw) <= 16 or not hmac.compare_digest(signature, self._sign(payload)):
+            raise InvalidCursorError("cursor: not a cursor issued for this query")
+        created_at, row_id, cursor_tenant, cursor_fingerprint = json.loads(payload)
+        if cursor_tenant != str(tenant_id) or cursor_fingerprint != fingerprint:
+            raise InvalidCursorError("cursor: not a cursor issued for this query")
+        return Position(datetime.fromisoformat(created_at), uuid.UUID(row_id))
+
+
+def after(
+    statement: Select[Any],
+    created_at: InstrumentedAttribute[datetime],
+    row_id: InstrumentedAttribute[uuid.UUID],
+    position: Position | None,
+) -> Select[Any]:
+    """Newest-first keyset page: rows strictly older than `position` (ties broken by id)."""
+    statement = statement.order_by(created_at.desc(), row_id.desc())
+    if position is None:
+        return statement
+    return statement.where(tuple_(created_at, row_id) < tuple_(position.created_at, position.id))
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """A client's page request: the cursor it got (if any) and the page size."""
+
+    cursor: str | None = None
+    limit: int = DEFAULT_PAGE_SIZE
+
+
+async def fetch_page(
+    session: AsyncSession,
+    statement: Select[_Row],
+    model: type[_Row],
+    page: PageRequest,
+    codec: CursorCodec,
+    tenant_id: uuid.UUID,
+    fingerprint: str,
+) -> tuple[list[_Row], str | None]:
+    """Run `statement` as one newest-first page; return its rows and the next page's cursor."""
+    position = codec.decode(page.cursor, tenant_id, fingerprint) if page.cursor else None
+    created_at = model.created_at  # type: ignore[attr-defined]
+    row_id = model.id  # type: ignore[attr-defined]
+    statement = after(statement, created_at, row_id, position).limit(page.limit + 1)
+    rows = list((await session.execute(statement)).scalars())
+    if len(rows) <= page.limit:
+        return rows, None
+    rows = rows[: page.limit]
+    last: Any = rows[-1]
+    return rows, codec.encode(Position(last.created_at, last.id), tenant_id, fingerprint)
