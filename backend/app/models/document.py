@@ -98,8 +98,10 @@ class Document(SoftDeleteMixin, Base):
         deferred=True,
         comment="Embedding (1024 dims, cosine distance).",
     )
+    # Not expired by a flush: services that change the embedding set it themselves.
     has_embedding: Mapped[bool] = column_property(
-        embedding_vector.column.is_not(None)  # type: ignore[attr-defined]
+        embedding_vector.column.is_not(None),  # type: ignore[attr-defined]
+        expire_on_flush=False,
     )
 
     tenant: Mapped[Tenant] = relationship(back_populates="documents", lazy="raise")

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.core.context import RequestContext
 from app.core.errors import NotFoundError
@@ -95,6 +96,8 @@ async def create_document(
     )
     session.add(document)
     await session.flush()
+    # has_embedding is a SQL expression; we know its value, so no query to read it back.
+    set_committed_value(document, "has_embedding", data.embedding is not None)
     await _audit(session, actor, "document.create", document, data.model_fields_set | {"status"})
     return document
 
@@ -153,6 +156,7 @@ async def update_document(
         changed.append("metadata")
     if "embedding" in data.model_fields_set:
         document.embedding_vector = data.embedding
+        set_committed_value(document, "has_embedding", data.embedding is not None)
         changed.append("embedding")
     if changed:
         await session.flush()
