@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app.core.errors import InvalidInputError
+from app.models import AuditLog, Document, User
 
 _Row = TypeVar("_Row")
 
@@ -81,17 +82,14 @@ class CursorCodec:
         return Position(datetime.fromisoformat(created_at), uuid.UUID(row_id))
 
 
-def after(
-    statement: Select[Any],
-    created_at: InstrumentedAttribute[datetime],
-    row_id: InstrumentedAttribute[uuid.UUID],
-    position: Position | None,
-) -> Select[Any]:
-    """Newest-first keyset page: rows strictly older than `position` (ties broken by id)."""
-    statement = statement.order_by(created_at.desc(), row_id.desc())
-    if position is None:
-        return statement
-    return statement.where(tuple_(created_at, row_id) < tuple_(position.created_at, position.id))
+# The only sort keys pagination uses: each paginated table's (created_at, id), newest first.
+KEYSET_COLUMNS: dict[
+    type[Any], tuple[InstrumentedAttribute[datetime], InstrumentedAttribute[uuid.UUID]]
+] = {
+    Document: (Document.created_at, Document.id),
+    User: (User.created_at, User.id),
+    AuditLog: (AuditLog.created_at, AuditLog.id),
+}
 
 
 @dataclass(frozen=True)
@@ -113,9 +111,14 @@ async def fetch_page(
 ) -> tuple[list[_Row], str | None]:
     """Run `statement` as one newest-first page; return its rows and the next page's cursor."""
     position = codec.decode(page.cursor, tenant_id, fingerprint) if page.cursor else None
-    created_at = model.created_at  # type: ignore[attr-defined]
-    row_id = model.id  # type: ignore[attr-defined]
-    statement = after(statement, created_at, row_id, position).limit(page.limit + 1)
+    created_at, row_id = KEYSET_COLUMNS[model]
+    statement = statement.order_by(created_at.desc(), row_id.desc())
+    if position is not None:
+        # Strictly older than the last row seen; the row comparison walks the tenant index.
+        statement = statement.where(
+            tuple_(created_at, row_id) < tuple_(position.created_at, position.id)
+        )
+    statement = statement.limit(page.limit + 1)
     rows = list((await session.execute(statement)).scalars())
     if len(rows) <= page.limit:
         return rows, None

@@ -121,6 +121,7 @@ async def test_production_rejects_dev_tokens_and_hides_dev_routes(
         OIDC_ISSUER_URL=issuer_server.url,  # http on loopback is allowed even in production
         OIDC_CLIENT_ID=issuer_server.issuer.audience,
         DEV_ISSUER_KEY_FILE=dev_settings.DEV_ISSUER_KEY_FILE,
+        CURSOR_SECRET="test-cursor-secret",
     )
     app = create_app(production, database)
     async with httpx.AsyncClient(
