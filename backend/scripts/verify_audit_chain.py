@@ -18,7 +18,7 @@ SELECT id, chain_seq, prev_hash, row_hash,
        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
        user_id::text, action, resource_type, resource_id::text,
        host(ip_address) || '/' || masklen(ip_address), user_agent, metadata::text
-FROM audit_logs WHERE tenant_id = %s ORDER BY chain_seq, id
+FROM audit_logs WHERE tenant_id = %s ORDER BY audit_logs.chain_seq, audit_logs.id
 """
 
 

@@ -10,7 +10,6 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 
-
 class ChainProblem(StrEnum):
     """How a tenant's chain is broken at the reported link."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from itertools import pairwise
 
 import pytest
 from sqlalchemy import func, select, text
@@ -37,6 +38,20 @@ async def _append(
         return await AuditLog.create(
             session, tenant_id=tenant_id, action=action, resource_type="document"
         )
+
+
+async def _append_with_lock_timeout(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID, lock_timeout: str
+) -> AuditLog:
+    async with tenant_transaction(sessions, tenant_id) as session:
+        await session.execute(text(f"SET LOCAL lock_timeout = '{lock_timeout}'"))
+        return await AuditLog.create(
+            session, tenant_id=tenant_id, action="doc.view", resource_type="document"
+        )
+
+
+class DeliberateRollbackError(Exception):
+    """Raised inside a transaction to roll it back."""
 
 
 async def _chain(
@@ -75,7 +90,7 @@ async def test_python_encoding_matches_the_database_for_every_column_kind(
         user = await make_user(session, tenant)
     awkward = [
         {"ip_address": "2001:db8::1", "user_agent": "Mozilla/5.0 (X11; Linux) 12:3,4"},
-        {"ip_address": "::ffff:192.0.2.1", "user_agent": "line\nbreak, and \"quotes\""},
+        {"ip_address": "::ffff:192.0.2.1", "user_agent": 'line\nbreak, and "quotes"'},
         {"ip_address": None, "user_agent": None},
     ]
     for number, extra in enumerate(awkward):
@@ -112,7 +127,7 @@ async def test_concurrent_writers_in_one_tenant_give_one_gap_free_chain(
 
     chain = await _chain(runtime_sessions, tenant_id)
     assert [seq for seq, _, _ in chain] == list(range(1, WRITERS * ROWS_PER_WRITER + 1))
-    for (_, _, previous_hash), (_, prev_hash, _) in zip(chain, chain[1:], strict=False):
+    for (_, _, previous_hash), (_, prev_hash, _) in pairwise(chain):
         assert prev_hash == previous_hash
     async with tenant_transaction(runtime_sessions, tenant_id) as session:
         report = await audit_integrity_service.verify_chain(session, tenant_id=tenant_id)
@@ -128,16 +143,19 @@ async def test_a_rolled_back_insert_leaves_no_gap(
     tenant_id = await _new_tenant(admin_sessions)
     await _append(runtime_sessions, tenant_id)
 
-    class Abort(Exception):
-        pass
+    seen_before_rollback: list[int] = []
 
-    with pytest.raises(Abort):
+    async def insert_then_roll_back() -> None:
         async with tenant_transaction(runtime_sessions, tenant_id) as session:
             rolled_back = await AuditLog.create(
                 session, tenant_id=tenant_id, action="doc.view", resource_type="document"
             )
-            assert rolled_back.chain_seq == 2
-            raise Abort
+            seen_before_rollback.append(rolled_back.chain_seq)
+            raise DeliberateRollbackError
+
+    with pytest.raises(DeliberateRollbackError):
+        await insert_then_roll_back()
+    assert seen_before_rollback == [2]
     # A statement that fails inside the trigger's transaction rolls the head back too.
     with pytest.raises(DBAPIError):
         async with tenant_transaction(runtime_sessions, tenant_id) as session:
@@ -168,20 +186,12 @@ async def test_other_tenants_do_not_wait_while_one_tenant_is_serialised(
             holding, tenant_id=busy_tenant, action="doc.view", resource_type="document"
         )
 
-        async with tenant_transaction(runtime_sessions, other_tenant) as session:
-            await session.execute(text("SET LOCAL lock_timeout = '2s'"))
-            other = await AuditLog.create(
-                session, tenant_id=other_tenant, action="doc.view", resource_type="document"
-            )
+        other = await _append_with_lock_timeout(runtime_sessions, other_tenant, "2s")
         assert other.chain_seq == 2
 
         # The same tenant's next writer does wait (and gives up at its lock timeout).
         with pytest.raises(OperationalError, match="lock timeout"):
-            async with tenant_transaction(runtime_sessions, busy_tenant) as session:
-                await session.execute(text("SET LOCAL lock_timeout = '200ms'"))
-                await AuditLog.create(
-                    session, tenant_id=busy_tenant, action="doc.view", resource_type="document"
-                )
+            await _append_with_lock_timeout(runtime_sessions, busy_tenant, "200ms")
 
     assert [seq for seq, _, _ in await _chain(runtime_sessions, busy_tenant)] == [1]
 

@@ -165,7 +165,9 @@ async def test_row_inserted_with_a_forged_hash_is_located(
 
     report = await _verify(tamper_admin_sessions, tenant_id)
 
-    _assert_broken_at(report, tenant_id, CHAIN_LENGTH + 1, forged_id, ChainProblem.ROW_HASH_MISMATCH)
+    _assert_broken_at(
+        report, tenant_id, CHAIN_LENGTH + 1, forged_id, ChainProblem.ROW_HASH_MISMATCH
+    )
 
 
 async def test_truncated_tail_is_detected_by_the_chain_head(
@@ -173,9 +175,7 @@ async def test_truncated_tail_is_detected_by_the_chain_head(
 ) -> None:
     tenant_id, _ = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
     with attacker(tamper_db.superuser_url) as conn:
-        conn.execute(
-            "DELETE FROM audit_logs WHERE tenant_id = %s AND chain_seq > 3", (tenant_id,)
-        )
+        conn.execute("DELETE FROM audit_logs WHERE tenant_id = %s AND chain_seq > 3", (tenant_id,))
 
     report = await _verify(tamper_admin_sessions, tenant_id)
 
@@ -190,9 +190,7 @@ async def test_truncated_tail_with_a_fixed_head_is_detected_against_an_anchor(
     tenant_id, _ = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
     anchor = await _anchor(tamper_admin_sessions, tenant_id)
     with attacker(tamper_db.superuser_url) as conn:
-        conn.execute(
-            "DELETE FROM audit_logs WHERE tenant_id = %s AND chain_seq > 3", (tenant_id,)
-        )
+        conn.execute("DELETE FROM audit_logs WHERE tenant_id = %s AND chain_seq > 3", (tenant_id,))
         conn.execute(
             "UPDATE audit_chain_heads SET last_seq = 3, last_hash = entry.row_hash"
             " FROM audit_logs entry WHERE entry.tenant_id = %(t)s AND entry.chain_seq = 3"
@@ -242,9 +240,7 @@ async def test_wholesale_rewrite_is_detected_only_against_an_anchor(
     with_anchor = await _verify(tamper_admin_sessions, tenant_id, anchor)
 
     assert without_anchor.ok  # the documented limit: a consistent rewrite needs an anchor
-    _assert_broken_at(
-        with_anchor, tenant_id, CHAIN_LENGTH, rows[-1], ChainProblem.ANCHOR_MISMATCH
-    )
+    _assert_broken_at(with_anchor, tenant_id, CHAIN_LENGTH, rows[-1], ChainProblem.ANCHOR_MISMATCH)
     assert with_anchor.first_break is not None
     assert "rewritten" in with_anchor.first_break.detail
 
