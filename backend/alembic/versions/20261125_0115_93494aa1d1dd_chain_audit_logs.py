@@ -13,6 +13,14 @@ inserting transaction, so a rollback rolls it back too: no gap.
 `audit_chain_heads` is written only by the trigger function (SECURITY DEFINER, owned by the
 table owner, not executable by anyone): the runtime role has no privilege on it at all.
 
+A second, SECURITY INVOKER trigger fires just before it and refuses a row RLS would refuse (a
+row for another tenant than the transaction's, or any row from a caller subject to RLS with no
+tenant context) with RLS's own SQLSTATE and message, so a tenant can neither lock another
+tenant's chain head nor tell this refusal from RLS's. It must run as the caller: inside the
+SECURITY DEFINER function `current_user` is the owner, so only the invoker can ask
+`row_security_active`. Callers that bypass RLS (app_admin in the admin CLI) insert for any
+tenant when they have set no context.
+
 Existing rows are chained per tenant in (created_at, id) order.
 
 Revision ID: 93494aa1d1dd
@@ -74,19 +82,37 @@ AS $$
 $$
 """
 
+# Runs as the caller (no SECURITY DEFINER): `row_security_active` answers for the caller only
+# there. search_path is pinned like every trigger function's (test_runtime_role checks it).
+TENANT_GUARD_FUNCTION = """
+CREATE FUNCTION guard_audit_log_tenant() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    context_tenant uuid := NULLIF(current_setting('app.current_tenant_id', true), '')::uuid;
+BEGIN
+    -- The refusal RLS's WITH CHECK would give after the BEFORE triggers, given before the chain
+    -- trigger locks a head: same SQLSTATE, same message, so the two can't be told apart.
+    IF (context_tenant IS NULL AND row_security_active('public.audit_logs'))
+       OR (context_tenant IS NOT NULL AND NEW.tenant_id IS DISTINCT FROM context_tenant) THEN
+        RAISE EXCEPTION 'new row violates row-level security policy for table "audit_logs"'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$
+"""
+
 CHAIN_TRIGGER_FUNCTION = f"""
 CREATE FUNCTION chain_audit_log() RETURNS trigger
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    context_tenant uuid := NULLIF(current_setting('app.current_tenant_id', true), '')::uuid;
 BEGIN
-    -- Refuse before locking another tenant's chain head (RLS would refuse the row later).
-    IF context_tenant IS NOT NULL AND NEW.tenant_id IS DISTINCT FROM context_tenant THEN
-        RAISE EXCEPTION 'audit row for another tenant than the transaction''s'
-            USING ERRCODE = 'insufficient_privilege';
+    IF NEW.tenant_id IS NULL THEN
+        RETURN NEW;  -- audit_logs.tenant_id's NOT NULL constraint refuses it, as for any table
     END IF;
     IF NOT isfinite(NEW.created_at) THEN
         RAISE EXCEPTION 'audit_logs.created_at must be a finite timestamp'
@@ -208,9 +234,16 @@ def upgrade() -> None:
         op.f("uq_audit_logs_tenant_id_chain_seq"), "audit_logs", ["tenant_id", "chain_seq"]
     )
 
+    op.execute(TENANT_GUARD_FUNCTION)
     op.execute(CHAIN_TRIGGER_FUNCTION)
-    op.execute("REVOKE ALL ON FUNCTION chain_audit_log() FROM PUBLIC")
-    # BEFORE triggers fire in name order: `zz_` makes this one last, so it hashes the final row.
+    for function in ("guard_audit_log_tenant()", "chain_audit_log()"):
+        op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
+    # BEFORE triggers fire in name order: `zz_` makes these the last two, the guard first
+    # (`zz_a…` < `zz_c…`), then the chain, which so hashes the final row.
+    op.execute(
+        "CREATE TRIGGER zz_audit_log_tenant_guard BEFORE INSERT ON audit_logs "
+        "FOR EACH ROW EXECUTE FUNCTION guard_audit_log_tenant()"
+    )
     op.execute(
         "CREATE TRIGGER zz_chain_audit_log BEFORE INSERT ON audit_logs "
         "FOR EACH ROW EXECUTE FUNCTION chain_audit_log()"
@@ -230,7 +263,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TRIGGER zz_chain_audit_log ON audit_logs")
+    op.execute("DROP TRIGGER zz_audit_log_tenant_guard ON audit_logs")
     op.execute("DROP FUNCTION chain_audit_log()")
+    op.execute("DROP FUNCTION guard_audit_log_tenant()")
     op.drop_table("audit_chain_heads")
     op.drop_constraint(op.f("uq_audit_logs_tenant_id_chain_seq"), "audit_logs", type_="unique")
     op.execute("DROP FUNCTION audit_log_row_hash(audit_logs)")

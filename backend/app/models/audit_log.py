@@ -33,6 +33,11 @@ if TYPE_CHECKING:
     from app.models.user import User
 
 
+# The chain columns were added by a later migration, after the inherited id and created_at:
+# the model keeps that column order so the catalogs of models and migrations are identical.
+_AFTER_INHERITED_COLUMNS = 1
+
+
 class ImmutableAuditLogError(RuntimeError):
     """Raised in Python when code tries to change or delete an audit row."""
 
@@ -94,16 +99,19 @@ class AuditLog(Base):
     chain_seq: Mapped[int] = mapped_column(
         BigInteger,
         server_default=FetchedValue(),
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Position in the tenant's hash chain (1, 2, …), set by a trigger.",
     )
     prev_hash: Mapped[bytes] = mapped_column(
         LargeBinary,
         server_default=FetchedValue(),
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="row_hash of the previous row in the tenant's chain (zeros for the first).",
     )
     row_hash: Mapped[bytes] = mapped_column(
         LargeBinary,
         server_default=FetchedValue(),
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="SHA-256 of the row's canonical encoding (docs/AUDIT_INTEGRITY.md).",
     )
 

@@ -35,29 +35,41 @@ GENESIS_HASH = bytes(32)
 
 STREAM_BATCH_ROWS = 2000
 
-# Each field's canonical text, in encoding order, as PostgreSQL renders it (see the docs).
-_CANONICAL_COLUMNS = """
-    tenant_id::text AS canonical_tenant_id,
-    chain_seq::text AS canonical_chain_seq,
-    encode(prev_hash, 'hex') AS canonical_prev_hash,
-    id::text AS canonical_id,
-    to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS canonical_created_at,
-    user_id::text AS canonical_user_id,
-    action AS canonical_action,
-    resource_type AS canonical_resource_type,
-    resource_id::text AS canonical_resource_id,
-    host(ip_address) || '/' || masklen(ip_address) AS canonical_ip_address,
-    user_agent AS canonical_user_agent,
-    metadata::text AS canonical_metadata
-"""
+# One constant statement serves both scopes: `:tenant_id` NULL means every tenant the session
+# can see. Every app connection plans with the actual values (plan_cache_mode =
+# force_custom_plan, app/database/engine.py), so the planner folds the OR away: the filter is
+# either gone or a plain `tenant_id = $1` that uses uq_audit_logs_tenant_id_chain_seq.
+# The canonical fields follow id..created_at, in encoding order, as PostgreSQL renders them
+# (docs/AUDIT_INTEGRITY.md).
+_ROWS = text(
+    """
+    SELECT id, tenant_id, chain_seq, prev_hash, row_hash, created_at,
+        tenant_id::text AS canonical_tenant_id,
+        chain_seq::text AS canonical_chain_seq,
+        encode(prev_hash, 'hex') AS canonical_prev_hash,
+        id::text AS canonical_id,
+        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+            AS canonical_created_at,
+        user_id::text AS canonical_user_id,
+        action AS canonical_action,
+        resource_type AS canonical_resource_type,
+        resource_id::text AS canonical_resource_id,
+        host(ip_address) || '/' || masklen(ip_address) AS canonical_ip_address,
+        user_agent AS canonical_user_agent,
+        metadata::text AS canonical_metadata
+    FROM audit_logs
+    WHERE (CAST(:tenant_id AS uuid) IS NULL OR tenant_id = :tenant_id)
+    ORDER BY tenant_id, chain_seq, id
+    """
+).execution_options(yield_per=STREAM_BATCH_ROWS)
 _FIRST_CANONICAL_COLUMN = 6
 
-# S608: the only interpolations are the constant column list and a constant filter.
-_ROWS_SQL = (
-    "SELECT id, tenant_id, chain_seq, prev_hash, row_hash, created_at, "  # noqa: S608
-    + _CANONICAL_COLUMNS
-    + " FROM audit_logs {where} ORDER BY tenant_id, chain_seq, id"
+_CHAIN_HEADS = text(
+    "SELECT tenant_id, last_seq, last_hash FROM audit_chain_heads"
+    " WHERE (CAST(:tenant_id AS uuid) IS NULL OR tenant_id = :tenant_id)"
 )
+_CAN_READ_CHAIN_HEADS = text("SELECT has_table_privilege('public.audit_chain_heads', 'SELECT')")
+_VISIBLE_TENANTS = text("SELECT id FROM tenants")
 
 
 def netstring(value: str | None) -> bytes:
@@ -194,20 +206,13 @@ class _TenantWalk:
 
 
 async def _can_read_chain_heads(session: AsyncSession) -> bool:
-    result = await session.execute(
-        text("SELECT has_table_privilege('public.audit_chain_heads', 'SELECT')")
-    )
-    return bool(result.scalar_one())
+    return bool((await session.execute(_CAN_READ_CHAIN_HEADS)).scalar_one())
 
 
 async def _chain_heads(
     session: AsyncSession, tenant_id: uuid.UUID | None
 ) -> dict[uuid.UUID, tuple[int, bytes]]:
-    where = "WHERE tenant_id = :tenant_id" if tenant_id is not None else ""
-    result = await session.execute(
-        text(f"SELECT tenant_id, last_seq, last_hash FROM audit_chain_heads {where}"),  # noqa: S608
-        {"tenant_id": tenant_id},
-    )
+    result = await session.execute(_CHAIN_HEADS, {"tenant_id": tenant_id})
     return {row.tenant_id: (row.last_seq, bytes(row.last_hash)) for row in result}
 
 
@@ -215,7 +220,7 @@ async def _tenants_in_scope(session: AsyncSession, tenant_id: uuid.UUID | None) 
     if tenant_id is not None:
         return {tenant_id}
     # Under RLS this is the context's tenant only; as the provisioning role, every tenant.
-    result = await session.execute(text("SELECT id FROM tenants"))
+    result = await session.execute(_VISIBLE_TENANTS)
     return set(result.scalars())
 
 
@@ -259,11 +264,7 @@ async def verify_chain(
                     )
                 )
 
-    where = "WHERE tenant_id = :tenant_id" if tenant_id is not None else ""
-    rows = await session.stream(
-        text(_ROWS_SQL.format(where=where)).execution_options(yield_per=STREAM_BATCH_ROWS),
-        {"tenant_id": tenant_id},
-    )
+    rows = await session.stream(_ROWS, {"tenant_id": tenant_id})
     async for row in rows:
         walk_for(row.tenant_id).add_row(row)
     if tenant_id is not None:

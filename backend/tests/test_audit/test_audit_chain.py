@@ -6,16 +6,19 @@ Runs on the shared test database; nothing here breaks a chain (see test_audit_ta
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import uuid
 from itertools import pairwise
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.api.v1.audit_verify import verify_audit_logs
 from app.database.session import admin_transaction, tenant_transaction
+from app.database.tenant_context import set_tenant_context
 from app.models import AuditLog
 from app.models.audit_log import audit_chain_heads
 from app.services import audit_integrity as audit_integrity_service
@@ -196,28 +199,40 @@ async def test_other_tenants_do_not_wait_while_one_tenant_is_serialised(
     assert [seq for seq, _, _ in await _chain(runtime_sessions, busy_tenant)] == [1]
 
 
-async def test_chain_values_sent_by_the_client_are_overwritten(
+_FORGED_INSERT = text(
+    "INSERT INTO audit_logs (tenant_id, action, resource_type, chain_seq, prev_hash, row_hash)"
+    " VALUES (:tenant, 'doc.view', 'document', 99, '\\x00'::bytea, sha256('forged'::bytea))"
+    " RETURNING chain_seq, prev_hash, row_hash"
+)
+
+
+async def test_runtime_role_may_not_send_chain_values(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id = await _new_tenant(admin_sessions)
+    # INSERT is granted to app_runtime column by column, without the chain columns.
+    with pytest.raises(ProgrammingError, match="permission denied for table audit_logs"):
+        async with tenant_transaction(runtime_sessions, tenant_id) as session:
+            await session.execute(_FORGED_INSERT, {"tenant": tenant_id})
+
+    assert await _chain(runtime_sessions, tenant_id) == []
+
+
+async def test_chain_values_sent_by_a_role_allowed_to_send_them_are_overwritten(
     admin_sessions: async_sessionmaker[AsyncSession],
     runtime_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     tenant_id = await _new_tenant(admin_sessions)
     genuine = await _append(runtime_sessions, tenant_id)
 
-    async with tenant_transaction(runtime_sessions, tenant_id) as session:
-        forged = (
-            await session.execute(
-                text(
-                    "INSERT INTO audit_logs (tenant_id, action, resource_type, chain_seq,"
-                    " prev_hash, row_hash) VALUES (:tenant, 'doc.view', 'document', 99,"
-                    " '\\x00'::bytea, sha256('forged'::bytea))"
-                    " RETURNING chain_seq, prev_hash, row_hash"
-                ),
-                {"tenant": tenant_id},
-            )
-        ).one()
+    # app_admin holds INSERT on the whole table, chain columns included: the trigger wins.
+    async with admin_transaction(admin_sessions) as session:
+        forged = (await session.execute(_FORGED_INSERT, {"tenant": tenant_id})).one()
 
     assert forged.chain_seq == 2
     assert forged.prev_hash == genuine.row_hash
+    assert forged.row_hash != hashlib.sha256(b"forged").digest()
     async with tenant_transaction(runtime_sessions, tenant_id) as session:
         assert (await audit_integrity_service.verify_chain(session, tenant_id=tenant_id)).ok
 
@@ -241,24 +256,103 @@ async def test_runtime_role_cannot_touch_the_chain_heads_or_rewrite_chain_column
                 await session.execute(text(statement), {"tenant": tenant_id})
 
 
-async def test_an_insert_for_another_tenant_is_refused_before_touching_its_chain(
+def _assert_refused_like_rls(error: DBAPIError) -> None:
+    """The refusal is RLS's own: SQLSTATE 42501 and its exact message, nothing more telling."""
+    assert error.orig is not None
+    assert error.orig.sqlstate == "42501"
+    assert error.orig.diag.message_primary == (
+        'new row violates row-level security policy for table "audit_logs"'
+    )
+
+
+async def _insert_while_victim_head_is_locked(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    victim: uuid.UUID,
+    context_tenant: uuid.UUID | None,
+) -> DBAPIError:
+    """As app_runtime (in `context_tenant`, or with no context), append a row for `victim`."""
+
+    async def append_for_victim() -> None:
+        async with runtime_sessions() as session, session.begin():
+            await session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            if context_tenant is not None:
+                await set_tenant_context(session, context_tenant)
+            await AuditLog.create(
+                session, tenant_id=victim, action="doc.view", resource_type="document"
+            )
+
+    async with admin_transaction(admin_sessions) as holding:
+        # Holds the victim's chain head until this block ends: a writer that reached the head
+        # would wait and give up at its lock timeout rather than be refused.
+        await AuditLog.create(
+            holding, tenant_id=victim, action="doc.view", resource_type="document"
+        )
+        with pytest.raises(DBAPIError) as refused:
+            await append_for_victim()
+    return refused.value
+
+
+async def test_an_insert_for_another_tenant_is_refused_like_rls_before_taking_its_head(
     admin_sessions: async_sessionmaker[AsyncSession],
     runtime_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     own_tenant = await _new_tenant(admin_sessions)
     victim = await _new_tenant(admin_sessions)
 
-    with pytest.raises(ProgrammingError, match="another tenant"):
-        async with tenant_transaction(runtime_sessions, own_tenant) as session:
-            await AuditLog.create(
-                session, tenant_id=victim, action="doc.view", resource_type="document"
-            )
+    error = await _insert_while_victim_head_is_locked(
+        admin_sessions, runtime_sessions, victim, context_tenant=own_tenant
+    )
 
+    _assert_refused_like_rls(error)  # not a lock timeout: refused before the head lock
+    assert [seq for seq, _, _ in await _chain(runtime_sessions, victim)] == [1]
+    assert await _chain(runtime_sessions, own_tenant) == []
+
+
+async def test_an_insert_without_tenant_context_is_refused_like_rls_before_taking_a_head(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    victim = await _new_tenant(admin_sessions)
+
+    error = await _insert_while_victim_head_is_locked(
+        admin_sessions, runtime_sessions, victim, context_tenant=None
+    )
+
+    _assert_refused_like_rls(error)
+    assert [seq for seq, _, _ in await _chain(runtime_sessions, victim)] == [1]
+
+
+async def test_the_admin_role_without_context_appends_for_any_tenant(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    first = await _new_tenant(admin_sessions)
+    second = await _new_tenant(admin_sessions)
+    await _append(runtime_sessions, first)
+
+    # The admin CLI's path: app_admin (BYPASSRLS), no tenant context, rows for several tenants.
     async with admin_transaction(admin_sessions) as session:
-        victim_heads = await session.scalar(
-            select(func.count()).where(audit_chain_heads.c.tenant_id == victim)
+        for tenant_id in (first, second, first):
+            await AuditLog.create(
+                session, tenant_id=tenant_id, action="tenant.audit", resource_type="tenant"
+            )
+        report = await audit_integrity_service.verify_chain(session)
+
+    assert report.ok, report.first_break
+    assert [seq for seq, _, _ in await _chain(runtime_sessions, first)] == [1, 2, 3]
+    assert [seq for seq, _, _ in await _chain(runtime_sessions, second)] == [1]
+    async with admin_transaction(admin_sessions) as session:
+        heads = dict(
+            (
+                await session.execute(
+                    select(audit_chain_heads.c.tenant_id, audit_chain_heads.c.last_seq).where(
+                        audit_chain_heads.c.tenant_id.in_([first, second])
+                    )
+                )
+            ).all()
         )
-    assert victim_heads == 0
+    assert heads == {first: 3, second: 1}
 
 
 async def test_verifier_sees_one_tenant_under_rls_and_every_tenant_as_admin(
@@ -288,3 +382,30 @@ async def test_verifier_sees_one_tenant_under_rls_and_every_tenant_as_admin(
     # The report serialises as the endpoint's JSON body.
     assert '"ok":true' in as_tenant.model_dump_json()
     assert len(rows_a) == 3
+
+
+async def test_verifier_queries_plan_without_the_unused_tenant_filter(
+    admin_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant_id, _ = await seed_chain(admin_sessions, 2)
+    plans: dict[tuple[str, bool], str] = {}
+    async with admin_transaction(admin_sessions) as session:
+        for name, statement in (
+            ("rows", audit_integrity_service._ROWS),
+            ("heads", audit_integrity_service._CHAIN_HEADS),
+        ):
+            for scoped in (True, False):
+                plan = await session.scalar(
+                    text("EXPLAIN (FORMAT JSON) " + statement.text),
+                    {"tenant_id": tenant_id if scoped else None},
+                )
+                plans[name, scoped] = json.dumps(plan)
+
+    # One statement serves both scopes; planned with the actual value (the app's connections
+    # force custom plans), `:tenant_id IS NULL OR …` folds to the index condition or to nothing.
+    for name in ("rows", "heads"):
+        assert f"(tenant_id = '{tenant_id}'::uuid)" in plans[name, True]
+        assert "Index Cond" in plans[name, True]
+        assert "IS NULL" not in plans[name, True]
+        assert "tenant_id =" not in plans[name, False]
+        assert "IS NULL" not in plans[name, False]
