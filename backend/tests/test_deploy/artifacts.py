@@ -57,6 +57,9 @@ NOT_APP_SETTINGS: dict[str, OutsideReader] = {
 TEMPLATE_OMITS: dict[str, str] = {
     "EMBEDDED_DB_DIR": "development only: production requires DATABASE_URL, so the embedded "
     "server never starts and its data directory is never read",
+    "AUDIT_ANCHOR_SIGNING_KEY": "must not live on the server: an anchor proves the chain to "
+    "someone who distrusts whoever controls the database and the server, so it is signed "
+    "elsewhere (docs/AUDIT_INTEGRITY.md); the server needs only the public verify key",
 }
 
 START_COMMAND = (
