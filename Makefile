@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
@@ -16,6 +16,7 @@ help:
 	@echo "make migrate  alembic upgrade head"
 	@echo "make lock     re-resolve backend/requirements/*.lock from backend/pyproject.toml"
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
+	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
 
 $(STAMP): $(LOCK) backend/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -42,6 +43,9 @@ test: lint test-only
 
 test-only: install
 	cd backend && $(BIN)/python -m pytest
+
+bench-audit: install
+	cd backend && $(BIN)/python -m bench.audit_chain
 
 lock:
 	$(BIN)/python -m pip install --quiet uv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from app.cli import admin, serve
+from app.cli.audit import audit_anchor, verify_audit
 
 cli = typer.Typer(
     help="Tenant Docs backend: run the API, migrate the database, provision tenants and users.",
@@ -15,6 +16,8 @@ cli = typer.Typer(
 cli.command("run")(serve.run)
 cli.command("migrate")(serve.migrate)
 admin.register(cli)
+cli.command("verify-audit")(verify_audit)
+cli.command("audit-anchor")(audit_anchor)
 
 
 def main() -> None:

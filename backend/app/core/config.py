@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.core import signing
+
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 
 # Railway, Heroku and most providers hand out libpq-style URLs; SQLAlchemy needs the driver named.
@@ -109,6 +111,10 @@ class Settings(BaseSettings):
     AWS_ACCESS_KEY_ID: SecretStr | None = None
     AWS_SECRET_ACCESS_KEY: SecretStr | None = None
 
+    # Audit-chain anchors (docs/AUDIT_INTEGRITY.md): an Ed25519 key kept outside the database.
+    AUDIT_ANCHOR_SIGNING_KEY: SecretStr | None = None
+    AUDIT_ANCHOR_VERIFY_KEY: str | None = None
+
     @field_validator("DATABASE_URL", mode="before")
     @classmethod
     def _normalise_database_url(cls, value: Any) -> Any:
@@ -116,6 +122,22 @@ class Settings(BaseSettings):
             return None
         raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
         return normalise_database_url(raw)
+
+    @field_validator("AUDIT_ANCHOR_SIGNING_KEY")
+    @classmethod
+    def _check_anchor_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            signing.load_private_key(value.get_secret_value())
+            return value
+        return None
+
+    @field_validator("AUDIT_ANCHOR_VERIFY_KEY")
+    @classmethod
+    def _check_anchor_verify_key(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            signing.load_public_key(value)
+            return value
+        return None
 
     @field_validator("ALLOWED_ORIGINS", mode="before")
     @classmethod

@@ -6,7 +6,22 @@ import uuid
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, String, Text, event, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    FetchedValue,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    event,
+    text,
+)
 from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, Session, UOWTransaction, mapped_column, relationship
@@ -16,6 +31,11 @@ from app.database.base import Base
 if TYPE_CHECKING:
     from app.models.tenant import Tenant
     from app.models.user import User
+
+
+# The chain columns were added by a later migration, after the inherited id and created_at:
+# the model keeps that column order so the catalogs of models and migrations are identical.
+_AFTER_INHERITED_COLUMNS = 1
 
 
 class ImmutableAuditLogError(RuntimeError):
@@ -45,6 +65,7 @@ class AuditLog(Base):
         Index("idx_audit_logs_action", "action"),
         Index("idx_audit_logs_resource", "resource_type", "resource_id"),
         Index("idx_audit_logs_metadata_gin", "metadata", postgresql_using="gin"),
+        UniqueConstraint("tenant_id", "chain_seq"),
         {"comment": "Append-only audit trail; UPDATE, DELETE and TRUNCATE are refused."},
     )
 
@@ -71,6 +92,27 @@ class AuditLog(Base):
         JSONB,
         server_default=text("'{}'::jsonb"),
         comment="Event details (request id, changed field names); never document contents.",
+    )
+
+    # The hash chain (docs/AUDIT_INTEGRITY.md): set by the database's BEFORE INSERT trigger,
+    # which overwrites anything sent, so the ORM never sends them and reads them back.
+    chain_seq: Mapped[int] = mapped_column(
+        BigInteger,
+        server_default=FetchedValue(),
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="Position in the tenant's hash chain (1, 2, …), set by a trigger.",
+    )
+    prev_hash: Mapped[bytes] = mapped_column(
+        LargeBinary,
+        server_default=FetchedValue(),
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="row_hash of the previous row in the tenant's chain (zeros for the first).",
+    )
+    row_hash: Mapped[bytes] = mapped_column(
+        LargeBinary,
+        server_default=FetchedValue(),
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="SHA-256 of the row's canonical encoding (docs/AUDIT_INTEGRITY.md).",
     )
 
     tenant: Mapped[Tenant] = relationship(back_populates="audit_logs", lazy="raise")
@@ -114,6 +156,23 @@ class AuditLog(Base):
 
     def __repr__(self) -> str:
         return f"<AuditLog id={self.id} tenant_id={self.tenant_id} action={self.action}>"
+
+
+audit_chain_heads = Table(
+    "audit_chain_heads",
+    Base.metadata,
+    Column(
+        "tenant_id",
+        Uuid,
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
+        primary_key=True,
+        comment="Tenant whose chain this is the head of.",
+    ),
+    Column("last_seq", BigInteger, nullable=False, comment="chain_seq of the newest row."),
+    Column("last_hash", LargeBinary, nullable=False, comment="row_hash of the newest row."),
+    comment="Newest link of each tenant's audit chain; written only by the chain trigger.",
+)
+"""Each tenant's chain head. Only the chain trigger writes it; the admin role may read it."""
 
 
 @event.listens_for(Session, "before_flush")

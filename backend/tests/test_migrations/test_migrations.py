@@ -20,7 +20,14 @@ from tests import database_harness as harness
 from tests.conftest import MigratedDatabase
 
 APP_TABLES = {"tenants", "users", "documents", "audit_logs"}
-APP_FUNCTIONS = {"set_updated_at", "prevent_audit_log_modification"}
+APP_FUNCTIONS = {
+    "set_updated_at",
+    "prevent_audit_log_modification",
+    "audit_netstring",
+    "audit_log_row_hash",
+    "guard_audit_log_tenant",
+    "chain_audit_log",
+}
 
 
 def _schema_facts(url: URL) -> dict[str, Any]:
@@ -64,7 +71,8 @@ def _assert_at_head(url: URL, inspect_as: URL) -> None:
     assert facts["tables"] >= APP_TABLES
     assert facts["functions"] == APP_FUNCTIONS
     assert facts["system"] == ("System", "active")
-    assert facts["policies"] == (5,)
+    # 5 app_runtime policies on the 4 tenant tables (2 on audit_logs) + audit_chain_heads. owner one
+    assert facts["policies"] == (6,)
     hnsw = facts["hnsw"]
     for part in (
         "USING hnsw (embedding_vector vector_cosine_ops)",

@@ -21,7 +21,14 @@ from tests import database_harness as harness
 from tests.conftest import MigratedDatabase
 
 CONFIG = Path(__file__).resolve().parents[2] / "pgrls.toml"
-TENANT_TABLES = {"public.tenants", "public.users", "public.documents", "public.audit_logs"}
+TENANT_TABLES = {
+    "public.tenants",
+    "public.users",
+    "public.documents",
+    "public.audit_logs",
+    # No runtime privilege at all; its one policy is bound to the owner (test_policy_coverage).
+    "public.audit_chain_heads",
+}
 
 
 def _pgrls(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:

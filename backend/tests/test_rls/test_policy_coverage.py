@@ -2,9 +2,16 @@
 
 The walk starts from the model metadata, so a table added later with a `tenant_id` column is
 checked without anyone remembering to add it here.
+
+One kind of tenant table is different on purpose: one app_runtime holds no privilege on at all
+(`audit_chain_heads`, written only by the SECURITY DEFINER chain trigger running as the table
+owner). RLS is still enabled and forced on it, and its policies may name the table owner and
+no one else; the tables of that kind are listed here by name, so a table can't drift into it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import psycopg
 
@@ -16,6 +23,11 @@ from tests.conftest import MigratedDatabase
 # pg_policy.polcmd: r = SELECT, a = INSERT, w = UPDATE, d = DELETE, * = ALL.
 COMMAND_CODES = {"SELECT": "r", "INSERT": "a", "UPDATE": "w", "DELETE": "d"}
 CONTEXT_LOOKUP = "current_setting('app.current_tenant_id'::text, true)"
+# Tenant tables app_runtime may not touch in any way; their policies bind only the owner.
+RUNTIME_INACCESSIBLE_TABLES = {"audit_chain_heads"}
+# Every table privilege; the ones that exist per column too.
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+COLUMN_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "REFERENCES")
 
 
 def _tenant_tables() -> dict[str, str]:
@@ -52,6 +64,17 @@ def test_every_tenant_table_is_forced_and_covered_for_every_runtime_command(
                 """,
                 (table,),
             ).fetchall()
+            runtime_privileges = _runtime_privileges(conn, table)
+            if table in RUNTIME_INACCESSIBLE_TABLES:
+                if runtime_privileges:
+                    problems.append(f"{table}: app_runtime holds {sorted(runtime_privileges)}")
+                owner_oid = conn.execute(
+                    "SELECT relowner FROM pg_class WHERE oid = %s::regclass", (table,)
+                ).fetchone()[0]  # type: ignore[index]
+                for name, _, roles, _, _, _ in policies:
+                    if roles != [owner_oid]:
+                        problems.append(f"{table}.{name}: binds {roles}, not only the owner")
+                continue
             for name, _, roles, permissive, using, check in policies:
                 if runtime_oid not in roles:
                     problems.append(f"{table}.{name}: does not name app_runtime (TO {roles})")
@@ -85,6 +108,33 @@ def test_every_tenant_table_is_forced_and_covered_for_every_runtime_command(
     assert problems == []
 
 
+def _runtime_privileges(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    """Every privilege app_runtime holds on `table`, on the whole table or on any column."""
+    held = set()
+    for privilege in TABLE_PRIVILEGES:
+        query = "SELECT has_table_privilege('app_runtime', %(t)s, %(p)s)"
+        if privilege in COLUMN_PRIVILEGES:
+            query += " OR has_any_column_privilege('app_runtime', %(t)s, %(p)s)"
+        if conn.execute(query, {"t": table, "p": privilege}).fetchone() == (True,):
+            held.add(privilege)
+    return held
+
+
+def test_the_runtime_inaccessible_tables_are_exactly_the_tenant_tables_without_runtime_privilege(
+    migrated_db: MigratedDatabase,
+) -> None:
+    with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
+        without_privilege = {
+            table for table in _tenant_tables() if not _runtime_privileges(conn, table)
+        }
+        policy_roles = conn.execute(
+            "SELECT polname, polroles = ARRAY[c.relowner] FROM pg_policy p"
+            " JOIN pg_class c ON c.oid = p.polrelid WHERE c.relname = 'audit_chain_heads'"
+        ).fetchall()
+    assert without_privilege == RUNTIME_INACCESSIBLE_TABLES
+    assert policy_roles == [("audit_chain_head_owner_policy", True)]
+
+
 def test_runtime_commands_per_table_are_exactly_the_intended_ones(
     migrated_db: MigratedDatabase,
 ) -> None:
@@ -93,6 +143,7 @@ def test_runtime_commands_per_table_are_exactly_the_intended_ones(
         "users": {"SELECT", "INSERT", "UPDATE"},
         "documents": {"SELECT", "INSERT", "UPDATE"},
         "audit_logs": {"SELECT", "INSERT"},
+        "audit_chain_heads": set(),
     }
     with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
         granted = {

@@ -24,7 +24,7 @@ from tests.conftest import MigratedDatabase
 from tests.database_harness import sqlstate
 from tests.factories import provision_tenant
 
-TENANT_TABLES = ("tenants", "users", "documents", "audit_logs")
+TENANT_TABLES = ("tenants", "users", "documents", "audit_logs", "audit_chain_heads")
 INSUFFICIENT_PRIVILEGE = "42501"
 
 
@@ -135,7 +135,12 @@ def test_policy_and_trigger_functions_pin_search_path(migrated_db: MigratedDatab
             """
         ).fetchall()
     names = {name for name, _, _ in functions}
-    assert {"set_updated_at()", "prevent_audit_log_modification()"} <= names
+    assert {
+        "set_updated_at()",
+        "prevent_audit_log_modification()",
+        "guard_audit_log_tenant()",
+        "chain_audit_log()",
+    } <= names
     for name, schema, config in functions:
         # Built-ins live in pg_catalog, which is always searched first; anything else must pin.
         if schema != "pg_catalog":
@@ -159,7 +164,9 @@ def test_no_security_definer_function_is_executable_by_public(
         ).fetchall()
         app_functions_for_public = conn.execute(
             "SELECT p.proname FROM pg_proc p"
-            " WHERE p.proname IN ('set_updated_at', 'prevent_audit_log_modification')"
+            " WHERE p.proname IN ('set_updated_at', 'prevent_audit_log_modification',"
+            "   'guard_audit_log_tenant', 'chain_audit_log', 'audit_netstring',"
+            "   'audit_log_row_hash')"
             "   AND has_function_privilege('public', p.oid, 'EXECUTE')"
         ).fetchall()
     assert exposed == []

@@ -1,0 +1,107 @@
+"""Audit-chain fixtures: a database of its own where chains get broken on purpose, and helpers.
+
+Tampering is done the way an attacker with database access would: as a superuser with the
+triggers switched off (`session_replication_role = replica`), so the append-only triggers and
+the chain trigger don't fire.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.database import migrations
+from app.database.engine import build_engine
+from app.database.session import admin_transaction, make_sessionmaker
+from app.models import AuditLog
+from tests import database_harness as harness
+from tests.conftest import MigratedDatabase
+from tests.factories import make_tenant
+
+
+def create_migrated_database(
+    server: harness.TestServer, revision: str = "head"
+) -> MigratedDatabase:
+    """A fresh database migrated to `revision` by the non-superuser migrator."""
+    name = harness.create_database(server, owner=harness.MIGRATOR_ROLE)
+    harness.bootstrap_least_privilege(server, name)
+    owner_url = server.url(name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD)
+    migrations.upgrade(owner_url, harness.RUNTIME_PASSWORD, revision)
+    return MigratedDatabase(
+        server=server,
+        name=name,
+        owner_url=owner_url,
+        superuser_url=server.url(name),
+        runtime_url=server.url(name, username="app_runtime", password=harness.RUNTIME_PASSWORD),
+    )
+
+
+@pytest.fixture(scope="session")
+def tamper_db(test_server: harness.TestServer) -> Iterator[MigratedDatabase]:
+    """A database of its own for tests that break chains (the shared one stays intact)."""
+    database = create_migrated_database(test_server)
+    yield database
+    harness.drop_database(test_server, database.name)
+
+
+@pytest.fixture(scope="session")
+async def tamper_admin_sessions(
+    settings: Settings, tamper_db: MigratedDatabase
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Provisioning sessions (use with `admin_transaction`) on the tamper database."""
+    engine = build_engine(tamper_db.owner_url, settings, pool_size=2, max_overflow=2)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def seed_chain(
+    admin_sessions: async_sessionmaker[AsyncSession], length: int
+) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """A new tenant with `length` audit rows, one transaction each; returns (tenant, row ids)."""
+    async with admin_transaction(admin_sessions) as session:
+        tenant_id = (await make_tenant(session)).id
+    row_ids = []
+    for number in range(1, length + 1):
+        async with admin_transaction(admin_sessions) as session:
+            entry = await AuditLog.create(
+                session,
+                tenant_id=tenant_id,
+                action=f"document.event{number}",
+                resource_type="document",
+                resource_id=uuid.uuid4(),
+                ip_address="203.0.113.7",
+                user_agent="pytest",
+                metadata={"request_id": f"req-{number}", "fields": ["filename"]},
+            )
+            row_ids.append(entry.id)
+    return tenant_id, row_ids
+
+
+@contextmanager
+def attacker(url: URL) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser connection with every trigger switched off, in one committed transaction."""
+    with psycopg.connect(harness.libpq(url)) as conn:
+        conn.execute("SET session_replication_role = replica")
+        yield conn
+
+
+def new_signing_key() -> tuple[Ed25519PrivateKey, str]:
+    """A fresh Ed25519 key and its base64 raw form (what AUDIT_ANCHOR_SIGNING_KEY holds)."""
+    key = Ed25519PrivateKey.generate()
+    raw = key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    return key, base64.b64encode(raw).decode()
