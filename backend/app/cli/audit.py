@@ -6,42 +6,34 @@ Both run as the provisioning role (every tenant, and the chain-head table). Exit
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
-from app.core.config import Settings, settings_or_exit
-from app.database.engine import build_engine, resolve_targets
-from app.database.session import admin_transaction, make_sessionmaker
+from app.cli.admin import EXIT_BAD_INPUT, fail, parse_uuid, run_admin
+from app.core.config import settings_or_exit
 from app.schemas.audit_integrity import AuditAnchor, AuditChainVerification
 from app.services import audit_anchor as audit_anchor_service
 from app.services import audit_integrity as audit_integrity_service
 
 EXIT_BROKEN = 1
-EXIT_BAD_INPUT = 2
 
 
-def _fail(message: str, status: int) -> typer.Exit:
+def _broken(message: str) -> NoReturn:
+    """The chain or the anchor does not verify: one line, exit 1."""
     print(message, file=sys.stderr)
-    return typer.Exit(status)
+    raise typer.Exit(EXIT_BROKEN)
 
 
-async def _verify(
-    settings: Settings, tenant_id: uuid.UUID | None, anchor: AuditAnchor | None
-) -> AuditChainVerification:
-    engine = build_engine(
-        resolve_targets(settings).login_url, settings, application_name="tenant-docs-cli"
+def _verify(tenant_id: uuid.UUID | None, anchor: AuditAnchor | None) -> AuditChainVerification:
+    return run_admin(
+        lambda session: audit_integrity_service.verify_chain(
+            session, tenant_id=tenant_id, anchor=anchor
+        )
     )
-    try:
-        async with admin_transaction(make_sessionmaker(engine)) as session:
-            return await audit_integrity_service.verify_chain(
-                session, tenant_id=tenant_id, anchor=anchor
-            )
-    finally:
-        await engine.dispose()
 
 
 def _describe_break(verification: AuditChainVerification) -> str:
@@ -63,34 +55,25 @@ def verify_audit(
 ) -> None:
     """Recompute the audit hash chain; print OK with counts and heads, or the first broken link."""
     settings = settings_or_exit()
-    tenant_id: uuid.UUID | None = None
-    if tenant is not None:
-        try:
-            tenant_id = uuid.UUID(tenant)
-        except ValueError:
-            raise _fail(
-                f"error: --tenant: expected a UUID, got '{tenant}'", EXIT_BAD_INPUT
-            ) from None
+    tenant_id = parse_uuid(tenant, "--tenant") if tenant is not None else None
     opened: AuditAnchor | None = None
     if anchor is not None:
         try:
             raw = anchor.read_bytes()
         except OSError as exc:
-            raise _fail(
-                f"error: --anchor: cannot read {anchor}: {exc.strerror}", EXIT_BAD_INPUT
-            ) from None
+            fail(f"--anchor: cannot read {anchor}: {exc.strerror}", EXIT_BAD_INPUT)
         try:
             key = audit_anchor_service.verify_key(settings)
         except audit_anchor_service.AnchorError as exc:
-            raise _fail(f"error: {exc}", EXIT_BAD_INPUT) from None
+            fail(str(exc), EXIT_BAD_INPUT)
         try:
             opened = audit_anchor_service.open_anchor(raw, key)
         except audit_anchor_service.AnchorError as exc:
-            raise _fail(f"anchor REJECTED: {anchor}: {exc}", EXIT_BROKEN) from None
+            _broken(f"anchor REJECTED: {anchor}: {exc}")
 
-    verification = asyncio.run(_verify(settings, tenant_id, opened))
+    verification = _verify(tenant_id, opened)
     if not verification.ok:
-        raise _fail(_describe_break(verification), EXIT_BROKEN)
+        _broken(_describe_break(verification))
     checks = ["chain heads checked" if verification.heads_checked else "chain heads not readable"]
     if opened is not None:
         checks.append(f"anchor of {opened.anchored_at.isoformat()} checked")
@@ -115,10 +98,10 @@ def audit_anchor(
     try:
         key = audit_anchor_service.signing_key(settings)
     except audit_anchor_service.AnchorError as exc:
-        raise _fail(f"error: {exc}", EXIT_BAD_INPUT) from None
-    verification = asyncio.run(_verify(settings, None, None))
+        fail(str(exc), EXIT_BAD_INPUT)
+    verification = _verify(None, None)
     if not verification.ok:
-        raise _fail(_describe_break(verification), EXIT_BROKEN)
+        _broken(_describe_break(verification))
     signed = audit_anchor_service.sign_anchor(
         audit_anchor_service.anchor_from_verification(verification), key
     )
@@ -129,9 +112,7 @@ def audit_anchor(
     try:
         output.write_text(document)
     except OSError as exc:
-        raise _fail(
-            f"error: --output: cannot write {output}: {exc.strerror}", EXIT_BAD_INPUT
-        ) from None
+        fail(f"--output: cannot write {output}: {exc.strerror}", EXIT_BAD_INPUT)
     typer.echo(
         f"anchor written to {output}: {len(signed.anchor.heads)} tenant heads, "
         f"key {signed.key_fingerprint[:16]}…",

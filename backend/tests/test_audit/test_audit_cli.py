@@ -208,7 +208,7 @@ async def test_forged_anchor_and_bad_input_are_refused_with_one_line(
     assert forged.stderr.count("\n") == 1
 
     cases = [
-        (["verify-audit", "--tenant", "not-a-uuid"], "error: --tenant: expected a UUID"),
+        (["verify-audit", "--tenant", "not-a-uuid"], "error: --tenant must be a UUID"),
         (["verify-audit", "--anchor", str(tmp_path / "missing.json")], "error: --anchor: cannot"),
         (["verify-audit", "--anchor", str(anchor_file)], "error: AUDIT_ANCHOR_VERIFY_KEY"),
         (["audit-anchor"], "error: AUDIT_ANCHOR_SIGNING_KEY is not set"),
