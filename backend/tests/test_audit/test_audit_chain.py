@@ -16,7 +16,6 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.api.v1.audit_verify import verify_audit_logs
 from app.database.session import admin_transaction, tenant_transaction
 from app.database.tenant_context import set_tenant_context
 from app.models import AuditLog
@@ -363,10 +362,10 @@ async def test_verifier_sees_one_tenant_under_rls_and_every_tenant_as_admin(
     tenant_b, _ = await seed_chain(admin_sessions, 2)
 
     async with tenant_transaction(runtime_sessions, tenant_a) as session:
-        as_tenant = await verify_audit_logs(session)
+        as_tenant = await audit_integrity_service.verify_chain(session)
     async with admin_transaction(admin_sessions) as session:
-        as_admin = await verify_audit_logs(session)
-        one_as_admin = await verify_audit_logs(session, tenant_id=tenant_b)
+        as_admin = await audit_integrity_service.verify_chain(session)
+        one_as_admin = await audit_integrity_service.verify_chain(session, tenant_id=tenant_b)
 
     assert as_tenant.ok
     assert [status.tenant_id for status in as_tenant.tenants] == [tenant_a]

@@ -8,12 +8,31 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentContext, TenantSession
+from app.api.deps import AdminContext, CurrentContext, TenantSession
 from app.api.params import CursorCodecDep, PageDep
 from app.schemas import audit_log as schemas
+from app.schemas.audit_integrity import AuditChainVerification
+from app.services import audit_integrity as audit_integrity_service
 from app.services import audit_logs as audit_logs_service
 
 router = APIRouter(prefix="/audit-logs", tags=["audit log"])
+
+
+@router.get(
+    "/verify",
+    response_model=AuditChainVerification,
+    responses={403: {"description": "Only admins of the tenant may verify the chain."}},
+    summary="Verify the tenant's audit hash chain (admins)",
+)
+async def verify_audit_logs(
+    session: TenantSession, context: AdminContext
+) -> AuditChainVerification:
+    """Recompute the tenant's chain: `ok` with the count and head hash, or the first broken link.
+
+    Runs under RLS, so it sees only the caller's tenant; `verify-audit` (admin CLI) checks every
+    tenant and the chain heads too. 200 either way: a broken chain is a finding, not an error.
+    """
+    return await audit_integrity_service.verify_chain(session, tenant_id=context.tenant_id)
 
 
 @router.get("", response_model=schemas.AuditLogPage, summary="Read the audit log, newest first")
