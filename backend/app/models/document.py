@@ -58,6 +58,12 @@ class Document(SoftDeleteMixin, Base):
             postgresql_where=text("deleted_at IS NULL"),
         ),
         Index("idx_documents_metadata_gin", "metadata", postgresql_using="gin"),
+        # The rows vector search may return, per tenant (see app/services/vector_search.py).
+        Index(
+            "idx_documents_tenant_embedded",
+            "tenant_id",
+            postgresql_where=text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
+        ),
         Index(
             "idx_documents_embedding_hnsw",
             "embedding_vector",
