@@ -7,13 +7,14 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-vector
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
 	@echo "make test     lint + the whole test suite (embedded PostgreSQL unless TEST_DATABASE_URL is set)"
 	@echo "make lint     ruff check, ruff format --check, mypy (strict on app/)"
 	@echo "make migrate  alembic upgrade head"
+	@echo "make bench-vector  vector search strategies per tenant size (BENCH_ARGS='--docs 200000 --tenants 500')"
 	@echo "make lock     re-resolve backend/requirements/*.lock from backend/pyproject.toml"
 
 $(STAMP): $(LOCK) backend/pyproject.toml
@@ -41,6 +42,9 @@ test: lint test-only
 
 test-only: install
 	cd backend && $(BIN)/python -m pytest
+
+bench-vector: install
+	cd backend && $(BIN)/python bench/vector_search.py $(BENCH_ARGS)
 
 lock:
 	$(BIN)/python -m pip install --quiet uv

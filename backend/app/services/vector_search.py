@@ -31,6 +31,7 @@ from typing import Any
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     ColumnElement,
+    Float,
     Integer,
     Select,
     String,
@@ -166,7 +167,12 @@ def searchable_conditions(shape: _FilterShape) -> list[ColumnElement[bool]]:
 
 
 def _parameters(query: list[float], k: int, filters: SearchFilters | None) -> dict[str, Any]:
-    parameters: dict[str, Any] = {"query": query, "k": k}
+    parameters: dict[str, Any] = {
+        "query": query,
+        "k": k,
+        "exact_min_rows": EXACT_SCAN_MIN_ROWS,
+        "hnsw_min_share": HNSW_MIN_SHARE,
+    }
     if filters is not None:
         parameters.update(
             status=filters.status,
@@ -180,7 +186,8 @@ def exact_scan_limit() -> ColumnElement[int]:
     """The most rows searched exactly: the floor, or the HNSW minimum share of the index.
 
     The index's row count comes from the catalog (kept by VACUUM/ANALYZE), so it costs nothing
-    and never leaves the database.
+    and never leaves the database. The two constants are bound per call, not baked into the
+    cached statement.
     """
     index_rows = (
         select(func.greatest(text("reltuples"), 0))
@@ -188,8 +195,8 @@ def exact_scan_limit() -> ColumnElement[int]:
         .where(text("oid = 'idx_documents_embedding_hnsw'::regclass"))
         .scalar_subquery()
     )
-    share = cast(func.ceil(index_rows * HNSW_MIN_SHARE), Integer)
-    return func.greatest(EXACT_SCAN_MIN_ROWS, func.coalesce(share, 0))
+    share = cast(func.ceil(index_rows * bindparam("hnsw_min_share", type_=Float)), Integer)
+    return func.greatest(bindparam("exact_min_rows", type_=Integer), func.coalesce(share, 0))
 
 
 def _without_embedding(entity: Any) -> Any:
@@ -305,7 +312,7 @@ async def exact_search(
     k = validate_k(k)
     statement = _exact_statement(_FilterShape.of(filters), gated=False)
     rows = (await session.execute(statement, _parameters(query, k, filters))).all()
-    return [SearchHit(document=row[2], distance=float(row[3])) for row in rows if row[2]]
+    return [SearchHit(document=row[2], distance=float(row[3])) for row in rows if row[2] is not None]
 
 
 async def similarity_search(
@@ -318,7 +325,7 @@ async def similarity_search(
     rows = (await session.execute(statement, _parameters(query, k, filters))).all()
     searchable, limit = rows[0][0], rows[0][1]
     if searchable <= limit:
-        return [SearchHit(document=row[2], distance=float(row[3])) for row in rows if row[2]]
+        return [SearchHit(document=row[2], distance=float(row[3])) for row in rows if row[2] is not None]
     hits = await _hnsw_search(session, query, k, filters)
     if len(hits) < k:
         # The iterative scan gave up (max_scan_tuples) before finding k rows that pass the
