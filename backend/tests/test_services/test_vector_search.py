@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.database.session import admin_transaction, tenant_transaction
@@ -136,18 +136,18 @@ async def corpus(admin_sessions: async_sessionmaker[AsyncSession]) -> Corpus:
 
 
 @pytest.fixture
-def hnsw_path(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Lower the exact-scan floor so the big tenant takes the HNSW path; count HNSW searches."""
+def hnsw_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lower the exact-scan floor so the big tenant takes the HNSW path."""
     monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", HNSW_FLOOR)
-    calls: list[int] = []
-    original = vector_search_service._hnsw_search
 
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return await original(*args, **kwargs)
 
-    monkeypatch.setattr(vector_search_service, "_hnsw_search", counting)
-    return calls
+async def _strategies(
+    session: AsyncSession, query: list[float], k: int = 10, filters: SearchFilters | None = None
+) -> set[str]:
+    """Which path search_documents() took for this search (what the service calls)."""
+    found = vector_search_service.SEARCH_FUNCTION
+    parameters = vector_search_service.search_parameters(query, k, filters)
+    return set((await session.execute(select(found.c.strategy), parameters)).scalars())
 
 
 async def _search(
@@ -188,28 +188,31 @@ async def test_k_above_the_tenant_count_returns_all_its_searchable_documents(
 
 
 async def test_soft_deleted_and_other_tenants_documents_never_appear(
-    corpus: Corpus, runtime_sessions: async_sessionmaker[AsyncSession], hnsw_path: list[int]
+    corpus: Corpus, runtime_sessions: async_sessionmaker[AsyncSession], hnsw_path: None
 ) -> None:
     deleted = [row for row in corpus.rows[corpus.big] if row["deleted_at"] is not None]
     big_ids = {row["id"] for row in corpus.searchable(corpus.big)}
     for row in deleted[:3]:
         # The query IS a deleted document's vector: it must not come back, on the HNSW path.
-        hits = await _search(runtime_sessions, corpus.big, row["embedding_vector"], k=20)
+        async with tenant_transaction(runtime_sessions, corpus.big) as session:
+            hits = await Document.similarity_search(session, row["embedding_vector"], 20)
+            assert await _strategies(session, row["embedding_vector"], 20) == {"hnsw"}
         assert len(hits) == 20
         assert {hit.document.id for hit in hits} <= big_ids
-    assert len(hnsw_path) == 3
     tiny_deleted = [row for row in corpus.rows[corpus.tiny] if row["deleted_at"] is not None]
     hits = await _search(runtime_sessions, corpus.tiny, tiny_deleted[0]["embedding_vector"], k=20)
     assert {hit.document.id for hit in hits} == {r["id"] for r in corpus.searchable(corpus.tiny)}
 
 
 async def test_big_tenant_on_the_hnsw_path_finds_the_nearest_in_order(
-    corpus: Corpus, runtime_sessions: async_sessionmaker[AsyncSession], hnsw_path: list[int]
+    corpus: Corpus, runtime_sessions: async_sessionmaker[AsyncSession], hnsw_path: None
 ) -> None:
     found = expected = 0
     for _ in range(5):
         query = unit_vector()
-        hits = await _search(runtime_sessions, corpus.big, query, k=10)
+        async with tenant_transaction(runtime_sessions, corpus.big) as session:
+            hits = await Document.similarity_search(session, query, 10)
+            assert await _strategies(session, query) == {"hnsw"}
         assert len(hits) == 10
         _assert_nearest_first(hits)
         assert all(hit.document.tenant_id == corpus.big for hit in hits)
@@ -220,7 +223,6 @@ async def test_big_tenant_on_the_hnsw_path_finds_the_nearest_in_order(
             vector = next(r for r in corpus.rows[corpus.big] if r["id"] == hit.document.id)
             cosine = float(np.dot(vector["embedding_vector"], query))
             assert hit.distance == pytest.approx(1.0 - cosine, abs=1e-5)
-    assert len(hnsw_path) == 5
     # The HNSW path is approximate by design; at this size it should miss nothing.
     assert found / expected >= 0.98
 
@@ -229,7 +231,9 @@ async def test_exact_path_is_exact_for_the_big_tenant_by_default(
     corpus: Corpus, runtime_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     query = unit_vector()
-    hits = await _search(runtime_sessions, corpus.big, query, k=25)
+    async with tenant_transaction(runtime_sessions, corpus.big) as session:
+        hits = await Document.similarity_search(session, query, 25)
+        assert await _strategies(session, query, 25) == {"exact"}
     assert [hit.document.id for hit in hits] == corpus.exact(corpus.big, query, 25)
 
 
@@ -264,8 +268,12 @@ async def test_filters_are_honoured_and_a_selective_filter_does_not_starve(
         ),
     ]
     for filters, keep in cases:
-        hits = await _search(runtime_sessions, corpus.big, query, k=10, filters=filters)
         matching = [r for r in corpus.searchable(corpus.big) if keep(r)]
+        async with tenant_transaction(runtime_sessions, corpus.big) as session:
+            hits = await Document.similarity_search(session, query, 10, filters)
+            strategies = await _strategies(session, query, 10, filters)
+        expected_path = "hnsw" if path == "hnsw" and len(matching) > HNSW_FLOOR else "exact"
+        assert strategies == {expected_path}, filters
         assert len(hits) == min(10, len(matching)), filters
         assert all(keep(next(r for r in matching if r["id"] == h.document.id)) for h in hits)
         _assert_nearest_first(hits)
@@ -294,7 +302,7 @@ _SETTINGS = text(
 
 
 async def test_search_settings_do_not_leak_into_the_transaction_or_the_connection(
-    corpus: Corpus, runtime_engine: AsyncEngine, hnsw_path: list[int]
+    corpus: Corpus, runtime_engine: AsyncEngine, hnsw_path: None
 ) -> None:
     async with runtime_engine.connect() as connection:
         session = AsyncSession(bind=connection)
@@ -302,9 +310,10 @@ async def test_search_settings_do_not_leak_into_the_transaction_or_the_connectio
             await set_tenant_context(session, corpus.big)
             await session.execute(text("SELECT '[1,2,3]'::vector"))  # load pgvector's settings
             before = (await session.execute(_SETTINGS)).one()
-            hits = await Document.similarity_search(session, unit_vector(), 10)
+            query = unit_vector()
+            hits = await Document.similarity_search(session, query, 10)
             assert len(hits) == 10
-            assert len(hnsw_path) == 1
+            assert await _strategies(session, query) == {"hnsw"}
             assert (await session.execute(_SETTINGS)).one() == before
             # And if the caller had tuned them itself, its values come back too.
             await session.execute(text("SELECT set_config('hnsw.ef_search', '77', true)"))
