@@ -546,6 +546,16 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         await engine.dispose()
     print_table(corpus, results, build, args)
+    if not args.keep_database:
+        drop_database(url)
+
+
+def drop_database(url: URL) -> None:
+    """Drop the bench database from a server that isn't the bench's own."""
+    with psycopg.connect(libpq(url.set(database="postgres")), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(url.database))
+        )
 
 
 def main() -> None:

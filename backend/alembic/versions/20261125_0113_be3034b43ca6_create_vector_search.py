@@ -146,6 +146,10 @@ def upgrade() -> None:
         ["tenant_id"],
         postgresql_where=sa.text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
     )
+    # The function's SET clauses name pgvector's hnsw.* settings, which exist only once the
+    # extension's library is loaded in this session; a non-superuser may not set them as
+    # unknown placeholders. Any vector value loads it.
+    op.execute("SELECT '[0]'::vector")
     op.execute(FUNCTION)
     op.execute(f"REVOKE ALL ON FUNCTION {SIGNATURE} FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION {SIGNATURE} TO app_runtime")

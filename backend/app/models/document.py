@@ -68,7 +68,7 @@ class Document(SoftDeleteMixin, Base):
             "idx_documents_embedding_hnsw",
             "embedding_vector",
             postgresql_using="hnsw",
-            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_with={"m": 16, "ef_construction": 128},
             postgresql_ops={"embedding_vector": "vector_cosine_ops"},
             postgresql_where=text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
         ),
