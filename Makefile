@@ -7,13 +7,14 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
 	@echo "make test     lint + the whole test suite (embedded PostgreSQL unless TEST_DATABASE_URL is set)"
 	@echo "make lint     ruff check, ruff format --check, mypy (strict on app/)"
 	@echo "make migrate  alembic upgrade head"
+	@echo "make bench-vector  vector search strategies per tenant size (BENCH_ARGS='--docs 200000 --tenants 500')"
 	@echo "make lock     re-resolve backend/requirements/*.lock from backend/pyproject.toml"
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
@@ -46,6 +47,8 @@ test-only: install
 
 bench-audit: install
 	cd backend && $(BIN)/python -m bench.audit_chain
+bench-vector: install
+	cd backend && $(BIN)/python bench/vector_search.py $(BENCH_ARGS)
 
 lock:
 	$(BIN)/python -m pip install --quiet uv

@@ -24,7 +24,7 @@ tenant when they have set no context.
 Existing rows are chained per tenant in (created_at, id) order.
 
 Revision ID: 93494aa1d1dd
-Revises: a7b8c9d0e1f2
+Revises: be3034b43ca6
 Create Date: 2026-11-25 01:15:00
 """
 
@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "93494aa1d1dd"
-down_revision: str | None = "a7b8c9d0e1f2"
+down_revision: str | None = "be3034b43ca6"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

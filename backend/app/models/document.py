@@ -58,11 +58,17 @@ class Document(SoftDeleteMixin, Base):
             postgresql_where=text("deleted_at IS NULL"),
         ),
         Index("idx_documents_metadata_gin", "metadata", postgresql_using="gin"),
+        # The rows vector search may return, per tenant (see app/services/vector_search.py).
+        Index(
+            "idx_documents_tenant_embedded",
+            "tenant_id",
+            postgresql_where=text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
+        ),
         Index(
             "idx_documents_embedding_hnsw",
             "embedding_vector",
             postgresql_using="hnsw",
-            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_with={"m": 16, "ef_construction": 128},
             postgresql_ops={"embedding_vector": "vector_cosine_ops"},
             postgresql_where=text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
         ),

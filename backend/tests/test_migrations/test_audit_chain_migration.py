@@ -23,7 +23,7 @@ from tests.conftest import MigratedDatabase
 from tests.test_audit.conftest import create_migrated_database
 
 CHAIN_REVISION = "93494aa1d1dd"
-PARENT_REVISION = "a7b8c9d0e1f2"
+PARENT_REVISION = "be3034b43ca6"
 
 
 @pytest.fixture

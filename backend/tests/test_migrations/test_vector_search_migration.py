@@ -1,0 +1,61 @@
+"""Vector search migrations (be3034b43ca6, c41f7a9e2b6d): up, down, up, as the migrator."""
+
+from __future__ import annotations
+
+import psycopg
+
+from app.database import migrations
+from tests import database_harness as harness
+
+REVISION = "be3034b43ca6"
+HEAD = "c41f7a9e2b6d"
+PREVIOUS = "a7b8c9d0e1f2"
+
+
+def _ef_construction(url: object) -> str:
+    with psycopg.connect(harness.libpq(url)) as conn:  # type: ignore[arg-type]
+        row = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_documents_embedding_hnsw'"
+        ).fetchone()
+    assert row is not None
+    return row[0].split("ef_construction='")[1].split("'")[0]
+
+
+def _state(url: object) -> tuple[bool, bool, bool]:
+    """(tenant index exists, function exists, app_runtime may execute it)."""
+    with psycopg.connect(harness.libpq(url)) as conn:  # type: ignore[arg-type]
+        index = conn.execute(
+            "SELECT 1 FROM pg_indexes WHERE indexname = 'idx_documents_tenant_embedded'"
+        ).fetchone()
+        function = conn.execute(
+            "SELECT p.oid FROM pg_proc p WHERE p.proname = 'search_documents'"
+        ).fetchone()
+        executable = function is not None and conn.execute(
+            "SELECT has_function_privilege('app_runtime', %s, 'EXECUTE')"
+            " AND NOT has_function_privilege('public', %s, 'EXECUTE')",
+            (function[0], function[0]),
+        ).fetchone() == (True,)
+    return index is not None, function is not None, executable
+
+
+def test_vector_search_migration_up_down_up(test_server: harness.TestServer) -> None:
+    name = harness.create_database(test_server, owner=harness.MIGRATOR_ROLE)
+    harness.bootstrap_least_privilege(test_server, name)
+    url = test_server.url(name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD)
+    try:
+        superuser = test_server.url(name)
+        migrations.upgrade(url, harness.RUNTIME_PASSWORD, HEAD)
+        assert _state(superuser) == (True, True, True)
+        assert _ef_construction(superuser) == "128"
+
+        migrations.downgrade(url, REVISION)
+        assert _ef_construction(superuser) == "64"
+        migrations.downgrade(url, PREVIOUS)
+        assert migrations.current_revision(url) == PREVIOUS
+        assert _state(superuser) == (False, False, False)
+
+        migrations.upgrade(url, harness.RUNTIME_PASSWORD, HEAD)
+        assert _state(superuser) == (True, True, True)
+        assert _ef_construction(superuser) == "128"
+    finally:
+        harness.drop_database(test_server, name)
