@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import text
+from typing import Any
+
+from sqlalchemy import Select, func, literal, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database.roles import ADMIN_ROLE
@@ -24,6 +26,32 @@ async def set_tenant_context(session: AsyncSession, tenant_id: uuid.UUID) -> Non
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
     await session.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
+
+
+def scoped_to_tenant(tenant_id: uuid.UUID, query: Select[Any]) -> Select[Any]:
+    """`query` as one statement that first sets the context to `tenant_id`: no extra round trip.
+
+    For the first statement of a transaction opened without a context (the request path). The
+    setting is made in a MATERIALIZED CTE, and `query` runs as a LATERAL subquery that refers
+    to it, so PostgreSQL must produce the CTE's row (running `set_config`) before it starts
+    `query` at all. That order matters: each RLS policy reads the setting through an InitPlan,
+    evaluated once, when its scan first needs it; and the planner may hoist a policy's check
+    into a one-time filter at the top of the query level it appears in. Inside the LATERAL
+    subquery (kept a separate level by `OFFSET 0`), both happen after the setting is made.
+    `query` should select plain columns (the rows come back with its column names) and keep
+    its own explicit tenant filter. tests/test_rls/test_context_in_first_statement.py proves
+    the order on the real server.
+    """
+    if not isinstance(tenant_id, uuid.UUID):
+        raise TypeError("tenant_id must be a uuid.UUID")
+    context = (
+        select(func.set_config(TENANT_SETTING, str(tenant_id), True).label("tenant_id"))
+        .cte("tenant_context")
+        .prefix_with("MATERIALIZED")
+    )
+    # The reference to the CTE is what makes the subquery LATERAL, i.e. run after the CTE.
+    scoped = query.where(context.c.tenant_id == literal(str(tenant_id))).offset(0).lateral("scoped")
+    return select(*scoped.c).select_from(context).join(scoped, true())
 
 
 async def become_admin(session: AsyncSession) -> None:
