@@ -7,7 +7,6 @@ ROLLBACK and a pooled connection never carries one request's tenant into the nex
 from __future__ import annotations
 
 import uuid
-
 from typing import Any
 
 from sqlalchemy import Select, func, literal, select, text, true
@@ -28,7 +27,9 @@ async def set_tenant_context(session: AsyncSession, tenant_id: uuid.UUID) -> Non
     await session.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
 
 
-def scoped_to_tenant(tenant_id: uuid.UUID, query: Select[Any]) -> Select[Any]:
+def scoped_to_tenant(
+    tenant_id: uuid.UUID, query: Select[*tuple[Any, ...]]
+) -> Select[*tuple[Any, ...]]:
     """`query` as one statement that first sets the context to `tenant_id`: no extra round trip.
 
     For the first statement of a transaction opened without a context (the request path). The

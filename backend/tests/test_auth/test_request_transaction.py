@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg.pq import Trace
 from fastapi import FastAPI
+from psycopg.pq import Trace
 from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
