@@ -59,6 +59,8 @@ TEMPLATE_OMITS: dict[str, str] = {
     "server never starts and its data directory is never read",
     "DEV_ISSUER_KEY_FILE": "development only: production refuses the dev token issuer, so its "
     "signing key is never created or read",
+    "BENCH_BASELINE_ROUTES": "benchmarks only: production refuses it (the routes skip "
+    "authentication)",
 }
 
 START_COMMAND = (
