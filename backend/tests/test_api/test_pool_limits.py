@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -33,6 +34,7 @@ class Holds:
         self.release = asyncio.Event()
 
 
+@asynccontextmanager
 async def _client_for(
     settings: Settings, migrated_db: MigratedDatabase, holds: Holds, **pool: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
@@ -71,9 +73,9 @@ def holds() -> Holds:
 async def one_connection_client(
     settings: Settings, migrated_db: MigratedDatabase, holds: Holds
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async for http, _database in _client_for(
+    async with _client_for(
         settings, migrated_db, holds, DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, DB_POOL_TIMEOUT_SECONDS=0.3
-    ):
+    ) as (http, _database):
         yield http
 
 
@@ -119,18 +121,19 @@ async def test_the_pool_never_opens_more_than_pool_size_plus_max_overflow(
     superuser_dsn = harness.libpq(migrated_db.superuser_url)
     checked_out: list[int] = []
     server_side: list[int] = []
-    async for http, database in _client_for(
+    pool: Any = None
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            checked_out.append(pool.checkedout())
+            server_side.append(await _count_connections(superuser_dsn))
+            await asyncio.sleep(0.01)
+
+    async with _client_for(
         settings, migrated_db, holds, DB_POOL_SIZE=2, DB_MAX_OVERFLOW=1, DB_POOL_TIMEOUT_SECONDS=30
-    ):
-        pool: Any = database.engine.pool
-        done = asyncio.Event()
-
-        async def sample() -> None:
-            while not done.is_set():
-                checked_out.append(pool.checkedout())
-                server_side.append(await _count_connections(superuser_dsn))
-                await asyncio.sleep(0.01)
-
+    ) as (http, database):
+        pool = database.engine.pool
         sampler = asyncio.create_task(sample())
         responses = await asyncio.gather(
             *(http.get("/probe/brief", headers=caller.headers) for _ in range(24))
