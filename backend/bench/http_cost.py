@@ -31,7 +31,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -135,7 +134,9 @@ def _add_embeddings(owner_dsn: str, seed: int) -> None:
     with psycopg.connect(owner_dsn) as conn:
         # A temp table of the owner's, readable by app_admin (who may not create one).
         conn.execute("CREATE TEMP TABLE new_embeddings (id uuid, embedding vector(1024))")
-        conn.execute(sql.SQL("GRANT SELECT ON new_embeddings TO {}").format(sql.Identifier(ADMIN_ROLE)))
+        conn.execute(
+            sql.SQL("GRANT SELECT ON new_embeddings TO {}").format(sql.Identifier(ADMIN_ROLE))
+        )
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(ADMIN_ROLE)))
         ids = [row[0] for row in conn.execute("SELECT id FROM documents ORDER BY id")]
         conn.execute("RESET ROLE")
@@ -166,7 +167,9 @@ def throwaway_copy(server: harness.TestServer) -> Iterator[str]:
     """A fresh copy of the template database for one run (the POSTs write to it), then dropped."""
     admin = harness.libpq(server.superuser_url)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(RUN_DATABASE)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(RUN_DATABASE))
+        )
         conn.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                 sql.Identifier(RUN_DATABASE), sql.Identifier(TEMPLATE_DATABASE)
@@ -239,11 +242,7 @@ class Server:
     def workers(self) -> list[psutil.Process]:
         """The worker processes (spawned children that are not multiprocessing helpers)."""
         children = psutil.Process(self.process.pid).children(recursive=True)
-        return [
-            child
-            for child in children
-            if "resource_tracker" not in " ".join(child.cmdline())
-        ]
+        return [child for child in children if "resource_tracker" not in " ".join(child.cmdline())]
 
 
 @contextmanager
@@ -267,7 +266,7 @@ def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     with log.open("wb") as output:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+        process = subprocess.Popen(
             command, cwd=BACKEND_DIR, env=env, stdout=output, stderr=subprocess.STDOUT
         )
     server = Server(process, port, log)
@@ -311,7 +310,9 @@ ROUTES = (
 )
 
 
-def build_requests(route: Route, headers: dict[str, str], caller: Caller, prefix: str) -> list[bytes]:
+def build_requests(
+    route: Route, headers: dict[str, str], caller: Caller, prefix: str
+) -> list[bytes]:
     """The requests a cell cycles through (the same list for a route's two variants)."""
     rng = random.Random(7)
     json_headers = {**headers, "Content-Type": "application/json"}
@@ -345,7 +346,13 @@ def build_requests(route: Route, headers: dict[str, str], caller: Caller, prefix
     return [encode_request(route.method, prefix + route.path, headers)]
 
 
-def check_twins_agree(port: int, routes: dict[str, tuple[list[bytes], list[bytes]]], auth: dict[str, str], baseline: dict[str, str], caller: Caller) -> None:
+def check_twins_agree(
+    port: int,
+    routes: dict[str, tuple[list[bytes], list[bytes]]],
+    auth: dict[str, str],
+    baseline: dict[str, str],
+    caller: Caller,
+) -> None:
     """Before timing: each read route and its twin give the same answer."""
     base = f"http://127.0.0.1:{port}"
     doc = caller.document_ids[0]
@@ -354,7 +361,9 @@ def check_twins_agree(port: int, routes: dict[str, tuple[list[bytes], list[bytes
             real = http.get("/api/v1" + path, headers=auth)
             twin = http.get("/bench/baseline" + path, headers=baseline)
             if real.status_code != 200 or real.json() != twin.json():
-                raise RuntimeError(f"{path}: the route and its baseline disagree: {real.text[:300]}")
+                raise RuntimeError(
+                    f"{path}: the route and its baseline disagree: {real.text[:300]}"
+                )
         body = {"embedding": [0.01] * EMBEDDING_DIMENSIONS, "k": 10}
         real = http.post("/api/v1/documents/search", headers=auth, json=body)
         twin = http.post("/bench/baseline/documents/search", headers=baseline, json=body)
@@ -431,20 +440,23 @@ def measure(
     for route in ROUTES:
         authenticated, baseline = requests[route.name]
         for concurrency in args.concurrency:
-            for variant, batch in (("rls", authenticated), ("baseline", baseline)):
+            for batch in (authenticated, baseline):
                 # Warm-up: connections opened, statements prepared, caches warm.
                 load.run(Cell("127.0.0.1", port, batch, concurrency, args.warmup, 10**9))
             order = [("rls", authenticated), ("baseline", baseline)]
             for round_number in range(args.rounds):
                 for variant, batch in order if round_number % 2 == 0 else order[::-1]:
-                    cell = Cell("127.0.0.1", port, batch, concurrency, args.seconds, args.max_requests)
+                    cell = Cell(
+                        "127.0.0.1", port, batch, concurrency, args.seconds, args.max_requests
+                    )
                     measured = results.setdefault((route.name, concurrency, variant), Measured())
                     measured.add(load.run(cell))
             auth = results[(route.name, concurrency, "rls")]
             base = results[(route.name, concurrency, "baseline")]
             print(
                 f"  {route.name:<24} c={concurrency:<3} authenticated {auth.throughput:7.0f} req/s,"
-                f" baseline {base.throughput:7.0f} req/s", flush=True
+                f" baseline {base.throughput:7.0f} req/s",
+                flush=True,
             )
     return results
 
@@ -466,13 +478,23 @@ def jwt_costs(iterations: int) -> list[tuple[str, float, int]]:
         return asyncio.run(loop())
 
     with tempfile.TemporaryDirectory() as workdir:
-        settings = load_settings(ENVIRONMENT="development", DEV_ISSUER_KEY_FILE=Path(workdir) / "key.pem")
+        settings = load_settings(
+            ENVIRONMENT="development", DEV_ISSUER_KEY_FILE=Path(workdir) / "key.pem"
+        )
         issuer = dev_issuer_for(settings)
         token = issuer.mint(subject="bench", tenant_id=uuid.uuid4(), tenant_claim="tenant_id")
-        rows.append(("dev issuer (ES256)", time_it(build_token_verifier(settings, dev_issuer=issuer), token), 0))
+        rows.append(
+            (
+                "dev issuer (ES256)",
+                time_it(build_token_verifier(settings, dev_issuer=issuer), token),
+                0,
+            )
+        )
     idp = auth_helpers.IssuerServer().start()
     try:
-        oidc = load_settings(ENVIRONMENT="development", OIDC_ISSUER_URL=idp.url, OIDC_CLIENT_ID=idp.issuer.audience)
+        oidc = load_settings(
+            ENVIRONMENT="development", OIDC_ISSUER_URL=idp.url, OIDC_CLIENT_ID=idp.issuer.audience
+        )
         for algorithm in ("RS256", "ES256"):
             verifier = build_token_verifier(oidc)
             token = idp.issuer.mint(tenant_id=uuid.uuid4(), subject="bench", algorithm=algorithm)
@@ -550,7 +572,10 @@ def print_resources(resources: Resources, workers: list[psutil.Process], pool_ca
         sampled = resources.peak_rss.get(worker.pid, 0) / 2**20
         print(f"| {worker.pid} | {sampled:.0f} MiB | {hwm} |")
     bound = WORKERS * pool_cap
-    print(f"\n| connections (application_name) | max open | max busy | bound ({WORKERS} workers × {pool_cap}) |")
+    print(
+        "\n| connections (application_name) | max open | max busy |"
+        f" bound ({WORKERS} workers x {pool_cap}) |"
+    )
     print("|---|---:|---:|---:|")
     within = True
     for name in (RUNTIME_APPLICATION_NAME, BASELINE_APPLICATION_NAME):
@@ -621,7 +646,10 @@ def main(argv: list[str] | None = None) -> int:
                 lifetime_seconds=3600,
             )
             auth = {"Authorization": f"Bearer {token}"}
-            baseline = {"X-Bench-Tenant": str(caller.tenant_id), "X-Bench-User": str(caller.user_id)}
+            baseline = {
+                "X-Bench-Tenant": str(caller.tenant_id),
+                "X-Bench-User": str(caller.user_id),
+            }
             requests = {
                 route.name: (
                     build_requests(route, auth, caller, "/api/v1"),
