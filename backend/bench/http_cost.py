@@ -625,9 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print("\ntoken verification, in process (what each request pays before any SQL):")
     for name, micros, fetches in jwt_costs(args.jwt_iterations):
-        print(
-            f"  {name:<28} {micros:7.1f} µs per request, JWKS fetches (one-call warm-up included): {fetches}"
-        )
+        print(f"  {name:<28} {micros:7.1f} µs per request, JWKS fetches (warm-up incl.): {fetches}")
     pool_cap = args.pool_size + args.max_overflow
     load = LoadProcess()
     try:
