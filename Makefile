@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
@@ -18,6 +18,7 @@ help:
 	@echo "make lock     re-resolve backend/requirements/*.lock from backend/pyproject.toml"
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
+	@echo "make bench-http HTTP-level cost: the app under load, each route vs its no-auth baseline"
 
 $(STAMP): $(LOCK) backend/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -61,6 +62,11 @@ lock:
 # through ARGS, e.g. make bench-rls ARGS="--explain --iterations 500".
 bench-rls: install
 	cd backend && $(BIN)/python -m bench.rls_cost $(ARGS)
+
+# Starts the app (uvicorn, 2 workers) on a copy of a cached corpus and loads it from a separate
+# process; e.g. make bench-http ARGS="--seconds 5 --rounds 3".
+bench-http: install
+	cd backend && $(BIN)/python -m bench.http_cost $(ARGS)
 
 clean-data:
 	rm -rf backend/.data

@@ -24,7 +24,7 @@ from app.auth.tokens import TokenVerifier, VerifiedIdentity
 from app.core.context import RequestContext
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
-from app.database.session import tenant_transaction
+from app.database.session import transaction
 from app.services import callers as callers_service
 
 __all__ = [
@@ -72,7 +72,8 @@ async def _tenant_request(
     request: Request, identity: Annotated[VerifiedIdentity, Depends(authenticate)]
 ) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
-    async with tenant_transaction(database.sessions, identity.tenant_id) as session:
+    async with transaction(database.sessions) as session:
+        # Its first statement sets the tenant context (one round trip for both).
         caller = await callers_service.resolve_caller(session, identity)
         user_agent = request.headers.get("user-agent")
         context = RequestContext(

@@ -17,6 +17,14 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 @asynccontextmanager
+async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """One transaction with no tenant context yet: under RLS it sees nothing until a statement
+    built by `tenant_context.scoped_to_tenant` sets it (the request path, app.api.deps)."""
+    async with sessions() as session, session.begin():
+        yield session
+
+
+@asynccontextmanager
 async def tenant_transaction(
     sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID
 ) -> AsyncIterator[AsyncSession]:

@@ -1,9 +1,11 @@
 """Who is calling: the verified token's tenant and subject, resolved to an active user.
 
-One statement, inside the request's transaction (tenant context already set, so RLS shows
-only the token's tenant): it reads the tenant and the matching active user and, at most once
-a minute per user, stamps `users.last_login_at` in a data-modifying CTE, so the stamp costs no
-extra round trip and is skipped entirely when it is not due.
+One statement, the first of the request's transaction: it sets the tenant context to the
+token's tenant (`scoped_to_tenant`, so the context costs no round trip of its own) and reads
+the tenant and the matching active user under RLS. At most once a minute per user a second
+statement stamps `users.last_login_at`. (It used to be a data-modifying CTE of the same
+statement, but PostgreSQL runs such a CTE in no defined order relative to the rest of the
+statement, so it could run before the context is set and, under RLS, update nothing.)
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.tokens import VerifiedIdentity
 from app.core.errors import ForbiddenError
+from app.database.tenant_context import scoped_to_tenant, tenant_parameter
 from app.models import Tenant, User
 
 LAST_LOGIN_RESOLUTION = timedelta(minutes=1)
@@ -33,42 +36,49 @@ class Caller:
     role: str
 
 
+_STAMP_DUE = or_(
+    User.last_login_at.is_(None), User.last_login_at < func.now() - LAST_LOGIN_RESOLUTION
+)
+
+# Built once: a request only binds values (building a statement costs more than running it).
+_RESOLVE = scoped_to_tenant(
+    select(User.id, User.role, _STAMP_DUE.label("stamp_due"))
+    .join(Tenant, Tenant.id == User.tenant_id)
+    .where(
+        Tenant.id == bindparam("tenant_id"),
+        Tenant.status == "active",
+        Tenant.deleted_at.is_(None),
+        User.tenant_id == bindparam("tenant_id"),
+        User.external_idp_id == bindparam("subject"),
+        User.deleted_at.is_(None),
+    )
+)
+
+_STAMP = (
+    update(User)
+    .where(
+        User.tenant_id == bindparam("caller_tenant"), User.id == bindparam("caller_id"), _STAMP_DUE
+    )
+    .values(last_login_at=func.now())
+)
+
+
 async def resolve_caller(session: AsyncSession, identity: VerifiedIdentity) -> Caller:
-    """The caller for `identity`; ForbiddenError unless both tenant and user are active."""
+    """The caller for `identity`; ForbiddenError unless both tenant and user are active.
+
+    Must be the first statement of a transaction opened without a tenant context: it sets the
+    context to the token's tenant in the same statement.
+    """
     tenant_id = identity.tenant_id
-    tenant_active = and_(
-        Tenant.id == tenant_id, Tenant.status == "active", Tenant.deleted_at.is_(None)
-    )
-    caller = (
-        select(User.id, User.role)
-        .join(Tenant, Tenant.id == User.tenant_id)
-        .where(
-            tenant_active,
-            User.tenant_id == tenant_id,
-            User.external_idp_id == identity.subject,
-            User.deleted_at.is_(None),
-        )
-        .cte("caller")
-    )
-    stamp = (
-        update(User)
-        .where(
-            User.tenant_id == tenant_id,
-            User.id.in_(select(caller.c.id)),
-            or_(
-                User.last_login_at.is_(None),
-                User.last_login_at < func.now() - LAST_LOGIN_RESOLUTION,
-            ),
-        )
-        .values(last_login_at=func.now())
-        .returning(User.id)
-        .cte("stamp")
-    )
-    # Selecting from the CTE makes SQLAlchemy render it; PostgreSQL runs it either way.
-    statement = select(
-        caller.c.id, caller.c.role, stamp.c.id.is_not(None).label("stamped")
-    ).outerjoin(stamp, stamp.c.id == caller.c.id)
-    row = (await session.execute(statement)).first()
+    parameters = {
+        **tenant_parameter(tenant_id),
+        "tenant_id": tenant_id,
+        "subject": identity.subject,
+    }
+    row = (await session.execute(_RESOLVE, parameters)).first()
     if row is None:
         raise ForbiddenError(NO_ACCESS_MESSAGE)
+    if row.stamp_due:
+        # Re-checked in the UPDATE, so concurrent first requests stamp once.
+        await session.execute(_STAMP, {"caller_tenant": tenant_id, "caller_id": row.id})
     return Caller(tenant_id=tenant_id, user_id=row.id, role=row.role)

@@ -7,16 +7,19 @@ real `TenantSession` / `CurrentContext` dependencies against the real database.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from fastapi import FastAPI
+from psycopg.pq import Trace
 from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -175,7 +178,7 @@ async def test_require_admin_refuses_members(
     assert refused.json()["error"]["message"] == "this action needs the admin role"
 
 
-async def test_me_costs_three_statements_in_one_transaction(
+async def test_me_costs_two_statements_in_one_transaction(
     client: httpx.AsyncClient, make_caller: MakeCaller, runtime_engine: AsyncEngine
 ) -> None:
     caller = await make_caller()
@@ -198,10 +201,65 @@ async def test_me_costs_three_statements_in_one_transaction(
         event.remove(sync_engine, "before_cursor_execute", on_statement)
         event.remove(sync_engine, "begin", on_begin)
     assert response.status_code == 200
-    # set the tenant context; resolve tenant + user (+ last-login stamp when due); read /me.
-    assert len(statements) == 3, statements
+    # Was 3 (set_config on its own, then the caller). Now the tenant context rides in the
+    # caller-resolution statement (tenant_context.scoped_to_tenant); then /me's own read.
+    assert len(statements) == 2, statements
     assert "set_config" in statements[0]
+    assert "FROM users JOIN tenants" in statements[0]
+    assert not any("set_config" in statement for statement in statements[1:])
     assert len(transactions) == 1
+
+
+def _round_trips(trace: str) -> list[str]:
+    """The client's messages that end a round trip: Sync (extended protocol), Query (simple)."""
+    ends = []
+    for line in trace.splitlines():
+        fields = line.split("\t")
+        if len(fields) > 2 and fields[0] == "F" and fields[2] in {"Sync", "Query"}:
+            ends.append(line)
+    return ends
+
+
+async def test_me_costs_four_round_trips_begin_caller_with_context_read_commit(
+    client: httpx.AsyncClient,
+    make_caller: MakeCaller,
+    runtime_engine: AsyncEngine,
+    tmp_path: Path,
+) -> None:
+    # What the server sees, from libpq's own protocol trace of the request's connection.
+    caller = await make_caller()
+    await client.get("/api/v1/me", headers=caller.headers)  # stamps last_login_at
+    trace_path = tmp_path / "protocol.trace"
+    trace_file = trace_path.open("w")
+
+    def on_checkout(_dbapi: Any, record: Any, _proxy: Any) -> None:
+        pgconn = record.driver_connection.pgconn
+        pgconn.trace(os.dup(trace_file.fileno()))
+        pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+
+    def on_checkin(_dbapi: Any, record: Any) -> None:
+        record.driver_connection.pgconn.untrace()
+
+    sync_engine = runtime_engine.sync_engine
+    event.listen(sync_engine, "checkout", on_checkout)
+    event.listen(sync_engine, "checkin", on_checkin)
+    try:
+        response = await client.get("/api/v1/me", headers=caller.headers)
+    finally:
+        event.remove(sync_engine, "checkout", on_checkout)
+        event.remove(sync_engine, "checkin", on_checkin)
+        trace_file.close()
+    assert response.status_code == 200
+    trips = _round_trips(trace_path.read_text())
+    # BEGIN: psycopg sends it as a simple query of its own before the first statement (its
+    # _start_query), a round trip every multi-statement transaction needs. Then the caller
+    # resolution carrying the tenant context, the /me read, COMMIT. No SET ROLE: the role is
+    # the login (or a start-up parameter), no separate set_config.
+    assert len(trips) == 4, trips
+    assert trips[0].endswith('Query\t "BEGIN"')
+    assert all(trip.endswith("Sync") for trip in trips[1:-1])
+    assert trips[-1].endswith('Query\t "COMMIT"')
+    assert "set_config" in trace_path.read_text().split("\tSync")[0]
 
 
 async def test_last_login_is_stamped_at_most_once_a_minute(

@@ -62,6 +62,8 @@ TEMPLATE_OMITS: dict[str, str] = {
     "AUDIT_ANCHOR_SIGNING_KEY": "must not live on the server: an anchor proves the chain to "
     "someone who distrusts whoever controls the database and the server, so it is signed "
     "elsewhere (docs/AUDIT_INTEGRITY.md); the server needs only the public verify key",
+    "BENCH_BASELINE_ROUTES": "benchmarks only: production refuses it (the routes skip "
+    "authentication)",
 }
 
 START_COMMAND = (

@@ -1,0 +1,156 @@
+"""Benchmark-only twins of the API's routes: the same queries, no authentication, no context.
+
+`make bench-http` (bench/http_cost.py) times each authenticated route next to its twin here,
+in the same server, to measure what authentication, the tenant context and RLS cost over
+HTTP. Mounted only when BENCH_BASELINE_ROUTES=true, which the settings refuse in production:
+these routes read and write any tenant's documents for whoever names it in a header.
+
+The twins run the same service functions (so the same SQL, with the services' explicit
+`WHERE tenant_id = …`) in one transaction each, but as the provisioning role `app_admin`,
+set as a start-up parameter of the connection (no round trip). The runtime role can't be the
+baseline: without a tenant context RLS shows it no row at all, and with one it is no longer
+"no context". `app_admin` has BYPASSRLS, so no policy is planned or evaluated: what remains is
+exactly the work minus auth, the caller lookup, the context and RLS.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.params import CursorCodecDep, PageDep
+from app.core.config import Settings
+from app.core.context import RequestContext
+from app.database import Database
+from app.database.engine import build_engine
+from app.database.roles import ADMIN_ROLE
+from app.database.session import make_sessionmaker, transaction
+from app.models import Document
+from app.schemas import document as document_schemas
+from app.schemas.me import Me
+from app.services import documents as documents_service
+from app.services import me as me_service
+from app.services import vector_search
+
+BASELINE_APPLICATION_NAME = "tenant-docs-bench-baseline"
+
+
+@asynccontextmanager
+async def _baseline_engine(app: FastAPI) -> AsyncIterator[None]:
+    database: Database = app.state.database
+    settings: Settings = app.state.settings
+    # Same pool bounds as the runtime engine, so neither side gets more connections.
+    engine = build_engine(
+        database.targets.login_url,
+        settings,
+        role=ADMIN_ROLE,
+        application_name=BASELINE_APPLICATION_NAME,
+    )
+    app.state.baseline_sessions = make_sessionmaker(engine)
+    try:
+        yield
+    finally:
+        await engine.dispose()
+
+
+router = APIRouter(prefix="/bench/baseline", include_in_schema=False, lifespan=_baseline_engine)
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with transaction(request.app.state.baseline_sessions) as session:
+        yield session
+
+
+def _context(
+    request: Request,
+    tenant_id: Annotated[uuid.UUID, Header(alias="X-Bench-Tenant")],
+    user_id: Annotated[uuid.UUID, Header(alias="X-Bench-User")],
+) -> RequestContext:
+    return RequestContext(
+        tenant_id=tenant_id,
+        user_id=user_id,
+        user_role="admin",
+        request_id=getattr(request.state, "request_id", None),
+        client_ip=request.client.host if request.client else None,
+        user_agent=None,
+    )
+
+
+# scope="function": committed before the response, as the real request transaction is.
+BaselineSession = Annotated[AsyncSession, Depends(_session, scope="function")]
+BaselineContext = Annotated[RequestContext, Depends(_context)]
+
+
+@router.get("/me", response_model=Me)
+async def read_me(session: BaselineSession, context: BaselineContext) -> Me:
+    """GET /api/v1/me's query."""
+    return await me_service.get_me(session, context)
+
+
+@router.post("/documents", status_code=201, response_model=document_schemas.Document)
+async def create_document(
+    body: document_schemas.DocumentCreate, session: BaselineSession, context: BaselineContext
+) -> document_schemas.Document:
+    """POST /api/v1/documents' insert and audit row."""
+    document = await documents_service.create_document(session, context, body)
+    return document_schemas.Document.model_validate(document)
+
+
+@router.get("/documents", response_model=document_schemas.DocumentPage)
+async def list_documents(
+    session: BaselineSession, context: BaselineContext, codec: CursorCodecDep, page: PageDep
+) -> document_schemas.DocumentPage:
+    """GET /api/v1/documents' first page query (no filters)."""
+    query = documents_service.DocumentQuery()
+    rows, next_cursor = await documents_service.list_documents(session, context, query, page, codec)
+    return document_schemas.DocumentPage(
+        items=[document_schemas.Document.model_validate(row) for row in rows],
+        next_cursor=next_cursor,
+    )
+
+
+@router.post("/documents/search", response_model=document_schemas.SearchResults)
+async def search_documents(
+    body: document_schemas.SearchRequest, session: BaselineSession, context: BaselineContext
+) -> document_schemas.SearchResults:
+    """POST /api/v1/documents/search's query, with the tenant named explicitly.
+
+    The search service names no tenant (RLS scopes it), so as app_admin it would search every
+    tenant; this is its statement (app.services.vector_search) with `tenant_id = …` added.
+    """
+    embedding = vector_search.validate_embedding(body.embedding)
+    distance = Document.embedding_vector.cosine_distance(embedding).label("distance")
+    statement = (
+        select(Document, distance)
+        .where(
+            Document.tenant_id == context.tenant_id,
+            Document.embedding_vector.is_not(None),
+            Document.deleted_at.is_(None),
+        )
+        .order_by(distance, Document.id)
+        .limit(vector_search.validate_k(body.k))
+    )
+    rows = (await session.execute(statement)).all()
+    return document_schemas.SearchResults(
+        items=[
+            document_schemas.SearchHit(
+                document=document_schemas.Document.model_validate(row[0]), distance=float(row[1])
+            )
+            for row in rows
+        ]
+    )
+
+
+@router.get("/documents/{document_id}", response_model=document_schemas.Document)
+async def get_document(
+    document_id: uuid.UUID, session: BaselineSession, context: BaselineContext
+) -> document_schemas.Document:
+    """GET /api/v1/documents/{id}'s query."""
+    document = await documents_service.get_document(session, context, document_id)
+    return document_schemas.Document.model_validate(document)

@@ -1,0 +1,149 @@
+"""The tenant context can ride in a transaction's first statement (`scoped_to_tenant`).
+
+Every RLS policy reads the setting through an InitPlan, evaluated once per statement when a
+scan first needs it, and the planner may hoist a policy check into a one-time filter at the
+top of a query level. If any of that ran before `set_config`, the statement would see no rows
+(fail closed, but broken). These tests run the folded statement on fresh transactions, with
+no context set before, for the query shapes the app sends (joins, ordered pages, aggregates),
+more than five times each so psycopg's prepared statements are exercised too, and check each
+sees exactly its tenant's rows and that the context then holds for the rest of the
+transaction and ends with it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Select, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.database.session import transaction
+from app.database.tenant_context import scoped_to_tenant, tenant_parameter
+from app.models import AuditLog, Document, Tenant, User
+from tests.factories import ProvisionedTenant, provision_tenant
+
+RUNS = 7  # psycopg prepares a statement on its 5th execution
+
+
+def _caller_like(tenant_id: uuid.UUID) -> Select[Any]:
+    return (
+        select(User.id, Tenant.status)
+        .join(Tenant, Tenant.id == User.tenant_id)
+        .where(User.tenant_id == tenant_id, Tenant.id == tenant_id, User.deleted_at.is_(None))
+    )
+
+
+def _newest_page(tenant_id: uuid.UUID) -> Select[Any]:
+    return (
+        select(Document.id)
+        .where(Document.tenant_id == tenant_id, Document.deleted_at.is_(None))
+        .order_by(Document.created_at.desc(), Document.id.desc())
+        .limit(50)
+    )
+
+
+def _count(tenant_id: uuid.UUID) -> Select[Any]:
+    return select(func.count().label("n")).where(Document.tenant_id == tenant_id)
+
+
+def _no_explicit_filter(_tenant_id: uuid.UUID) -> Select[Any]:
+    # RLS alone scopes this one: the policy is the only tenant condition.
+    return select(Document.id)
+
+
+@pytest.fixture
+async def two_tenants(
+    admin_sessions: async_sessionmaker[AsyncSession],
+) -> tuple[ProvisionedTenant, ProvisionedTenant]:
+    return (
+        await provision_tenant(admin_sessions, users=2, documents=3),
+        await provision_tenant(admin_sessions, users=1, documents=2),
+    )
+
+
+@pytest.mark.parametrize("shape", [_caller_like, _newest_page, _no_explicit_filter])
+async def test_the_folded_statement_sees_exactly_its_tenants_rows(
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+    shape: Any,
+) -> None:
+    for _ in range(RUNS):
+        for tenant in two_tenants:
+            async with transaction(runtime_sessions) as session:
+                rows = (
+                    await session.execute(
+                        scoped_to_tenant(shape(tenant.tenant_id)),
+                        tenant_parameter(tenant.tenant_id),
+                    )
+                ).all()
+            expected = tenant.user_ids if shape is _caller_like else tenant.document_ids
+            assert sorted(row[0] for row in rows) == sorted(expected)
+
+
+async def test_an_aggregate_counts_only_its_tenant(
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+) -> None:
+    for _ in range(RUNS):
+        for tenant in two_tenants:
+            async with transaction(runtime_sessions) as session:
+                result = await session.execute(
+                    scoped_to_tenant(_count(tenant.tenant_id)), tenant_parameter(tenant.tenant_id)
+                )
+            assert result.scalar_one() == len(tenant.document_ids)
+
+
+async def test_asking_for_another_tenants_rows_still_finds_none(
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+) -> None:
+    mine, theirs = two_tenants
+    async with transaction(runtime_sessions) as session:
+        rows = (
+            await session.execute(
+                scoped_to_tenant(_newest_page(theirs.tenant_id)), tenant_parameter(mine.tenant_id)
+            )
+        ).all()
+    assert rows == []
+
+
+async def test_the_context_holds_for_the_rest_of_the_transaction_and_ends_with_it(
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+) -> None:
+    tenant = two_tenants[0]
+    async with transaction(runtime_sessions) as session:
+        await session.execute(
+            scoped_to_tenant(_count(tenant.tenant_id)), tenant_parameter(tenant.tenant_id)
+        )
+        later = set((await session.scalars(select(Document.id))).all())
+        audit_rows = await session.scalar(select(func.count()).select_from(AuditLog))
+        setting = await session.scalar(text("SELECT current_setting('app.current_tenant_id')"))
+    assert later == set(tenant.document_ids)
+    assert audit_rows is not None
+    assert setting == str(tenant.tenant_id)
+    async with transaction(runtime_sessions) as session:
+        after = (await session.scalars(select(Document.id))).all()
+        leftover = await session.scalar(
+            text("SELECT current_setting('app.current_tenant_id', true)")
+        )
+    assert after == []
+    assert leftover in (None, "")
+
+
+async def test_without_the_context_the_same_query_sees_nothing(
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+) -> None:
+    # The control for the tests above: the rows they see come from the folded setting.
+    tenant = two_tenants[0]
+    async with transaction(runtime_sessions) as session:
+        rows = (await session.execute(_newest_page(tenant.tenant_id))).all()
+    assert rows == []
+
+
+def test_only_a_uuid_is_accepted() -> None:
+    with pytest.raises(TypeError, match=r"tenant_id must be a uuid\.UUID"):
+        tenant_parameter("' OR true --")  # type: ignore[arg-type]
