@@ -10,10 +10,12 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentContext, TenantSession
 from app.api.params import CursorCodecDep, PageDep
+from app.api.responses import API_ERRORS
 from app.schemas import audit_log as schemas
+from app.schemas.common import Text
 from app.services import audit_logs as audit_logs_service
 
-router = APIRouter(prefix="/audit-logs", tags=["audit log"])
+router = APIRouter(prefix="/audit-logs", tags=["audit log"], responses=API_ERRORS)
 
 
 @router.get("", response_model=schemas.AuditLogPage, summary="Read the audit log, newest first")
@@ -22,8 +24,8 @@ async def list_audit_logs(
     context: CurrentContext,
     codec: CursorCodecDep,
     page: PageDep,
-    action: Annotated[str | None, Query(max_length=100, examples=["document.create"])] = None,
-    resource_type: Annotated[str | None, Query(max_length=100)] = None,
+    action: Annotated[Text | None, Query(max_length=100, examples=["document.create"])] = None,
+    resource_type: Annotated[Text | None, Query(max_length=100, examples=["document"])] = None,
     resource_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
     created_after: datetime | None = None,
