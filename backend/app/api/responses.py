@@ -28,5 +28,12 @@ VALIDATION_ERROR: Responses = {
     )
 }
 
-API_ERRORS: Responses = {**AUTHENTICATED_ERRORS, **VALIDATION_ERROR}
+MALFORMED_REQUEST: Responses = {
+    400: error_response(
+        "Malformed request: a body that cannot be parsed (not UTF-8, or nested too deeply to"
+        " parse), or two Authorization headers."
+    )
+}
+
+API_ERRORS: Responses = {**MALFORMED_REQUEST, **AUTHENTICATED_ERRORS, **VALIDATION_ERROR}
 """Errors any authenticated route with parameters or a body can answer."""
