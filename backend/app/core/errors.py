@@ -102,6 +102,12 @@ def error_body(
 def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     details = []
     for problem in exc.errors():
+        if problem.get("type") == "json_invalid":
+            # FastAPI's location is ("body", <character offset>): say so, not "1".
+            offset = problem.get("loc", ("body", "?"))[-1]
+            error = problem.get("ctx", {}).get("error", "invalid JSON")
+            details.append({"field": "body", "message": f"not valid JSON at {offset}: {error}"})
+            continue
         location = [str(part) for part in problem.get("loc", ()) if part != "body"]
         details.append({"field": ".".join(location) or "body", "message": problem.get("msg", "")})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
+import numpy
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.models.document import EMBEDDING_DIMENSIONS
@@ -25,24 +27,63 @@ class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-def _depth(value: Any) -> int:
+def refuse_nul(value: str) -> str:
+    """PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(refuse_nul)]
+"""A string the database can store (no NUL characters)."""
+
+
+def _checked_depth(value: Any) -> int:
+    """Nesting depth of a JSON value; ValueError for what JSONB cannot store."""
     if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
+        for key in value:
+            refuse_nul(key)
+        return 1 + max((_checked_depth(v) for v in value.values()), default=0)
     if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
+        return 1 + max((_checked_depth(v) for v in value), default=0)
+    if isinstance(value, str):
+        refuse_nul(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        # Python's json accepts NaN and Infinity; JSON (and so JSONB) has no such numbers.
+        raise ValueError("must not contain NaN or Infinity")
     return 0
 
 
 def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    """Metadata must be at most 64 KiB as JSON and nested at most 10 levels deep."""
-    if _depth(value) > METADATA_MAX_DEPTH:
-        raise ValueError(f"metadata is nested deeper than {METADATA_MAX_DEPTH} levels")
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > METADATA_MAX_BYTES:
-        raise ValueError(f"metadata is {size} bytes as JSON; the limit is {METADATA_MAX_BYTES}")
-    if "\x00" in json.dumps(value):
-        raise ValueError("metadata must not contain NUL characters")
+    """Metadata must be storable JSON, at most 64 KiB and nested at most 10 levels deep."""
+    if _checked_depth(value) > METADATA_MAX_DEPTH:
+        raise ValueError(f"nested deeper than {METADATA_MAX_DEPTH} levels")
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    if len(encoded) > METADATA_MAX_BYTES:
+        raise ValueError(f"is {len(encoded)} bytes as JSON; the limit is {METADATA_MAX_BYTES}")
     return value
+
+
+def check_embedding(values: list[float]) -> list[float]:
+    """An embedding pgvector can store (32-bit floats) and measure by cosine distance.
+
+    pgvector keeps and multiplies 32-bit floats: a value beyond their range is infinite
+    there, and a vector whose squared length is 0 or overflows has no cosine distance
+    (pgvector answers NaN, or a wrong 1.0), so both are refused up front.
+    """
+    with numpy.errstate(all="ignore"):
+        stored = numpy.asarray(values, dtype=numpy.float32)
+        if not numpy.isfinite(stored).all():
+            raise ValueError("values must fit 32-bit floats (at most 3.4e38 in size)")
+        squared_length = numpy.dot(stored, stored)
+    if not numpy.isfinite(squared_length):
+        raise ValueError("values are too large: the vector's squared length overflows")
+    if squared_length == 0:
+        raise ValueError("must not be all zeros (or so small that it rounds to zero)")
+    return values
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
@@ -52,6 +93,7 @@ Embedding = Annotated[
     Field(
         min_length=EMBEDDING_DIMENSIONS,
         max_length=EMBEDDING_DIMENSIONS,
-        description=f"Exactly {EMBEDDING_DIMENSIONS} finite numbers.",
+        description=f"Exactly {EMBEDDING_DIMENSIONS} finite numbers (32-bit range), not all zero.",
     ),
+    AfterValidator(check_embedding),
 ]

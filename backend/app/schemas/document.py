@@ -6,29 +6,61 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, JsonValue, model_validator
 
-from app.schemas.common import Embedding, Metadata, RequestModel, ResponseModel
+from app.models.document import EMBEDDING_DIMENSIONS
+from app.schemas.common import Embedding, Metadata, RequestModel, ResponseModel, Text
 
 DocumentStatus = Literal["processing", "completed", "failed"]
 
-_EXAMPLE_METADATA = {"patient_ref": "P-1042", "department": "cardiology", "pages": 12}
+_EXAMPLE_METADATA: dict[str, JsonValue] = {
+    "patient_ref": "P-1042",
+    "department": "cardiology",
+    "pages": 12,
+}
+# A valid 1024-number embedding for the examples ("Try it out" in /docs works as shown).
+_EXAMPLE_EMBEDDING: list[JsonValue] = [
+    round(0.01 * ((i % 7) - 3), 2) or 0.005 for i in range(EMBEDDING_DIMENSIONS)
+]
 
 
 class DocumentCreate(RequestModel):
     """Register a document already uploaded to S3. Its status starts as `processing`."""
 
-    filename: str = Field(min_length=1, max_length=255, examples=["discharge-summary.pdf"])
-    content_type: str = Field(min_length=1, max_length=255, examples=["application/pdf"])
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "filename": "discharge-summary.pdf",
+                    "content_type": "application/pdf",
+                    "size_bytes": 482113,
+                    "s3_bucket": "acme-phi-documents",
+                    "s3_key": "2026/11/discharge-1042.pdf",
+                    "metadata": _EXAMPLE_METADATA,
+                }
+            ]
+        }
+    )
+
+    filename: Text = Field(min_length=1, max_length=255, examples=["discharge-summary.pdf"])
+    content_type: Text = Field(min_length=1, max_length=255, examples=["application/pdf"])
     size_bytes: int = Field(ge=0, le=2**63 - 1, examples=[482113])
-    s3_bucket: str = Field(min_length=1, max_length=255, examples=["acme-phi-documents"])
-    s3_key: str = Field(min_length=1, max_length=1024, examples=["2026/11/discharge-1042.pdf"])
+    s3_bucket: Text = Field(min_length=1, max_length=255, examples=["acme-phi-documents"])
+    s3_key: Text = Field(min_length=1, max_length=1024, examples=["2026/11/discharge-1042.pdf"])
     metadata: Metadata = Field(default_factory=dict, examples=[_EXAMPLE_METADATA])
     embedding: Embedding | None = Field(default=None, description="Optional 1024-dim embedding.")
 
 
 class DocumentUpdate(RequestModel):
     """Change a document's status, metadata or embedding (`embedding: null` removes it)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "completed", "metadata": {**_EXAMPLE_METADATA, "reviewed": True}}
+            ]
+        }
+    )
 
     status: DocumentStatus | None = Field(default=None, examples=["completed"])
     metadata: Metadata | None = Field(default=None, examples=[_EXAMPLE_METADATA])
@@ -73,8 +105,14 @@ class DocumentPage(ResponseModel):
 class SearchFilters(RequestModel):
     """Optional restrictions for a search."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "completed", "metadata": {"department": "cardiology"}}]
+        }
+    )
+
     status: DocumentStatus | None = None
-    content_type: str | None = Field(default=None, min_length=1, max_length=255)
+    content_type: Text | None = Field(default=None, min_length=1, max_length=255)
     metadata: Metadata | None = Field(
         default=None, description="Only documents whose metadata contains this JSON object."
     )
@@ -82,6 +120,18 @@ class SearchFilters(RequestModel):
 
 class SearchRequest(RequestModel):
     """Nearest-neighbour search over the caller's tenant's active documents."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "embedding": _EXAMPLE_EMBEDDING,
+                    "k": 5,
+                    "filters": {"metadata": {"department": "cardiology"}},
+                }
+            ]
+        }
+    )
 
     embedding: Embedding
     k: int = Field(default=10, ge=1, le=100)

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from app.schemas.common import RequestModel, Text
+
 UserRole = Literal["admin", "member"]
 
 
@@ -32,14 +34,27 @@ class UserRecord(User):
     deleted_at: datetime | None
 
 
-class UserCreate(BaseModel):
+class UserCreate(RequestModel):
     """A new user of a tenant; `external_idp_id` is their `sub` at the identity provider."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "dr.jones@clinic.example",
+                    "external_idp_id": "auth0|64f1c2",
+                    "full_name": "Dr. Ada Jones",
+                    "role": "member",
+                }
+            ]
+        }
+    )
 
-    email: EmailStr = Field(max_length=320)
-    external_idp_id: str | None = Field(default=None, min_length=1, max_length=255)
-    full_name: str | None = Field(default=None, max_length=255)
+    email: EmailStr = Field(max_length=320, examples=["dr.jones@clinic.example"])
+    external_idp_id: Text | None = Field(
+        default=None, min_length=1, max_length=255, examples=["auth0|64f1c2"]
+    )
+    full_name: Text | None = Field(default=None, max_length=255, examples=["Dr. Ada Jones"])
     role: UserRole = "member"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,13 +30,23 @@ class AuditActor:
         return cls(
             source="api",
             user_id=context.user_id,
-            client_ip=context.client_ip,
+            client_ip=_ip_or_none(context.client_ip),
             user_agent=context.user_agent,
             request_id=context.request_id,
         )
 
 
 ADMIN_CLI = AuditActor(source="admin-cli")
+
+
+def _ip_or_none(host: str | None) -> str | None:
+    """The client address if it is an IP (the column is INET); ASGI servers may give a name."""
+    if host is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 async def record_change(

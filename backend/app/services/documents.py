@@ -177,10 +177,10 @@ async def delete_document(
 async def restore_document(
     session: AsyncSession, actor: RequestContext, document_id: uuid.UUID
 ) -> Document:
-    """Restore a soft-deleted document and audit it (404 if it is not deleted or not there)."""
+    """Restore a soft-deleted document and audit it; an active one is returned unchanged."""
     document = await get_document(session, actor, document_id, include_deleted=True)
     if document.deleted_at is None:
-        raise NotFoundError("no deleted document with this id")
+        return document  # idempotent, like restoring a user: nothing changed, nothing audited
     document.restore()
     await session.flush()
     await _audit(session, actor, "document.restore", document, ["deleted_at"])

@@ -110,6 +110,8 @@ async def fetch_page(
     fingerprint: str,
 ) -> tuple[list[_Row], str | None]:
     """Run `statement` as one newest-first page; return its rows and the next page's cursor."""
+    # A cursor continues one listing: the same filters *of the same resource*.
+    fingerprint = f"{model.__name__}:{fingerprint}"
     position = codec.decode(page.cursor, tenant_id, fingerprint) if page.cursor else None
     created_at, row_id = KEYSET_COLUMNS[model]
     statement = statement.order_by(created_at.desc(), row_id.desc())

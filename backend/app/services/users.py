@@ -79,8 +79,10 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
 
 
 async def delete_user(session: AsyncSession, user_id: uuid.UUID, actor: AuditActor) -> User:
-    """Soft-delete a user: they can no longer sign in; their rows are kept."""
+    """Soft-delete a user: they can no longer sign in; their rows are kept. Not oneself."""
     user = await get_user(session, user_id)
+    if user.id == actor.user_id:
+        raise ConflictError("you cannot delete yourself")
     if user.is_deleted:
         return user
     user.deleted_at = utcnow()

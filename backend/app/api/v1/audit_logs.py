@@ -10,18 +10,19 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import AdminContext, CurrentContext, TenantSession
 from app.api.params import CursorCodecDep, PageDep
+from app.api.responses import API_ERRORS
 from app.schemas import audit_log as schemas
 from app.schemas.audit_integrity import AuditChainVerification
+from app.schemas.common import Text
 from app.services import audit_integrity as audit_integrity_service
 from app.services import audit_logs as audit_logs_service
 
-router = APIRouter(prefix="/audit-logs", tags=["audit log"])
+router = APIRouter(prefix="/audit-logs", tags=["audit log"], responses=API_ERRORS)
 
 
 @router.get(
     "/verify",
     response_model=AuditChainVerification,
-    responses={403: {"description": "Only admins of the tenant may verify the chain."}},
     summary="Verify the tenant's audit hash chain (admins)",
 )
 async def verify_audit_logs(
@@ -41,8 +42,8 @@ async def list_audit_logs(
     context: CurrentContext,
     codec: CursorCodecDep,
     page: PageDep,
-    action: Annotated[str | None, Query(max_length=100, examples=["document.create"])] = None,
-    resource_type: Annotated[str | None, Query(max_length=100)] = None,
+    action: Annotated[Text | None, Query(max_length=100, examples=["document.create"])] = None,
+    resource_type: Annotated[Text | None, Query(max_length=100, examples=["document"])] = None,
     resource_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
     created_after: datetime | None = None,

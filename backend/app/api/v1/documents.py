@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import CurrentContext, TenantSession, require_admin
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, json_object
+from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
+from app.schemas.common import Text
 from app.services import documents as documents_service
 from app.services.vector_search import SearchFilters
 
-router = APIRouter(prefix="/documents", tags=["documents"])
+router = APIRouter(prefix="/documents", tags=["documents"], responses=API_ERRORS)
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No such document in your tenant (same for other tenants')."}
+_NOT_FOUND: Responses = {
+    404: error_response("No such document in your tenant (the same for other tenants' ids).")
+}
+_ADMINS_FOR_DELETED: Responses = {
+    403: error_response("`include_deleted=true` is for admins; or the token's user is inactive.")
 }
 
 
-def _out(document: Any) -> schemas.Document:
+def _out(document: object) -> schemas.Document:
     return schemas.Document.model_validate(document)
 
 
@@ -33,21 +38,27 @@ async def create_document(
     return _out(await documents_service.create_document(session, context, body))
 
 
-@router.get("", response_model=schemas.DocumentPage, summary="List documents, newest first")
+@router.get(
+    "",
+    response_model=schemas.DocumentPage,
+    responses=_ADMINS_FOR_DELETED,
+    summary="List documents, newest first",
+)
 async def list_documents(
     session: TenantSession,
     context: CurrentContext,
     codec: CursorCodecDep,
     page: PageDep,
     status: Annotated[schemas.DocumentStatus | None, Query()] = None,
-    content_type: Annotated[str | None, Query(max_length=255)] = None,
+    content_type: Annotated[Text | None, Query(max_length=255)] = None,
     created_after: Annotated[datetime | None, Query()] = None,
     created_before: Annotated[datetime | None, Query()] = None,
     metadata: Annotated[
         str | None,
         Query(
             max_length=65536,
-            description='JSON object the metadata must contain, e.g. {"department":"cardiology"}',
+            description="JSON object the metadata must contain (JSONB `@>`, GIN-indexed)",
+            examples=['{"department":"cardiology"}'],
         ),
     ] = None,
     include_deleted: Annotated[bool, Query(description="Admins only")] = False,
@@ -88,7 +99,10 @@ async def search_documents(
 
 
 @router.get(
-    "/{document_id}", response_model=schemas.Document, responses=_NOT_FOUND, summary="Get one"
+    "/{document_id}",
+    response_model=schemas.Document,
+    responses={**_NOT_FOUND, **_ADMINS_FOR_DELETED},
+    summary="Get one document",
 )
 async def get_document(
     document_id: uuid.UUID,
@@ -97,7 +111,7 @@ async def get_document(
     settings: SettingsDep,
     include_deleted: Annotated[bool, Query(description="Admins only")] = False,
 ) -> schemas.Document:
-    """One document of the caller's tenant."""
+    """One document of the caller's tenant (audited as `document.read` if AUDIT_DOCUMENT_READS)."""
     if include_deleted:
         require_admin(context)
     document = await documents_service.get_document(
@@ -109,7 +123,10 @@ async def get_document(
 
 
 @router.patch(
-    "/{document_id}", response_model=schemas.Document, responses=_NOT_FOUND, summary="Change"
+    "/{document_id}",
+    response_model=schemas.Document,
+    responses=_NOT_FOUND,
+    summary="Change a document's status, metadata or embedding",
 )
 async def update_document(
     document_id: uuid.UUID,
@@ -117,7 +134,7 @@ async def update_document(
     session: TenantSession,
     context: CurrentContext,
 ) -> schemas.Document:
-    """Change status, metadata or embedding."""
+    """Only the fields sent change; the audit row names the fields that did."""
     return _out(await documents_service.update_document(session, context, document_id, body))
 
 
@@ -141,5 +158,5 @@ async def delete_document(
 async def restore_document(
     document_id: uuid.UUID, session: TenantSession, context: CurrentContext
 ) -> schemas.Document:
-    """Make a soft-deleted document active again."""
+    """Make a soft-deleted document active again (an active one is returned unchanged)."""
     return _out(await documents_service.restore_document(session, context, document_id))

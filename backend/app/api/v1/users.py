@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import AdminContext, CurrentContext, TenantSession, require_admin
 from app.api.params import CursorCodecDep, PageDep
-from app.core.errors import ConflictError
+from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import user as schemas
 from app.services import users as users_service
 from app.services.audit import AuditActor
 
-router = APIRouter(prefix="/users", tags=["users"])
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No such user in your tenant (the same for other tenants' ids)."}
+router = APIRouter(prefix="/users", tags=["users"], responses=API_ERRORS)
+_NOT_FOUND: Responses = {
+    404: error_response("No such user in your tenant (the same for other tenants' ids).")
 }
-_ADMIN: dict[int | str, dict[str, Any]] = {
-    403: {"description": "Only admins of the tenant may do this."}
+_ADMIN: Responses = {
+    403: error_response("Only admins of the tenant may do this (or the token's user is inactive).")
 }
 
 
-@router.get("", response_model=schemas.UserPage, summary="List the tenant's users")
+@router.get(
+    "", response_model=schemas.UserPage, responses=_ADMIN, summary="List the tenant's users"
+)
 async def list_users(
     session: TenantSession,
     context: CurrentContext,
@@ -43,7 +45,10 @@ async def list_users(
 
 
 @router.get(
-    "/{user_id}", response_model=schemas.UserRecord, responses=_NOT_FOUND, summary="Get one"
+    "/{user_id}",
+    response_model=schemas.UserRecord,
+    responses={**_NOT_FOUND, **_ADMIN},
+    summary="Get one user",
 )
 async def get_user(
     user_id: uuid.UUID,
@@ -64,7 +69,7 @@ async def get_user(
     "",
     status_code=201,
     response_model=schemas.UserRecord,
-    responses={**_ADMIN, 409: {"description": "An active user has this email or IdP subject."}},
+    responses={**_ADMIN, 409: error_response("An active user has this email or IdP subject.")},
     summary="Add a user (admins)",
 )
 async def create_user(
@@ -80,7 +85,7 @@ async def create_user(
 @router.delete(
     "/{user_id}",
     status_code=204,
-    responses={**_ADMIN, **_NOT_FOUND},
+    responses={**_ADMIN, **_NOT_FOUND, 409: error_response("You cannot delete yourself.")},
     summary="Soft-delete a user (admins)",
 )
 async def delete_user(
@@ -88,8 +93,6 @@ async def delete_user(
 ) -> Response:
     """The user can no longer sign in; their documents and audit history stay."""
     user = await users_service.get_tenant_user(session, context.tenant_id, user_id)
-    if user.id == context.user_id:
-        raise ConflictError("you cannot delete yourself")
     await users_service.delete_user(session, user.id, AuditActor.from_request(context))
     return Response(status_code=204)
 
@@ -97,13 +100,17 @@ async def delete_user(
 @router.post(
     "/{user_id}/restore",
     response_model=schemas.UserRecord,
-    responses={**_ADMIN, **_NOT_FOUND, 409: {"description": "The email was taken meanwhile."}},
+    responses={
+        **_ADMIN,
+        **_NOT_FOUND,
+        409: error_response("An active user has taken the email or IdP subject meanwhile."),
+    },
     summary="Restore a soft-deleted user (admins)",
 )
 async def restore_user(
     user_id: uuid.UUID, session: TenantSession, context: AdminContext
 ) -> schemas.UserRecord:
-    """Make a soft-deleted user active again."""
+    """Make a soft-deleted user active again (an active one is returned unchanged)."""
     user = await users_service.get_tenant_user(
         session, context.tenant_id, user_id, include_deleted=True
     )

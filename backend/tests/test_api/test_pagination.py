@@ -1,0 +1,129 @@
+"""Cursor pagination: stable under inserts, ties broken by id, cursors signed and bound."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.database.session import admin_transaction
+from tests.factories import make_document
+from tests.test_api.conftest import API, Api, Tenants
+
+DOCS = f"{API}/documents"
+LISTINGS = [f"{API}/documents", f"{API}/users", f"{API}/audit-logs"]
+
+
+async def _page(
+    api: Api, tenants: Tenants, path: str = DOCS, **params: Any
+) -> tuple[list[str], str | None]:
+    response = await api.client.get(path, params=params, headers=tenants.admin.headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return [item["id"] for item in body["items"]], body["next_cursor"]
+
+
+async def test_pages_neither_skip_nor_repeat_while_rows_are_inserted(
+    api: Api, tenants: Tenants
+) -> None:
+    originals = [(await api.create_document(tenants.admin))["id"] for _ in range(7)]
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        ids, cursor = await _page(api, tenants, **params)
+        seen.extend(ids)
+        pages += 1
+        # Between page fetches, both tenants keep adding documents.
+        await api.create_document(tenants.admin)
+        await api.create_document(tenants.other)
+        if cursor is None:
+            break
+    assert seen == list(reversed(originals))
+    assert pages == 3
+
+
+async def test_rows_with_the_same_creation_time_are_ordered_by_id(
+    api: Api, tenants: Tenants, admin_sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # One transaction: now() is the same for every row, so only the id breaks the ties.
+    async with admin_transaction(admin_sessions) as session:
+        rows = [await make_document(session, tenants.admin.user) for _ in range(5)]
+    expected = sorted((str(row.id) for row in rows), reverse=True)
+    assert len({row.created_at for row in rows}) == 1
+    walked = [item["id"] for item in await api.all_pages(DOCS, tenants.admin, {"limit": 2})]
+    assert walked == expected
+
+
+@pytest.mark.parametrize("path", LISTINGS)
+async def test_every_listing_walks_its_rows_once_newest_first(
+    api: Api, tenants: Tenants, path: str
+) -> None:
+    for _ in range(4):
+        await api.create_document(tenants.admin)
+    everything = await api.all_pages(path, tenants.admin, {"limit": 200})
+    walked = await api.all_pages(path, tenants.admin, {"limit": 1})
+    assert walked == everything
+    assert len({item["id"] for item in walked}) == len(walked) >= 2
+    stamps = [item["created_at"] for item in walked]
+    assert stamps == sorted(stamps, reverse=True)
+
+
+async def test_cursors_are_signed_and_bound_to_tenant_and_query(api: Api, tenants: Tenants) -> None:
+    for _ in range(3):
+        await api.create_document(tenants.admin)
+        await api.create_document(tenants.other)
+    ids, cursor = await _page(api, tenants, limit=1)
+    assert cursor is not None
+    assert ids[0] not in cursor  # opaque: not the id in plain text
+    # The cursor continues the same query for the same tenant.
+    continued, _ = await _page(api, tenants, limit=1, cursor=cursor)
+    assert continued != ids
+
+    other_response = await api.client.get(DOCS, params={"limit": 1}, headers=tenants.other.headers)
+    other_cursor = other_response.json()["next_cursor"]
+    assert other_cursor is not None
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    flipped = bytearray(raw)
+    flipped[5] ^= 0x01
+    forged_payload = json.dumps(json.loads(raw[:-16])).encode() + raw[-16:]
+    users_cursor = (
+        await api.client.get(f"{API}/users", params={"limit": 1}, headers=tenants.admin.headers)
+    ).json()["next_cursor"]
+    assert users_cursor is not None
+
+    refused: dict[str, tuple[str, dict[str, Any]]] = {
+        "tampered": (DOCS, {"cursor": base64.urlsafe_b64encode(bytes(flipped)).decode()}),
+        "re-encoded payload": (DOCS, {"cursor": base64.urlsafe_b64encode(forged_payload).decode()}),
+        "truncated": (DOCS, {"cursor": cursor[:-4]}),
+        "another tenant's": (DOCS, {"cursor": other_cursor}),
+        "another query's": (DOCS, {"cursor": cursor, "status": "processing"}),
+        "another listing's": (DOCS, {"cursor": users_cursor}),
+        "a listing's on another": (f"{API}/audit-logs", {"cursor": cursor}),
+        "garbage base64": (DOCS, {"cursor": base64.urlsafe_b64encode(b"x" * 40).decode()}),
+        "not base64": (DOCS, {"cursor": "%%%not base64%%%"}),
+        "too long": (DOCS, {"cursor": "A" * 513}),
+        "empty-ish": (DOCS, {"cursor": "A"}),
+    }
+    before = await api.counts()
+    for name, (path, params) in refused.items():
+        response = await api.client.get(path, params=params, headers=tenants.admin.headers)
+        assert response.status_code == 422, (name, response.text)
+        assert "cursor" in response.json()["error"]["message"], name
+    assert await api.counts() == before
+
+
+@pytest.mark.parametrize("path", LISTINGS)
+@pytest.mark.parametrize("limit", ["0", "201", "-1", "ten", "1.5"])
+async def test_page_size_outside_one_to_two_hundred_is_refused(
+    api: Api, tenants: Tenants, path: str, limit: str
+) -> None:
+    response = await api.client.get(path, params={"limit": limit}, headers=tenants.admin.headers)
+    assert response.status_code == 422, response.text
+    assert "limit" in response.json()["error"]["message"]

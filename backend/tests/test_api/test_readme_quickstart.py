@@ -1,0 +1,118 @@
+"""The README's quick start works as printed: `python -m app run`, then its curl commands.
+
+The test starts the real server in dev mode (as `make run` does), takes the token from the curl
+it prints, and runs the README's quick-start block in bash with only the token and the port
+substituted, then checks what each printed command returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.core.config import BACKEND_DIR
+from tests.conftest import MigratedDatabase
+from tests.test_auth.test_dev_mode import _free_port, _wait_until_live
+from tests.test_cli.conftest import cli_environment
+
+README = BACKEND_DIR.parent / "README.md"
+MARKER = "<!-- quick-start:"
+
+
+def quick_start_block() -> str:
+    """The bash block that follows the quick-start marker in the README."""
+    text = README.read_text()
+    after_marker = text[text.index(MARKER) :]
+    match = re.search(r"```bash\n(.*?)```", after_marker, re.DOTALL)
+    assert match is not None, "no bash block after the quick-start marker"
+    return match.group(1)
+
+
+def json_outputs(stdout: str) -> list[Any]:
+    """The JSON documents the commands printed, one after another (curl adds no newline)."""
+    decoder = json.JSONDecoder()
+    documents, position = [], 0
+    while position < len(stdout):
+        if stdout[position].isspace():
+            position += 1
+            continue
+        document, position = decoder.raw_decode(stdout, position)
+        documents.append(document)
+    return documents
+
+
+def test_the_quick_start_block_sets_only_the_token_and_the_base_url() -> None:
+    block = quick_start_block()
+    assert "TOKEN='<the token from the curl above>'\n" in block
+    assert "API=http://127.0.0.1:8000/api/v1\n" in block
+    assert block.count("curl -s") == 4
+
+
+async def test_readme_quick_start_commands_work_as_printed(
+    migrated_db: MigratedDatabase, tmp_path: Path
+) -> None:
+    port = _free_port()
+    env = cli_environment(
+        migrated_db, tmp_path / "dev-key.pem", ENVIRONMENT="development", LOG_LEVEL="WARNING"
+    )
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        "run",
+        "--port",
+        str(port),
+        cwd=BACKEND_DIR,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert server.stdout is not None
+        curl = ""
+        while not curl:
+            line = (await asyncio.wait_for(server.stdout.readline(), timeout=60)).decode()
+            assert line, "the server exited before printing its curl"
+            if line.startswith("curl "):
+                curl = line.strip()
+        words = shlex.split(curl)
+        header = words[words.index("-H") + 1]
+        token = header.removeprefix("Authorization: Bearer ")
+        await _wait_until_live(port, server)
+
+        script = (
+            quick_start_block()
+            .replace("'<the token from the curl above>'", shlex.quote(token))
+            .replace("http://127.0.0.1:8000/", f"http://127.0.0.1:{port}/")
+        )
+        shell = await asyncio.create_subprocess_exec(
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            script,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(shell.communicate(), timeout=60)
+        assert shell.returncode == 0, stderr.decode()
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), timeout=30)
+
+    registered, listed, searched, audited = json_outputs(stdout.decode())
+    assert registered["status"] == "processing", registered
+    assert registered["has_embedding"] is True
+    assert registered["metadata"]["department"] == "cardiology"
+    assert registered["id"] in [item["id"] for item in listed["items"]]
+    assert searched["items"][0]["document"]["id"] == registered["id"]
+    assert abs(searched["items"][0]["distance"]) < 1e-6
+    creations = [item for item in audited["items"] if item["resource_id"] == registered["id"]]
+    assert [item["action"] for item in creations] == ["document.create"]
+    assert "embedding" in creations[0]["metadata"]["changed"]
+    assert "P-1042" not in json.dumps(audited)
