@@ -1,4 +1,6 @@
-"""Noisy neighbours: does tenant B stay fast while tenant A hammers search? (`make bench-neighbours`)
+"""Noisy neighbours: does tenant B stay fast while tenant A hammers search?
+
+`make bench-neighbours`.
 
 Starts the real app (uvicorn, one worker, as `make run` serves it) on a throw-away embedded
 PostgreSQL holding a small corpus for two tenants. Load comes from separate processes (httpx
@@ -242,7 +244,7 @@ class App:
             "warning",
             "--no-access-log",
         ]
-        self.process = subprocess.Popen(command, cwd=BACKEND_DIR, env={**env, **settings})  # noqa: S603
+        self.process = subprocess.Popen(command, cwd=BACKEND_DIR, env={**env, **settings})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -263,7 +265,7 @@ class App:
 def _start_load(url: str, tenant: Tenant, *options: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "bench.noisy_neighbours", "load", "--url", url]
     command += ["--token", tenant.token, *options]
-    return subprocess.Popen(command, cwd=BACKEND_DIR, stdout=subprocess.PIPE)  # noqa: S603
+    return subprocess.Popen(command, cwd=BACKEND_DIR, stdout=subprocess.PIPE)
 
 
 def _finish(process: subprocess.Popen[bytes], seconds: float) -> Summary:
@@ -320,13 +322,15 @@ def orchestrate(args: argparse.Namespace) -> None:
                 print(f"phase 1/3: B alone ({args.seconds:g} s) ...", flush=True)
                 results.append(("B alone", *_phase(app.url, tenants, args, with_a=False)))
                 print("phase 2/3: B with A, limits on ...", flush=True)
-                results.append(("B with A (limits on)", *_phase(app.url, tenants, args, with_a=True)))
+                with_a = _phase(app.url, tenants, args, with_a=True)
+                results.append(("B with A (limits on)", *with_a))
             finally:
                 app.stop()
             app = App(env, TENANT_RATE_LIMIT_PER_SECOND="0", TENANT_MAX_CONCURRENT_REQUESTS="0")
             try:
                 print("phase 3/3: B with A, limits off ...", flush=True)
-                results.append(("B with A (limits off)", *_phase(app.url, tenants, args, with_a=True)))
+                with_a = _phase(app.url, tenants, args, with_a=True)
+                results.append(("B with A (limits off)", *with_a))
             finally:
                 app.stop()
         finally:
