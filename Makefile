@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
 	@echo "make bench-http HTTP-level cost: the app under load, each route vs its no-auth baseline"
+	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
 
 $(STAMP): $(LOCK) backend/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -67,6 +68,10 @@ bench-rls: install
 # process; e.g. make bench-http ARGS="--seconds 5 --rounds 3".
 bench-http: install
 	cd backend && $(BIN)/python -m bench.http_cost $(ARGS)
+# The real app under uvicorn on a throw-away embedded database; flags through ARGS, e.g.
+# make bench-neighbours ARGS="--seconds 15 --tenant-concurrency 2".
+bench-neighbours: install
+	cd backend && $(BIN)/python -m bench.noisy_neighbours $(ARGS)
 
 clean-data:
 	rm -rf backend/.data

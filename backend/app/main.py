@@ -16,10 +16,12 @@ from app.auth.tokens import TokenVerifier, build_token_verifier
 from app.core.config import Settings, settings_or_exit
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
+from app.core.tenant_limits import TenantLimiter
 from app.database import Database
 from app.database.engine import build_runtime_engine, resolve_targets
 from app.database.safety import login_is_privileged, runtime_role_problems
 from app.database.session import make_sessionmaker
+from app.middleware.edge_limits import EdgeLimits
 from app.middleware.request_id import RequestIdMiddleware
 from app.middleware.tenant_context import AuthorizationHeaderGuard
 
@@ -90,8 +92,15 @@ def create_app(
     )
     if database is not None:
         app.state.database = database
+    app.state.tenant_limiter = TenantLimiter.from_settings(settings)
     install_error_handlers(app)
-    # Innermost of the middlewares (added first), so its 400/431 carry CORS and request id.
+    # Innermost of the middlewares (added first), so their 4xx carry CORS and request id; the
+    # Authorization guard (outside the edge limits) answers before any body is read.
+    app.add_middleware(
+        EdgeLimits,
+        max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
+        max_json_depth=settings.MAX_JSON_DEPTH,
+    )
     app.add_middleware(AuthorizationHeaderGuard)
     app.add_middleware(
         CORSMiddleware,

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.tokens import TokenVerifier, VerifiedIdentity
 from app.core.context import RequestContext
 from app.core.errors import ForbiddenError, UnauthorizedError
+from app.core.tenant_limits import TenantLimiter
 from app.database import Database
 from app.database.session import transaction
 from app.services import callers as callers_service
@@ -62,6 +63,15 @@ async def authenticate(
     return await verifier.verify(token)
 
 
+async def _admitted(
+    request: Request, identity: Annotated[VerifiedIdentity, Depends(authenticate)]
+) -> AsyncIterator[VerifiedIdentity]:
+    """The verified caller, holding one of its tenant's slots (429 when over the limits)."""
+    limiter: TenantLimiter = request.app.state.tenant_limiter
+    async with limiter.admit(identity.tenant_id):
+        yield identity
+
+
 @dataclass(frozen=True)
 class _TenantRequest:
     session: AsyncSession
@@ -69,7 +79,9 @@ class _TenantRequest:
 
 
 async def _tenant_request(
-    request: Request, identity: Annotated[VerifiedIdentity, Depends(authenticate)]
+    request: Request,
+    # Admitted before the transaction opens, released after it ends (scope="function").
+    identity: Annotated[VerifiedIdentity, Depends(_admitted, scope="function")],
 ) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
     async with transaction(database.sessions) as session:

@@ -86,6 +86,14 @@ class Settings(BaseSettings):
 
     # HTTP.
     ALLOWED_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Edge limits (app.middleware.edge_limits), checked before a body is parsed. The floor
+    # keeps a create with a 1024-dim embedding (~22 KB) and 64 KiB of metadata possible.
+    MAX_REQUEST_BODY_BYTES: int = Field(default=1024 * 1024, ge=128 * 1024, le=64 * 1024 * 1024)
+    MAX_JSON_DEPTH: int = Field(default=32, ge=16, le=256)
+    # Per-tenant limits (app.core.tenant_limits), per worker process; 0 turns a limit off.
+    TENANT_RATE_LIMIT_PER_SECOND: float = Field(default=50.0, ge=0, le=100_000)
+    TENANT_RATE_LIMIT_BURST: int = Field(default=100, ge=1, le=1_000_000)
+    TENANT_MAX_CONCURRENT_REQUESTS: int = Field(default=4, ge=0, le=10_000)
 
     # Identity provider (OIDC). Unset outside production: the app is its own dev issuer.
     OIDC_ISSUER_URL: str | None = None

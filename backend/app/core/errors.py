@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 if TYPE_CHECKING:
     # Imported lazily below: the admin CLI raises these errors without loading FastAPI.
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
+    from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,17 @@ class HeaderTooLargeError(AppError):
     code = "header_too_large"
 
 
+class TooManyRequestsError(AppError):
+    """The caller's tenant is over its request rate or concurrency limit; retry after a while."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_seconds)})
+        self.extra = {"retry_after_seconds": retry_after_seconds}
+
+
 class ServiceUnavailableError(AppError):
     """A dependency (the database) is unavailable; the client may retry."""
 
@@ -99,6 +111,28 @@ def error_body(
     return {"error": body}
 
 
+async def send_error(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    error: tuple[int, str, str],
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Answer from a pure ASGI middleware with the same JSON error shape as the handlers."""
+    from starlette.requests import Request as StarletteRequest
+    from starlette.responses import JSONResponse
+
+    status_code, code, message = error
+    body = error_body(status_code, code, message, StarletteRequest(scope))
+    response = JSONResponse(body, status_code=status_code, headers=headers)
+    await response(scope, receive, send)
+
+
+# A statement ran past statement_timeout (57014 query_canceled) or waited past lock_timeout
+# (55P03 lock_not_available): the transaction is rolled back and the caller may retry.
+_TIMEOUT_SQLSTATES = {"57014", "55P03"}
+
+
 def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     details = []
     for problem in exc.errors():
@@ -109,7 +143,9 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
             details.append({"field": "body", "message": f"not valid JSON at {offset}: {error}"})
             continue
         location = [str(part) for part in problem.get("loc", ()) if part != "body"]
-        details.append({"field": ".".join(location) or "body", "message": problem.get("msg", "")})
+        # Pydantic prefixes our validators' messages with "Value error, ": noise to a client.
+        message = str(problem.get("msg", "")).removeprefix("Value error, ")
+        details.append({"field": ".".join(location) or "body", "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
     return f"invalid request: {summary}", details
 
@@ -162,7 +198,21 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.error(
             "database error", extra={"sqlstate": sqlstate, "error": type(exc.orig).__name__}
         )
-        if isinstance(exc, OperationalError) or (sqlstate or "").startswith(("08", "57")):
+        if sqlstate in _TIMEOUT_SQLSTATES:
+            return JSONResponse(
+                error_body(
+                    503,
+                    "database_timeout",
+                    "the request's database work ran past the time limit and was cancelled"
+                    " (nothing was saved); retry shortly or narrow the request",
+                    request,
+                ),
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        if isinstance(exc, OperationalError | InterfaceError) or (sqlstate or "").startswith(
+            ("08", "57")
+        ):
             return JSONResponse(
                 error_body(503, "service_unavailable", "the database is unavailable", request),
                 status_code=503,

@@ -12,11 +12,9 @@ and 401s must not open a transaction at all.
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.errors import error_body
+from app.core.errors import send_error
 
 MAX_AUTHORIZATION_BYTES = 8 * 1024
 
@@ -45,9 +43,4 @@ class AuthorizationHeaderGuard:
         if problem is None:
             await self.app(scope, receive, send)
             return
-        status_code, code, message = problem
-        request = Request(scope)
-        response = JSONResponse(
-            error_body(status_code, code, message, request), status_code=status_code
-        )
-        await response(scope, receive, send)
+        await send_error(scope, receive, send, problem)

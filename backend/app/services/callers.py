@@ -54,13 +54,17 @@ _RESOLVE = scoped_to_tenant(
     )
 )
 
-_STAMP = (
-    update(User)
+# SKIP LOCKED: while one request holds the user's row to stamp it, the user's concurrent
+# requests skip the stamp instead of queueing behind that whole request for the row lock.
+_STAMPABLE = (
+    select(User.id)
     .where(
         User.tenant_id == bindparam("caller_tenant"), User.id == bindparam("caller_id"), _STAMP_DUE
     )
-    .values(last_login_at=func.now())
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
 )
+_STAMP = update(User).where(User.id == _STAMPABLE).values(last_login_at=func.now())
 
 
 async def resolve_caller(session: AsyncSession, identity: VerifiedIdentity) -> Caller:

@@ -288,6 +288,28 @@ async def test_last_login_is_stamped_at_most_once_a_minute(
     assert await last_login() > two_minutes_ago
 
 
+async def test_a_request_holding_the_stamp_lock_does_not_block_the_same_users_others(
+    client: httpx.AsyncClient,
+    make_caller: MakeCaller,
+    admin_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    caller = await make_caller()
+    # Another transaction (as a concurrent request stamping last_login_at would) holds the
+    # user's row lock for as long as this test wants: /me must not wait for it.
+    async with admin_transaction(admin_sessions) as holder:
+        await holder.execute(select(User.id).where(User.id == caller.user.id).with_for_update())
+        response = await client.get("/api/v1/me", headers=caller.headers)
+        # Without SKIP LOCKED this request would wait for the lock until lock_timeout: a 503.
+        assert response.status_code == 200, response.text
+    async with admin_transaction(admin_sessions) as session:
+        stamped = await session.scalar(select(User.last_login_at).where(User.id == caller.user.id))
+    assert stamped is None  # skipped while locked; the next request stamps it
+    assert (await client.get("/api/v1/me", headers=caller.headers)).status_code == 200
+    async with admin_transaction(admin_sessions) as session:
+        stamped = await session.scalar(select(User.last_login_at).where(User.id == caller.user.id))
+    assert stamped is not None
+
+
 async def test_forbidden_callers_are_not_stamped(
     client: httpx.AsyncClient,
     make_caller: MakeCaller,
