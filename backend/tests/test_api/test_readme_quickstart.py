@@ -11,14 +11,12 @@ import asyncio
 import json
 import re
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
 from app.core.config import BACKEND_DIR
 from tests.conftest import MigratedDatabase
-from tests.test_auth.test_dev_mode import _free_port, _wait_until_live
-from tests.test_cli.conftest import cli_environment
+from tests.dev_server import dev_server
 
 README = BACKEND_DIR.parent / "README.md"
 MARKER = "<!-- quick-start:"
@@ -56,39 +54,14 @@ def test_the_quick_start_block_sets_only_the_token_and_the_base_url() -> None:
 async def test_readme_quick_start_commands_work_as_printed(
     migrated_db: MigratedDatabase, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    env = cli_environment(
-        migrated_db, tmp_path / "dev-key.pem", ENVIRONMENT="development", LOG_LEVEL="WARNING"
-    )
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app",
-        "run",
-        "--port",
-        str(port),
-        cwd=BACKEND_DIR,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert server.stdout is not None
-        curl = ""
-        while not curl:
-            line = (await asyncio.wait_for(server.stdout.readline(), timeout=60)).decode()
-            assert line, "the server exited before printing its curl"
-            if line.startswith("curl "):
-                curl = line.strip()
-        words = shlex.split(curl)
+    async with dev_server(migrated_db, tmp_path) as server:
+        words = shlex.split(server.curl)
         header = words[words.index("-H") + 1]
         token = header.removeprefix("Authorization: Bearer ")
-        await _wait_until_live(port, server)
-
         script = (
             quick_start_block()
             .replace("'<the token from the curl above>'", shlex.quote(token))
-            .replace("http://127.0.0.1:8000/", f"http://127.0.0.1:{port}/")
+            .replace("http://127.0.0.1:8000/", f"http://127.0.0.1:{server.port}/")
         )
         shell = await asyncio.create_subprocess_exec(
             "bash",
@@ -101,9 +74,6 @@ async def test_readme_quick_start_commands_work_as_printed(
         )
         stdout, stderr = await asyncio.wait_for(shell.communicate(), timeout=60)
         assert shell.returncode == 0, stderr.decode()
-    finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), timeout=30)
 
     registered, listed, searched, audited = json_outputs(stdout.decode())
     assert registered["status"] == "processing", registered

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from app.main import create_app
 from app.services.demo import DEMO_EMAIL
 from tests.auth_helpers import IssuerServer, bearer
 from tests.conftest import MakeCaller, MigratedDatabase
+from tests.dev_server import dev_server
 from tests.test_auth.conftest import assert_unauthorized
 from tests.test_cli.conftest import cli_environment
 
@@ -134,43 +134,12 @@ async def test_production_rejects_dev_tokens_and_hides_dev_routes(
         dev_issuer_for(production)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_make_run_prints_a_curl_that_returns_the_demo_user(
     migrated_db: MigratedDatabase, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    env = cli_environment(
-        migrated_db, tmp_path / "dev-key.pem", ENVIRONMENT="development", LOG_LEVEL="WARNING"
-    )
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app",
-        "run",
-        "--port",
-        str(port),
-        cwd=BACKEND_DIR,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert server.stdout is not None
-        printed: list[str] = []
-        while not any(line.startswith("More tokens:") for line in printed):
-            line = (await asyncio.wait_for(server.stdout.readline(), timeout=60)).decode()
-            if not line:
-                break
-            printed.append(line)
-        curl = next((line.strip() for line in printed if line.startswith("curl ")), None)
-        assert curl is not None, "".join(printed)
-        assert f"http://127.0.0.1:{port}/api/v1/me" in curl
-        await _wait_until_live(port, server)
+    async with dev_server(migrated_db, tmp_path) as server:
+        curl = server.curl
+        assert f"http://127.0.0.1:{server.port}/api/v1/me" in curl
         # Run the printed line exactly as a developer would paste it into a shell.
         shell = await asyncio.create_subprocess_exec(
             "bash", "-c", curl, stdout=asyncio.subprocess.PIPE
@@ -181,23 +150,7 @@ async def test_make_run_prints_a_curl_that_returns_the_demo_user(
         assert body["user"]["email"] == DEMO_EMAIL
         assert body["user"]["role"] == "admin"
         assert body["tenant"]["status"] == "active"
-        assert f"--tenant {body['tenant']['id']}" in "".join(printed)
-    finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), timeout=30)
-
-
-async def _wait_until_live(port: int, server: asyncio.subprocess.Process) -> None:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-        for _ in range(200):
-            assert server.returncode is None, "the server exited"
-            try:
-                if (await http.get("/api/v1/health/live")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("the server did not come up")
+        assert f"--tenant {body['tenant']['id']}" in "".join(server.printed)
 
 
 def test_make_run_refuses_production_in_one_line(

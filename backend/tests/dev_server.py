@@ -1,0 +1,85 @@
+"""Run the real `python -m app run` (dev mode, as `make run` does) for a test, and read its curl."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from app.core.config import BACKEND_DIR
+from tests.conftest import MigratedDatabase
+from tests.test_cli.conftest import cli_environment
+
+
+@dataclass
+class DevServer:
+    """A running dev server: its port and what it printed before serving."""
+
+    port: int
+    printed: list[str]
+
+    @property
+    def curl(self) -> str:
+        """The ready-to-paste curl for /api/v1/me that `run` printed."""
+        line = next((line.strip() for line in self.printed if line.startswith("curl ")), None)
+        assert line is not None, "".join(self.printed)
+        return line
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _wait_until_live(port: int, server: asyncio.subprocess.Process) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        for _ in range(200):
+            assert server.returncode is None, "the server exited"
+            try:
+                if (await http.get("/api/v1/health/live")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the server did not come up")
+
+
+@asynccontextmanager
+async def dev_server(migrated_db: MigratedDatabase, tmp_path: Path) -> AsyncIterator[DevServer]:
+    """Start `python -m app run` on a free port against the test database; stop it after."""
+    port = free_port()
+    env = cli_environment(
+        migrated_db, tmp_path / "dev-key.pem", ENVIRONMENT="development", LOG_LEVEL="WARNING"
+    )
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        "run",
+        "--port",
+        str(port),
+        cwd=BACKEND_DIR,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert server.stdout is not None
+        printed: list[str] = []
+        while not any(line.startswith("More tokens:") for line in printed):
+            line = (await asyncio.wait_for(server.stdout.readline(), timeout=60)).decode()
+            assert line, "the server exited before printing its curl: " + "".join(printed)
+            printed.append(line)
+        await _wait_until_live(port, server)
+        yield DevServer(port=port, printed=printed)
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), timeout=30)
