@@ -26,11 +26,29 @@ class ResponseModel(BaseModel):
 
 
 def _depth(value: Any) -> int:
+    # Iterative, so a pathologically deep value is measured instead of overflowing the stack.
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if deepest > METADATA_MAX_DEPTH:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, level) for child in children)
+    return deepest
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
     if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +58,8 @@ def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     if size > METADATA_MAX_BYTES:
         raise ValueError(f"metadata is {size} bytes as JSON; the limit is {METADATA_MAX_BYTES}")
-    if "\x00" in json.dumps(value):
+    if _has_nul(value):
+        # PostgreSQL's jsonb cannot store \u0000; refuse it here rather than fail in the database.
         raise ValueError("metadata must not contain NUL characters")
     return value
 
