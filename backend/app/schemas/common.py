@@ -64,13 +64,30 @@ def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# pgvector stores float4 and sums squares in float4: a bound far below float4's range keeps
+# every cosine distance finite (model embeddings are of the order of 1).
+EMBEDDING_COMPONENT_LIMIT = 1e6
+
+
+def check_embedding(value: list[float]) -> list[float]:
+    """An all-zero vector has no direction: its cosine distance to anything is undefined."""
+    if not any(value):
+        raise ValueError("embedding must not be all zeros")
+    return value
+
+
 Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FiniteFloat = Annotated[
+    float,
+    Field(allow_inf_nan=False, ge=-EMBEDDING_COMPONENT_LIMIT, le=EMBEDDING_COMPONENT_LIMIT),
+]
 Embedding = Annotated[
     list[FiniteFloat],
     Field(
         min_length=EMBEDDING_DIMENSIONS,
         max_length=EMBEDDING_DIMENSIONS,
-        description=f"Exactly {EMBEDDING_DIMENSIONS} finite numbers.",
+        description=f"Exactly {EMBEDDING_DIMENSIONS} numbers, each within"
+        f" ±{EMBEDDING_COMPONENT_LIMIT:g}, not all zero.",
     ),
+    AfterValidator(check_embedding),
 ]

@@ -518,6 +518,11 @@ _BAD_EMBEDDINGS = {
     "1025 numbers": f"[1,1,{_ONES}]",
     "an object": '{"0": 1}',
     "empty": "[]",
+    # Finite for Python, but not for pgvector's float4 (a database error before the fix).
+    "beyond float32": f"[1e39,{_ONES}]",
+    # Cosine distance is undefined for these (NaN distances before the fix).
+    "all zeros": "[" + ",".join(["0"] * EMBEDDING_DIMENSIONS) + "]",
+    "overflowing float4 sums": "[" + ",".join(["1e30"] * EMBEDDING_DIMENSIONS) + "]",
 }
 
 

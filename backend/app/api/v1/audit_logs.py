@@ -10,10 +10,11 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentContext, TenantSession
 from app.api.params import CursorCodecDep, PageDep
+from app.api.responses import AUTHENTICATED_ERRORS
 from app.schemas import audit_log as schemas
 from app.services import audit_logs as audit_logs_service
 
-router = APIRouter(prefix="/audit-logs", tags=["audit log"])
+router = APIRouter(prefix="/audit-logs", tags=["audit log"], responses=AUTHENTICATED_ERRORS)
 
 
 @router.get("", response_model=schemas.AuditLogPage, summary="Read the audit log, newest first")

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import CurrentContext, TenantSession, require_admin
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, json_object
+from app.api.responses import AUTHENTICATED_ERRORS
 from app.schemas import document as schemas
 from app.services import documents as documents_service
 from app.services.vector_search import SearchFilters
 
-router = APIRouter(prefix="/documents", tags=["documents"])
+router = APIRouter(prefix="/documents", tags=["documents"], responses=AUTHENTICATED_ERRORS)
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such document in your tenant (same for other tenants')."}

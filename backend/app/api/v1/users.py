@@ -9,12 +9,13 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import AdminContext, CurrentContext, TenantSession, require_admin
 from app.api.params import CursorCodecDep, PageDep
+from app.api.responses import AUTHENTICATED_ERRORS
 from app.core.errors import ConflictError
 from app.schemas import user as schemas
 from app.services import users as users_service
 from app.services.audit import AuditActor
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=AUTHENTICATED_ERRORS)
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such user in your tenant (the same for other tenants' ids)."}
 }
@@ -80,7 +81,7 @@ async def create_user(
 @router.delete(
     "/{user_id}",
     status_code=204,
-    responses={**_ADMIN, **_NOT_FOUND},
+    responses={**_ADMIN, **_NOT_FOUND, 409: {"description": "You cannot delete yourself."}},
     summary="Soft-delete a user (admins)",
 )
 async def delete_user(
