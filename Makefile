@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls fuzz
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
@@ -16,6 +16,7 @@ help:
 	@echo "make migrate  alembic upgrade head"
 	@echo "make lock     re-resolve backend/requirements/*.lock from backend/pyproject.toml"
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
+	@echo "make fuzz     10,000-operation leak fuzz + schemathesis stateful run (ARGS='--seed 1 --ops 20000')"
 
 $(STAMP): $(LOCK) backend/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -54,6 +55,12 @@ lock:
 # through ARGS, e.g. make bench-rls ARGS="--explain --iterations 500".
 bench-rls: install
 	cd backend && $(BIN)/python -m bench.rls_cost $(ARGS)
+
+# Leak fuzz (10,000 operations, 20 tenants, concurrency 16 over a pool of 5) on a throw-away
+# database, then schemathesis's stateful phase; flags through ARGS (--ops --seed --tenants
+# --concurrency --pool --strict-search --schemathesis-examples).
+fuzz: install
+	cd backend && $(BIN)/python -m tests.fuzz $(ARGS)
 
 clean-data:
 	rm -rf backend/.data

@@ -100,9 +100,7 @@ class _Server:
         self.thread.join(timeout=10)
 
 
-def run(
-    settings: Settings, headers: dict[str, str], *, examples: int, seed: int
-) -> SchemaFuzzResult:
+def run(settings: Settings, headers: dict[str, str], *, examples: int) -> SchemaFuzzResult:
     """Run `examples` stateful scenarios as the authenticated caller of `headers`."""
     result = SchemaFuzzResult()
     started = time.monotonic()
