@@ -7,6 +7,10 @@ from typing import Any
 from app.schemas.errors import ErrorResponse
 
 AUTHENTICATED_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorResponse,
+        "description": "Malformed request: a body that is not JSON, or two Authorization headers.",
+    },
     401: {
         "model": ErrorResponse,
         "description": "No bearer token, or it is expired or invalid (`error.reason` says which).",

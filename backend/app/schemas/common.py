@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from app.models.document import EMBEDDING_DIMENSIONS
 
@@ -13,10 +14,26 @@ METADATA_MAX_BYTES = 64 * 1024
 METADATA_MAX_DEPTH = 10
 
 
+def refuse_nul(value: Any) -> Any:
+    """PostgreSQL text cannot hold NUL characters: refuse them as bad input, not a 500."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+NO_NUL_PATTERN = "^[^\x00]*$"
+"""For query parameters: the same rule as `refuse_nul`, as a regular expression."""
+
+
 class RequestModel(BaseModel):
-    """Request bodies: unknown fields are refused and types are not coerced."""
+    """Request bodies: unknown fields are refused, types are not coerced, text has no NUL."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return refuse_nul(value)
 
 
 class ResponseModel(BaseModel):
@@ -70,9 +87,10 @@ EMBEDDING_COMPONENT_LIMIT = 1e6
 
 
 def check_embedding(value: list[float]) -> list[float]:
-    """An all-zero vector has no direction: its cosine distance to anything is undefined."""
-    if not any(value):
-        raise ValueError("embedding must not be all zeros")
+    """A vector with no direction (all zeros once stored as float4) has no cosine distance."""
+    as_stored = np.asarray(value, dtype=np.float32)
+    if float(np.dot(as_stored, as_stored)) < np.finfo(np.float32).tiny:
+        raise ValueError("embedding must not be all zeros (or too small to have a direction)")
     return value
 
 

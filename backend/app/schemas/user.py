@@ -6,7 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from app.schemas.common import refuse_nul
 
 UserRole = Literal["admin", "member"]
 
@@ -41,6 +43,11 @@ class UserCreate(BaseModel):
     external_idp_id: str | None = Field(default=None, min_length=1, max_length=255)
     full_name: str | None = Field(default=None, max_length=255)
     role: UserRole = "member"
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        return refuse_nul(value)
 
 
 class UserPage(BaseModel):

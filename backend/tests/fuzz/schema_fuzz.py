@@ -48,6 +48,7 @@ class SchemaFuzzResult:
     server_errors: list[str] = field(default_factory=list)
     schema_violations: list[str] = field(default_factory=list)
     duration: float = 0.0
+    stopped_early: bool = False
 
     @property
     def ok(self) -> bool:
@@ -59,7 +60,12 @@ class SchemaFuzzResult:
         statuses = ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
         lines = [
             f"schemathesis stateful phase: {self.calls} calls over {len(self.operations)}"
-            f" operations, {self.links} links, {self.duration:.1f}s",
+            f" operations, {self.links} links, {self.duration:.1f}s"
+            + (
+                " (Hypothesis stopped early: the app's state made a replay differ)"
+                if self.stopped_early
+                else ""
+            ),
             f"statuses: {statuses}",
             f"5xx: {len(self.server_errors)}   responses breaking the documented schema:"
             f" {len(self.schema_violations)}",
@@ -123,22 +129,34 @@ def run(settings: Settings, headers: dict[str, str], *, examples: int) -> Schema
                     case.validate_response(response, checks=CHECKS)
                 except (FailureGroup, AssertionError) as failure:
                     problems = getattr(failure, "exceptions", [failure])
-                    titles = "; ".join(getattr(p, "title", str(p))[:120] for p in problems)
-                    text = f"{label}: {titles}"
+                    titles = "; ".join(
+                        f"{getattr(p, 'title', '')}: {getattr(p, 'message', str(p))}"[:400]
+                        for p in problems
+                    )
+                    text = f"{label}: {titles} | body: {response.text[:200]!r}"
                     if response.status_code >= 500:
                         result.server_errors.append(text)
                     else:
                         result.schema_violations.append(text)
 
-        AuthenticatedStateMachine.run(
-            settings=hypothesis.settings(
-                max_examples=examples,
-                stateful_step_count=8,
-                deadline=None,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-                phases=[hypothesis.Phase.generate],
-            ),
-        )
+        try:
+            _run(AuthenticatedStateMachine, examples)
+        except hypothesis.errors.FlakyStrategyDefinition:
+            # The app's state changes between scenarios, so Hypothesis may refuse to replay one;
+            # what ran until then was checked.
+            result.stopped_early = True
     result.duration = time.monotonic() - started
     return result
+
+
+def _run(machine: Any, examples: int) -> None:
+    machine.run(
+        settings=hypothesis.settings(
+            max_examples=examples,
+            stateful_step_count=8,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[hypothesis.Phase.generate],
+        ),
+    )

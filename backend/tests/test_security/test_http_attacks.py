@@ -729,3 +729,54 @@ async def test_pathologically_deep_metadata_is_422_not_a_crash(
     )
     # The body parser refuses it (400 here; the edge's nesting limit makes it 422).
     assert searched.status_code in {400, 422}, searched.text
+
+
+# Found by schemathesis: text PostgreSQL cannot store was a 500 -----------------------------
+
+
+@pytest.mark.parametrize("field", ["filename", "content_type", "s3_bucket", "s3_key"])
+async def test_nul_character_in_a_document_field_is_422(
+    field: str, client: httpx.AsyncClient, world: World
+) -> None:
+    response = await client.post(
+        DOCUMENTS, json=_document_body(**{field: "a\x00b"}), headers=world.a.admin.headers
+    )
+    assert response.status_code == 422, response.text
+    assert field in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("url", "params"),
+    [
+        ("/api/v1/audit-logs", {"action": "a\x00b"}),
+        ("/api/v1/audit-logs", {"resource_type": "\x00"}),
+        (DOCUMENTS, {"content_type": "text/\x00plain"}),
+    ],
+)
+async def test_nul_character_in_a_query_filter_is_422(
+    url: str, params: dict[str, str], client: httpx.AsyncClient, world: World
+) -> None:
+    response = await client.get(url, params=params, headers=world.a.admin.headers)
+    assert response.status_code == 422, response.text
+
+
+async def test_nul_character_in_a_new_users_fields_is_422(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    for extra in ({"full_name": "Ada\x00"}, {"external_idp_id": "sub\x00"}):
+        body = {"email": f"{uuid.uuid4().hex[:8]}@example.org", **extra}
+        response = await client.post(USERS, json=body, headers=world.a.admin.headers)
+        assert response.status_code == 422, response.text
+
+
+async def test_embedding_too_small_for_float4_has_no_direction_and_is_422(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Non-zero for Python, zero once stored as float4: every distance would be NaN.
+    tiny = "[" + ",".join(["1e-300"] * EMBEDDING_DIMENSIONS) + "]"
+    headers = {**world.a.admin.headers, "Content-Type": "application/json"}
+    response = await client.post(
+        f"{DOCUMENTS}/search", content=f'{{"embedding": {tiny}}}', headers=headers
+    )
+    assert response.status_code == 422, response.text
+    assert "embedding" in response.json()["error"]["message"]

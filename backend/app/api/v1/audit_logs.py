@@ -12,6 +12,7 @@ from app.api.deps import CurrentContext, TenantSession
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import AUTHENTICATED_ERRORS
 from app.schemas import audit_log as schemas
+from app.schemas.common import NO_NUL_PATTERN
 from app.services import audit_logs as audit_logs_service
 
 router = APIRouter(prefix="/audit-logs", tags=["audit log"], responses=AUTHENTICATED_ERRORS)
@@ -23,8 +24,10 @@ async def list_audit_logs(
     context: CurrentContext,
     codec: CursorCodecDep,
     page: PageDep,
-    action: Annotated[str | None, Query(max_length=100, examples=["document.create"])] = None,
-    resource_type: Annotated[str | None, Query(max_length=100)] = None,
+    action: Annotated[
+        str | None, Query(max_length=100, examples=["document.create"], pattern=NO_NUL_PATTERN)
+    ] = None,
+    resource_type: Annotated[str | None, Query(max_length=100, pattern=NO_NUL_PATTERN)] = None,
     resource_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
     created_after: datetime | None = None,

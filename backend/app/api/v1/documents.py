@@ -12,6 +12,7 @@ from app.api.deps import CurrentContext, TenantSession, require_admin
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, json_object
 from app.api.responses import AUTHENTICATED_ERRORS
 from app.schemas import document as schemas
+from app.schemas.common import NO_NUL_PATTERN
 from app.services import documents as documents_service
 from app.services.vector_search import SearchFilters
 
@@ -41,7 +42,7 @@ async def list_documents(
     codec: CursorCodecDep,
     page: PageDep,
     status: Annotated[schemas.DocumentStatus | None, Query()] = None,
-    content_type: Annotated[str | None, Query(max_length=255)] = None,
+    content_type: Annotated[str | None, Query(max_length=255, pattern=NO_NUL_PATTERN)] = None,
     created_after: Annotated[datetime | None, Query()] = None,
     created_before: Annotated[datetime | None, Query()] = None,
     metadata: Annotated[
