@@ -62,7 +62,7 @@ class SchemaFuzzResult:
             f"schemathesis stateful phase: {self.calls} calls over {len(self.operations)}"
             f" operations, {self.links} links, {self.duration:.1f}s"
             + (
-                " (Hypothesis stopped early: the app's state made a replay differ)"
+                " (some rounds stopped early: the app's state made a Hypothesis replay differ)"
                 if self.stopped_early
                 else ""
             ),
@@ -106,8 +106,10 @@ class _Server:
         self.thread.join(timeout=10)
 
 
-def run(settings: Settings, headers: dict[str, str], *, examples: int) -> SchemaFuzzResult:
-    """Run `examples` stateful scenarios as the authenticated caller of `headers`."""
+def run(
+    settings: Settings, headers: dict[str, str], *, examples: int, min_calls: int = 500
+) -> SchemaFuzzResult:
+    """Run `examples` stateful scenarios (more rounds until `min_calls`) as `headers`' caller."""
     result = SchemaFuzzResult()
     started = time.monotonic()
     with _Server(settings) as base_url:
@@ -139,12 +141,15 @@ def run(settings: Settings, headers: dict[str, str], *, examples: int) -> Schema
                     else:
                         result.schema_violations.append(text)
 
-        try:
-            _run(AuthenticatedStateMachine, examples)
-        except hypothesis.errors.FlakyStrategyDefinition:
-            # The app's state changes between scenarios, so Hypothesis may refuse to replay one;
-            # what ran until then was checked.
-            result.stopped_early = True
+        # The app's state changes between scenarios, so Hypothesis may refuse to replay one
+        # and stop; what ran until then was checked, and a new round carries on.
+        for _round in range(5):
+            try:
+                _run(AuthenticatedStateMachine, examples)
+            except hypothesis.errors.FlakyStrategyDefinition:
+                result.stopped_early = True
+            if result.calls >= min_calls:
+                break
     result.duration = time.monotonic() - started
     return result
 
