@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours fuzz
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
 	@echo "make bench-http HTTP-level cost: the app under load, each route vs its no-auth baseline"
 	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
+	@echo "make fuzz     10,000-operation leak fuzz + schemathesis stateful run (ARGS='--seed 1 --ops 20000')"
 
 $(STAMP): $(LOCK) backend/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -72,6 +73,11 @@ bench-http: install
 # make bench-neighbours ARGS="--seconds 15 --tenant-concurrency 2".
 bench-neighbours: install
 	cd backend && $(BIN)/python -m bench.noisy_neighbours $(ARGS)
+# Leak fuzz (10,000 operations, 20 tenants, concurrency 16 over a pool of 5) on a throw-away
+# database, then schemathesis's stateful phase; flags through ARGS (--ops --seed --tenants
+# --concurrency --pool --strict-search --schemathesis-examples).
+fuzz: install
+	cd backend && $(BIN)/python -m tests.fuzz $(ARGS)
 
 clean-data:
 	rm -rf backend/.data

@@ -50,6 +50,8 @@ def json_object(raw: str | None, field: str) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
+    except RecursionError:
+        raise _invalid(field, "is nested too deeply") from None
     except ValueError:
         raise _invalid(field, "must be a JSON object") from None
     if not isinstance(value, dict):

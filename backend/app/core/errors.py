@@ -17,6 +17,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# The fixed texts a client may see for database failures: never the driver's own message.
+INTERNAL_ERROR_MESSAGE = "internal error"
+DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable"
+DATABASE_TIMEOUT_MESSAGE = (
+    "the request's database work ran past the time limit and was cancelled"
+    " (nothing was saved); retry shortly or narrow the request"
+)
+
+
 class AppError(Exception):
     """An error with a status code and a message safe to show the client."""
 
@@ -203,8 +212,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 error_body(
                     503,
                     "database_timeout",
-                    "the request's database work ran past the time limit and was cancelled"
-                    " (nothing was saved); retry shortly or narrow the request",
+                    DATABASE_TIMEOUT_MESSAGE,
                     request,
                 ),
                 status_code=503,
@@ -214,17 +222,17 @@ def install_error_handlers(app: FastAPI) -> None:
             ("08", "57")
         ):
             return JSONResponse(
-                error_body(503, "service_unavailable", "the database is unavailable", request),
+                error_body(503, "service_unavailable", DATABASE_UNAVAILABLE_MESSAGE, request),
                 status_code=503,
                 headers={"Retry-After": "2"},
             )
         return JSONResponse(
-            error_body(500, "internal_error", "internal error", request), status_code=500
+            error_body(500, "internal_error", INTERNAL_ERROR_MESSAGE, request), status_code=500
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
         return JSONResponse(
-            error_body(500, "internal_error", "internal error", request), status_code=500
+            error_body(500, "internal_error", INTERNAL_ERROR_MESSAGE, request), status_code=500
         )
