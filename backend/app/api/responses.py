@@ -19,6 +19,14 @@ AUTHENTICATED_ERRORS: Responses = {
         "No bearer token, or it is expired or invalid (`error.reason` says which)."
     ),
     403: error_response("The token is valid, but its tenant or user is unknown or inactive."),
+    429: error_response(
+        "The caller's tenant is over its request-rate or concurrency limit; retry after the"
+        " `Retry-After` header's seconds."
+    ),
+    503: error_response(
+        "The database is unavailable, busy or timed out (nothing was saved); retry after"
+        " `Retry-After`."
+    ),
 }
 
 # Replaces FastAPI's default 422 body (`detail`), which is not what the API sends.
@@ -35,5 +43,15 @@ MALFORMED_REQUEST: Responses = {
     )
 }
 
-API_ERRORS: Responses = {**MALFORMED_REQUEST, **AUTHENTICATED_ERRORS, **VALIDATION_ERROR}
+BODY_LIMITS: Responses = {
+    413: error_response("The request body is over the configured size limit."),
+    415: error_response("The request body is not JSON (`Content-Type: application/json`)."),
+}
+
+API_ERRORS: Responses = {
+    **MALFORMED_REQUEST,
+    **AUTHENTICATED_ERRORS,
+    **VALIDATION_ERROR,
+    **BODY_LIMITS,
+}
 """Errors any authenticated route with parameters or a body can answer."""

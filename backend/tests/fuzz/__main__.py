@@ -43,8 +43,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=5, help="database pool size (default 5)")
     parser.add_argument(
         "--strict-search",
-        action="store_true",
-        help="count searches with fewer hits than the tenant has as failures",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count searches that miss any of the tenant's true nearest documents as failures"
+        " (default; --no-strict-search only counts them)",
     )
     parser.add_argument(
         "--schemathesis-examples",

@@ -63,6 +63,8 @@ async def test_bounded_leak_fuzz_finds_no_leak_no_5xx_and_matches_the_model(
         tenants=FUZZ_TENANTS,
         concurrency=16,
         shrink_failures=False,
+        # Searches must return exactly the tenant's true nearest documents, not just no leak.
+        strict_search=True,
     )
     print(report.summary())
     assert report.failures == [], report.summary()
