@@ -13,13 +13,13 @@ from jwt import PyJWK
 
 from app.auth.dev_issuer import DEV_ISSUER, DevIssuer
 from app.auth.jwks import JwksSigningKeys
-from app.auth.token_cache import CachedToken, VerifiedTokenCache
 from app.auth.keys import (
     ALLOWED_ALGORITHMS,
     SigningKeys,
     SigningKeysUnavailableError,
     is_acceptable_kid,
 )
+from app.auth.token_cache import CachedToken, VerifiedTokenCache
 from app.core.config import Settings, SettingsError
 from app.core.errors import ServiceUnavailableError, UnauthorizedError
 
@@ -97,7 +97,8 @@ class TokenVerifier:
         identity = VerifiedIdentity(tenant_id=self._tenant_id(claims), subject=_subject(claims))
         # `exp` is required and checked by _decode; cached until it, not until exp + leeway.
         self.cache.put(
-            digest, CachedToken(identity=identity, kid=kid, key=key, expires_at=float(claims["exp"]))
+            digest,
+            CachedToken(identity=identity, kid=kid, key=key, expires_at=float(claims["exp"])),
         )
         return identity
 
