@@ -30,6 +30,7 @@ from app.services import callers as callers_service
 
 __all__ = [
     "AdminContext",
+    "CurrentCaller",
     "CurrentContext",
     "RequestContext",
     "TenantSession",
@@ -76,6 +77,7 @@ async def _admitted(
 class _TenantRequest:
     session: AsyncSession
     context: RequestContext
+    caller: callers_service.Caller
 
 
 async def _tenant_request(
@@ -97,7 +99,7 @@ async def _tenant_request(
             user_agent=user_agent[:_MAX_USER_AGENT_LENGTH] if user_agent else None,
         )
         request.state.context = context
-        yield _TenantRequest(session=session, context=context)
+        yield _TenantRequest(session=session, context=context, caller=caller)
 
 
 # scope="function": the transaction ends when the handler returns, before the response is sent.
@@ -112,11 +114,18 @@ def _context(tenant_request: _TenantRequestDep) -> RequestContext:
     return tenant_request.context
 
 
+def _caller(tenant_request: _TenantRequestDep) -> callers_service.Caller:
+    return tenant_request.caller
+
+
 TenantSession = Annotated[AsyncSession, Depends(_session)]
 """The request's session: one transaction as app_runtime, scoped to the caller's tenant."""
 
 CurrentContext = Annotated[RequestContext, Depends(_context)]
 """The authenticated caller (tenant, user, role) and request facts for audit rows."""
+
+CurrentCaller = Annotated[callers_service.Caller, Depends(_caller)]
+"""The caller lookup's row (user and tenant as GET /me shows them), same transaction."""
 
 
 def require_admin(context: CurrentContext) -> RequestContext:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import jwt
+from jwt import PyJWK
 
 from app.auth.dev_issuer import DEV_ISSUER, DevIssuer
 from app.auth.jwks import JwksSigningKeys
@@ -18,6 +19,7 @@ from app.auth.keys import (
     SigningKeysUnavailableError,
     is_acceptable_kid,
 )
+from app.auth.token_cache import CachedToken, VerifiedTokenCache
 from app.core.config import Settings, SettingsError
 from app.core.errors import ServiceUnavailableError, UnauthorizedError
 
@@ -52,15 +54,27 @@ class TokenVerifier:
         audience: str,
         tenant_claim: str,
         leeway_seconds: float,
+        cache: VerifiedTokenCache | None = None,
     ) -> None:
         self.keys = keys
+        self.cache = cache if cache is not None else VerifiedTokenCache()
         self.issuer = issuer
         self.audience = audience
         self.tenant_claim = tenant_claim
         self.leeway_seconds = leeway_seconds
 
     async def verify(self, token: str) -> VerifiedIdentity:
-        """The identity a token proves, or UnauthorizedError (reason expired or invalid)."""
+        """The identity a token proves, or UnauthorizedError (reason expired or invalid).
+
+        A token this verifier accepted before is answered from its cache (app.auth.token_cache)
+        while it is unexpired and its signing key is still the issuer's current one.
+        """
+        digest = self.cache.digest(token)
+        cached = self.cache.get(digest)
+        if cached is not None:
+            if await self._current_key(cached.kid) is cached.key:
+                return cached.identity
+            self.cache.discard(digest)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -74,19 +88,28 @@ class TokenVerifier:
         if not is_acceptable_kid(kid):
             raise invalid("the token's key id (kid) is malformed")
         # Only the issuer's own keys count: jku, x5u and jwk headers are never looked at.
-        try:
-            key = await self.keys.key_for(kid)
-        except SigningKeysUnavailableError:
-            raise ServiceUnavailableError(
-                "cannot verify tokens now: the identity provider's keys are unavailable",
-                headers={"Retry-After": "5"},
-            ) from None
+        key = await self._current_key(kid)
         if key is None:
             raise invalid("the token is signed with a key the issuer does not publish")
         if key.algorithm_name != algorithm:
             raise invalid("the token's algorithm does not match its signing key")
         claims = self._decode(token, key, algorithm)
-        return VerifiedIdentity(tenant_id=self._tenant_id(claims), subject=_subject(claims))
+        identity = VerifiedIdentity(tenant_id=self._tenant_id(claims), subject=_subject(claims))
+        # `exp` is required and checked by _decode; cached until it, not until exp + leeway.
+        self.cache.put(
+            digest,
+            CachedToken(identity=identity, kid=kid, key=key, expires_at=float(claims["exp"])),
+        )
+        return identity
+
+    async def _current_key(self, kid: str | None) -> PyJWK | None:
+        try:
+            return await self.keys.key_for(kid)
+        except SigningKeysUnavailableError:
+            raise ServiceUnavailableError(
+                "cannot verify tokens now: the identity provider's keys are unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
 
     def _decode(self, token: str, key: jwt.PyJWK, algorithm: str) -> dict[str, Any]:
         try:

@@ -74,7 +74,12 @@ async def test_each_baseline_route_answers_like_its_authenticated_twin(
     async with admin_transaction(admin_sessions) as session:
         document = await make_document(session, caller.user, embedding_vector=[1.0] * 1024)
         await make_document(session, other.user, embedding_vector=[1.0] * 1024)
-    baseline = {"X-Bench-Tenant": str(caller.tenant.id), "X-Bench-User": str(caller.user.id)}
+    baseline = {
+        "X-Bench-Tenant": str(caller.tenant.id),
+        "X-Bench-User": str(caller.user.id),
+        # /me's twin runs the caller lookup, which finds the user by its IdP subject.
+        "X-Bench-Subject": str(caller.user.external_idp_id),
+    }
     search = {"embedding": [1.0] * 1024, "k": 5}
     pairs = [
         ("GET", "/me", None),
@@ -101,7 +106,12 @@ async def test_the_baseline_create_writes_the_document_and_its_audit_row(
     admin_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     caller = await make_caller()
-    baseline = {"X-Bench-Tenant": str(caller.tenant.id), "X-Bench-User": str(caller.user.id)}
+    baseline = {
+        "X-Bench-Tenant": str(caller.tenant.id),
+        "X-Bench-User": str(caller.user.id),
+        # /me's twin runs the caller lookup, which finds the user by its IdP subject.
+        "X-Bench-Subject": str(caller.user.external_idp_id),
+    }
     body = {
         "filename": "a.pdf",
         "content_type": "application/pdf",

@@ -178,7 +178,7 @@ async def test_require_admin_refuses_members(
     assert refused.json()["error"]["message"] == "this action needs the admin role"
 
 
-async def test_me_costs_two_statements_in_one_transaction(
+async def test_me_costs_one_statement_in_one_transaction(
     client: httpx.AsyncClient, make_caller: MakeCaller, runtime_engine: AsyncEngine
 ) -> None:
     caller = await make_caller()
@@ -201,12 +201,12 @@ async def test_me_costs_two_statements_in_one_transaction(
         event.remove(sync_engine, "before_cursor_execute", on_statement)
         event.remove(sync_engine, "begin", on_begin)
     assert response.status_code == 200
-    # Was 3 (set_config on its own, then the caller). Now the tenant context rides in the
-    # caller-resolution statement (tenant_context.scoped_to_tenant); then /me's own read.
-    assert len(statements) == 2, statements
+    # Was 3 (set_config on its own, the caller, /me's read), then 2. Now the tenant context
+    # rides in the caller-resolution statement (tenant_context.scoped_to_tenant), and that
+    # statement also reads every column /me shows, so /me sends nothing of its own.
+    assert len(statements) == 1, statements
     assert "set_config" in statements[0]
     assert "FROM users JOIN tenants" in statements[0]
-    assert not any("set_config" in statement for statement in statements[1:])
     assert len(transactions) == 1
 
 
@@ -220,7 +220,7 @@ def _round_trips(trace: str) -> list[str]:
     return ends
 
 
-async def test_me_costs_four_round_trips_begin_caller_with_context_read_commit(
+async def test_me_costs_three_round_trips_begin_caller_with_context_commit(
     client: httpx.AsyncClient,
     make_caller: MakeCaller,
     runtime_engine: AsyncEngine,
@@ -253,9 +253,10 @@ async def test_me_costs_four_round_trips_begin_caller_with_context_read_commit(
     trips = _round_trips(trace_path.read_text())
     # BEGIN: psycopg sends it as a simple query of its own before the first statement (its
     # _start_query), a round trip every multi-statement transaction needs. Then the caller
-    # resolution carrying the tenant context, the /me read, COMMIT. No SET ROLE: the role is
-    # the login (or a start-up parameter), no separate set_config.
-    assert len(trips) == 4, trips
+    # resolution carrying the tenant context and /me's columns (was a separate /me read: 4
+    # trips), COMMIT. No SET ROLE: the role is the login (or a start-up parameter), no
+    # separate set_config.
+    assert len(trips) == 3, trips
     assert trips[0].endswith('Query\t "BEGIN"')
     assert all(trip.endswith("Sync") for trip in trips[1:-1])
     assert trips[-1].endswith('Query\t "COMMIT"')

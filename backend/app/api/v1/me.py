@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentContext, TenantSession
+from app.api.deps import CurrentCaller
 from app.api.responses import AUTHENTICATED_ERRORS
 from app.schemas.me import Me
 from app.services import me as me_service
@@ -18,6 +18,6 @@ router = APIRouter(tags=["me"])
     summary="The caller's user and tenant",
     responses=AUTHENTICATED_ERRORS,
 )
-async def read_me(session: TenantSession, context: CurrentContext) -> Me:
+async def read_me(caller: CurrentCaller) -> Me:
     """The authenticated user (id, email, full name, role) and their tenant (id, name, status)."""
-    return await me_service.get_me(session, context)
+    return me_service.me_of(caller)
