@@ -1354,7 +1354,10 @@ class LeakFuzzer:
         from app.services import me as me_service
 
         async def service(session: AsyncSession, context: RequestContext) -> tuple[int, Any]:
-            return 200, (await me_service.get_me(session, context)).model_dump(mode="json")
+            # GET /me answers from the caller lookup's row (as the route does).
+            identity = VerifiedIdentity(tenant_id=context.tenant_id, subject=caller.subject)
+            resolved = await callers_service.resolve_caller(session, identity)
+            return 200, me_service.me_of(resolved).model_dump(mode="json")
 
         status, payload = await self._call(op, tenant, caller, ("GET", "/me", None, None), service)
         expected = 403 if caller.deleted else 200
