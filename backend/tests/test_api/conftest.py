@@ -9,92 +9,34 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.config import Settings
-from app.database import Database
 from app.database.session import admin_transaction
 from app.models import AuditLog, Document, User
 from app.models.document import EMBEDDING_DIMENSIONS
-from tests import conftest as root
-from tests import database_harness as harness
-from tests.auth_helpers import AuthenticatedCaller, IssuerServer
-from tests.conftest import MakeCaller, MigratedDatabase
+from tests import own_database
+from tests.auth_helpers import AuthenticatedCaller
+from tests.conftest import MakeCaller
 
 API = "/api/v1"
 
 
-# The API tests get a database of their own. Their requests commit (the app owns its
-# transactions), so their hundreds of tenants and documents would otherwise stay behind and
-# change what other suites' query plans and approximate (HNSW) vector searches see. These
-# session fixtures re-run tests/conftest.py's own fixture functions for that second database
-# (a session fixture that depends on an overridden one must be overridden too).
-
-
-@pytest.fixture(scope="session")
-def migrated_db(test_server: harness.TestServer) -> Iterator[MigratedDatabase]:
-    """A fresh database at head, for the API tests only."""
-    yield from root.migrated_db.__wrapped__(test_server)
-
-
-@pytest.fixture(scope="session")
-def settings(
-    migrated_db: MigratedDatabase, issuer_server: IssuerServer, dev_key_file: Path
-) -> Settings:
-    """The suite's settings, pointed at the API tests' database."""
-    result: Settings = root.settings.__wrapped__(migrated_db, issuer_server, dev_key_file)
-    return result
-
-
-@pytest.fixture(scope="session")
-async def runtime_engine(
-    settings: Settings, migrated_db: MigratedDatabase
-) -> AsyncIterator[AsyncEngine]:
-    """The engine request handlers use (app_runtime), on the API tests' database."""
-    async for engine in root.runtime_engine.__wrapped__(settings, migrated_db):
-        yield engine
-
-
-@pytest.fixture(scope="session")
-def runtime_sessions(runtime_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions as app_runtime, on the API tests' database."""
-    result: async_sessionmaker[AsyncSession] = root.runtime_sessions.__wrapped__(runtime_engine)
-    return result
-
-
-@pytest.fixture(scope="session")
-async def owner_engine(
-    settings: Settings, migrated_db: MigratedDatabase
-) -> AsyncIterator[AsyncEngine]:
-    """The migrating login, on the API tests' database."""
-    async for engine in root.owner_engine.__wrapped__(settings, migrated_db):
-        yield engine
-
-
-@pytest.fixture(scope="session")
-def admin_sessions(owner_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Provisioning sessions, on the API tests' database."""
-    result: async_sessionmaker[AsyncSession] = root.admin_sessions.__wrapped__(owner_engine)
-    return result
-
-
-@pytest.fixture(scope="session")
-def database(
-    migrated_db: MigratedDatabase,
-    runtime_engine: AsyncEngine,
-    runtime_sessions: async_sessionmaker[AsyncSession],
-) -> Database:
-    """The Database object the app holds, for the API tests' database."""
-    result: Database = root.database.__wrapped__(migrated_db, runtime_engine, runtime_sessions)
-    return result
+# The API tests get a database of their own: their requests commit (the app owns its
+# transactions), and their hundreds of tenants and documents would otherwise change what other
+# suites' query plans and approximate (HNSW) vector searches see.
+migrated_db = own_database.migrated_db
+settings = own_database.settings
+runtime_engine = own_database.runtime_engine
+runtime_sessions = own_database.runtime_sessions
+owner_engine = own_database.owner_engine
+admin_sessions = own_database.admin_sessions
+database = own_database.database
 
 
 # These tests' embeddings live on the last axes, orthogonal to the first axes other suites
