@@ -233,6 +233,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
+        # Starlette answers unhandled errors from its outermost middleware, outside the one that
+        # adds X-Request-ID to every response, so the header is added here.
+        request_id = getattr(request.state, "request_id", None)
         return JSONResponse(
-            error_body(500, "internal_error", INTERNAL_ERROR_MESSAGE, request), status_code=500
+            error_body(500, "internal_error", INTERNAL_ERROR_MESSAGE, request),
+            status_code=500,
+            headers={"X-Request-ID": request_id} if request_id else None,
         )
