@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings, load_settings
-from app.database import Database, migrations
+from app.database import Database
 from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
 from app.main import create_app
@@ -28,15 +26,7 @@ from tests.auth_helpers import AuthenticatedCaller, IssuerServer, TestIssuer, cr
 os.environ.setdefault("ENVIRONMENT", "test")
 
 
-@dataclass
-class MigratedDatabase:
-    """A test database at head, and the logins that reach it."""
-
-    server: harness.TestServer
-    name: str
-    owner_url: URL  # app_migrator: the migration login and table owner (not a superuser)
-    superuser_url: URL
-    runtime_url: URL  # app_runtime's own login
+MigratedDatabase = harness.MigratedDatabase
 
 
 @pytest.fixture(scope="session")
@@ -50,22 +40,9 @@ def test_server() -> Iterator[harness.TestServer]:
 @pytest.fixture(scope="session")
 def migrated_db(test_server: harness.TestServer) -> Iterator[MigratedDatabase]:
     """A fresh database migrated to head by the non-superuser migrator."""
-    name = harness.create_database(test_server, owner=harness.MIGRATOR_ROLE)
-    harness.bootstrap_least_privilege(test_server, name)
-    owner_url = test_server.url(
-        name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD
-    )
-    migrations.upgrade(owner_url, harness.RUNTIME_PASSWORD)
-    yield MigratedDatabase(
-        server=test_server,
-        name=name,
-        owner_url=owner_url,
-        superuser_url=test_server.url(name),
-        runtime_url=test_server.url(
-            name, username="app_runtime", password=harness.RUNTIME_PASSWORD
-        ),
-    )
-    harness.drop_database(test_server, name)
+    database = harness.create_migrated_database(test_server)
+    yield database
+    harness.drop_database(test_server, database.name)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
 from app.core.config import normalise_database_url
+from app.database import migrations
 
 MIGRATOR_ROLE = "app_migrator"
 MIGRATOR_PASSWORD = "migrator-test-password"
@@ -113,3 +114,29 @@ def sqlstate(error: BaseException) -> str | None:
     """The SQLSTATE of a database error, whether raised by psycopg or wrapped by SQLAlchemy."""
     original = getattr(error, "orig", error)
     return getattr(original, "sqlstate", None)
+
+
+@dataclass
+class MigratedDatabase:
+    """A test database at a migration revision, and the logins that reach it."""
+
+    server: TestServer
+    name: str
+    owner_url: URL  # app_migrator: the migration login and table owner (not a superuser)
+    superuser_url: URL
+    runtime_url: URL  # app_runtime's own login
+
+
+def create_migrated_database(server: TestServer, revision: str = "head") -> MigratedDatabase:
+    """A fresh database migrated to `revision` the least-privilege way (app_migrator)."""
+    name = create_database(server, owner=MIGRATOR_ROLE)
+    bootstrap_least_privilege(server, name)
+    owner_url = server.url(name, username=MIGRATOR_ROLE, password=MIGRATOR_PASSWORD)
+    migrations.upgrade(owner_url, RUNTIME_PASSWORD, revision)
+    return MigratedDatabase(
+        server=server,
+        name=name,
+        owner_url=owner_url,
+        superuser_url=server.url(name),
+        runtime_url=server.url(name, username="app_runtime", password=RUNTIME_PASSWORD),
+    )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import URL
 
 from app.core.config import Settings, load_settings
-from app.database import Database, migrations
+from app.database import Database
 from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
 from tests import database_harness as harness
@@ -60,10 +60,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 def _start_database(issuer: IssuerServer, pool: int) -> _Database:
     server = harness.start_test_server()
     harness.ensure_migrator_role(server)
-    name = harness.create_database(server, owner=harness.MIGRATOR_ROLE)
-    harness.bootstrap_least_privilege(server, name)
-    owner_url = server.url(name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD)
-    migrations.upgrade(owner_url, harness.RUNTIME_PASSWORD)
+    own = harness.create_migrated_database(server)
+    name, owner_url = own.name, own.owner_url
     settings = load_settings(
         ENVIRONMENT="test",
         DATABASE_URL=owner_url.render_as_string(hide_password=False),

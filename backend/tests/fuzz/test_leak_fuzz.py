@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.config import Settings
 from app.core.context import RequestContext
 from app.core.errors import NotFoundError
-from app.database import Database, migrations
+from app.database import Database
 from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import admin_transaction, make_sessionmaker
 from app.models import Document
@@ -36,10 +36,8 @@ async def fuzz_environment(
     """A database of its own (thousands of fuzz rows must not skew other tests' plans), and the
     app's runtime pool there: five connections, no overflow, shared by HTTP and services."""
     server = migrated_db.server
-    name = harness.create_database(server, owner=harness.MIGRATOR_ROLE)
-    harness.bootstrap_least_privilege(server, name)
-    owner_url = server.url(name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD)
-    migrations.upgrade(owner_url, harness.RUNTIME_PASSWORD)
+    own = harness.create_migrated_database(server)
+    name, owner_url = own.name, own.owner_url
     fuzz_settings = settings.model_copy(
         update={"DATABASE_URL": SecretStr(owner_url.render_as_string(hide_password=False))}
     )

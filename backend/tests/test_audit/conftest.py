@@ -21,7 +21,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
-from app.database import migrations
 from app.database.engine import build_engine
 from app.database.session import admin_transaction, make_sessionmaker
 from app.models import AuditLog
@@ -29,22 +28,7 @@ from tests import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.factories import make_tenant
 
-
-def create_migrated_database(
-    server: harness.TestServer, revision: str = "head"
-) -> MigratedDatabase:
-    """A fresh database migrated to `revision` by the non-superuser migrator."""
-    name = harness.create_database(server, owner=harness.MIGRATOR_ROLE)
-    harness.bootstrap_least_privilege(server, name)
-    owner_url = server.url(name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD)
-    migrations.upgrade(owner_url, harness.RUNTIME_PASSWORD, revision)
-    return MigratedDatabase(
-        server=server,
-        name=name,
-        owner_url=owner_url,
-        superuser_url=server.url(name),
-        runtime_url=server.url(name, username="app_runtime", password=harness.RUNTIME_PASSWORD),
-    )
+create_migrated_database = harness.create_migrated_database
 
 
 @pytest.fixture(scope="session")

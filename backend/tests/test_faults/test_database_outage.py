@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from app.core.config import Settings
-from app.database import Database, embedded, migrations
+from app.database import Database, embedded
 from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import admin_transaction, make_sessionmaker
 from app.main import create_app
@@ -82,12 +82,7 @@ def own_server(tmp_path: Path) -> Iterator[OwnServer]:
     try:
         test_server = harness.TestServer(server.superuser_url("postgres"), embedded=server)
         harness.ensure_migrator_role(test_server)
-        name = harness.create_database(test_server, owner=harness.MIGRATOR_ROLE)
-        harness.bootstrap_least_privilege(test_server, name)
-        owner_url = test_server.url(
-            name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD
-        )
-        migrations.upgrade(owner_url, harness.RUNTIME_PASSWORD)
+        owner_url = harness.create_migrated_database(test_server).owner_url
         yield OwnServer(server, owner_url)
     finally:
         server.destroy()
