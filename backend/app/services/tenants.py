@@ -12,7 +12,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import ConflictError, NotFoundError
-from app.database.base import utcnow
 from app.models import SYSTEM_TENANT_ID, Tenant
 from app.schemas.tenant import TenantCreate, TenantStatus
 from app.services.audit import AuditActor, record_change
@@ -25,15 +24,7 @@ async def create_tenant(session: AsyncSession, data: TenantCreate, actor: AuditA
     tenant = Tenant(name=data.name)
     session.add(tenant)
     await session.flush()
-    await record_change(
-        session,
-        actor,
-        tenant_id=tenant.id,
-        action="tenant.create",
-        resource_type=RESOURCE_TYPE,
-        resource_id=tenant.id,
-        changed=["name", "status"],
-    )
+    await _record(session, actor, tenant, "tenant.create", ["name", "status"])
     return tenant
 
 
@@ -67,15 +58,7 @@ async def set_tenant_status(
     tenant.status = status
     await session.flush()
     action = "tenant.suspend" if status == "suspended" else "tenant.activate"
-    await record_change(
-        session,
-        actor,
-        tenant_id=tenant.id,
-        action=action,
-        resource_type=RESOURCE_TYPE,
-        resource_id=tenant.id,
-        changed=["status"],
-    )
+    await _record(session, actor, tenant, action, ["status"])
     return tenant
 
 
@@ -84,17 +67,9 @@ async def delete_tenant(session: AsyncSession, tenant_id: uuid.UUID, actor: Audi
     tenant = await get_tenant(session, tenant_id)
     if tenant.is_deleted:
         return tenant
-    tenant.deleted_at = utcnow()
+    tenant.soft_delete()
     await session.flush()
-    await record_change(
-        session,
-        actor,
-        tenant_id=tenant.id,
-        action="tenant.delete",
-        resource_type=RESOURCE_TYPE,
-        resource_id=tenant.id,
-        changed=["deleted_at"],
-    )
+    await _record(session, actor, tenant, "tenant.delete", ["deleted_at"])
     return tenant
 
 
@@ -105,13 +80,20 @@ async def restore_tenant(session: AsyncSession, tenant_id: uuid.UUID, actor: Aud
         return tenant
     tenant.restore()
     await session.flush()
+    await _record(session, actor, tenant, "tenant.restore", ["deleted_at"])
+    return tenant
+
+
+async def _record(
+    session: AsyncSession, actor: AuditActor, tenant: Tenant, action: str, changed: list[str]
+) -> None:
+    """The audit row of one change to a tenant (in the tenant's own audit trail)."""
     await record_change(
         session,
         actor,
         tenant_id=tenant.id,
-        action="tenant.restore",
+        action=action,
         resource_type=RESOURCE_TYPE,
         resource_id=tenant.id,
-        changed=["deleted_at"],
+        changed=changed,
     )
-    return tenant

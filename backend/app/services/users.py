@@ -14,7 +14,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import ConflictError, NotFoundError
-from app.database.base import utcnow
 from app.models import SYSTEM_TENANT_ID, Tenant, User
 from app.models.user import normalise_email
 from app.schemas.user import UserCreate
@@ -85,7 +84,7 @@ async def delete_user(session: AsyncSession, user_id: uuid.UUID, actor: AuditAct
         raise ConflictError("you cannot delete yourself")
     if user.is_deleted:
         return user
-    user.deleted_at = utcnow()
+    user.soft_delete()
     await session.flush()
     await _record(session, actor, user, "user.delete")
     return user
