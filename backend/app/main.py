@@ -114,8 +114,4 @@ def create_app(
     app.include_router(api_router)
     if dev_issuer is not None:
         app.include_router(dev_router)
-    if settings.BENCH_BASELINE_ROUTES and not settings.is_production:
-        from app.api import bench_baseline  # benchmark-only: never imported otherwise
-
-        app.include_router(bench_baseline.router)
     return app

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import psycopg
 
 from app.database import migrations
-from tests import database_harness as harness
+from testkit import database_harness as harness
 
 SPREAD_TENANTS = 64
 

@@ -33,7 +33,7 @@ from app.core.config import BACKEND_DIR, load_settings, normalise_database_url
 from app.database import migrations
 from app.database.engine import session_options
 from app.database.roles import ADMIN_ROLE
-from tests import database_harness as harness
+from testkit import database_harness as harness
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """HTTP-level cost of authentication, tenant context and RLS (`make bench-http`).
 
-Starts the real app with uvicorn (2 workers, `app.main:create_app`) on a throw-away copy of a
-cached corpus (a few Zipf-sized tenants, thousands of documents with embeddings), and drives
-it from a separate load process (bench/http_load.py) over keep-alive connections on loopback.
-Each API route is timed next to its benchmark-only twin (app/api/bench_baseline.py: the same
+Starts the real app with uvicorn (2 workers, `bench.baseline:create_app`: the product app
+plus the twins) on a throw-away copy of a cached corpus (a few Zipf-sized tenants, thousands
+of documents with embeddings), and drives it from a separate load process
+(bench/http_load.py) over keep-alive connections on loopback.
+Each API route is timed next to its benchmark-only twin (bench/baseline.py: the same
 service call, no token, no caller lookup, no tenant context, as a role RLS does not apply
 to), interleaved in short slices whose order alternates, at concurrency 1, 16 and 64. Also
 prints the cost of verifying a token, the workers' peak memory and the database connections
@@ -38,17 +39,17 @@ import psutil
 import psycopg
 from psycopg import sql
 
-from app.api.bench_baseline import BASELINE_APPLICATION_NAME
 from app.auth.dev_issuer import dev_issuer_for
 from app.auth.token_cache import VerifiedTokenCache
 from app.auth.tokens import TokenVerifier, build_token_verifier
 from app.core.config import BACKEND_DIR, load_settings
 from app.database.roles import ADMIN_ROLE
 from bench import corpus as corpus_module
+from bench.baseline import BASELINE_APPLICATION_NAME
 from bench.corpus import CorpusSpec
 from bench.http_load import Cell, CellResult, encode_request, serve
-from tests import auth_helpers
-from tests import database_harness as harness
+from testkit import auth_helpers
+from testkit import database_harness as harness
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ class Server:
 
 @contextmanager
 def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -> Iterator[Server]:
-    """Start `uvicorn app.main:create_app --factory --workers 2` and wait until it is ready."""
+    """Start `uvicorn bench.baseline:create_app --factory --workers 2`; wait until it is ready."""
     port = free_port()
     env = {
         **os.environ,
@@ -257,7 +258,6 @@ def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -
         "DATABASE_URL": database_url,
         "APP_RUNTIME_PASSWORD": "",
         "OIDC_ISSUER_URL": "",
-        "BENCH_BASELINE_ROUTES": "true",
         # Per-tenant rate and concurrency limits off: the load is one tenant by design, and
         # the limits (50/s, 4 at once by default) would answer most of it with 429.
         "TENANT_RATE_LIMIT_PER_SECOND": "0",
@@ -266,7 +266,7 @@ def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -
     }
     log = workdir / "uvicorn.log"
     command = [
-        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "bench.baseline:create_app", "--factory",
         "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
             with run_server(database_url, Path(workdir), settings_env) as app_server:
                 workers = app_server.workers()
                 print(
-                    f"\napp: uvicorn app.main:create_app, {len(workers)} workers, pool"
+                    f"\napp: uvicorn bench.baseline:create_app, {len(workers)} workers, pool"
                     f" {args.pool_size} + {args.max_overflow} per engine; load as the admin of the"
                     f" largest tenant ({caller.documents:,} active documents)"
                 )

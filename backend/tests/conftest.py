@@ -20,8 +20,8 @@ from app.database import Database
 from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
 from app.main import create_app
-from tests import database_harness as harness
-from tests.auth_helpers import AuthenticatedCaller, IssuerServer, TestIssuer, create_caller
+from testkit import database_harness as harness
+from testkit.auth_helpers import AuthenticatedCaller, IssuerServer, TestIssuer, create_caller
 
 os.environ.setdefault("ENVIRONMENT", "test")
 

@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.database import Database
+from testkit import database_harness as harness
+from testkit.auth_helpers import IssuerServer
 from tests import conftest as root
-from tests import database_harness as harness
-from tests.auth_helpers import IssuerServer
 from tests.conftest import MigratedDatabase
 
 

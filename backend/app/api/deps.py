@@ -2,12 +2,14 @@
 
 Use them as annotated parameters in routers:
 
-    async def handler(session: TenantSession, context: CurrentContext) -> ...
+    async def handler(session: TenantSession, actor: CurrentActor) -> ...
 
-Both come from the same per-request transaction: it runs as `app_runtime` with the tenant
-context set, is committed when the handler returns and *before* the response is sent (the
-dependency has `scope="function"`, so a failed commit becomes an error response, never a
-success), and is rolled back if the handler raises.
+Both come from the same per-request transaction, opened by
+`app.database.session.tenant_transaction` with the caller lookup folded into the statement
+that sets the tenant context (one round trip). It runs as `app_runtime`, is committed when
+the handler returns and *before* the response is sent (the dependency has
+`scope="function"`, so a failed commit becomes an error response, never a success), and is
+rolled back if the handler raises.
 """
 
 from __future__ import annotations
@@ -20,19 +22,19 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.tokens import TokenVerifier, VerifiedIdentity
-from app.core.context import RequestContext
-from app.core.errors import ForbiddenError, UnauthorizedError
+from app.auth.identity import VerifiedIdentity
+from app.auth.tokens import TokenVerifier
+from app.core.errors import UnauthorizedError
 from app.core.tenant_limits import TenantLimiter
 from app.database import Database
-from app.database.session import transaction
+from app.database.session import tenant_transaction
 from app.services import callers as callers_service
+from app.services.actor import Actor
 
 __all__ = [
-    "AdminContext",
+    "AdminActor",
+    "CurrentActor",
     "CurrentCaller",
-    "CurrentContext",
-    "RequestContext",
     "TenantSession",
     "authenticate",
     "require_admin",
@@ -76,7 +78,7 @@ async def _admitted(
 @dataclass(frozen=True)
 class _TenantRequest:
     session: AsyncSession
-    context: RequestContext
+    actor: Actor
     caller: callers_service.Caller
 
 
@@ -86,20 +88,22 @@ async def _tenant_request(
     identity: Annotated[VerifiedIdentity, Depends(_admitted, scope="function")],
 ) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
-    async with transaction(database.sessions) as session:
-        # Its first statement sets the tenant context (one round trip for both).
-        caller = await callers_service.resolve_caller(session, identity)
+    transaction = tenant_transaction(
+        database.sessions, identity.tenant_id, opening=callers_service.caller_lookup(identity)
+    )
+    async with transaction as session:
+        caller = await callers_service.resolve_caller(session, identity, transaction.opening_rows)
         user_agent = request.headers.get("user-agent")
-        context = RequestContext(
+        actor = Actor.user(
             tenant_id=caller.tenant_id,
             user_id=caller.user_id,
-            user_role=caller.role,
+            role=caller.role,
             request_id=getattr(request.state, "request_id", None),
             client_ip=request.client.host if request.client else None,
             user_agent=user_agent[:_MAX_USER_AGENT_LENGTH] if user_agent else None,
         )
-        request.state.context = context
-        yield _TenantRequest(session=session, context=context, caller=caller)
+        request.state.context = actor  # the request log names the tenant and user
+        yield _TenantRequest(session=session, actor=actor, caller=caller)
 
 
 # scope="function": the transaction ends when the handler returns, before the response is sent.
@@ -110,8 +114,8 @@ def _session(tenant_request: _TenantRequestDep) -> AsyncSession:
     return tenant_request.session
 
 
-def _context(tenant_request: _TenantRequestDep) -> RequestContext:
-    return tenant_request.context
+def _actor(tenant_request: _TenantRequestDep) -> Actor:
+    return tenant_request.actor
 
 
 def _caller(tenant_request: _TenantRequestDep) -> callers_service.Caller:
@@ -121,19 +125,18 @@ def _caller(tenant_request: _TenantRequestDep) -> callers_service.Caller:
 TenantSession = Annotated[AsyncSession, Depends(_session)]
 """The request's session: one transaction as app_runtime, scoped to the caller's tenant."""
 
-CurrentContext = Annotated[RequestContext, Depends(_context)]
+CurrentActor = Annotated[Actor, Depends(_actor)]
 """The authenticated caller (tenant, user, role) and request facts for audit rows."""
 
 CurrentCaller = Annotated[callers_service.Caller, Depends(_caller)]
 """The caller lookup's row (user and tenant as GET /me shows them), same transaction."""
 
 
-def require_admin(context: CurrentContext) -> RequestContext:
-    """The caller's context if their role is admin; 403 otherwise."""
-    if not context.is_admin:
-        raise ForbiddenError("this action needs the admin role")
-    return context
+def require_admin(actor: CurrentActor) -> Actor:
+    """The caller if their role is admin; 403 otherwise (before the body is even read)."""
+    actor.require_admin()
+    return actor
 
 
-AdminContext = Annotated[RequestContext, Depends(require_admin)]
-"""Like CurrentContext, for admin-only endpoints."""
+AdminActor = Annotated[Actor, Depends(require_admin)]
+"""Like CurrentActor, for admin-only endpoints (the services check the role again)."""

@@ -26,12 +26,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from jwt import PyJWK
 
-if TYPE_CHECKING:
-    from app.auth.tokens import VerifiedIdentity
+from app.auth.identity import VerifiedIdentity
 
 MAX_ENTRIES = 10_000
 

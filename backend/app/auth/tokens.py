@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -12,6 +11,7 @@ import jwt
 from jwt import PyJWK
 
 from app.auth.dev_issuer import DEV_ISSUER, DevIssuer
+from app.auth.identity import VerifiedIdentity
 from app.auth.jwks import JwksSigningKeys
 from app.auth.keys import (
     ALLOWED_ALGORITHMS,
@@ -28,14 +28,6 @@ _MAX_SUBJECT_LENGTH = 255
 _UUID_TEXT = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
-
-
-@dataclass(frozen=True)
-class VerifiedIdentity:
-    """What a valid token proves: who (the IdP subject) and in which tenant."""
-
-    tenant_id: uuid.UUID
-    subject: str
 
 
 def invalid(message: str) -> UnauthorizedError:

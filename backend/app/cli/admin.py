@@ -34,7 +34,7 @@ from app.schemas.tenant import TenantCreate, TenantRecord
 from app.schemas.user import UserCreate, UserRecord
 from app.services import tenants as tenants_service
 from app.services import users as users_service
-from app.services.audit import ADMIN_CLI
+from app.services.actor import Actor
 
 T = TypeVar("T")
 
@@ -43,6 +43,9 @@ EXIT_REFUSED = 1
 
 TENANT_COLUMNS = ["id", "name", "status", "created_at", "deleted_at"]
 USER_COLUMNS = ["id", "tenant_id", "email", "role", "full_name", "external_idp_id", "deleted_at"]
+
+# The CLI's operator: no user, every tenant (it runs as app_admin).
+OPERATOR = Actor.operator()
 
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
@@ -145,7 +148,7 @@ def create_tenant(
 ) -> None:
     """Create an active tenant."""
     data = _validated(TenantCreate, name=name)
-    tenant = run_admin(lambda s: tenants_service.create_tenant(s, data, ADMIN_CLI))
+    tenant = run_admin(lambda s: tenants_service.create_tenant(s, OPERATOR, data))
     _emit_tenant(tenant, as_json)
 
 
@@ -154,45 +157,56 @@ def list_tenants(
     as_json: bool = JsonOption,
 ) -> None:
     """List tenants, oldest first."""
-    tenants = run_admin(lambda s: tenants_service.list_tenants(s, include_deleted=include_deleted))
+    tenants = run_admin(
+        lambda s: tenants_service.list_tenants(s, OPERATOR, include_deleted=include_deleted)
+    )
     records = [TenantRecord.model_validate(t) for t in tenants]
     emit(records, TENANT_COLUMNS, as_json, many=True)
 
 
-def suspend_tenant(
-    tenant_id: str = typer.Argument(..., help="Tenant id."), as_json: bool = JsonOption
-) -> None:
-    """Suspend a tenant: its users get 403 until it is activated again."""
-    tid = parse_uuid(tenant_id, "TENANT_ID")
-    tenant = run_admin(lambda s: tenants_service.set_tenant_status(s, tid, "suspended", ADMIN_CLI))
-    _emit_tenant(tenant, as_json)
+def _by_id(
+    what: str,
+    change: Callable[[AsyncSession, uuid.UUID], Awaitable[Tenant | User]],
+    doc: str,
+) -> Callable[[str, bool], None]:
+    """A command that changes one tenant or user, named by id, and prints it."""
+    argument = f"{what.upper()}_ID"
+
+    def command(
+        row_id: str = typer.Argument(..., metavar=argument, help=f"{what.capitalize()} id."),
+        as_json: bool = JsonOption,
+    ) -> None:
+        parsed = parse_uuid(row_id, argument)
+        row = run_admin(lambda s: change(s, parsed))
+        if isinstance(row, Tenant):
+            _emit_tenant(row, as_json)
+        else:
+            _emit_user(row, as_json)
+
+    command.__doc__ = doc
+    return command
 
 
-def activate_tenant(
-    tenant_id: str = typer.Argument(..., help="Tenant id."), as_json: bool = JsonOption
-) -> None:
-    """Re-activate a suspended tenant."""
-    tid = parse_uuid(tenant_id, "TENANT_ID")
-    tenant = run_admin(lambda s: tenants_service.set_tenant_status(s, tid, "active", ADMIN_CLI))
-    _emit_tenant(tenant, as_json)
-
-
-def delete_tenant(
-    tenant_id: str = typer.Argument(..., help="Tenant id."), as_json: bool = JsonOption
-) -> None:
-    """Soft-delete a tenant (data kept; its users get 403). Undo with restore-tenant."""
-    tid = parse_uuid(tenant_id, "TENANT_ID")
-    tenant = run_admin(lambda s: tenants_service.delete_tenant(s, tid, ADMIN_CLI))
-    _emit_tenant(tenant, as_json)
-
-
-def restore_tenant(
-    tenant_id: str = typer.Argument(..., help="Tenant id."), as_json: bool = JsonOption
-) -> None:
-    """Restore a soft-deleted tenant."""
-    tid = parse_uuid(tenant_id, "TENANT_ID")
-    tenant = run_admin(lambda s: tenants_service.restore_tenant(s, tid, ADMIN_CLI))
-    _emit_tenant(tenant, as_json)
+suspend_tenant = _by_id(
+    "tenant",
+    lambda s, tid: tenants_service.set_tenant_status(s, OPERATOR, tid, "suspended"),
+    "Suspend a tenant: its users get 403 until it is activated again.",
+)
+activate_tenant = _by_id(
+    "tenant",
+    lambda s, tid: tenants_service.set_tenant_status(s, OPERATOR, tid, "active"),
+    "Re-activate a suspended tenant.",
+)
+delete_tenant = _by_id(
+    "tenant",
+    lambda s, tid: tenants_service.delete_tenant(s, OPERATOR, tid),
+    "Soft-delete a tenant (data kept; its users get 403). Undo with restore-tenant.",
+)
+restore_tenant = _by_id(
+    "tenant",
+    lambda s, tid: tenants_service.restore_tenant(s, OPERATOR, tid),
+    "Restore a soft-deleted tenant.",
+)
 
 
 # Users ------------------------------------------------------------------------------------
@@ -211,7 +225,7 @@ def create_user(
     data = _validated(
         UserCreate, email=email, external_idp_id=external_idp_id, role=role, full_name=full_name
     )
-    user = run_admin(lambda s: users_service.create_user(s, tid, data, ADMIN_CLI))
+    user = run_admin(lambda s: users_service.create_user(s, OPERATOR.in_tenant(tid), data))
     _emit_user(user, as_json)
 
 
@@ -222,26 +236,24 @@ def list_users(
 ) -> None:
     """List a tenant's users, oldest first."""
     tid = parse_uuid(tenant, "--tenant")
-    users = run_admin(lambda s: users_service.list_users(s, tid, include_deleted=include_deleted))
+    users = run_admin(
+        lambda s: users_service.list_users(
+            s, OPERATOR.in_tenant(tid), include_deleted=include_deleted
+        )
+    )
     emit([UserRecord.model_validate(u) for u in users], USER_COLUMNS, as_json, many=True)
 
 
-def delete_user(
-    user_id: str = typer.Argument(..., help="User id."), as_json: bool = JsonOption
-) -> None:
-    """Soft-delete a user (they get 403 from then on). Undo with restore-user."""
-    uid = parse_uuid(user_id, "USER_ID")
-    user = run_admin(lambda s: users_service.delete_user(s, uid, ADMIN_CLI))
-    _emit_user(user, as_json)
-
-
-def restore_user(
-    user_id: str = typer.Argument(..., help="User id."), as_json: bool = JsonOption
-) -> None:
-    """Restore a soft-deleted user (refused if an active user now has their email)."""
-    uid = parse_uuid(user_id, "USER_ID")
-    user = run_admin(lambda s: users_service.restore_user(s, uid, ADMIN_CLI))
-    _emit_user(user, as_json)
+delete_user = _by_id(
+    "user",
+    lambda s, uid: users_service.delete_user(s, OPERATOR, uid),
+    "Soft-delete a user (they get 403 from then on). Undo with restore-user.",
+)
+restore_user = _by_id(
+    "user",
+    lambda s, uid: users_service.restore_user(s, OPERATOR, uid),
+    "Restore a soft-deleted user (refused if an active user now has their email).",
+)
 
 
 # Dev tokens -------------------------------------------------------------------------------
@@ -297,17 +309,18 @@ def dev_token(
 
 def register(cli: typer.Typer) -> None:
     """Add the admin commands to the CLI."""
-    for command in (
-        create_tenant,
-        list_tenants,
-        suspend_tenant,
-        activate_tenant,
-        delete_tenant,
-        restore_tenant,
-        create_user,
-        list_users,
-        delete_user,
-        restore_user,
-        dev_token,
-    ):
-        cli.command(command.__name__.replace("_", "-"))(command)
+    commands: dict[str, Callable[..., None]] = {
+        "create-tenant": create_tenant,
+        "list-tenants": list_tenants,
+        "suspend-tenant": suspend_tenant,
+        "activate-tenant": activate_tenant,
+        "delete-tenant": delete_tenant,
+        "restore-tenant": restore_tenant,
+        "create-user": create_user,
+        "list-users": list_users,
+        "delete-user": delete_user,
+        "restore-user": restore_user,
+        "dev-token": dev_token,
+    }
+    for name, command in commands.items():
+        cli.command(name)(command)

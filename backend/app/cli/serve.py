@@ -13,7 +13,7 @@ from app.database.engine import DatabaseTargets, build_engine, resolve_targets
 from app.database.session import admin_transaction, make_sessionmaker
 from app.models import Tenant, User
 from app.services import demo as demo_service
-from app.services.audit import AuditActor
+from app.services.actor import Actor
 
 # The curl `make run` prints stays usable for a working day; `dev-token` mints more.
 DEMO_TOKEN_LIFETIME_SECONDS = 12 * 3600
@@ -80,6 +80,6 @@ async def _ensure_demo_user(settings: Settings, targets: DatabaseTargets) -> tup
     )
     try:
         async with admin_transaction(make_sessionmaker(engine)) as session:
-            return await demo_service.ensure_demo_user(session, AuditActor(source="make-run"))
+            return await demo_service.ensure_demo_user(session, Actor.operator(source="make-run"))
     finally:
         await engine.dispose()

@@ -114,10 +114,6 @@ class Settings(BaseSettings):
     CURSOR_SECRET: SecretStr | None = None
     AUDIT_DOCUMENT_READS: bool = False
 
-    # Benchmarks (`make bench-http`): unauthenticated twins of the API's routes under
-    # /bench/baseline (app/api/bench_baseline.py). Refused in production.
-    BENCH_BASELINE_ROUTES: bool = False
-
     # AWS (KMS for per-tenant keys, Bedrock for embeddings: used by later features).
     AWS_REGION: str | None = None
     AWS_ACCESS_KEY_ID: SecretStr | None = None
@@ -190,11 +186,6 @@ class Settings(BaseSettings):
             raise ValueError("OIDC_CLIENT_ID: required when OIDC_ISSUER_URL is set")
         if self.ENVIRONMENT is not Environment.PRODUCTION:
             return self
-        if self.BENCH_BASELINE_ROUTES:
-            raise ValueError(
-                "BENCH_BASELINE_ROUTES: refused when ENVIRONMENT=production"
-                " (benchmark routes that skip authentication)"
-            )
         if self.DATABASE_URL is None:
             raise ValueError("DATABASE_URL: required when ENVIRONMENT=production")
         if self.OIDC_ISSUER_URL is None:

@@ -1,44 +1,40 @@
 """The one place that sets `app.current_tenant_id`, which every RLS policy reads.
 
 The setting is transaction-local (`set_config(..., true)`), so it disappears at COMMIT or
-ROLLBACK and a pooled connection never carries one request's tenant into the next.
+ROLLBACK and a pooled connection never carries one request's tenant into the next. Nothing
+outside app/database/ calls into this module: code gets a tenant-scoped session from
+`app.database.session.tenant_transaction`, which sets the context with the statements built
+here, as the transaction's first statement.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, func, select, text, true
+from sqlalchemy import Row, Select, String, bindparam, func, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Executable
 
 from app.database.roles import ADMIN_ROLE
 
 TENANT_SETTING = "app.current_tenant_id"
 
-_SET_TENANT = text("SELECT set_config('app.current_tenant_id', :tenant_id, true)")
+_SET_TENANT = text("SELECT set_config('app.current_tenant_id', :context_tenant_id, true)")
 _SET_ADMIN_ROLE = text(f"SELECT set_config('role', '{ADMIN_ROLE}', true)")
 
-
-async def set_tenant_context(session: AsyncSession, tenant_id: uuid.UUID) -> None:
-    """Scope the session's current transaction to `tenant_id` (must be called inside it)."""
-    if not isinstance(tenant_id, uuid.UUID):
-        raise TypeError("tenant_id must be a uuid.UUID")
-    await session.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
-
-
-# The bound parameter a `scoped_to_tenant` statement takes the tenant in (see tenant_parameter).
+# The bound parameter the context-setting statements take the tenant in.
 CONTEXT_PARAMETER = "context_tenant_id"
 
 
 def scoped_to_tenant(query: Select[*tuple[Any, ...]]) -> Select[*tuple[Any, ...]]:
     """`query` as one statement that first sets the tenant context: no round trip of its own.
 
-    Build it once (module level) and execute it with `tenant_parameter(tenant_id)` among its
-    parameters, as the first statement of a transaction opened without a context (the request
-    path). The setting is made in a MATERIALIZED CTE, and `query` runs as a LATERAL subquery
-    that refers to it, so PostgreSQL must produce the CTE's row (running `set_config`) before
-    it starts `query` at all. That order matters: each RLS policy reads the setting through an
+    The setting is made in a MATERIALIZED CTE, and `query` runs as a LATERAL subquery that
+    refers to it, so PostgreSQL must produce the CTE's row (running `set_config`) before it
+    starts `query` at all. That order matters: each RLS policy reads the setting through an
     InitPlan, evaluated once, when its scan first needs it, and the planner may hoist a
     policy's check into a one-time filter at the top of the query level it appears in. Inside
     the LATERAL subquery (kept a query level of its own by `OFFSET 0`), both happen after the
@@ -58,11 +54,50 @@ def scoped_to_tenant(query: Select[*tuple[Any, ...]]) -> Select[*tuple[Any, ...]
     return select(*scoped.c).select_from(context).join(scoped, true())
 
 
+@dataclass(frozen=True)
+class OpeningQuery:
+    """A query a tenant transaction runs as its first statement, folded into the context.
+
+    Build it once at module level (building a statement costs more than running it) and give
+    `bind(...)` of it to `tenant_transaction(..., opening=...)`.
+    """
+
+    query: Select[*tuple[Any, ...]]
+    statement: Select[*tuple[Any, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statement", scoped_to_tenant(self.query))
+
+    def bind(self, **parameters: Any) -> BoundOpening:
+        """This query with its own parameters (the tenant is added by the transaction)."""
+        return BoundOpening(self.statement, parameters)
+
+
+@dataclass(frozen=True)
+class BoundOpening:
+    """An `OpeningQuery`'s statement with the values of its parameters."""
+
+    statement: Executable
+    parameters: Mapping[str, Any]
+
+
 def tenant_parameter(tenant_id: uuid.UUID) -> dict[str, str]:
-    """The parameter that gives a `scoped_to_tenant` statement its tenant."""
+    """The parameter that gives a context-setting statement its tenant (a UUID, nothing else)."""
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
     return {CONTEXT_PARAMETER: str(tenant_id)}
+
+
+async def enter_tenant(
+    session: AsyncSession, tenant_id: uuid.UUID, opening: BoundOpening | None
+) -> Sequence[Row[Any]]:
+    """Make the context this transaction's first statement; the opening query's rows, if any."""
+    context = tenant_parameter(tenant_id)
+    if opening is None:
+        await session.execute(_SET_TENANT, context)
+        return ()
+    result = await session.execute(opening.statement, {**opening.parameters, **context})
+    return result.all()
 
 
 async def become_admin(session: AsyncSession) -> None:

@@ -19,14 +19,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
+from app.database import vector_search
 from app.database.base import Base, SoftDeleteMixin
+from app.database.vector_search import EMBEDDING_DIMENSIONS, SearchFilters, SearchHit
 
 if TYPE_CHECKING:
     from app.models.tenant import Tenant
     from app.models.user import User
-    from app.services.vector_search import SearchFilters, SearchHit
 
-EMBEDDING_DIMENSIONS = 1024
 DOCUMENT_STATUSES = ("processing", "completed", "failed")
 
 
@@ -58,7 +58,7 @@ class Document(SoftDeleteMixin, Base):
             postgresql_where=text("deleted_at IS NULL"),
         ),
         Index("idx_documents_metadata_gin", "metadata", postgresql_using="gin"),
-        # The rows vector search may return, per tenant (see app/services/vector_search.py).
+        # The rows vector search may return, per tenant (see app/database/vector_search.py).
         Index(
             "idx_documents_tenant_embedded",
             "tenant_id",
@@ -132,9 +132,7 @@ class Document(SoftDeleteMixin, Base):
         Runs in the session's transaction, under its tenant context; raises ValueError for an
         embedding that is not 1024 finite numbers or a `k` outside 1..100.
         """
-        from app.services import vector_search
-
-        return await vector_search.similarity_search(session, embedding, k, filters)
+        return await vector_search.similarity_search(cls, session, embedding, k, filters)
 
     def __repr__(self) -> str:
         return f"<Document id={self.id} tenant_id={self.tenant_id} status={self.status}>"

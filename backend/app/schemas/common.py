@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import numpy
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.models.document import EMBEDDING_DIMENSIONS
+from app.database.vector_search import EMBEDDING_DIMENSIONS
 
 METADATA_MAX_BYTES = 64 * 1024
 METADATA_MAX_DEPTH = 10

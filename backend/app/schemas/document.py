@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, JsonValue, model_validator
 
-from app.models.document import EMBEDDING_DIMENSIONS
+from app.database.vector_search import EMBEDDING_DIMENSIONS
 from app.schemas.common import Embedding, Metadata, RequestModel, ResponseModel, Text
 
 DocumentStatus = Literal["processing", "completed", "failed"]

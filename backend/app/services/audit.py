@@ -1,65 +1,29 @@
-"""Writing audit rows for changes: who acted (a request's user, or the admin CLI) and on what."""
+"""Writing audit rows for changes: one helper, `record`, in the same transaction as the change."""
 
 from __future__ import annotations
 
-import ipaddress
-import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.context import RequestContext
-from app.models import AuditLog
+from app.models import AuditLog, Tenant
+from app.services.actor import Actor
 
 
-@dataclass(frozen=True)
-class AuditActor:
-    """Who made a change: a user in a request, or an operator at the admin CLI (no user)."""
-
-    source: str
-    user_id: uuid.UUID | None = None
-    client_ip: str | None = None
-    user_agent: str | None = None
-    request_id: str | None = None
-
-    @classmethod
-    def from_request(cls, context: RequestContext) -> AuditActor:
-        """The authenticated caller of a request."""
-        return cls(
-            source="api",
-            user_id=context.user_id,
-            client_ip=_ip_or_none(context.client_ip),
-            user_agent=context.user_agent,
-            request_id=context.request_id,
-        )
-
-
-ADMIN_CLI = AuditActor(source="admin-cli")
-
-
-def _ip_or_none(host: str | None) -> str | None:
-    """The client address if it is an IP (the column is INET); ASGI servers may give a name."""
-    if host is None:
-        return None
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return None
-
-
-async def record_change(
+async def record(
     session: AsyncSession,
-    actor: AuditActor,
-    *,
-    tenant_id: uuid.UUID,
+    actor: Actor,
     action: str,
-    resource_type: str,
-    resource_id: uuid.UUID,
+    resource: Any,
+    *,
     changed: Iterable[str] = (),
 ) -> AuditLog:
-    """Append the audit row for one change, in the same transaction as the change."""
+    """Append the audit row for `action` (`<resource_type>.<verb>`) on the row `resource`.
+
+    The row lands in the resource's tenant's trail (a tenant's own rows in its own). Only the
+    names of the changed fields are recorded, never their contents.
+    """
     metadata: dict[str, Any] = {"source": actor.source}
     if actor.request_id:
         metadata["request_id"] = actor.request_id
@@ -68,11 +32,11 @@ async def record_change(
         metadata["changed"] = changed_fields
     return await AuditLog.create(
         session,
-        tenant_id=tenant_id,
+        tenant_id=resource.id if isinstance(resource, Tenant) else resource.tenant_id,
         user_id=actor.user_id,
         action=action,
-        resource_type=resource_type,
-        resource_id=resource_id,
+        resource_type=action.partition(".")[0],
+        resource_id=resource.id,
         ip_address=actor.client_ip,
         user_agent=actor.user_agent,
         metadata=metadata,

@@ -6,16 +6,18 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.context import RequestContext
 from app.models import AuditLog
-from app.services.pagination import CursorCodec, PageRequest, fetch_page, query_fingerprint
+from app.services.actor import Actor
+from app.services.kit import ListFilters, TenantScoped
+from app.services.pagination import CursorCodec, PageRequest
+
+AUDIT_LOGS = TenantScoped(AuditLog, "audit log entry")
 
 
 @dataclass(frozen=True)
-class AuditQuery:
+class AuditQuery(ListFilters):
     """Filters for reading the audit log."""
 
     action: str | None = None
@@ -25,32 +27,24 @@ class AuditQuery:
     created_after: datetime | None = None
     created_before: datetime | None = None
 
-    def fingerprint(self) -> str:
-        """Digest binding a cursor to these filters."""
-        return query_fingerprint(self.__dict__)
-
 
 async def list_audit_logs(
     session: AsyncSession,
-    actor: RequestContext,
+    actor: Actor,
     query: AuditQuery,
     page: PageRequest,
     codec: CursorCodec,
 ) -> tuple[list[AuditLog], str | None]:
     """One page of the tenant's audit events, newest first."""
-    statement = select(AuditLog).where(AuditLog.tenant_id == actor.tenant_id)
-    if query.action is not None:
-        statement = statement.where(AuditLog.action == query.action)
-    if query.resource_type is not None:
-        statement = statement.where(AuditLog.resource_type == query.resource_type)
-    if query.resource_id is not None:
-        statement = statement.where(AuditLog.resource_id == query.resource_id)
-    if query.user_id is not None:
-        statement = statement.where(AuditLog.user_id == query.user_id)
-    if query.created_after is not None:
-        statement = statement.where(AuditLog.created_at >= query.created_after)
-    if query.created_before is not None:
-        statement = statement.where(AuditLog.created_at < query.created_before)
-    return await fetch_page(
-        session, statement, AuditLog, page, codec, actor.tenant_id, query.fingerprint()
+    statement = AUDIT_LOGS.filtered(
+        AUDIT_LOGS.statement(actor),
+        {
+            AuditLog.action: query.action,
+            AuditLog.resource_type: query.resource_type,
+            AuditLog.resource_id: query.resource_id,
+            AuditLog.user_id: query.user_id,
+        },
+        created_after=query.created_after,
+        created_before=query.created_before,
     )
+    return await AUDIT_LOGS.page(session, actor, statement, page, codec, query.fingerprint())

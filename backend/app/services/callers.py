@@ -1,9 +1,9 @@
 """Who is calling: the verified token's tenant and subject, resolved to an active user.
 
-One statement, the first of the request's transaction: it sets the tenant context to the
-token's tenant (`scoped_to_tenant`, so the context costs no round trip of its own) and reads
-the tenant and the matching active user under RLS, with every column `GET /me` shows (so /me
-needs no statement of its own). At most once a minute per user a second
+One statement, the first of the request's transaction: `tenant_transaction` folds it into
+the statement that sets the tenant context to the token's tenant (no round trip of its own),
+and it reads the tenant and the matching active user under RLS, with every column `GET /me`
+shows (so /me needs no statement of its own). At most once a minute per user a second
 statement stamps `users.last_login_at`. (It used to be a data-modifying CTE of the same
 statement, but PostgreSQL runs such a CTE in no defined order relative to the rest of the
 statement, so it could run before the context is set and, under RLS, update nothing.)
@@ -12,6 +12,7 @@ statement, so it could run before the context is set and, under RLS, update noth
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,9 +20,9 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.tokens import VerifiedIdentity
+from app.auth.identity import VerifiedIdentity
 from app.core.errors import ForbiddenError
-from app.database.tenant_context import scoped_to_tenant, tenant_parameter
+from app.database.tenant_context import BoundOpening, OpeningQuery
 from app.models import Tenant, User
 
 LAST_LOGIN_RESOLUTION = timedelta(minutes=1)
@@ -67,9 +68,9 @@ CALLER_QUERY = (
         User.deleted_at.is_(None),
     )
 )
-"""The lookup without the context (bench/http_cost.py's baseline runs it as app_admin)."""
+"""The lookup itself (bench/baseline.py runs it as app_admin, without a context)."""
 
-_RESOLVE = scoped_to_tenant(CALLER_QUERY)
+CALLER_LOOKUP = OpeningQuery(CALLER_QUERY)
 
 # SKIP LOCKED: while one request holds the user's row to stamp it, the user's concurrent
 # requests skip the stamp instead of queueing behind that whole request for the row lock.
@@ -84,40 +85,29 @@ _STAMPABLE = (
 _STAMP = update(User).where(User.id == _STAMPABLE).values(last_login_at=func.now())
 
 
-async def resolve_caller(session: AsyncSession, identity: VerifiedIdentity) -> Caller:
-    """The caller for `identity`; ForbiddenError unless both tenant and user are active.
+def caller_lookup(identity: VerifiedIdentity) -> BoundOpening:
+    """The caller lookup for `identity`, to open the request's `tenant_transaction` with."""
+    return CALLER_LOOKUP.bind(tenant_id=identity.tenant_id, subject=identity.subject)
 
-    Must be the first statement of a transaction opened without a tenant context: it sets the
-    context to the token's tenant in the same statement.
+
+async def resolve_caller(
+    session: AsyncSession, identity: VerifiedIdentity, lookup_rows: Sequence[Row[Any]]
+) -> Caller:
+    """The caller the opening lookup found; ForbiddenError unless tenant and user are active.
+
+    `lookup_rows` are the `opening_rows` of a transaction opened with `caller_lookup(identity)`.
     """
-    tenant_id = identity.tenant_id
-    parameters = {
-        **tenant_parameter(tenant_id),
-        "tenant_id": tenant_id,
-        "subject": identity.subject,
-    }
-    row = (await session.execute(_RESOLVE, parameters)).first()
-    if row is None:
+    if not lookup_rows:
         raise ForbiddenError(NO_ACCESS_MESSAGE)
+    row = lookup_rows[0]
     if row.stamp_due:
         # Re-checked in the UPDATE, so concurrent first requests stamp once.
-        await session.execute(_STAMP, {"caller_tenant": tenant_id, "caller_id": row.id})
-    return _caller(tenant_id, row)
+        await session.execute(_STAMP, {"caller_tenant": identity.tenant_id, "caller_id": row.id})
+    return caller_from_row(identity.tenant_id, row)
 
 
-async def find_caller_without_context(
-    session: AsyncSession, tenant_id: uuid.UUID, subject: str
-) -> Caller:
-    """The same lookup with no tenant context and no stamp (benchmark baseline, as app_admin)."""
-    row = (
-        await session.execute(CALLER_QUERY, {"tenant_id": tenant_id, "subject": subject})
-    ).first()
-    if row is None:
-        raise ForbiddenError(NO_ACCESS_MESSAGE)
-    return _caller(tenant_id, row)
-
-
-def _caller(tenant_id: uuid.UUID, row: Row[*tuple[Any, ...]]) -> Caller:
+def caller_from_row(tenant_id: uuid.UUID, row: Row[Any]) -> Caller:
+    """The Caller a CALLER_QUERY row describes."""
     return Caller(
         tenant_id=tenant_id,
         user_id=row.id,

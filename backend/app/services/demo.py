@@ -10,14 +10,14 @@ from app.schemas.tenant import TenantCreate
 from app.schemas.user import UserCreate
 from app.services import tenants as tenants_service
 from app.services import users as users_service
-from app.services.audit import AuditActor
+from app.services.actor import Actor
 
 DEMO_TENANT_NAME = "Demo tenant"
 DEMO_EMAIL = "demo-admin@example.com"
 DEMO_SUBJECT = "dev|demo-admin"
 
 
-async def ensure_demo_user(session: AsyncSession, actor: AuditActor) -> tuple[Tenant, User]:
+async def ensure_demo_user(session: AsyncSession, actor: Actor) -> tuple[Tenant, User]:
     """The active demo admin and their active tenant, created (with audit rows) if missing."""
     statement = (
         select(User, Tenant)
@@ -36,14 +36,13 @@ async def ensure_demo_user(session: AsyncSession, actor: AuditActor) -> tuple[Te
         user, tenant = row
         return tenant, user
     tenant = await tenants_service.create_tenant(
-        session, TenantCreate(name=DEMO_TENANT_NAME), actor
+        session, actor, TenantCreate(name=DEMO_TENANT_NAME)
     )
     user = await users_service.create_user(
         session,
-        tenant.id,
+        actor.in_tenant(tenant.id),
         UserCreate(
             email=DEMO_EMAIL, external_idp_id=DEMO_SUBJECT, full_name="Demo Admin", role="admin"
         ),
-        actor,
     )
     return tenant, user

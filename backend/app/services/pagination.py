@@ -19,12 +19,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
 
 from app.core.errors import InvalidInputError
-from app.models import AuditLog, Document, User
+from app.database.base import Base
 
-_Row = TypeVar("_Row")
+_Row = TypeVar("_Row", bound=Base)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -82,16 +81,6 @@ class CursorCodec:
         return Position(datetime.fromisoformat(created_at), uuid.UUID(row_id))
 
 
-# The only sort keys pagination uses: each paginated table's (created_at, id), newest first.
-KEYSET_COLUMNS: dict[
-    type[Any], tuple[InstrumentedAttribute[datetime], InstrumentedAttribute[uuid.UUID]]
-] = {
-    Document: (Document.created_at, Document.id),
-    User: (User.created_at, User.id),
-    AuditLog: (AuditLog.created_at, AuditLog.id),
-}
-
-
 @dataclass(frozen=True)
 class PageRequest:
     """A client's page request: the cursor it got (if any) and the page size."""
@@ -113,7 +102,8 @@ async def fetch_page(
     # A cursor continues one listing: the same filters *of the same resource*.
     fingerprint = f"{model.__name__}:{fingerprint}"
     position = codec.decode(page.cursor, tenant_id, fingerprint) if page.cursor else None
-    created_at, row_id = KEYSET_COLUMNS[model]
+    # Every table has (created_at, id) from Base, and an index on (tenant_id, created_at, id).
+    created_at, row_id = model.created_at, model.id
     statement = statement.order_by(created_at.desc(), row_id.desc())
     if position is not None:
         # Strictly older than the last row seen; the row comparison walks the tenant index.
@@ -125,5 +115,5 @@ async def fetch_page(
     if len(rows) <= page.limit:
         return rows, None
     rows = rows[: page.limit]
-    last: Any = rows[-1]
+    last = rows[-1]
     return rows, codec.encode(Position(last.created_at, last.id), tenant_id, fingerprint)

@@ -1,13 +1,15 @@
-"""Users of a tenant: create, soft-delete and restore, each with its audit row.
+"""Users of a tenant: create, list, read, soft-delete and restore, each change with its audit row.
 
-Used by the admin CLI (as app_admin) and by the API (as app_runtime, where RLS confines every
-statement to the caller's tenant). Emails are unique per tenant among active users, and so are
-IdP subjects (`external_idp_id`): a clash is a ConflictError, never a database error.
+Used by the admin CLI (an operator, as app_admin) and by the API (a tenant's user, as
+app_runtime, where RLS confines every statement to the caller's tenant). Emails are unique per
+tenant among active users, and so are IdP subjects (`external_idp_id`): a clash is a
+ConflictError, never a database error.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -17,17 +19,26 @@ from app.core.errors import ConflictError, NotFoundError
 from app.models import SYSTEM_TENANT_ID, Tenant, User
 from app.models.user import normalise_email
 from app.schemas.user import UserCreate
-from app.services.audit import AuditActor, record_change
-from app.services.pagination import CursorCodec, PageRequest, fetch_page, query_fingerprint
+from app.services import audit
+from app.services.actor import Actor
+from app.services.kit import ListFilters, TenantScoped, restore, soft_delete
+from app.services.pagination import CursorCodec, PageRequest
 
-RESOURCE_TYPE = "user"
+USERS = TenantScoped(User, "user")
 _UNIQUE_VIOLATION = "23505"
 
 
-async def create_user(
-    session: AsyncSession, tenant_id: uuid.UUID, data: UserCreate, actor: AuditActor
-) -> User:
-    """Add a user to an existing, not deleted tenant."""
+@dataclass(frozen=True)
+class UserQuery(ListFilters):
+    """Filters for listing users (only whether deleted ones are included)."""
+
+    include_deleted: bool = False
+
+
+async def create_user(session: AsyncSession, actor: Actor, data: UserCreate) -> User:
+    """Add a user to the actor's tenant (admins only), which must exist and not be deleted."""
+    actor.require_admin()
+    tenant_id = actor.own_tenant()
     await _require_live_tenant(session, tenant_id)
     email = normalise_email(str(data.email))
     await _refuse_clash(session, tenant_id, email, data.external_idp_id, exclude_id=None)
@@ -47,73 +58,63 @@ async def create_user(
         if getattr(exc.orig, "sqlstate", None) == _UNIQUE_VIOLATION:
             raise ConflictError("a user with this email or IdP subject already exists") from None
         raise
-    await record_change(
-        session,
-        actor,
-        tenant_id=tenant_id,
-        action="user.create",
-        resource_type=RESOURCE_TYPE,
-        resource_id=user.id,
-        changed=["email", "external_idp_id", "full_name", "role"],
-    )
+    changed = ["email", "external_idp_id", "full_name", "role"]
+    await audit.record(session, actor, "user.create", user, changed=changed)
     return user
 
 
 async def list_users(
-    session: AsyncSession, tenant_id: uuid.UUID, *, include_deleted: bool = False
+    session: AsyncSession, actor: Actor, *, include_deleted: bool = False
 ) -> list[User]:
-    """The tenant's users, oldest first."""
-    statement = select(User) if include_deleted else User.active_query()
-    statement = statement.where(User.tenant_id == tenant_id).order_by(User.created_at, User.id)
-    return list((await session.scalars(statement)).all())
+    """The tenant's users, oldest first (the admin CLI's listing)."""
+    statement = USERS.statement(actor, include_deleted=actor.may_see_deleted(include_deleted))
+    return list((await session.scalars(statement.order_by(User.created_at, User.id))).all())
 
 
-async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
-    """The user (soft-deleted included), locked for update; NotFoundError if there is none."""
-    statement = select(User).where(User.id == user_id).with_for_update()
-    user = (await session.scalars(statement)).first()
-    if user is None:
-        raise NotFoundError(f"no user with id {user_id}")
-    return user
+async def page_users(
+    session: AsyncSession,
+    actor: Actor,
+    query: UserQuery,
+    page: PageRequest,
+    codec: CursorCodec,
+) -> tuple[list[User], str | None]:
+    """One page of the tenant's users, newest first, and the next page's cursor."""
+    include_deleted = actor.may_see_deleted(query.include_deleted)
+    statement = USERS.statement(actor, include_deleted=include_deleted)
+    return await USERS.page(session, actor, statement, page, codec, query.fingerprint())
 
 
-async def delete_user(session: AsyncSession, user_id: uuid.UUID, actor: AuditActor) -> User:
-    """Soft-delete a user: they can no longer sign in; their rows are kept. Not oneself."""
-    user = await get_user(session, user_id)
+async def get_user(
+    session: AsyncSession, actor: Actor, user_id: uuid.UUID, *, include_deleted: bool = False
+) -> User:
+    """A user of the tenant; NotFoundError alike for another tenant's id and a random one."""
+    return await USERS.get_visible(session, actor, user_id, include_deleted=include_deleted)
+
+
+async def delete_user(session: AsyncSession, actor: Actor, user_id: uuid.UUID) -> User:
+    """Soft-delete a user (admins): they can no longer sign in; their rows are kept. Not oneself."""
+    actor.require_admin()
+    # The CLI is idempotent on a deleted user; to the API a deleted user is not there (404).
+    user = await USERS.get_or_404(
+        session, actor, user_id, include_deleted=actor.is_operator, for_update=True
+    )
     if user.id == actor.user_id:
         raise ConflictError("you cannot delete yourself")
-    if user.is_deleted:
-        return user
-    user.soft_delete()
-    await session.flush()
-    await _record(session, actor, user, "user.delete")
+    await soft_delete(session, actor, user, "user.delete")
     return user
 
 
-async def restore_user(session: AsyncSession, user_id: uuid.UUID, actor: AuditActor) -> User:
-    """Undo a soft delete, unless an active user now has the same email or IdP subject."""
-    user = await get_user(session, user_id)
+async def restore_user(session: AsyncSession, actor: Actor, user_id: uuid.UUID) -> User:
+    """Undo a soft delete (admins), unless an active user now has the same email or IdP subject."""
+    actor.require_admin()
+    user = await USERS.get_or_404(session, actor, user_id, include_deleted=True, for_update=True)
     if not user.is_deleted:
         return user
     await _refuse_clash(
         session, user.tenant_id, user.email, user.external_idp_id, exclude_id=user.id
     )
-    user.restore()
-    await session.flush()
-    await _record(session, actor, user, "user.restore")
+    await restore(session, actor, user, "user.restore")
     return user
-
-
-async def _record(session: AsyncSession, actor: AuditActor, user: User, action: str) -> None:
-    await record_change(
-        session,
-        actor,
-        tenant_id=user.tenant_id,
-        action=action,
-        resource_type=RESOURCE_TYPE,
-        resource_id=user.id,
-        changed=["deleted_at"],
-    )
 
 
 async def _require_live_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
@@ -134,7 +135,7 @@ async def _refuse_clash(
     *,
     exclude_id: uuid.UUID | None,
 ) -> None:
-    active = User.active_query().where(User.tenant_id == tenant_id)
+    active = USERS.in_tenant(tenant_id)
     if exclude_id is not None:
         active = active.where(User.id != exclude_id)
     if (await session.scalars(active.where(User.email == email))).first() is not None:
@@ -145,34 +146,3 @@ async def _refuse_clash(
             raise ConflictError(
                 f"a user with external IdP id {external_idp_id} already exists in this tenant"
             )
-
-
-async def get_tenant_user(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    user_id: uuid.UUID,
-    *,
-    include_deleted: bool = False,
-) -> User:
-    """A user of `tenant_id`; NotFoundError alike for another tenant's id and a random one."""
-    statement = select(User) if include_deleted else User.active_query()
-    statement = statement.where(User.tenant_id == tenant_id, User.id == user_id)
-    user = (await session.scalars(statement)).first()
-    if user is None:
-        raise NotFoundError("user not found")
-    return user
-
-
-async def page_users(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    page: PageRequest,
-    codec: CursorCodec,
-    *,
-    include_deleted: bool = False,
-) -> tuple[list[User], str | None]:
-    """One page of the tenant's users, newest first, and the next page's cursor."""
-    statement = select(User) if include_deleted else User.active_query()
-    statement = statement.where(User.tenant_id == tenant_id)
-    fingerprint = query_fingerprint({"include_deleted": include_deleted})
-    return await fetch_page(session, statement, User, page, codec, tenant_id, fingerprint)

@@ -20,10 +20,10 @@ from app.core.config import Settings, load_settings
 from app.database import Database
 from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
-from tests import database_harness as harness
-from tests.auth_helpers import IssuerServer, create_caller
+from testkit import database_harness as harness
+from testkit.auth_helpers import IssuerServer, create_caller
 from tests.fuzz import schema_fuzz
-from tests.fuzz.leak_fuzz import FuzzEnvironment, Report, fuzz
+from tests.fuzz.leak import FuzzEnvironment, Report, fuzz
 
 
 @dataclass

@@ -13,17 +13,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.context import RequestContext
 from app.core.errors import NotFoundError
 from app.database import Database
 from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import admin_transaction, make_sessionmaker
 from app.models import Document
 from app.services import documents as documents_service
-from tests import database_harness as harness
-from tests.auth_helpers import TestIssuer
+from app.services.actor import Actor
+from testkit import database_harness as harness
+from testkit.auth_helpers import TestIssuer
 from tests.conftest import MigratedDatabase
-from tests.fuzz.leak_fuzz import FuzzEnvironment, fuzz
+from tests.fuzz.leak import FuzzEnvironment, fuzz
 
 BOUNDED_OPERATIONS = 1_000
 FUZZ_TENANTS = 20
@@ -82,13 +82,12 @@ async def test_fuzzer_reports_a_leak_with_its_seed_and_a_short_reproduction(
 
     async def leaky_get_document(
         session: AsyncSession,
-        actor: RequestContext,
+        actor: Actor,
         document_id: uuid.UUID,
-        *,
-        include_deleted: bool = False,
+        **options: Any,
     ) -> Document:
         try:
-            return await honest(session, actor, document_id, include_deleted=include_deleted)
+            return await honest(session, actor, document_id, **options)
         except NotFoundError:
             async with admin_transaction(admin_sessions) as bypass:
                 found = await bypass.scalar(select(Document).where(Document.id == document_id))

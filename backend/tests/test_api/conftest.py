@@ -18,10 +18,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import admin_transaction
+from app.database.vector_search import EMBEDDING_DIMENSIONS
 from app.models import AuditLog, Document, User
-from app.models.document import EMBEDDING_DIMENSIONS
+from testkit.auth_helpers import AuthenticatedCaller
 from tests import own_database
-from tests.auth_helpers import AuthenticatedCaller
 from tests.conftest import MakeCaller
 
 API = "/api/v1"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.models.document import EMBEDDING_DIMENSIONS
+from app.database.vector_search import EMBEDDING_DIMENSIONS
 from app.schemas.common import METADATA_MAX_BYTES
 from tests.test_api.conftest import API, Api, Tenants, document_body, embedding_towards
 

@@ -1,4 +1,5 @@
-"""The benchmark-only baseline routes: off by default, refused in production, same answers."""
+"""The benchmark-only baseline routes (bench/baseline.py): not in the product, refused in
+production, same answers."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from app.core.config import Settings, SettingsError, load_settings
 from app.database import Database
 from app.database.session import admin_transaction
 from app.main import create_app
+from bench import baseline
+from testkit.factories import make_document
 from tests.conftest import MakeCaller
-from tests.factories import make_document
 
 PRODUCTION = {
     "ENVIRONMENT": "production",
@@ -26,18 +28,15 @@ PRODUCTION = {
 
 
 def test_production_refuses_the_baseline_routes() -> None:
-    assert load_settings(**PRODUCTION).BENCH_BASELINE_ROUTES is False
-    with pytest.raises(
-        SettingsError, match="BENCH_BASELINE_ROUTES: refused when ENVIRONMENT=production"
-    ):
-        load_settings(**PRODUCTION, BENCH_BASELINE_ROUTES="true")
+    # No setting turns them on: only the benchmark's own app factory mounts them.
+    assert not any(name.startswith("BENCH") for name in Settings.model_fields)
+    with pytest.raises(SettingsError, match="bench baseline: refused when ENVIRONMENT=production"):
+        baseline.create_app(load_settings(**PRODUCTION))
 
 
 def test_a_production_app_never_mounts_them_even_if_the_check_is_bypassed() -> None:
-    # model_construct skips validation: the app itself must not mount them either.
-    settings = Settings.model_construct(
-        **{**load_settings(**PRODUCTION).model_dump(), "BENCH_BASELINE_ROUTES": True}
-    )
+    # The product's factory has no way to mount them, whatever the settings.
+    settings = load_settings(**PRODUCTION)
     app = create_app(settings)
     paths = {getattr(route, "path", "") for route in app.routes}
     assert not any(path.startswith("/bench") for path in paths)
@@ -54,7 +53,7 @@ async def test_they_are_off_by_default(client: httpx.AsyncClient, make_caller: M
 async def baseline_client(
     settings: Settings, database: Database
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"BENCH_BASELINE_ROUTES": True}), database)
+    app = baseline.create_app(settings, database)
     transport = httpx.ASGITransport(app=app)
     # The baseline engine is made in the router's lifespan, which ASGITransport doesn't run.
     async with (

@@ -14,7 +14,6 @@ from app.core.config import Settings
 from app.database import Database
 from app.main import create_app
 from app.services import audit as audit_service
-from app.services import documents as documents_service
 from tests.test_api.conftest import (
     API,
     Api,
@@ -333,10 +332,11 @@ async def test_a_write_whose_audit_fails_leaves_neither_change_nor_audit_row(
 
     async def audit_then_fail(*args: Any, **kwargs: Any) -> Any:
         # The change and its audit row are both flushed; then the write fails.
-        await audit_service.record_change(*args, **kwargs)
+        await record(*args, **kwargs)
         raise RuntimeError("audit store failed")
 
-    monkeypatch.setattr(documents_service, "record_change", audit_then_fail)
+    record = audit_service.record
+    monkeypatch.setattr(audit_service, "record", audit_then_fail)
     request: dict[str, tuple[str, str, dict[str, Any]]] = {
         "create": ("POST", f"{API}/documents", {"json": document_body()}),
         "update": ("PATCH", path, {"json": {"status": "failed", "metadata": {"v": 2}}}),

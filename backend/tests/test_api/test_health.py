@@ -13,7 +13,7 @@ from app.database import Database, migrations
 from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
 from app.main import create_app
-from tests import database_harness as harness
+from testkit import database_harness as harness
 
 
 async def test_live_answers_without_database(settings: Settings) -> None:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import admin_transaction
-from tests.factories import make_document
+from testkit.factories import make_document
 from tests.test_api.conftest import API, Api, Tenants
 
 DOCS = f"{API}/documents"

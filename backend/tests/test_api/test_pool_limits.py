@@ -20,7 +20,7 @@ from app.database import Database
 from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
 from app.main import create_app
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MakeCaller, MigratedDatabase
 
 APPLICATION_NAME = "tenant-docs-pool-test"

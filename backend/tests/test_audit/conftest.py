@@ -24,9 +24,9 @@ from app.core.config import Settings
 from app.database.engine import build_engine
 from app.database.session import admin_transaction, make_sessionmaker
 from app.models import AuditLog
-from tests import database_harness as harness
+from testkit import database_harness as harness
+from testkit.factories import make_tenant
 from tests.conftest import MigratedDatabase
-from tests.factories import make_tenant
 
 create_migrated_database = harness.create_migrated_database
 

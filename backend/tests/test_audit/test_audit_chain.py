@@ -17,11 +17,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import admin_transaction, tenant_transaction
-from app.database.tenant_context import set_tenant_context
 from app.models import AuditLog
 from app.models.audit_log import audit_chain_heads
 from app.services import audit_integrity as audit_integrity_service
-from tests.factories import make_tenant, make_user
+from testkit.factories import make_tenant, make_user
 from tests.test_audit.conftest import seed_chain
 
 WRITERS = 8
@@ -272,14 +271,19 @@ async def _insert_while_victim_head_is_locked(
 ) -> DBAPIError:
     """As app_runtime (in `context_tenant`, or with no context), append a row for `victim`."""
 
+    async def append(session: AsyncSession) -> None:
+        await session.execute(text("SET LOCAL lock_timeout = '2s'"))
+        await AuditLog.create(
+            session, tenant_id=victim, action="doc.view", resource_type="document"
+        )
+
     async def append_for_victim() -> None:
-        async with runtime_sessions() as session, session.begin():
-            await session.execute(text("SET LOCAL lock_timeout = '2s'"))
-            if context_tenant is not None:
-                await set_tenant_context(session, context_tenant)
-            await AuditLog.create(
-                session, tenant_id=victim, action="doc.view", resource_type="document"
-            )
+        if context_tenant is None:
+            async with runtime_sessions() as session, session.begin():
+                await append(session)
+        else:
+            async with tenant_transaction(runtime_sessions, context_tenant) as session:
+                await append(session)
 
     async with admin_transaction(admin_sessions) as holding:
         # Holds the victim's chain head until this block ends: a writer that reached the head

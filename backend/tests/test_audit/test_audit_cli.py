@@ -20,7 +20,7 @@ from app.database.session import admin_transaction, make_sessionmaker
 from app.schemas.audit_integrity import AuditChainVerification
 from app.services import audit_anchor as audit_anchor_service
 from app.services import audit_integrity as audit_integrity_service
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.test_audit.conftest import (
     attacker,

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import BACKEND_DIR
 from app.database.session import tenant_transaction
 from app.services import audit_integrity as audit_integrity_service
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.test_audit.conftest import attacker, seed_chain
 

@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.database.session import tenant_transaction
 from app.models import AuditLog, ImmutableAuditLogError
-from tests import database_harness as harness
+from testkit import database_harness as harness
+from testkit.database_harness import sqlstate
+from testkit.factories import ProvisionedTenant, provision_tenant
 from tests.conftest import MigratedDatabase
-from tests.database_harness import sqlstate
-from tests.factories import ProvisionedTenant, provision_tenant
 
 MODIFICATIONS = {
     "UPDATE": "UPDATE audit_logs SET action = 'forged' WHERE id = %s",

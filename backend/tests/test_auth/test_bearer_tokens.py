@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.database.base import utcnow
 from app.database.session import admin_transaction
 from app.models import Tenant, User
-from tests.auth_helpers import (
+from testkit.auth_helpers import (
     AuthenticatedCaller,
     IssuerServer,
     TestIssuer,

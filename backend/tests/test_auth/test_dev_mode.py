@@ -19,7 +19,7 @@ from app.core.config import BACKEND_DIR, Settings, SettingsError, load_settings
 from app.database import Database
 from app.main import create_app
 from app.services.demo import DEMO_EMAIL
-from tests.auth_helpers import IssuerServer, bearer
+from testkit.auth_helpers import IssuerServer, bearer
 from tests.conftest import MakeCaller, MigratedDatabase
 from tests.dev_server import dev_server
 from tests.test_auth.conftest import assert_unauthorized

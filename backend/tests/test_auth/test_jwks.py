@@ -21,7 +21,7 @@ from app.auth.tokens import build_token_verifier
 from app.core.config import Settings
 from app.database import Database
 from app.main import create_app
-from tests.auth_helpers import (
+from testkit.auth_helpers import (
     AuthenticatedCaller,
     IssuerServer,
     TestIssuer,

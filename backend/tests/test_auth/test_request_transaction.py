@@ -1,7 +1,7 @@
 """The request's transaction: one per request, tenant-scoped, committed before the response.
 
 Test-only routes are added to an app built like production's, so these tests exercise the
-real `TenantSession` / `CurrentContext` dependencies against the real database.
+real `TenantSession` / `CurrentActor` dependencies against the real database.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from psycopg.pq import Trace
 from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.api.deps import AdminContext, CurrentContext, TenantSession
+from app.api.deps import AdminActor, CurrentActor, TenantSession
 from app.core.config import Settings
 from app.core.errors import ConflictError, NotFoundError
 from app.database import Database
@@ -31,12 +31,12 @@ from app.database.base import utcnow
 from app.database.session import admin_transaction
 from app.main import create_app
 from app.models import User
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MakeCaller, MigratedDatabase
 
 
 def _add_probe_routes(app: FastAPI, superuser_dsn: str) -> None:
-    async def rename_then_fail(session: TenantSession, context: CurrentContext) -> dict[str, str]:
+    async def rename_then_fail(session: TenantSession, context: CurrentActor) -> dict[str, str]:
         user = await session.get(User, context.user_id)
         assert user is not None
         user.full_name = "renamed by a failed request"
@@ -44,7 +44,7 @@ def _add_probe_routes(app: FastAPI, superuser_dsn: str) -> None:
         raise ConflictError("the handler refused after writing")
 
     async def rename_then_lose_connection(
-        session: TenantSession, context: CurrentContext
+        session: TenantSession, context: CurrentActor
     ) -> dict[str, str]:
         user = await session.get(User, context.user_id)
         assert user is not None
@@ -63,7 +63,7 @@ def _add_probe_routes(app: FastAPI, superuser_dsn: str) -> None:
             raise NotFoundError("user not found")
         return {"id": str(user.id)}
 
-    async def context_facts(session: TenantSession, context: CurrentContext) -> dict[str, Any]:
+    async def context_facts(session: TenantSession, context: CurrentActor) -> dict[str, Any]:
         row = (
             await session.execute(
                 text(
@@ -77,14 +77,14 @@ def _add_probe_routes(app: FastAPI, superuser_dsn: str) -> None:
             "db_tenant": row.tenant,
             "tenant_id": str(context.tenant_id),
             "user_id": str(context.user_id),
-            "user_role": context.user_role,
+            "user_role": context.role,
             "request_id": context.request_id,
             "client_ip": context.client_ip,
             "user_agent": context.user_agent,
         }
 
-    async def admin_only(context: AdminContext) -> dict[str, str]:
-        return {"role": context.user_role}
+    async def admin_only(context: AdminActor) -> dict[str, str]:
+        return {"role": context.role}
 
     app.add_api_route("/probe/fail", rename_then_fail, methods=["POST"])
     app.add_api_route("/probe/lose-commit", rename_then_lose_connection, methods=["POST"])
@@ -202,7 +202,7 @@ async def test_me_costs_one_statement_in_one_transaction(
         event.remove(sync_engine, "begin", on_begin)
     assert response.status_code == 200
     # Was 3 (set_config on its own, the caller, /me's read), then 2. Now the tenant context
-    # rides in the caller-resolution statement (tenant_context.scoped_to_tenant), and that
+    # rides in the caller-resolution statement (tenant_transaction(opening=...)), and that
     # statement also reads every column /me shows, so /me sends nothing of its own.
     assert len(statements) == 1, statements
     assert "set_config" in statements[0]

@@ -26,7 +26,7 @@ from app.database import Database
 from app.database.session import admin_transaction
 from app.main import create_app
 from app.models import Tenant
-from tests.auth_helpers import TENANT_CLAIM, TestIssuer, bearer, new_rsa_key, public_jwk
+from testkit.auth_helpers import TENANT_CLAIM, TestIssuer, bearer, new_rsa_key, public_jwk
 from tests.conftest import MakeCaller
 
 ME = "/api/v1/me"

@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 
 from app.cli.main import cli
 from app.core.config import BACKEND_DIR, get_settings
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
 # Settings the parent test process may have: never let them leak into the CLI's environment.

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from app.database import embedded
-from tests import database_harness as harness
+from testkit import database_harness as harness
 
 
 def test_embedded_server_runs_pgvector(test_server: harness.TestServer) -> None:

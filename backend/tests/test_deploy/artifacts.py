@@ -37,7 +37,7 @@ NOT_APP_SETTINGS: dict[str, OutsideReader] = {
     ),
     "TEST_DATABASE_URL": OutsideReader(
         "the test harness uses this PostgreSQL server instead of an embedded one",
-        BACKEND_DIR / "tests" / "database_harness.py",
+        BACKEND_DIR / "testkit" / "database_harness.py",
     ),
     "POSTGRES_USER": OutsideReader(
         "docker compose: the db container's superuser, also in the api's DATABASE_URL",
@@ -62,8 +62,6 @@ TEMPLATE_OMITS: dict[str, str] = {
     "AUDIT_ANCHOR_SIGNING_KEY": "must not live on the server: an anchor proves the chain to "
     "someone who distrusts whoever controls the database and the server, so it is signed "
     "elsewhere (docs/AUDIT_INTEGRITY.md); the server needs only the public verify key",
-    "BENCH_BASELINE_ROUTES": "benchmarks only: production refuses it (the routes skip "
-    "authentication)",
 }
 
 START_COMMAND = (

@@ -17,10 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.database.engine import build_engine
-from app.database.session import admin_transaction, make_sessionmaker
-from app.database.tenant_context import set_tenant_context
+from app.database.session import admin_transaction, make_sessionmaker, tenant_transaction
+from testkit.factories import make_tenant, make_user
 from tests.conftest import MigratedDatabase
-from tests.factories import make_tenant, make_user
 from tests.test_deploy.artifacts import DOCS_DIR
 from tests.test_deploy.doc_examples import DocExample, collect, run
 
@@ -50,9 +49,7 @@ async def namespace(
         user = await make_user(provisioning, tenant, email="ada@acme.example", role="admin")
         other_tenant = await make_tenant(provisioning, name="Globex Clinic")
         other_user = await make_user(provisioning, other_tenant, email="gil@globex.example")
-    async with runtime_sessions() as session:
-        transaction = await session.begin()
-        await set_tenant_context(session, tenant.id)
+    async with tenant_transaction(runtime_sessions, tenant.id) as session:
         yield {
             "__name__": "doc_example",
             "session": session,
@@ -64,7 +61,7 @@ async def namespace(
             "other_tenant": other_tenant,
             "other_user": other_user,
         }
-        await transaction.rollback()
+        await session.rollback()  # the examples leave nothing behind
 
 
 def _examples(name: str) -> list[DocExample]:

@@ -8,7 +8,7 @@ import re
 import psycopg
 import pytest
 
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.test_deploy.artifacts import DOCS_DIR
 

@@ -23,8 +23,8 @@ from app.database import Database, embedded
 from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import admin_transaction, make_sessionmaker
 from app.main import create_app
-from tests import database_harness as harness
-from tests.auth_helpers import AuthenticatedCaller, TestIssuer, create_caller
+from testkit import database_harness as harness
+from testkit.auth_helpers import AuthenticatedCaller, TestIssuer, create_caller
 
 READY = "/api/v1/health/ready"
 DOCUMENTS = "/api/v1/documents"

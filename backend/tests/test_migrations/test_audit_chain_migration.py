@@ -18,7 +18,7 @@ from app.database.base import Base
 from app.database.engine import build_engine
 from app.database.session import admin_transaction, make_sessionmaker
 from app.services import audit_integrity as audit_integrity_service
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.test_audit.conftest import create_migrated_database
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 from app.database import migrations
 from app.database.base import Base
 from app.models import SYSTEM_TENANT_ID, AuditLog, Document, Tenant, User  # noqa: F401
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
 APP_TABLES = {"tenants", "users", "documents", "audit_logs"}

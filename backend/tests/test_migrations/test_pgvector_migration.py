@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from app.database import migrations
-from tests import database_harness as harness
+from testkit import database_harness as harness
 
 PGVECTOR_REVISION = "1ef269d5fac7"
 

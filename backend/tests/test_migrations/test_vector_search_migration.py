@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from app.database import migrations
-from tests import database_harness as harness
+from testkit import database_harness as harness
 
 REVISION = "be3034b43ca6"
 HEAD = "c41f7a9e2b6d"

@@ -12,8 +12,8 @@ from sqlalchemy.orm import selectinload
 
 from app.database.session import admin_transaction, tenant_transaction
 from app.models import SYSTEM_TENANT_ID, AuditLog, Document, ImmutableAuditLogError, Tenant, User
-from tests.database_harness import sqlstate
-from tests.factories import make_document, make_tenant, make_user, provision_tenant
+from testkit.database_harness import sqlstate
+from testkit.factories import make_document, make_tenant, make_user, provision_tenant
 
 UNIQUE_VIOLATION = "23505"
 

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import tenant_transaction
 from app.models import Document, User
-from tests.factories import make_document, provision_tenant
+from testkit.factories import make_document, provision_tenant
 
 DIMENSIONS = 1024
 

@@ -1,4 +1,4 @@
-"""The tenant context can ride in a transaction's first statement (`scoped_to_tenant`).
+"""The tenant context rides in a transaction's first statement (`tenant_transaction(opening=)`).
 
 Every RLS policy reads the setting through an InitPlan, evaluated once per statement when a
 scan first needs it, and the planner may hoist a policy check into a one-time filter at the
@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import Select, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.database.session import transaction
-from app.database.tenant_context import scoped_to_tenant, tenant_parameter
+from app.database.session import tenant_transaction
+from app.database.tenant_context import OpeningQuery, tenant_parameter
 from app.models import AuditLog, Document, Tenant, User
-from tests.factories import ProvisionedTenant, provision_tenant
+from testkit.factories import ProvisionedTenant, provision_tenant
 
 RUNS = 7  # psycopg prepares a statement on its 5th execution
 
@@ -71,13 +71,10 @@ async def test_the_folded_statement_sees_exactly_its_tenants_rows(
 ) -> None:
     for _ in range(RUNS):
         for tenant in two_tenants:
-            async with transaction(runtime_sessions) as session:
-                rows = (
-                    await session.execute(
-                        scoped_to_tenant(shape(tenant.tenant_id)),
-                        tenant_parameter(tenant.tenant_id),
-                    )
-                ).all()
+            opening = OpeningQuery(shape(tenant.tenant_id)).bind()
+            transaction = tenant_transaction(runtime_sessions, tenant.tenant_id, opening=opening)
+            async with transaction:
+                rows = transaction.opening_rows
             expected = tenant.user_ids if shape is _caller_like else tenant.document_ids
             assert sorted(row[0] for row in rows) == sorted(expected)
 
@@ -88,11 +85,11 @@ async def test_an_aggregate_counts_only_its_tenant(
 ) -> None:
     for _ in range(RUNS):
         for tenant in two_tenants:
-            async with transaction(runtime_sessions) as session:
-                result = await session.execute(
-                    scoped_to_tenant(_count(tenant.tenant_id)), tenant_parameter(tenant.tenant_id)
-                )
-            assert result.scalar_one() == len(tenant.document_ids)
+            opening = OpeningQuery(_count(tenant.tenant_id)).bind()
+            transaction = tenant_transaction(runtime_sessions, tenant.tenant_id, opening=opening)
+            async with transaction:
+                (count,) = transaction.opening_rows
+            assert count[0] == len(tenant.document_ids)
 
 
 async def test_asking_for_another_tenants_rows_still_finds_none(
@@ -100,12 +97,10 @@ async def test_asking_for_another_tenants_rows_still_finds_none(
     two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
 ) -> None:
     mine, theirs = two_tenants
-    async with transaction(runtime_sessions) as session:
-        rows = (
-            await session.execute(
-                scoped_to_tenant(_newest_page(theirs.tenant_id)), tenant_parameter(mine.tenant_id)
-            )
-        ).all()
+    opening = OpeningQuery(_newest_page(theirs.tenant_id)).bind()
+    transaction = tenant_transaction(runtime_sessions, mine.tenant_id, opening=opening)
+    async with transaction:
+        rows = list(transaction.opening_rows)
     assert rows == []
 
 
@@ -114,17 +109,16 @@ async def test_the_context_holds_for_the_rest_of_the_transaction_and_ends_with_i
     two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
 ) -> None:
     tenant = two_tenants[0]
-    async with transaction(runtime_sessions) as session:
-        await session.execute(
-            scoped_to_tenant(_count(tenant.tenant_id)), tenant_parameter(tenant.tenant_id)
-        )
+    opening = OpeningQuery(_count(tenant.tenant_id)).bind()
+    async with tenant_transaction(runtime_sessions, tenant.tenant_id, opening=opening) as session:
         later = set((await session.scalars(select(Document.id))).all())
         audit_rows = await session.scalar(select(func.count()).select_from(AuditLog))
         setting = await session.scalar(text("SELECT current_setting('app.current_tenant_id')"))
     assert later == set(tenant.document_ids)
     assert audit_rows is not None
     assert setting == str(tenant.tenant_id)
-    async with transaction(runtime_sessions) as session:
+    # A transaction opened without the primitive has no context: it sees nothing.
+    async with runtime_sessions() as session, session.begin():
         after = (await session.scalars(select(Document.id))).all()
         leftover = await session.scalar(
             text("SELECT current_setting('app.current_tenant_id', true)")
@@ -139,7 +133,7 @@ async def test_without_the_context_the_same_query_sees_nothing(
 ) -> None:
     # The control for the tests above: the rows they see come from the folded setting.
     tenant = two_tenants[0]
-    async with transaction(runtime_sessions) as session:
+    async with runtime_sessions() as session, session.begin():
         rows = (await session.execute(_newest_page(tenant.tenant_id))).all()
     assert rows == []
 

@@ -9,8 +9,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import AuditLog, Document
-from tests.database_harness import sqlstate
-from tests.factories import insert_row, provision_tenant
+from testkit.database_harness import sqlstate
+from testkit.factories import insert_row, provision_tenant
 
 FOREIGN_KEY_VIOLATION = "23503"
 

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import tenant_transaction
 from app.models import AuditLog, Document, User
-from tests.database_harness import sqlstate
-from tests.factories import ProvisionedTenant, provision_tenant
+from testkit.database_harness import sqlstate
+from testkit.factories import ProvisionedTenant, provision_tenant
 
 TENANTS = 10
 DOCUMENTS_EACH = 5

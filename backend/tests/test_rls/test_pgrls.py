@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
 CONFIG = Path(__file__).resolve().parents[2] / "pgrls.toml"

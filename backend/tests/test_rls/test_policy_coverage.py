@@ -17,7 +17,7 @@ import psycopg
 
 from app.database.base import Base
 from app.models import AuditLog, Document, Tenant, User  # noqa: F401  (register the tables)
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
 # pg_policy.polcmd: r = SELECT, a = INSERT, w = UPDATE, d = DELETE, * = ALL.

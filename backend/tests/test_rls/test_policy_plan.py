@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
 TENANTS = 20

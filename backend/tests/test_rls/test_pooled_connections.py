@@ -14,11 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker, tenant_transaction
-from app.database.tenant_context import set_tenant_context
 from app.models import Document
-from tests import database_harness as harness
+from testkit import database_harness as harness
+from testkit.factories import ProvisionedTenant, provision_tenant
 from tests.conftest import MigratedDatabase
-from tests.factories import ProvisionedTenant, provision_tenant
 
 
 async def test_many_concurrent_tenants_over_a_two_connection_pool_each_see_their_own(
@@ -108,6 +107,6 @@ def test_tenant_context_is_set_in_one_place_only() -> None:
 async def test_tenant_context_accepts_only_a_uuid(
     runtime_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    async with runtime_sessions() as session, session.begin():
-        with pytest.raises(TypeError, match=r"tenant_id must be a uuid\.UUID"):
-            await set_tenant_context(session, "' OR true --")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"tenant_id must be a uuid\.UUID"):
+        async with tenant_transaction(runtime_sessions, "' OR true --"):  # type: ignore[arg-type]
+            pass

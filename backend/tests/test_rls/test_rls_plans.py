@@ -18,7 +18,7 @@ import pytest
 from bench import corpus as corpus_module
 from bench import rls_cost
 from bench.corpus import Corpus, CorpusSpec, TenantSample
-from tests import database_harness as harness
+from testkit import database_harness as harness
 
 SMALL_CORPUS = CorpusSpec(documents=20_000, tenants=40, seed=7)
 QUERY_NAMES = [query.name for query in rls_cost.QUERIES]

@@ -19,10 +19,10 @@ from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker, tenant_transaction
 from app.main import UnsafeRuntimeRoleError, create_app, open_database
 from app.models import Document
-from tests import database_harness as harness
+from testkit import database_harness as harness
+from testkit.database_harness import sqlstate
+from testkit.factories import provision_tenant
 from tests.conftest import MigratedDatabase
-from tests.database_harness import sqlstate
-from tests.factories import provision_tenant
 
 TENANT_TABLES = ("tenants", "users", "documents", "audit_logs", "audit_chain_heads")
 INSUFFICIENT_PRIVILEGE = "42501"

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import admin_transaction, tenant_transaction
 from app.models import AuditLog, Document, Tenant, User
-from tests import database_harness as harness
+from testkit import database_harness as harness
+from testkit.database_harness import sqlstate
+from testkit.factories import ProvisionedTenant, insert_row, make_document, provision_tenant
 from tests.conftest import MigratedDatabase
-from tests.database_harness import sqlstate
-from tests.factories import ProvisionedTenant, insert_row, make_document, provision_tenant
 
 INSUFFICIENT_PRIVILEGE = "42501"  # both "permission denied" and "violates row-level security"
 TABLES = ("tenants", "users", "documents", "audit_logs")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -18,9 +19,10 @@ from app.core.config import Settings
 from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import admin_transaction, tenant_transaction
 from app.models import AuditLog
-from tests import database_harness as harness
-from tests.conftest import MigratedDatabase
-from tests.factories import make_document, make_tenant, make_user
+from testkit import database_harness as harness
+from testkit.factories import make_document, make_tenant, make_user
+from tests.conftest import MakeCaller, MigratedDatabase
+from tests.test_security.http_world import World, make_side
 
 TENANT_TABLES = ("tenants", "users", "documents", "audit_logs")
 """Every table holding tenant data (the RLS-protected ones)."""
@@ -122,3 +124,11 @@ async def admin_scalar(
     """One value read as the provisioning role (BYPASSRLS), to check what is really stored."""
     async with admin_transaction(admin_sessions) as session:
         return (await session.execute(text(statement), params or {})).scalar()
+
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient, make_caller: MakeCaller) -> World:
+    """Two tenants, each with an admin, a member, an active and a soft-deleted document."""
+    return World(
+        await make_side(client, make_caller, "a"), await make_side(client, make_caller, "b")
+    )

@@ -9,7 +9,7 @@ import pytest
 from psycopg import errors
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.test_security.conftest import TwoTenants, admin_scalar, refused, sqlstate
 

@@ -15,9 +15,9 @@ from app.core.config import Settings
 from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker, tenant_transaction
 from app.models import AuditLog, User
-from tests import database_harness as harness
+from testkit import database_harness as harness
+from testkit.factories import make_document
 from tests.conftest import MigratedDatabase
-from tests.factories import make_document
 from tests.test_security.conftest import TwoTenants, admin_scalar, sqlstate
 
 SLOW_STATEMENT_TIMEOUT_MS = 200

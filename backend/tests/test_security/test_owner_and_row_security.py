@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import tenant_transaction
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.test_security.conftest import TENANT_TABLES, TwoTenants, sqlstate
 

@@ -20,7 +20,7 @@ from app.core.config import Settings
 from app.database.engine import build_engine
 from app.database.roles import RUNTIME_ROLE
 from app.database.session import admin_transaction, make_sessionmaker, tenant_transaction
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.test_security.conftest import TwoTenants, sqlstate
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from tests import database_harness as harness
+from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 from tests.test_security.conftest import TwoTenants
 

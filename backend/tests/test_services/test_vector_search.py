@@ -19,12 +19,11 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.database import vector_search as vector_search_service
 from app.database.session import admin_transaction, tenant_transaction
-from app.database.tenant_context import set_tenant_context
+from app.database.vector_search import SearchFilters
 from app.models import Document
-from app.services import vector_search as vector_search_service
-from app.services.vector_search import SearchFilters
-from tests.factories import make_tenant, make_user
+from testkit.factories import make_tenant, make_user
 
 BIG_DOCS = 240
 TINY_DOCS = 6
@@ -305,9 +304,8 @@ async def test_search_settings_do_not_leak_into_the_transaction_or_the_connectio
     corpus: Corpus, runtime_engine: AsyncEngine, hnsw_path: None
 ) -> None:
     async with runtime_engine.connect() as connection:
-        session = AsyncSession(bind=connection)
-        async with session.begin():
-            await set_tenant_context(session, corpus.big)
+        on_this_connection = async_sessionmaker(bind=connection)
+        async with tenant_transaction(on_this_connection, corpus.big) as session:
             await session.execute(text("SELECT '[1,2,3]'::vector"))  # load pgvector's settings
             before = (await session.execute(_SETTINGS)).one()
             query = unit_vector()

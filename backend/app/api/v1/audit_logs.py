@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import AdminContext, CurrentContext, TenantSession
+from app.api.deps import AdminActor, CurrentActor, TenantSession
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS
 from app.schemas import audit_log as schemas
@@ -25,21 +25,19 @@ router = APIRouter(prefix="/audit-logs", tags=["audit log"], responses=API_ERROR
     response_model=AuditChainVerification,
     summary="Verify the tenant's audit hash chain (admins)",
 )
-async def verify_audit_logs(
-    session: TenantSession, context: AdminContext
-) -> AuditChainVerification:
+async def verify_audit_logs(session: TenantSession, actor: AdminActor) -> AuditChainVerification:
     """Recompute the tenant's chain: `ok` with the count and head hash, or the first broken link.
 
     Runs under RLS, so it sees only the caller's tenant; `verify-audit` (admin CLI) checks every
     tenant and the chain heads too. 200 either way: a broken chain is a finding, not an error.
     """
-    return await audit_integrity_service.verify_chain(session, tenant_id=context.tenant_id)
+    return await audit_integrity_service.verify_chain(session, tenant_id=actor.own_tenant())
 
 
 @router.get("", response_model=schemas.AuditLogPage, summary="Read the audit log, newest first")
 async def list_audit_logs(
     session: TenantSession,
-    context: CurrentContext,
+    actor: CurrentActor,
     codec: CursorCodecDep,
     page: PageDep,
     action: Annotated[Text | None, Query(max_length=100, examples=["document.create"])] = None,
@@ -58,9 +56,7 @@ async def list_audit_logs(
         created_after=created_after,
         created_before=created_before,
     )
-    rows, next_cursor = await audit_logs_service.list_audit_logs(
-        session, context, query, page, codec
-    )
+    rows, next_cursor = await audit_logs_service.list_audit_logs(session, actor, query, page, codec)
     return schemas.AuditLogPage(
         items=[schemas.AuditLogEntry.model_validate(row) for row in rows], next_cursor=next_cursor
     )

@@ -8,13 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import CurrentContext, TenantSession, require_admin
+from app.api.deps import CurrentActor, TenantSession
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, json_object
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
 from app.schemas.common import Text
 from app.services import documents as documents_service
-from app.services.vector_search import SearchFilters
 
 router = APIRouter(prefix="/documents", tags=["documents"], responses=API_ERRORS)
 
@@ -32,10 +31,10 @@ def _out(document: object) -> schemas.Document:
 
 @router.post("", status_code=201, response_model=schemas.Document, summary="Register a document")
 async def create_document(
-    body: schemas.DocumentCreate, session: TenantSession, context: CurrentContext
+    body: schemas.DocumentCreate, session: TenantSession, actor: CurrentActor
 ) -> schemas.Document:
     """Register a document already stored in S3; its status starts as `processing`."""
-    return _out(await documents_service.create_document(session, context, body))
+    return _out(await documents_service.create_document(session, actor, body))
 
 
 @router.get(
@@ -46,7 +45,7 @@ async def create_document(
 )
 async def list_documents(
     session: TenantSession,
-    context: CurrentContext,
+    actor: CurrentActor,
     codec: CursorCodecDep,
     page: PageDep,
     status: Annotated[schemas.DocumentStatus | None, Query()] = None,
@@ -64,8 +63,6 @@ async def list_documents(
     include_deleted: Annotated[bool, Query(description="Admins only")] = False,
 ) -> schemas.DocumentPage:
     """Cursor-paginated; filters by status, content type, creation time and metadata."""
-    if include_deleted:
-        require_admin(context)
     query = documents_service.DocumentQuery(
         status=status,
         content_type=content_type,
@@ -74,7 +71,7 @@ async def list_documents(
         metadata_contains=json_object(metadata, "metadata"),
         include_deleted=include_deleted,
     )
-    rows, next_cursor = await documents_service.list_documents(session, context, query, page, codec)
+    rows, next_cursor = await documents_service.list_documents(session, actor, query, page, codec)
     return schemas.DocumentPage(items=[_out(row) for row in rows], next_cursor=next_cursor)
 
 
@@ -82,17 +79,10 @@ async def list_documents(
     "/search", response_model=schemas.SearchResults, summary="Nearest documents to an embedding"
 )
 async def search_documents(
-    body: schemas.SearchRequest, session: TenantSession, context: CurrentContext
+    body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor
 ) -> schemas.SearchResults:
     """The tenant's `k` nearest active documents by cosine distance, nearest first."""
-    filters = None
-    if body.filters is not None:
-        filters = SearchFilters(
-            status=body.filters.status,
-            content_type=body.filters.content_type,
-            metadata_contains=body.filters.metadata or {},
-        )
-    hits = await documents_service.search_documents(session, body.embedding, body.k, filters)
+    hits = await documents_service.search_documents(session, actor, body)
     return schemas.SearchResults(
         items=[schemas.SearchHit(document=_out(h.document), distance=h.distance) for h in hits]
     )
@@ -107,18 +97,18 @@ async def search_documents(
 async def get_document(
     document_id: uuid.UUID,
     session: TenantSession,
-    context: CurrentContext,
+    actor: CurrentActor,
     settings: SettingsDep,
     include_deleted: Annotated[bool, Query(description="Admins only")] = False,
 ) -> schemas.Document:
     """One document of the caller's tenant (audited as `document.read` if AUDIT_DOCUMENT_READS)."""
-    if include_deleted:
-        require_admin(context)
     document = await documents_service.get_document(
-        session, context, document_id, include_deleted=include_deleted
+        session,
+        actor,
+        document_id,
+        include_deleted=include_deleted,
+        audit_read=settings.AUDIT_DOCUMENT_READS,
     )
-    if settings.AUDIT_DOCUMENT_READS:
-        await documents_service.record_read(session, context, document.id)
     return _out(document)
 
 
@@ -132,20 +122,20 @@ async def update_document(
     document_id: uuid.UUID,
     body: schemas.DocumentUpdate,
     session: TenantSession,
-    context: CurrentContext,
+    actor: CurrentActor,
 ) -> schemas.Document:
     """Only the fields sent change; the audit row names the fields that did."""
-    return _out(await documents_service.update_document(session, context, document_id, body))
+    return _out(await documents_service.update_document(session, actor, document_id, body))
 
 
 @router.delete(
     "/{document_id}", status_code=204, responses=_NOT_FOUND, summary="Soft-delete a document"
 )
 async def delete_document(
-    document_id: uuid.UUID, session: TenantSession, context: CurrentContext
+    document_id: uuid.UUID, session: TenantSession, actor: CurrentActor
 ) -> Response:
     """Soft delete: the row stays (retention) but disappears from lists, reads and search."""
-    await documents_service.delete_document(session, context, document_id)
+    await documents_service.delete_document(session, actor, document_id)
     return Response(status_code=204)
 
 
@@ -156,7 +146,7 @@ async def delete_document(
     summary="Restore a soft-deleted document",
 )
 async def restore_document(
-    document_id: uuid.UUID, session: TenantSession, context: CurrentContext
+    document_id: uuid.UUID, session: TenantSession, actor: CurrentActor
 ) -> schemas.Document:
     """Make a soft-deleted document active again (an active one is returned unchanged)."""
-    return _out(await documents_service.restore_document(session, context, document_id))
+    return _out(await documents_service.restore_document(session, actor, document_id))

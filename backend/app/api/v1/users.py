@@ -7,12 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import AdminContext, CurrentContext, TenantSession, require_admin
+from app.api.deps import AdminActor, CurrentActor, TenantSession
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import user as schemas
 from app.services import users as users_service
-from app.services.audit import AuditActor
 
 router = APIRouter(prefix="/users", tags=["users"], responses=API_ERRORS)
 _NOT_FOUND: Responses = {
@@ -28,17 +27,14 @@ _ADMIN: Responses = {
 )
 async def list_users(
     session: TenantSession,
-    context: CurrentContext,
+    actor: CurrentActor,
     codec: CursorCodecDep,
     page: PageDep,
     include_deleted: Annotated[bool, Query(description="Admins only")] = False,
 ) -> schemas.UserPage:
     """Newest first, cursor-paginated."""
-    if include_deleted:
-        require_admin(context)
-    rows, next_cursor = await users_service.page_users(
-        session, context.tenant_id, page, codec, include_deleted=include_deleted
-    )
+    query = users_service.UserQuery(include_deleted=include_deleted)
+    rows, next_cursor = await users_service.page_users(session, actor, query, page, codec)
     return schemas.UserPage(
         items=[schemas.UserRecord.model_validate(row) for row in rows], next_cursor=next_cursor
     )
@@ -53,15 +49,11 @@ async def list_users(
 async def get_user(
     user_id: uuid.UUID,
     session: TenantSession,
-    context: CurrentContext,
+    actor: CurrentActor,
     include_deleted: Annotated[bool, Query(description="Admins only")] = False,
 ) -> schemas.UserRecord:
     """One user of the caller's tenant."""
-    if include_deleted:
-        require_admin(context)
-    user = await users_service.get_tenant_user(
-        session, context.tenant_id, user_id, include_deleted=include_deleted
-    )
+    user = await users_service.get_user(session, actor, user_id, include_deleted=include_deleted)
     return schemas.UserRecord.model_validate(user)
 
 
@@ -73,12 +65,10 @@ async def get_user(
     summary="Add a user (admins)",
 )
 async def create_user(
-    body: schemas.UserCreate, session: TenantSession, context: AdminContext
+    body: schemas.UserCreate, session: TenantSession, actor: AdminActor
 ) -> schemas.UserRecord:
     """Add a user to the caller's tenant; emails are unique per tenant, case-insensitively."""
-    user = await users_service.create_user(
-        session, context.tenant_id, body, AuditActor.from_request(context)
-    )
+    user = await users_service.create_user(session, actor, body)
     return schemas.UserRecord.model_validate(user)
 
 
@@ -88,12 +78,9 @@ async def create_user(
     responses={**_ADMIN, **_NOT_FOUND, 409: error_response("You cannot delete yourself.")},
     summary="Soft-delete a user (admins)",
 )
-async def delete_user(
-    user_id: uuid.UUID, session: TenantSession, context: AdminContext
-) -> Response:
+async def delete_user(user_id: uuid.UUID, session: TenantSession, actor: AdminActor) -> Response:
     """The user can no longer sign in; their documents and audit history stay."""
-    user = await users_service.get_tenant_user(session, context.tenant_id, user_id)
-    await users_service.delete_user(session, user.id, AuditActor.from_request(context))
+    await users_service.delete_user(session, actor, user_id)
     return Response(status_code=204)
 
 
@@ -108,11 +95,8 @@ async def delete_user(
     summary="Restore a soft-deleted user (admins)",
 )
 async def restore_user(
-    user_id: uuid.UUID, session: TenantSession, context: AdminContext
+    user_id: uuid.UUID, session: TenantSession, actor: AdminActor
 ) -> schemas.UserRecord:
     """Make a soft-deleted user active again (an active one is returned unchanged)."""
-    user = await users_service.get_tenant_user(
-        session, context.tenant_id, user_id, include_deleted=True
-    )
-    restored = await users_service.restore_user(session, user.id, AuditActor.from_request(context))
-    return schemas.UserRecord.model_validate(restored)
+    user = await users_service.restore_user(session, actor, user_id)
+    return schemas.UserRecord.model_validate(user)

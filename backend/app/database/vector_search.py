@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import Float, Integer, String, bindparam, cast, column, func, select
@@ -29,8 +30,12 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from app.models.document import EMBEDDING_DIMENSIONS, Document
+if TYPE_CHECKING:
+    from sqlalchemy import Select
 
+    from app.models.document import Document
+
+EMBEDDING_DIMENSIONS = 1024
 MAX_K = 100
 _PLAIN_NUMBERS = frozenset({float, int})
 
@@ -115,12 +120,17 @@ SEARCH_FUNCTION = (
     )
     .alias("found")
 )
-_SEARCH = (
-    select(Document, SEARCH_FUNCTION.c.distance)
-    .join(SEARCH_FUNCTION, Document.id == SEARCH_FUNCTION.c.id)
-    .order_by(SEARCH_FUNCTION.c.distance, Document.id)
-    .options(defer(Document.embedding_vector, raiseload=True))
-)
+
+
+@cache
+def _search_statement(model: type[Document]) -> Select[Any]:
+    """The search as one statement, built once per process (a search only binds values)."""
+    return (
+        select(model, SEARCH_FUNCTION.c.distance)
+        .join(SEARCH_FUNCTION, model.id == SEARCH_FUNCTION.c.id)
+        .order_by(SEARCH_FUNCTION.c.distance, SEARCH_FUNCTION.c.id)
+        .options(defer(model.embedding_vector, raiseload=True))
+    )
 
 
 def search_parameters(query: list[float], k: int, filters: SearchFilters | None) -> dict[str, Any]:
@@ -141,7 +151,11 @@ def search_parameters(query: list[float], k: int, filters: SearchFilters | None)
 
 
 async def similarity_search(
-    session: AsyncSession, embedding: Any, k: int = 10, filters: SearchFilters | None = None
+    model: type[Document],
+    session: AsyncSession,
+    embedding: Any,
+    k: int = 10,
+    filters: SearchFilters | None = None,
 ) -> list[SearchHit]:
     """The current tenant's `k` nearest active documents, nearest first (ties by id).
 
@@ -150,7 +164,8 @@ async def similarity_search(
     """
     query = validate_embedding(embedding)
     k = validate_k(k)
-    rows = (await session.execute(_SEARCH, search_parameters(query, k, filters))).all()
+    statement = _search_statement(model)
+    rows = (await session.execute(statement, search_parameters(query, k, filters))).all()
     return [SearchHit(document=row[0], distance=float(row[1])) for row in rows]
 
 

@@ -2,8 +2,9 @@
 
 `make bench-http` (bench/http_cost.py) times each authenticated route next to its twin here,
 in the same server, to measure what authentication, the tenant context and RLS cost over
-HTTP. Mounted only when BENCH_BASELINE_ROUTES=true, which the settings refuse in production:
-these routes read and write any tenant's documents for whoever names it in a header.
+HTTP. `create_app` here is the product's `app.main.create_app()` with the twins mounted
+under /bench/baseline; it refuses production settings: these routes read and write any
+tenant's documents for whoever names it in a header. The product package knows nothing of it.
 
 The twins run the same service functions (so the same SQL, with the services' explicit
 `WHERE tenant_id = …`) in one transaction each, but as the provisioning role `app_admin`,
@@ -24,20 +25,22 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import main
 from app.api.params import CursorCodecDep, PageDep
-from app.core.config import Settings
-from app.core.context import RequestContext
-from app.database import Database
+from app.core.config import Settings, SettingsError, settings_or_exit
+from app.core.errors import ForbiddenError
+from app.database import Database, vector_search
 from app.database.engine import build_engine
 from app.database.roles import ADMIN_ROLE
-from app.database.session import make_sessionmaker, transaction
+from app.database.session import make_sessionmaker
 from app.models import Document
 from app.schemas import document as document_schemas
 from app.schemas.me import Me
 from app.services import callers as callers_service
 from app.services import documents as documents_service
 from app.services import me as me_service
-from app.services import vector_search
+from app.services.actor import Actor
+from app.services.callers import NO_ACCESS_MESSAGE
 
 BASELINE_APPLICATION_NAME = "tenant-docs-bench-baseline"
 
@@ -63,29 +66,42 @@ async def _baseline_engine(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(prefix="/bench/baseline", include_in_schema=False, lifespan=_baseline_engine)
 
 
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    """The product app plus the twins (uvicorn `bench.baseline:create_app --factory`)."""
+    settings = settings or settings_or_exit()
+    if settings.is_production:
+        raise SettingsError(
+            "bench baseline: refused when ENVIRONMENT=production"
+            " (benchmark routes that skip authentication)"
+        )
+    app = main.create_app(settings, database)
+    app.include_router(router)
+    return app
+
+
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with transaction(request.app.state.baseline_sessions) as session:
+    # No tenant context: app_admin (BYPASSRLS) needs none; the services' filters still apply.
+    async with request.app.state.baseline_sessions() as session, session.begin():
         yield session
 
 
-def _context(
+def _actor(
     request: Request,
     tenant_id: Annotated[uuid.UUID, Header(alias="X-Bench-Tenant")],
     user_id: Annotated[uuid.UUID, Header(alias="X-Bench-User")],
-) -> RequestContext:
-    return RequestContext(
+) -> Actor:
+    return Actor.user(
         tenant_id=tenant_id,
         user_id=user_id,
-        user_role="admin",
+        role="admin",
         request_id=getattr(request.state, "request_id", None),
         client_ip=request.client.host if request.client else None,
-        user_agent=None,
     )
 
 
 # scope="function": committed before the response, as the real request transaction is.
 BaselineSession = Annotated[AsyncSession, Depends(_session, scope="function")]
-BaselineContext = Annotated[RequestContext, Depends(_context)]
+BaselineContext = Annotated[Actor, Depends(_actor)]
 
 
 @router.get("/me", response_model=Me)
@@ -95,8 +111,11 @@ async def read_me(
     subject: Annotated[str, Header(alias="X-Bench-Subject")],
 ) -> Me:
     """GET /api/v1/me's query: the caller lookup (its answer is /me's), without the context."""
-    caller = await callers_service.find_caller_without_context(session, context.tenant_id, subject)
-    return me_service.me_of(caller)
+    parameters = {"tenant_id": context.tenant_id, "subject": subject}
+    row = (await session.execute(callers_service.CALLER_QUERY, parameters)).first()
+    if row is None:
+        raise ForbiddenError(NO_ACCESS_MESSAGE)
+    return me_service.me_of(callers_service.caller_from_row(context.tenant_id, row))
 
 
 @router.post("/documents", status_code=201, response_model=document_schemas.Document)

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import admin_transaction
 from app.models import Tenant, User
-from tests.factories import make_tenant, make_user
+from testkit.factories import make_tenant, make_user
 
 TEST_AUDIENCE = "tenant-docs-test"
 TENANT_CLAIM = "tenant_id"
