@@ -13,15 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.config import Settings, load_settings
+from app.core.config import Settings
 from app.database import Database
-from app.database.engine import build_engine, build_runtime_engine, targets_for
-from app.database.session import make_sessionmaker
 from app.main import create_app
 from testkit import database_harness as harness
 from testkit.auth_helpers import AuthenticatedCaller, IssuerServer, TestIssuer, create_caller
+from tests.own_database import database_fixtures
 
 os.environ.setdefault("ENVIRONMENT", "test")
 
@@ -35,14 +34,6 @@ def test_server() -> Iterator[harness.TestServer]:
     server = harness.start_test_server()
     harness.ensure_migrator_role(server)
     return server
-
-
-@pytest.fixture(scope="session")
-def migrated_db(test_server: harness.TestServer) -> Iterator[MigratedDatabase]:
-    """A fresh database migrated to head by the non-superuser migrator."""
-    database = harness.create_migrated_database(test_server)
-    yield database
-    harness.drop_database(test_server, database.name)
 
 
 @pytest.fixture(scope="session")
@@ -65,69 +56,17 @@ def dev_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("dev-issuer") / "signing-key.pem"
 
 
-@pytest.fixture(scope="session")
-def settings(
-    migrated_db: MigratedDatabase, issuer_server: IssuerServer, dev_key_file: Path
-) -> Settings:
-    """Settings as the app would load them for the test database (strong login mode)."""
-    return load_settings(
-        ENVIRONMENT="test",
-        DATABASE_URL=migrated_db.owner_url.render_as_string(hide_password=False),
-        APP_RUNTIME_PASSWORD=harness.RUNTIME_PASSWORD,
-        DB_POOL_SIZE=5,
-        DB_MAX_OVERFLOW=5,
-        LOG_LEVEL="WARNING",
-        OIDC_ISSUER_URL=issuer_server.url,
-        OIDC_CLIENT_ID=issuer_server.issuer.audience,
-        DEV_ISSUER_KEY_FILE=dev_key_file,
-    )
-
-
-@pytest.fixture(scope="session")
-async def runtime_engine(
-    settings: Settings, migrated_db: MigratedDatabase
-) -> AsyncIterator[AsyncEngine]:
-    """The engine request handlers use: logged in as app_runtime."""
-    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
-    engine = build_runtime_engine(targets, settings)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def runtime_sessions(runtime_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions as app_runtime (use with `tenant_transaction`)."""
-    return make_sessionmaker(runtime_engine)
-
-
-@pytest.fixture(scope="session")
-async def owner_engine(
-    settings: Settings, migrated_db: MigratedDatabase
-) -> AsyncIterator[AsyncEngine]:
-    """The migrating login (table owner); switches to app_admin in `admin_transaction`."""
-    engine = build_engine(migrated_db.owner_url, settings, pool_size=2, max_overflow=2)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def admin_sessions(owner_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions for provisioning (use with `admin_transaction`)."""
-    return make_sessionmaker(owner_engine)
-
-
-@pytest.fixture(scope="session")
-def database(
-    migrated_db: MigratedDatabase,
-    runtime_engine: AsyncEngine,
-    runtime_sessions: async_sessionmaker[AsyncSession],
-) -> Database:
-    """The Database object the app holds, for the test database."""
-    return Database(
-        targets=targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD),
-        engine=runtime_engine,
-        sessions=runtime_sessions,
-    )
+# The run's shared database (a suite with its own calls `database_fixtures()` in its conftest).
+(
+    database_set,
+    migrated_db,
+    settings,
+    runtime_engine,
+    runtime_sessions,
+    owner_engine,
+    admin_sessions,
+    database,
+) = database_fixtures()
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from app.database.session import admin_transaction
 from app.database.vector_search import EMBEDDING_DIMENSIONS
 from app.models import AuditLog, Document, User
 from testkit.auth_helpers import AuthenticatedCaller
-from tests import own_database
 from tests.conftest import MakeCaller
+from tests.own_database import database_fixtures
 
 API = "/api/v1"
 
@@ -30,13 +30,16 @@ API = "/api/v1"
 # The API tests get a database of their own: their requests commit (the app owns its
 # transactions), and their hundreds of tenants and documents would otherwise change what other
 # suites' query plans and approximate (HNSW) vector searches see.
-migrated_db = own_database.migrated_db
-settings = own_database.settings
-runtime_engine = own_database.runtime_engine
-runtime_sessions = own_database.runtime_sessions
-owner_engine = own_database.owner_engine
-admin_sessions = own_database.admin_sessions
-database = own_database.database
+(
+    database_set,
+    migrated_db,
+    settings,
+    runtime_engine,
+    runtime_sessions,
+    owner_engine,
+    admin_sessions,
+    database,
+) = database_fixtures()
 
 
 # These tests' embeddings live on the last axes, orthogonal to the first axes other suites

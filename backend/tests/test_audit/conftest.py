@@ -9,44 +9,33 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.config import Settings
-from app.database.engine import build_engine
-from app.database.session import admin_transaction, make_sessionmaker
+from app.database.session import admin_transaction
 from app.models import AuditLog
 from testkit import database_harness as harness
 from testkit.factories import make_tenant
-from tests.conftest import MigratedDatabase
+from tests.own_database import database_fixtures
 
-create_migrated_database = harness.create_migrated_database
-
-
-@pytest.fixture(scope="session")
-def tamper_db(test_server: harness.TestServer) -> Iterator[MigratedDatabase]:
-    """A database of its own for tests that break chains (the shared one stays intact)."""
-    database = create_migrated_database(test_server)
-    yield database
-    harness.drop_database(test_server, database.name)
-
-
-@pytest.fixture(scope="session")
-async def tamper_admin_sessions(
-    settings: Settings, tamper_db: MigratedDatabase
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Provisioning sessions (use with `admin_transaction`) on the tamper database."""
-    engine = build_engine(tamper_db.owner_url, settings, pool_size=2, max_overflow=2)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
+# A database of its own for tests that break chains (the shared one stays intact).
+(
+    tamper_database_set,
+    tamper_migrated_db,
+    tamper_settings,
+    tamper_runtime_engine,
+    tamper_runtime_sessions,
+    tamper_owner_engine,
+    tamper_admin_sessions,
+    tamper_database,
+) = database_fixtures("tamper_")
 
 
 async def seed_chain(

@@ -8,44 +8,35 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.config import BACKEND_DIR, Settings
-from app.database.engine import build_engine
-from app.database.session import admin_transaction, make_sessionmaker
+from app.core.config import BACKEND_DIR
+from app.database.session import admin_transaction
 from app.schemas.audit_integrity import AuditChainVerification
 from app.services import audit_anchor as audit_anchor_service
 from app.services import audit_integrity as audit_integrity_service
-from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
+from tests.own_database import database_fixtures
 from tests.test_audit.conftest import (
     attacker,
-    create_migrated_database,
     new_signing_key,
     seed_chain,
 )
 
-
-@pytest.fixture(scope="module")
-def cli_db(test_server: harness.TestServer) -> Iterator[MigratedDatabase]:
-    """A database of its own: these tests verify (and finally break) every tenant in it."""
-    database = create_migrated_database(test_server)
-    yield database
-    harness.drop_database(test_server, database.name)
-
-
-@pytest.fixture(scope="module")
-async def cli_sessions(
-    settings: Settings, cli_db: MigratedDatabase
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Provisioning sessions on the CLI database."""
-    engine = build_engine(cli_db.owner_url, settings, pool_size=2, max_overflow=2)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
+# A database of its own: these tests verify (and finally break) every tenant in it.
+(
+    cli_database_set,
+    cli_migrated_db,
+    cli_settings,
+    cli_runtime_engine,
+    cli_runtime_sessions,
+    cli_owner_engine,
+    cli_admin_sessions,
+    cli_database,
+) = database_fixtures("cli_")
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +80,16 @@ async def _service_report(
 
 
 async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
-    cli_db: MigratedDatabase,
-    cli_sessions: async_sessionmaker[AsyncSession],
+    cli_migrated_db: MigratedDatabase,
+    cli_admin_sessions: async_sessionmaker[AsyncSession],
     signing_key_b64: str,
     tmp_path: Path,
 ) -> None:
-    tenant_a, _ = await seed_chain(cli_sessions, 4)
-    tenant_b, _ = await seed_chain(cli_sessions, 2)
-    service = await _service_report(cli_sessions)
+    tenant_a, _ = await seed_chain(cli_admin_sessions, 4)
+    tenant_b, _ = await seed_chain(cli_admin_sessions, 2)
+    service = await _service_report(cli_admin_sessions)
 
-    verified = run_cli(cli_db, "verify-audit")
+    verified = run_cli(cli_migrated_db, "verify-audit")
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.startswith(
         f"audit chain OK: {service.tenant_count} tenants, {service.row_count} rows"
@@ -109,7 +100,7 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
 
     anchor_file = tmp_path / "anchor.json"
     anchored = run_cli(
-        cli_db, "audit-anchor", "--output", str(anchor_file), signing_key=signing_key_b64
+        cli_migrated_db, "audit-anchor", "--output", str(anchor_file), signing_key=signing_key_b64
     )
     assert anchored.returncode == 0, anchored.stderr
     heads = {
@@ -121,13 +112,13 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
     }
 
     checked = run_cli(
-        cli_db, "verify-audit", "--anchor", str(anchor_file), signing_key=signing_key_b64
+        cli_migrated_db, "verify-audit", "--anchor", str(anchor_file), signing_key=signing_key_b64
     )
     assert checked.returncode == 0, checked.stderr
     assert "anchor of" in checked.stdout
 
     # Truncate tenant a's tail the careful way (chain head edited to match).
-    with attacker(cli_db.superuser_url) as conn:
+    with attacker(cli_migrated_db.superuser_url) as conn:
         conn.execute("DELETE FROM audit_logs WHERE tenant_id = %s AND chain_seq > 2", (tenant_a,))
         conn.execute(
             "UPDATE audit_chain_heads SET last_seq = 2, last_hash = entry.row_hash"
@@ -135,9 +126,9 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
             " AND audit_chain_heads.tenant_id = %(t)s",
             {"t": tenant_a},
         )
-    assert run_cli(cli_db, "verify-audit").returncode == 0  # consistent without the anchor
+    assert run_cli(cli_migrated_db, "verify-audit").returncode == 0  # consistent without the anchor
     broken = run_cli(
-        cli_db, "verify-audit", "--anchor", str(anchor_file), signing_key=signing_key_b64
+        cli_migrated_db, "verify-audit", "--anchor", str(anchor_file), signing_key=signing_key_b64
     )
     assert broken.returncode == 1
     assert broken.stdout == ""
@@ -146,7 +137,7 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
     assert "anchor_mismatch" in broken.stderr
     # Tenant b alone is still fine against the same anchor.
     only_b = run_cli(
-        cli_db,
+        cli_migrated_db,
         "verify-audit",
         "--tenant",
         str(tenant_b),
@@ -158,14 +149,16 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
 
 
 async def test_broken_row_exits_one_with_the_location_and_is_not_anchored(
-    cli_db: MigratedDatabase, cli_sessions: async_sessionmaker[AsyncSession], signing_key_b64: str
+    cli_migrated_db: MigratedDatabase,
+    cli_admin_sessions: async_sessionmaker[AsyncSession],
+    signing_key_b64: str,
 ) -> None:
-    tenant_id, rows = await seed_chain(cli_sessions, 3)
-    with attacker(cli_db.superuser_url) as conn:
+    tenant_id, rows = await seed_chain(cli_admin_sessions, 3)
+    with attacker(cli_migrated_db.superuser_url) as conn:
         conn.execute("UPDATE audit_logs SET action = 'document.view' WHERE id = %s", (rows[1],))
 
-    result = run_cli(cli_db, "verify-audit", "--tenant", str(tenant_id))
-    service = (await _service_report(cli_sessions, tenant_id)).first_break
+    result = run_cli(cli_migrated_db, "verify-audit", "--tenant", str(tenant_id))
+    service = (await _service_report(cli_admin_sessions, tenant_id)).first_break
 
     assert result.returncode == 1
     assert service is not None
@@ -173,28 +166,28 @@ async def test_broken_row_exits_one_with_the_location_and_is_not_anchored(
         f"audit chain BROKEN: tenant {tenant_id}, sequence 2, row {rows[1]}: "
         f"row_hash_mismatch: {service.detail}\n"
     )
-    refused = run_cli(cli_db, "audit-anchor", signing_key=signing_key_b64)
+    refused = run_cli(cli_migrated_db, "audit-anchor", signing_key=signing_key_b64)
     assert refused.returncode == 1
     assert refused.stderr.startswith("audit chain BROKEN: tenant ")
 
 
 async def test_forged_anchor_and_bad_input_are_refused_with_one_line(
-    cli_db: MigratedDatabase,
-    cli_sessions: async_sessionmaker[AsyncSession],
+    cli_migrated_db: MigratedDatabase,
+    cli_admin_sessions: async_sessionmaker[AsyncSession],
     signing_key_b64: str,
     tmp_path: Path,
 ) -> None:
-    tenant_id, _ = await seed_chain(cli_sessions, 2)
+    tenant_id, _ = await seed_chain(cli_admin_sessions, 2)
     # A well-formed anchor of this tenant, signed with a key that is not the configured one.
     forger_key, _ = new_signing_key()
     anchor = audit_anchor_service.anchor_from_verification(
-        await _service_report(cli_sessions, tenant_id)
+        await _service_report(cli_admin_sessions, tenant_id)
     )
     anchor_file = tmp_path / "anchor.json"
     anchor_file.write_text(audit_anchor_service.sign_anchor(anchor, forger_key).model_dump_json())
 
     forged = run_cli(
-        cli_db,
+        cli_migrated_db,
         "verify-audit",
         "--tenant",
         str(tenant_id),
@@ -214,11 +207,11 @@ async def test_forged_anchor_and_bad_input_are_refused_with_one_line(
         (["audit-anchor"], "error: AUDIT_ANCHOR_SIGNING_KEY is not set"),
     ]
     for args, message in cases:
-        result = run_cli(cli_db, *args)
+        result = run_cli(cli_migrated_db, *args)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.startswith(message), result.stderr
         assert result.stderr.count("\n") == 1
 
-    bad_key = run_cli(cli_db, "verify-audit", signing_key="bm90IGEga2V5")
+    bad_key = run_cli(cli_migrated_db, "verify-audit", signing_key="bm90IGEga2V5")
     assert bad_key.returncode == 2
     assert "AUDIT_ANCHOR_SIGNING_KEY" in bad_key.stderr

@@ -103,17 +103,17 @@ async def test_script_verifies_a_chain_as_the_runtime_role_and_agrees_with_the_s
 
 
 async def test_script_locates_a_tampered_row(
-    tamper_db: MigratedDatabase,
+    tamper_migrated_db: MigratedDatabase,
     tamper_admin_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     tenant_id, rows = await seed_chain(tamper_admin_sessions, 4)
-    with attacker(tamper_db.superuser_url) as conn:
+    with attacker(tamper_migrated_db.superuser_url) as conn:
         conn.execute(
             "UPDATE audit_logs SET metadata = metadata || '{\"fields\": []}' WHERE id = %s",
             (rows[2],),
         )
 
-    result = _run_script(harness.libpq(tamper_db.superuser_url), tenant_id)
+    result = _run_script(harness.libpq(tamper_migrated_db.superuser_url), tenant_id)
 
     assert result.returncode == 1
     assert result.stdout == (

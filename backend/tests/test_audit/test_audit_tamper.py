@@ -74,53 +74,58 @@ async def test_untouched_chain_verifies(
     assert (report.row_count, report.tenants[0].head_seq) == (CHAIN_LENGTH, CHAIN_LENGTH)
 
 
-async def test_changed_action_is_located(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
+# One row changed or removed in place: (the attacker's SQL, the row it targets, where the
+# verifier must locate the break, what it must call it, a phrase its detail must contain).
+_IN_PLACE_TAMPERING = {
+    "changed action": (
+        "UPDATE audit_logs SET action = 'document.view' WHERE id = %s",
+        2,
+        (3, 2),
+        ChainProblem.ROW_HASH_MISMATCH,
+        None,
+    ),
+    "changed metadata value": (
+        "UPDATE audit_logs SET metadata = jsonb_set(metadata, '{request_id}', '\"req-x\"')"
+        " WHERE id = %s",
+        1,
+        (2, 1),
+        ChainProblem.ROW_HASH_MISMATCH,
+        None,
+    ),
+    "deleted middle row": (
+        "DELETE FROM audit_logs WHERE id = %s",
+        2,
+        (4, 3),
+        ChainProblem.GAP,
+        "sequence 3 are missing",
+    ),
+}
+
+
+@pytest.mark.parametrize("tampering", list(_IN_PLACE_TAMPERING), ids=str)
+async def test_a_row_changed_or_removed_in_place_is_located(
+    tamper_migrated_db: MigratedDatabase,
+    tamper_admin_sessions: async_sessionmaker[AsyncSession],
+    tampering: str,
 ) -> None:
+    statement, target, (seq, broken_row), problem, detail = _IN_PLACE_TAMPERING[tampering]
     tenant_id, rows = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
-    with attacker(tamper_db.superuser_url) as conn:
-        conn.execute("UPDATE audit_logs SET action = 'document.view' WHERE id = %s", (rows[2],))
+    with attacker(tamper_migrated_db.superuser_url) as conn:
+        conn.execute(statement, (rows[target],))
 
     report = await _verify(tamper_admin_sessions, tenant_id)
 
-    _assert_broken_at(report, tenant_id, 3, rows[2], ChainProblem.ROW_HASH_MISMATCH)
-
-
-async def test_changed_metadata_value_is_located(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
-) -> None:
-    tenant_id, rows = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
-    with attacker(tamper_db.superuser_url) as conn:
-        conn.execute(
-            "UPDATE audit_logs SET metadata = jsonb_set(metadata, '{request_id}', '\"req-x\"')"
-            " WHERE id = %s",
-            (rows[1],),
-        )
-
-    report = await _verify(tamper_admin_sessions, tenant_id)
-
-    _assert_broken_at(report, tenant_id, 2, rows[1], ChainProblem.ROW_HASH_MISMATCH)
-
-
-async def test_deleted_middle_row_is_located(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
-) -> None:
-    tenant_id, rows = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
-    with attacker(tamper_db.superuser_url) as conn:
-        conn.execute("DELETE FROM audit_logs WHERE id = %s", (rows[2],))
-
-    report = await _verify(tamper_admin_sessions, tenant_id)
-
-    _assert_broken_at(report, tenant_id, 4, rows[3], ChainProblem.GAP)
-    assert report.first_break is not None
-    assert "sequence 3 are missing" in report.first_break.detail
+    _assert_broken_at(report, tenant_id, seq, rows[broken_row], problem)
+    if detail is not None:
+        assert report.first_break is not None
+        assert detail in report.first_break.detail
 
 
 async def test_two_rows_with_swapped_contents_are_located(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
+    tamper_migrated_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     tenant_id, rows = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
-    with attacker(tamper_db.superuser_url) as conn:
+    with attacker(tamper_migrated_db.superuser_url) as conn:
         conn.execute(
             "UPDATE audit_logs AS target SET action = source.action,"
             " resource_id = source.resource_id, metadata = source.metadata,"
@@ -136,10 +141,10 @@ async def test_two_rows_with_swapped_contents_are_located(
 
 
 async def test_two_rows_swapped_in_order_are_located(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
+    tamper_migrated_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     tenant_id, rows = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
-    with attacker(tamper_db.superuser_url) as conn:
+    with attacker(tamper_migrated_db.superuser_url) as conn:
         # Whole rows (hashes included) trade places: rows 2 and 3 now appear as 3 and 2.
         for row_id, seq in ((rows[1], -1), (rows[2], 2), (rows[1], 3)):
             conn.execute("UPDATE audit_logs SET chain_seq = %s WHERE id = %s", (seq, row_id))
@@ -150,11 +155,11 @@ async def test_two_rows_swapped_in_order_are_located(
 
 
 async def test_row_inserted_with_a_forged_hash_is_located(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
+    tamper_migrated_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     tenant_id, _ = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
     forged_id = uuid.uuid4()
-    with attacker(tamper_db.superuser_url) as conn:
+    with attacker(tamper_migrated_db.superuser_url) as conn:
         conn.execute(
             "INSERT INTO audit_logs (id, tenant_id, action, resource_type, chain_seq, prev_hash,"
             " row_hash) SELECT %s, tenant_id, 'document.delete', 'document', chain_seq + 1,"
@@ -171,10 +176,10 @@ async def test_row_inserted_with_a_forged_hash_is_located(
 
 
 async def test_truncated_tail_is_detected_by_the_chain_head(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
+    tamper_migrated_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     tenant_id, _ = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
-    with attacker(tamper_db.superuser_url) as conn:
+    with attacker(tamper_migrated_db.superuser_url) as conn:
         conn.execute("DELETE FROM audit_logs WHERE tenant_id = %s AND chain_seq > 3", (tenant_id,))
 
     report = await _verify(tamper_admin_sessions, tenant_id)
@@ -185,11 +190,11 @@ async def test_truncated_tail_is_detected_by_the_chain_head(
 
 
 async def test_truncated_tail_with_a_fixed_head_is_detected_against_an_anchor(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
+    tamper_migrated_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     tenant_id, _ = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
     anchor = await _anchor(tamper_admin_sessions, tenant_id)
-    with attacker(tamper_db.superuser_url) as conn:
+    with attacker(tamper_migrated_db.superuser_url) as conn:
         conn.execute("DELETE FROM audit_logs WHERE tenant_id = %s AND chain_seq > 3", (tenant_id,))
         conn.execute(
             "UPDATE audit_chain_heads SET last_seq = 3, last_hash = entry.row_hash"
@@ -209,11 +214,11 @@ async def test_truncated_tail_with_a_fixed_head_is_detected_against_an_anchor(
 
 
 async def test_wholesale_rewrite_is_detected_only_against_an_anchor(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
+    tamper_migrated_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     tenant_id, rows = await seed_chain(tamper_admin_sessions, CHAIN_LENGTH)
     anchor = await _anchor(tamper_admin_sessions, tenant_id)
-    with attacker(tamper_db.superuser_url) as conn:
+    with attacker(tamper_migrated_db.superuser_url) as conn:
         # The attacker knows the (public) encoding: change row 2 and recompute every later link.
         conn.execute("UPDATE audit_logs SET action = 'document.view' WHERE id = %s", (rows[1],))
         for seq in range(2, CHAIN_LENGTH + 1):
@@ -278,10 +283,10 @@ async def test_forged_anchor_is_rejected(
 
 
 async def test_a_broken_chain_is_not_anchored(
-    tamper_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
+    tamper_migrated_db: MigratedDatabase, tamper_admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     tenant_id, rows = await seed_chain(tamper_admin_sessions, 2)
-    with attacker(tamper_db.superuser_url) as conn:
+    with attacker(tamper_migrated_db.superuser_url) as conn:
         conn.execute("UPDATE audit_logs SET action = 'x' WHERE id = %s", (rows[0],))
 
     with pytest.raises(audit_anchor_service.AnchorError, match="broken"):

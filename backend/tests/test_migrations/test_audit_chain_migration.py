@@ -20,7 +20,6 @@ from app.database.session import admin_transaction, make_sessionmaker
 from app.services import audit_integrity as audit_integrity_service
 from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
-from tests.test_audit.conftest import create_migrated_database
 
 CHAIN_REVISION = "93494aa1d1dd"
 PARENT_REVISION = "be3034b43ca6"
@@ -29,7 +28,7 @@ PARENT_REVISION = "be3034b43ca6"
 @pytest.fixture
 def unchained_db(test_server: harness.TestServer) -> Iterator[MigratedDatabase]:
     """A throw-away database migrated to just before the chain."""
-    database = create_migrated_database(test_server, PARENT_REVISION)
+    database = harness.create_migrated_database(test_server, PARENT_REVISION)
     yield database
     harness.drop_database(test_server, database.name)
 

@@ -5,12 +5,15 @@ on everything else in the documents table, so these tests must not share it with
 leave rows behind.
 """
 
-from tests import own_database
+from tests.own_database import database_fixtures
 
-migrated_db = own_database.migrated_db
-settings = own_database.settings
-runtime_engine = own_database.runtime_engine
-runtime_sessions = own_database.runtime_sessions
-owner_engine = own_database.owner_engine
-admin_sessions = own_database.admin_sessions
-database = own_database.database
+(
+    database_set,
+    migrated_db,
+    settings,
+    runtime_engine,
+    runtime_sessions,
+    owner_engine,
+    admin_sessions,
+    database,
+) = database_fixtures()
