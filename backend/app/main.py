@@ -10,11 +10,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.api.errors import install_error_handlers
 from app.api.v1.router import api_router, dev_router
 from app.auth.dev_issuer import dev_issuer_for
 from app.auth.tokens import TokenVerifier, build_token_verifier
 from app.core.config import Settings, settings_or_exit
-from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.tenant_limits import TenantLimiter
 from app.database import Database

@@ -1,21 +1,12 @@
-"""Domain errors and the JSON error body every 4xx/5xx response carries."""
+"""Domain errors: what went wrong, in words safe to show a client, and the HTTP status it means.
+
+Raised by services, the auth layer and the middlewares alike (the admin CLI raises them too,
+without loading FastAPI); rendered as JSON at the edge (`app.api.errors`).
+"""
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
-if TYPE_CHECKING:
-    # Imported lazily below: the admin CLI raises these errors without loading FastAPI.
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from starlette.types import Receive, Scope, Send
-
-logger = logging.getLogger(__name__)
-
+from typing import Any
 
 # The fixed texts a client may see for database failures: never the driver's own message.
 INTERNAL_ERROR_MESSAGE = "internal error"
@@ -106,138 +97,3 @@ class ServiceUnavailableError(AppError):
 
     status_code = 503
     code = "service_unavailable"
-
-
-def error_body(
-    status_code: int, code: str, message: str, request: Request, **extra: Any
-) -> dict[str, Any]:
-    """The one JSON shape for errors: {"error": {code, message, request_id, ...}}."""
-    body: dict[str, Any] = {"code": code, "message": message}
-    request_id = getattr(request.state, "request_id", None)
-    if request_id:
-        body["request_id"] = request_id
-    body.update(extra)
-    return {"error": body}
-
-
-async def send_error(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    error: tuple[int, str, str],
-    headers: dict[str, str] | None = None,
-) -> None:
-    """Answer from a pure ASGI middleware with the same JSON error shape as the handlers."""
-    from starlette.requests import Request as StarletteRequest
-    from starlette.responses import JSONResponse
-
-    status_code, code, message = error
-    body = error_body(status_code, code, message, StarletteRequest(scope))
-    response = JSONResponse(body, status_code=status_code, headers=headers)
-    await response(scope, receive, send)
-
-
-# A statement ran past statement_timeout (57014 query_canceled) or waited past lock_timeout
-# (55P03 lock_not_available): the transaction is rolled back and the caller may retry.
-_TIMEOUT_SQLSTATES = {"57014", "55P03"}
-
-
-def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
-    details = []
-    for problem in exc.errors():
-        if problem.get("type") == "json_invalid":
-            # FastAPI's location is ("body", <character offset>): say so, not "1".
-            offset = problem.get("loc", ("body", "?"))[-1]
-            error = problem.get("ctx", {}).get("error", "invalid JSON")
-            details.append({"field": "body", "message": f"not valid JSON at {offset}: {error}"})
-            continue
-        location = [str(part) for part in problem.get("loc", ()) if part != "body"]
-        # Pydantic prefixes our validators' messages with "Value error, ": noise to a client.
-        message = str(problem.get("msg", "")).removeprefix("Value error, ")
-        details.append({"field": ".".join(location) or "body", "message": message})
-    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
-    return f"invalid request: {summary}", details
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Make every error a JSON body of the same shape; never a stack trace to the client."""
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    @app.exception_handler(AppError)
-    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
-        return JSONResponse(
-            error_body(exc.status_code, exc.code, exc.message, request, **exc.extra),
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, details = _describe_validation(exc)
-        return JSONResponse(
-            error_body(422, "validation_error", message, request, details=details),
-            status_code=422,
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
-            error_body(exc.status_code, code, str(exc.detail), request),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
-
-    @app.exception_handler(PoolTimeoutError)
-    async def _pool_timeout(request: Request, exc: PoolTimeoutError) -> JSONResponse:
-        logger.warning("database pool exhausted", extra={"error": type(exc).__name__})
-        return JSONResponse(
-            error_body(503, "service_unavailable", "the service is busy, retry shortly", request),
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
-
-    @app.exception_handler(DBAPIError)
-    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        # The driver's text can carry SQL, constraint names and other tenants' values: log it,
-        # never send it.
-        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-        logger.error(
-            "database error", extra={"sqlstate": sqlstate, "error": type(exc.orig).__name__}
-        )
-        if sqlstate in _TIMEOUT_SQLSTATES:
-            return JSONResponse(
-                error_body(
-                    503,
-                    "database_timeout",
-                    DATABASE_TIMEOUT_MESSAGE,
-                    request,
-                ),
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
-        if isinstance(exc, OperationalError | InterfaceError) or (sqlstate or "").startswith(
-            ("08", "57")
-        ):
-            return JSONResponse(
-                error_body(503, "service_unavailable", DATABASE_UNAVAILABLE_MESSAGE, request),
-                status_code=503,
-                headers={"Retry-After": "2"},
-            )
-        return JSONResponse(
-            error_body(500, "internal_error", INTERNAL_ERROR_MESSAGE, request), status_code=500
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
-        # Starlette answers unhandled errors from its outermost middleware, outside the one that
-        # adds X-Request-ID to every response, so the header is added here.
-        request_id = getattr(request.state, "request_id", None)
-        return JSONResponse(
-            error_body(500, "internal_error", INTERNAL_ERROR_MESSAGE, request),
-            status_code=500,
-            headers={"X-Request-ID": request_id} if request_id else None,
-        )

@@ -20,7 +20,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import send_error
+from app.api.errors import send_error
 from app.middleware.tenant_context import MAX_AUTHORIZATION_BYTES
 
 MAX_HEADER_BYTES = MAX_AUTHORIZATION_BYTES

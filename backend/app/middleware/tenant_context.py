@@ -1,20 +1,20 @@
 """The edge of the tenant context: the Authorization header is checked here, before anything.
 
-How a request gets its tenant: this middleware refuses an oversized (> 8 KiB, 431) or
-duplicated (400) Authorization header before any parsing of the token. The token itself is
-verified by `app.api.deps.authenticate` (no database), and the `TenantSession` dependency then
-opens the request's one transaction as `app_runtime` with `app.current_tenant_id` set through
-`app.database.tenant_context` (the only place that sets it) and resolves the caller in it. A
-dependency rather than a middleware owns the transaction because it must commit after the
-handler and *before* the response is sent, and because unauthenticated routes (health, docs)
-and 401s must not open a transaction at all.
+This middleware sets no tenant context: it refuses an oversized (> 8 KiB, 431) or duplicated
+(400) Authorization header before any parsing of the token. The token itself is verified by
+`app.api.deps.authenticate` (no database), and the request dependency then opens the request's
+one transaction with `app.database.session.tenant_transaction`, whose first statement sets the
+tenant context and looks the caller up. A dependency rather than a middleware owns the
+transaction because it must commit after the handler and *before* the response is sent, and
+because unauthenticated routes (health, docs) and 401s must not open a transaction at all.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.errors import send_error
+from app.api.errors import send_app_error
+from app.core.errors import AppError, HeaderTooLargeError
 
 MAX_AUTHORIZATION_BYTES = 8 * 1024
 
@@ -30,17 +30,20 @@ class AuthorizationHeaderGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        values = [value for name, value in scope.get("headers", []) if name == b"authorization"]
-        problem: tuple[int, str, str] | None = None
-        if len(values) > 1:
-            problem = (400, "bad_request", "send exactly one Authorization header")
-        elif values and len(values[0]) > MAX_AUTHORIZATION_BYTES:
-            problem = (
-                431,
-                "header_too_large",
-                f"the Authorization header is larger than {MAX_AUTHORIZATION_BYTES} bytes",
-            )
-        if problem is None:
-            await self.app(scope, receive, send)
+        try:
+            _check_authorization_header(scope)
+        except AppError as error:
+            await send_app_error(scope, receive, send, error)
             return
-        await send_error(scope, receive, send, problem)
+        await self.app(scope, receive, send)
+
+
+def _check_authorization_header(scope: Scope) -> None:
+    """AppError for more than one Authorization header (400) or one over 8 KiB (431)."""
+    values = [value for name, value in scope.get("headers", []) if name == b"authorization"]
+    if len(values) > 1:
+        raise AppError("send exactly one Authorization header")
+    if values and len(values[0]) > MAX_AUTHORIZATION_BYTES:
+        raise HeaderTooLargeError(
+            f"the Authorization header is larger than {MAX_AUTHORIZATION_BYTES} bytes"
+        )
