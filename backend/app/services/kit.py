@@ -1,11 +1,11 @@
-"""The service kit: who acts, and the scoped statement every tenant-scoped query starts from.
+"""The service kit: the scoped statement every tenant-scoped query starts from, and its helpers.
 
-A service function takes `(session, actor, ...)`, starts each query from its table's
-`TenantScoped.statement(actor)` (the tenant filter and the soft-delete default decided once,
-as Polar's repositories do with `get_base_statement`), `flush()`es and never commits: the
-caller's transaction (`app.database.session.tenant_transaction` or `admin_transaction`) owns
-it. RLS in the database is the backstop when a query forgets the filter; the filter is still
-written here, so the intent is readable and testable.
+A service function takes `(session, actor, ...)` (`app.services.actor.Actor`), starts each
+query from its table's `TenantScoped.statement(actor)` (the tenant filter and the soft-delete
+default decided once, as Polar's repositories do with `get_base_statement`), `flush()`es and
+never commits: the caller's transaction (`app.database.session.tenant_transaction` or
+`admin_transaction`) owns it. RLS in the database is the backstop when a query forgets the
+filter; the filter is still written here, so the intent is readable and testable.
 """
 
 from __future__ import annotations
