@@ -26,12 +26,10 @@ class AuthorizationHeaderGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Handle one ASGI call."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        """Handle one ASGI call: HTTP requests are checked, anything else passes."""
         try:
-            _check_authorization_header(scope)
+            if scope["type"] == "http":
+                _check_authorization_header(scope)
         except AppError as error:
             await send_app_error(scope, receive, send, error)
             return

@@ -88,9 +88,8 @@ async def list_documents(
     codec: CursorCodec,
 ) -> tuple[list[Document], str | None]:
     """One page of documents, newest first, and the cursor of the next page (None at the end)."""
-    include_deleted = actor.may_see_deleted(query.include_deleted)
     statement = DOCUMENTS.filtered(
-        DOCUMENTS.statement(actor, include_deleted=include_deleted),
+        DOCUMENTS.visible(actor, include_deleted=query.include_deleted),
         {Document.status: query.status, Document.content_type: query.content_type},
         created_after=query.created_after,
         created_before=query.created_before,

@@ -72,6 +72,10 @@ class TenantScoped(Generic[ModelT]):
             statement = statement.where(self.model.deleted_at.is_(None))  # type: ignore[attr-defined]
         return statement
 
+    def visible(self, actor: Actor, *, include_deleted: bool = False) -> Select[ModelT]:
+        """The base statement as a caller asked for it: deleted rows only for admins who ask."""
+        return self.statement(actor, include_deleted=actor.may_see_deleted(include_deleted))
+
     async def get_visible(
         self,
         session: AsyncSession,
@@ -80,7 +84,7 @@ class TenantScoped(Generic[ModelT]):
         *,
         include_deleted: bool = False,
     ) -> ModelT:
-        """A row as a caller asked for it: deleted ones only for admins who ask."""
+        """A row as a caller asked for it (see `visible`), or NotFoundError."""
         include_deleted = actor.may_see_deleted(include_deleted)
         return await self.get_or_404(session, actor, row_id, include_deleted=include_deleted)
 

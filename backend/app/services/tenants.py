@@ -36,7 +36,7 @@ async def list_tenants(
     session: AsyncSession, actor: Actor, *, include_deleted: bool = False
 ) -> list[Tenant]:
     """Tenants oldest first (the system tenant excluded); soft-deleted ones only on request."""
-    statement = TENANTS.statement(actor, include_deleted=actor.may_see_deleted(include_deleted))
+    statement = TENANTS.visible(actor, include_deleted=include_deleted)
     statement = statement.where(Tenant.id != _SYSTEM_TENANT).order_by(Tenant.created_at, Tenant.id)
     return list((await session.scalars(statement)).all())
 

@@ -67,7 +67,7 @@ async def list_users(
     session: AsyncSession, actor: Actor, *, include_deleted: bool = False
 ) -> list[User]:
     """The tenant's users, oldest first (the admin CLI's listing)."""
-    statement = USERS.statement(actor, include_deleted=actor.may_see_deleted(include_deleted))
+    statement = USERS.visible(actor, include_deleted=include_deleted)
     return list((await session.scalars(statement.order_by(User.created_at, User.id))).all())
 
 
@@ -79,8 +79,7 @@ async def page_users(
     codec: CursorCodec,
 ) -> tuple[list[User], str | None]:
     """One page of the tenant's users, newest first, and the next page's cursor."""
-    include_deleted = actor.may_see_deleted(query.include_deleted)
-    statement = USERS.statement(actor, include_deleted=include_deleted)
+    statement = USERS.visible(actor, include_deleted=query.include_deleted)
     return await USERS.page(session, actor, statement, page, codec, query.fingerprint())
 
 
