@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours fuzz
 
 help:
-	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
+	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000 (PORT=8010 for another)"
 	@echo "make test     lint + the whole test suite (embedded PostgreSQL unless TEST_DATABASE_URL is set)"
 	@echo "make lint     ruff check, ruff format --check, mypy (strict on app/)"
 	@echo "make migrate  alembic upgrade head"
@@ -31,8 +31,9 @@ $(STAMP): $(LOCK) backend/pyproject.toml
 
 install: $(STAMP)
 
+# make run PORT=8010 (the command line's PORT, else the environment's, else 8000).
 run: install
-	cd backend && $(BIN)/python -m app run
+	cd backend && $(BIN)/python -m app run $(if $(PORT),--port $(PORT))
 
 migrate: install
 	cd backend && $(BIN)/python -m app migrate

@@ -165,6 +165,8 @@ def install_error_handlers(app: FastAPI) -> None:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from app.middleware.no_store import PHI_RESPONSE_HEADERS
+
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
         return JSONResponse(
@@ -233,11 +235,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        # Starlette answers unhandled errors from its outermost middleware, outside the one that
-        # adds X-Request-ID to every response, so the header is added here.
+        # Starlette answers unhandled errors from its outermost middleware, outside the ones that
+        # add X-Request-ID and the PHI headers to every response, so they are added here.
         request_id = getattr(request.state, "request_id", None)
+        headers = dict(PHI_RESPONSE_HEADERS)
+        if request_id:
+            headers["X-Request-ID"] = request_id
         return JSONResponse(
             error_body(500, "internal_error", INTERNAL_ERROR_MESSAGE, request),
             status_code=500,
-            headers={"X-Request-ID": request_id} if request_id else None,
+            headers=headers,
         )

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.database import Database
 from app.database.migrations import head_revision
 from app.database.safety import runtime_role_problems
+from app.database.unavailable import describe_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,15 @@ async def readiness(database: Database) -> dict[str, str]:
             problems = await runtime_role_problems(connection)
             await connection.rollback()
     except (SQLAlchemyError, OSError) as exc:
-        logger.warning("readiness: database unreachable", extra={"error": type(exc).__name__})
+        # The cause (host:port and why) is for the operator's log, never the probe's response.
+        logger.warning(
+            "readiness: database unreachable",
+            extra={
+                "error": type(exc).__name__,
+                "cause": describe_unavailable(database.targets.runtime_url, exc)
+                or (str(exc).splitlines() or [type(exc).__name__])[0],
+            },
+        )
         return {
             **checks,
             "database": "unreachable",

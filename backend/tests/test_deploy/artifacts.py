@@ -66,8 +66,11 @@ TEMPLATE_OMITS: dict[str, str] = {
     "authentication)",
 }
 
+# --no-proxy-headers: forwarded headers are the app's job (TRUSTED_PROXIES), not uvicorn's, which
+# would otherwise believe X-Forwarded-For from 127.0.0.1 whatever the settings say.
 START_COMMAND = (
-    "exec uvicorn app.main:create_app --factory --host 0.0.0.0 --port ${PORT:-8000} --no-access-log"
+    "exec uvicorn app.main:create_app --factory --host 0.0.0.0 --port ${PORT:-8000}"
+    " --no-access-log --no-proxy-headers"
 )
 
 
