@@ -1,0 +1,57 @@
+"""Every API response, success or error, tells caches not to keep it and browsers not to sniff it."""
+
+from __future__ import annotations
+
+import httpx
+
+from app.core.config import Settings
+from app.main import create_app
+from tests.test_api.conftest import API, Api, Tenants, document_body
+
+PHI_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
+
+
+def assert_phi_headers(response: httpx.Response) -> None:
+    """The response carries exactly the PHI headers' values (one each, not appended to)."""
+    for name, value in PHI_HEADERS.items():
+        assert response.headers.get_list(name) == [value], (response.status_code, name)
+
+
+async def test_successes_and_errors_carry_the_phi_headers(api: Api, tenants: Tenants) -> None:
+    created = await api.client.post(
+        f"{API}/documents", json=document_body(), headers=tenants.admin.headers
+    )
+    assert created.status_code == 201
+    responses = [
+        created,
+        await api.client.get(
+            f"{API}/documents/{created.json()['id']}", headers=tenants.admin.headers
+        ),
+        await api.client.get(f"{API}/me"),  # 401
+        await api.client.get(f"{API}/no-such-route", headers=tenants.admin.headers),  # 404
+        await api.client.post(f"{API}/documents", json={}, headers=tenants.admin.headers),  # 422
+        await api.client.post(  # 413, answered before the body is parsed
+            f"{API}/documents",
+            content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+            headers={**tenants.admin.headers, "Content-Type": "application/json"},
+        ),
+        await api.client.get(f"{API}/health/live"),
+        await api.client.get("/openapi.json"),
+    ]
+    assert [r.status_code for r in responses] == [201, 200, 401, 404, 422, 413, 200, 200]
+    for response in responses:
+        assert_phi_headers(response)
+
+
+async def test_an_unhandled_500_carries_the_phi_headers(settings: Settings) -> None:
+    app = create_app(settings, database=None)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("unexpected")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/boom")
+    assert response.status_code == 500
+    assert_phi_headers(response)
