@@ -1,4 +1,4 @@
-"""Every API response, success or error, tells caches not to keep it and browsers not to sniff it."""
+"""Every API response, success or error, tells caches not to keep it and browsers not to sniff."""
 
 from __future__ import annotations
 
