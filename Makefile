@@ -31,9 +31,10 @@ $(STAMP): $(LOCK) backend/pyproject.toml
 
 install: $(STAMP)
 
-# make run PORT=8010 (the command line's PORT, else the environment's, else 8000).
+# make run PORT=8010 (the command line's PORT, else the environment's, else 8000). `exec`, so
+# a signal make passes on (an IDE's stop button) reaches the app, which stops its database.
 run: install
-	cd backend && $(BIN)/python -m app run $(if $(PORT),--port $(PORT))
+	cd backend && exec $(BIN)/python -m app run $(if $(PORT),--port $(PORT))
 
 migrate: install
 	cd backend && $(BIN)/python -m app migrate

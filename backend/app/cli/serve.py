@@ -101,7 +101,12 @@ def run(
             typer.echo(demo, nl=True)
         # Forwarded headers are the app's job (TRUSTED_PROXIES), never uvicorn's own guess.
         config = uvicorn.Config(
-            "app.main:create_app", factory=True, log_config=None, proxy_headers=False
+            "app.main:create_app",
+            factory=True,
+            host=host,  # for uvicorn's "running on" line: it serves the socket bound above
+            port=port,
+            log_config=None,
+            proxy_headers=False,
         )
         server = uvicorn.Server(config)
         # uvicorn stops gracefully on SIGINT and SIGTERM, then re-raises the signal (which our

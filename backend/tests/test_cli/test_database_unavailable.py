@@ -7,49 +7,31 @@ response only says "unreachable").
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import httpx
 import pytest
 
-from app.core.config import BACKEND_DIR, load_settings
+from app.core.config import load_settings
 from app.database import Database
 from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
 from app.database.unavailable import EXIT_DATABASE_UNAVAILABLE
 from app.main import create_app
 from tests.dev_server import free_port
+from tests.test_cli.conftest import RunCli
 
 CLOSED_PORT = free_port()  # nothing listens there: every connection is refused
 UNREACHABLE_URL = f"postgresql://postgres:pw@127.0.0.1:{CLOSED_PORT}/tenant_docs"
 EXPECTED = f"error: cannot reach the database at 127.0.0.1:{CLOSED_PORT}: Connection refused"
 
 
-def _run(*args: str, url: str = UNREACHABLE_URL) -> subprocess.CompletedProcess[str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name in {"PATH", "HOME", "LANG", "TMPDIR"} or name.startswith("PYTHON")
-    }
-    env.update(ENVIRONMENT="test", DATABASE_URL=url, APP_RUNTIME_PASSWORD="pw")
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        cwd=BACKEND_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     "command", [["migrate"], ["run", "--port", "0"], ["list-tenants"], ["create-tenant", "Acme"]]
 )
-def test_unreachable_database_is_one_line_with_host_port_and_cause(command: list[str]) -> None:
-    result = _run(*command)
+async def test_unreachable_database_is_one_line_with_host_port_and_cause(
+    run_cli: RunCli, command: list[str]
+) -> None:
+    result = await run_cli(*command, DATABASE_URL=UNREACHABLE_URL)
     assert result.returncode == EXIT_DATABASE_UNAVAILABLE, result.stderr
     assert result.stderr.strip().splitlines() == [EXPECTED]
     assert "API:" not in result.stdout  # `run` never announces a server it could not start
@@ -85,8 +67,8 @@ async def test_readiness_logs_where_and_why_the_database_is_unreachable(
     assert logged["cause"] == EXPECTED.removeprefix("error: ")
 
 
-def test_unknown_host_names_the_resolver_error() -> None:
-    result = _run("migrate", url="postgresql://u:p@no-such-host.invalid:5432/db")
+async def test_unknown_host_names_the_resolver_error(run_cli: RunCli) -> None:
+    result = await run_cli("migrate", DATABASE_URL="postgresql://u:p@no-such-host.invalid:5432/db")
     assert result.returncode == EXIT_DATABASE_UNAVAILABLE
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: cannot reach the database at no-such-host.invalid:5432: ")

@@ -167,4 +167,5 @@ def test_make_run_passes_port_through() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    assert "exec " in result.stdout
     assert "-m app run --port 8123" in result.stdout
