@@ -17,7 +17,7 @@ from app.core.config import ClientIpHeader
 
 
 class TrustedProxyClientAddress:
-    """Set the ASGI `client` from the proxy's header when the connecting peer is trusted.
+    """Take the ASGI `client` from the proxy's header when the connecting peer is trusted.
 
     X-Forwarded-For is uvicorn's ProxyHeadersMiddleware (right-most untrusted hop, also
     X-Forwarded-Proto). X-Real-IP, which Railway's edge sets and overwrites, is one address.
