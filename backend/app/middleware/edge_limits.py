@@ -9,7 +9,10 @@ of these requests costs a database transaction or more than one bounded pass ove
   → 413, without reading past the limit;
 - a body that is not `application/json` (or `application/*+json`) in UTF-8 → 415;
 - JSON nested deeper than MAX_JSON_DEPTH → 422. Python's parser recurses once per level, so
-  depth is measured without parsing (and without recursion) by peeling bracket pairs.
+  depth is measured without parsing, in one forward pass over the bytes (`scan_nesting`).
+
+All of this runs before the token is checked, so none of it may cost more than a constant
+per byte read (docs/SECURITY.md, "pre-authentication work superlinear in its input").
 
 Bodies within the limits are buffered (FastAPI reads them whole anyway) and replayed to the app.
 """
@@ -17,6 +20,7 @@ Bodies within the limits are buffered (FastAPI reads them whole anyway) and repl
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,34 +33,75 @@ MAX_HEADER_BYTES = MAX_AUTHORIZATION_BYTES
 MAX_TOTAL_HEADER_BYTES = 32 * 1024
 """Largest sum of all headers' names and values accepted."""
 
-_JSON_MEDIA_TYPE = re.compile(r"^application/(?:[a-z0-9.+-]+\+)?json$")
-# A JSON string literal (escapes included); strings may hold brackets that don't nest anything.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
-_CURLY_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json")
+
+# One token of the nesting scan, matched at the scan position (never searched for, so no byte
+# is looked at twice). First everything that cannot change the depth: bytes other than quotes
+# and brackets, and whole string literals (escapes included; an unterminated one runs to the
+# end); then the run of bytes up to the next string, which holds the next brackets. Every
+# quantifier is possessive and the alternatives start on different bytes, so nothing
+# backtracks: a match costs the bytes it consumes. (The regex this replaced searched for a
+# string from every quote and rescanned to the end each time: quadratic on `\"` repeated.)
+_NESTING_TOKEN = re.compile(rb'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\[\s\S]?[^"\\]*+)*+"?)*+([^"]*+)')
+_DEPTH_CHANGE = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
 
 Problem = tuple[int, str, str]
 
 
-def nesting_problem(body: bytes, max_depth: int) -> str | None:
-    """Why `body` can't be parsed safely as JSON nested at most `max_depth` deep, or None.
+@dataclass(frozen=True)
+class NestingScan:
+    """What the nesting scan found, and the work it did to find it."""
 
-    Strings are removed, then only brackets kept; each pass removes every adjacent `[]` pair,
-    i.e. one level of the deepest nesting, so `max_depth` passes empty any valid JSON that is
-    shallow enough. Cost: at most `max_depth` C-speed passes, and one for typical bodies.
+    problem: str | None
+    steps: int
+    """Loop iterations: one per token plus one per byte walked one by one."""
+    bytes_scanned: int
+    """How far the scan got; each byte before it was consumed by exactly one token."""
+
+
+def scan_nesting(body: bytes, max_depth: int) -> NestingScan:
+    """Check in one forward pass over `body` that its JSON nests at most `max_depth` deep.
+
+    A state machine over tokens (see _NESTING_TOKEN): strings are skipped whole, escapes
+    included, and the depth changes by the brackets between them. A run of brackets that cannot
+    reach the limit (depth + its openers <= max_depth) is counted at C speed; only a run that
+    might is walked byte by byte, and the walk stops at the first level past the limit. Each
+    token but the last consumes at least one byte, so `steps` <= 2 * len(body) + 1.
     """
-    structure = _JSON_STRING.sub(b"", body).translate(_CURLY_AS_SQUARE, _NOT_BRACKETS)
-    if len(structure) <= 2 * max_depth:
-        return None  # too few brackets to nest deeper than the limit; the parser checks the rest
-    for _ in range(max_depth):
-        peeled = structure.replace(b"[]", b"")
-        if not peeled:
-            return None
-        if len(peeled) == len(structure):
-            # Valid JSON always has an innermost pair; without one the brackets don't match.
-            return "the request body is not valid JSON (its brackets don't match)"
-        structure = peeled
-    return f"the JSON body is nested more than {max_depth} levels deep"
+    depth = 0
+    steps = 0
+    position = 0
+    while True:
+        token = _NESTING_TOKEN.match(body, position)
+        assert token is not None  # the pattern matches the empty string
+        steps += 1
+        run = token.group(1)
+        position = token.end()
+        if not run:
+            return NestingScan(None, steps, position)  # the end of the body (or of an open string)
+        openers = run.count(b"[") + run.count(b"{")
+        if depth + openers <= max_depth:
+            depth += openers - run.count(b"]") - run.count(b"}")
+        else:
+            for byte in run:
+                steps += 1
+                depth += _DEPTH_CHANGE[byte]
+                if depth > max_depth:
+                    return NestingScan(
+                        f"the JSON body is nested more than {max_depth} levels deep",
+                        steps,
+                        position,
+                    )
+        if depth < 0:
+            # Valid JSON never closes more than it opened; the parser needn't see it.
+            return NestingScan(
+                "the request body is not valid JSON (its brackets don't match)", steps, position
+            )
+
+
+def nesting_problem(body: bytes, max_depth: int) -> str | None:
+    """Why `body` can't be parsed safely as JSON nested at most `max_depth` deep, or None."""
+    return scan_nesting(body, max_depth).problem
 
 
 def _header_problem(headers: list[tuple[bytes, bytes]]) -> Problem | None:
@@ -78,7 +123,7 @@ def _header_problem(headers: list[tuple[bytes, bytes]]) -> Problem | None:
 
 def _content_type_problem(content_type: bytes | None) -> Problem | None:
     media_type, _, parameters = (content_type or b"").decode("latin-1").partition(";")
-    if not _JSON_MEDIA_TYPE.match(media_type.strip().lower()):
+    if not _JSON_MEDIA_TYPE.fullmatch(media_type.strip().lower()):
         return (
             415,
             "unsupported_media_type",
