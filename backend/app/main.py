@@ -16,7 +16,7 @@ from app.auth.tokens import TokenVerifier, build_token_verifier
 from app.core.config import Settings, settings_or_exit
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
-from app.core.tenant_limits import TenantLimiter
+from app.core.tenant_limits import CallerAdmission, TenantLimiter
 from app.database import Database
 from app.database.engine import build_runtime_engine, resolve_targets
 from app.database.safety import login_is_privileged, runtime_role_problems
@@ -93,6 +93,7 @@ def create_app(
     if database is not None:
         app.state.database = database
     app.state.tenant_limiter = TenantLimiter.from_settings(settings)
+    app.state.caller_admission = CallerAdmission(app.state.tenant_limiter)
     install_error_handlers(app)
     # Innermost of the middlewares (added first), so their 4xx carry CORS and request id; the
     # Authorization guard (outside the edge limits) answers before any body is read.
