@@ -24,6 +24,7 @@ from app.database.session import make_sessionmaker
 from app.middleware.edge_limits import EdgeLimits
 from app.middleware.request_id import RequestIdMiddleware
 from app.middleware.tenant_context import AuthorizationHeaderGuard
+from app.services import health as health_service
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def create_app(
         app.state.database = database
     app.state.tenant_limiter = TenantLimiter.from_settings(settings)
     app.state.caller_admission = CallerAdmission(app.state.tenant_limiter)
+    app.state.readiness_probe = health_service.ReadinessProbe()
     install_error_handlers(app)
     # Innermost of the middlewares (added first), so their 4xx carry CORS and request id; the
     # Authorization guard (outside the edge limits) answers before any body is read.
