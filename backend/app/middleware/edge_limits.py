@@ -9,7 +9,7 @@ of these requests costs a database transaction or more than one bounded pass ove
   → 413, without reading past the limit;
 - a body that is not `application/json` (or `application/*+json`) in UTF-8 → 415;
 - JSON nested deeper than MAX_JSON_DEPTH → 422. Python's parser recurses once per level, so
-  depth is measured without parsing, in one forward pass over the bytes (`scan_nesting`).
+  depth is measured without parsing, in work linear in the body (`scan_nesting`).
 
 All of this runs before the token is checked, so none of it may cost more than a constant
 per byte read (docs/SECURITY.md, "pre-authentication work superlinear in its input").
@@ -35,15 +35,14 @@ MAX_TOTAL_HEADER_BYTES = 32 * 1024
 
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json")
 
-# One token of the nesting scan, matched at the scan position (never searched for, so no byte
-# is looked at twice). First everything that cannot change the depth: bytes other than quotes
-# and brackets, and whole string literals (escapes included; an unterminated one runs to the
-# end); then the run of bytes up to the next string, which holds the next brackets. Every
-# quantifier is possessive and the alternatives start on different bytes, so nothing
-# backtracks: a match costs the bytes it consumes. (The regex this replaced searched for a
-# string from every quote and rescanned to the end each time: quadratic on `\"` repeated.)
-_NESTING_TOKEN = re.compile(rb'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\[\s\S]?[^"\\]*+)*+"?)*+([^"]*+)')
-_DEPTH_CHANGE = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
+# A JSON string literal, escapes included. It starts with a quote and can't fail after it (an
+# unterminated one runs to the end of the body), and every quantifier is possessive: so a
+# search tries each position once and a match consumes each byte once. (The pattern this
+# replaced could fail on an unterminated string and was retried from every later quote, each
+# time to the end of the body: quadratic on `\"` repeated, issue 13.)
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\[\s\S]?[^"\\]*+)*+"?')
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_CURLY_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
 
 Problem = tuple[int, str, str]
 
@@ -54,49 +53,38 @@ class NestingScan:
 
     problem: str | None
     steps: int
-    """Loop iterations: one per token plus one per byte walked one by one."""
-    bytes_scanned: int
-    """How far the scan got; each byte before it was consumed by exactly one token."""
+    """Strings cut out plus loop iterations over the brackets; at most len(body) + 1."""
 
 
 def scan_nesting(body: bytes, max_depth: int) -> NestingScan:
-    """Check in one forward pass over `body` that its JSON nests at most `max_depth` deep.
+    """Check that the JSON in `body` nests at most `max_depth` deep, in work linear in its size.
 
-    A state machine over tokens (see _NESTING_TOKEN): strings are skipped whole, escapes
-    included, and the depth changes by the brackets between them. A run of brackets that cannot
-    reach the limit (depth + its openers <= max_depth) is counted at C speed; only a run that
-    might is walked byte by byte, and the walk stops at the first level past the limit. Each
-    token but the last consumes at least one byte, so `steps` <= 2 * len(body) + 1.
+    Strings are cut out (one forward regex pass, see _JSON_STRING), then only the brackets kept,
+    and the depth followed through them left to right, stopping at the first level past the
+    limit. A stretch of `max_depth - depth` brackets can't go past it, so it is taken in one step
+    (its openers counted at C speed); near the limit the walk goes one bracket at a time.
     """
+    structure, strings = _JSON_STRING.subn(b"", body)
+    brackets = structure.translate(_CURLY_AS_SQUARE, _NOT_BRACKETS)
+    steps = strings + 1
+    if brackets.count(b"[") <= max_depth:
+        return NestingScan(None, steps)  # too few to nest too deep; the parser checks the rest
     depth = 0
-    steps = 0
     position = 0
-    while True:
-        token = _NESTING_TOKEN.match(body, position)
-        assert token is not None  # the pattern matches the empty string
+    while position < len(brackets):
+        stretch_end = min(len(brackets), position + max(1, max_depth - depth))
+        openers = brackets.count(b"[", position, stretch_end)
+        depth += 2 * openers - (stretch_end - position)
+        position = stretch_end
         steps += 1
-        run = token.group(1)
-        position = token.end()
-        if not run:
-            return NestingScan(None, steps, position)  # the end of the body (or of an open string)
-        openers = run.count(b"[") + run.count(b"{")
-        if depth + openers <= max_depth:
-            depth += openers - run.count(b"]") - run.count(b"}")
-        else:
-            for byte in run:
-                steps += 1
-                depth += _DEPTH_CHANGE[byte]
-                if depth > max_depth:
-                    return NestingScan(
-                        f"the JSON body is nested more than {max_depth} levels deep",
-                        steps,
-                        position,
-                    )
+        if depth > max_depth:
+            return NestingScan(f"the JSON body is nested more than {max_depth} levels deep", steps)
         if depth < 0:
-            # Valid JSON never closes more than it opened; the parser needn't see it.
+            # Valid JSON never closes more than it opened.
             return NestingScan(
-                "the request body is not valid JSON (its brackets don't match)", steps, position
+                "the request body is not valid JSON (its brackets don't match)", steps
             )
+    return NestingScan(None, steps)
 
 
 def nesting_problem(body: bytes, max_depth: int) -> str | None:

@@ -1,6 +1,6 @@
 """The JSON nesting scan runs before authentication: its work must be linear in the body.
 
-Asserted on the work the scanner reports (loop iterations and bytes consumed), never on time;
+Asserted on the work the scanner reports (strings cut out plus loop iterations), never on time;
 `make bench-edge` shows the time. The bodies are the shapes that make a JSON scanner rescan or
 backtrack: escaped quotes (the quadratic case of issue 13), open strings, many quotes, deep and
 dense brackets.
@@ -51,8 +51,7 @@ def test_scan_work_is_linear_in_the_body_for_pathological_bodies(name: str) -> N
     body = PATHOLOGICAL_BODIES[name]
     assert len(body) > MIB - 16
     scan = scan_nesting(body, MAX_DEPTH)
-    assert scan.bytes_scanned <= len(body)
-    assert scan.steps <= 2 * len(body) + 1, (name, scan.steps)
+    assert scan.steps <= len(body) + 1, (name, scan.steps)
 
 
 @pytest.mark.parametrize(
@@ -63,15 +62,13 @@ def test_scan_work_is_linear_in_the_body_for_pathological_bodies(name: str) -> N
         "escaped quotes after one quote",
         "unterminated string",
         "unterminated string ending in a backslash",
-        "quotes only",
         "backslashes only",
         "long string",
         "deep arrays",
-        "deep objects",
     ],
 )
 def test_strings_are_skipped_whole_and_deep_nesting_stops_at_the_limit(name: str) -> None:
-    """The shapes of issue 13 cost a handful of loop iterations, not one per byte or quote."""
+    """The shapes of issue 13 cost a handful of steps, not one per byte or escaped quote."""
     scan = scan_nesting(PATHOLOGICAL_BODIES[name], MAX_DEPTH)
     assert scan.steps <= 2 * MAX_DEPTH + 8, (name, scan.steps)
 
@@ -83,7 +80,10 @@ def test_verdicts_on_the_pathological_bodies() -> None:
     }
     assert deep in (verdicts["deep arrays"] or "")
     assert deep in (verdicts["deep objects"] or "")
-    assert "brackets don't match" in (verdicts["closers only"] or "")
+    # Too few openers to nest too deep: the parser refuses it (422), without recursing.
+    assert verdicts["closers only"] is None
+    mismatched = scan_nesting(b"]" * 40 + b"[" * 40, MAX_DEPTH).problem
+    assert "brackets don't match" in (mismatched or "")
     for name in ("escaped quotes in a string", "long string", "dense shallow brackets"):
         assert verdicts[name] is None, name
     # At the limit exactly: every run is walked byte by byte, and none goes past it.
@@ -118,8 +118,7 @@ _STRUCTURAL_BYTES = st.lists(
 @given(body=st.binary(max_size=2000) | _STRUCTURAL_BYTES, max_depth=st.integers(0, 40))
 def test_fuzz_any_bytes_within_the_work_bound(body: bytes, max_depth: int) -> None:
     scan = scan_nesting(body, max_depth)
-    assert scan.bytes_scanned <= len(body)
-    assert scan.steps <= 2 * len(body) + 1
+    assert scan.steps <= len(body) + 1
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -132,4 +131,4 @@ def test_fuzz_agrees_with_the_parser_on_valid_json(
     depth = _depth(json.loads(body))
     scan = scan_nesting(body, max_depth)
     assert (scan.problem is None) == (depth <= max_depth), (body[:200], depth, scan)
-    assert scan.steps <= 2 * len(body) + 1
+    assert scan.steps <= len(body) + 1
