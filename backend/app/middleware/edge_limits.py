@@ -43,6 +43,8 @@ _JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json")
 _JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\[\s\S]?[^"\\]*+)*+"?')
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _CURLY_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
+_OPENER = ord("[")
+_COUNTED_STRETCH = 8  # below this much room, walking bracket by bracket is cheaper than counting
 
 Problem = tuple[int, str, str]
 
@@ -72,10 +74,15 @@ def scan_nesting(body: bytes, max_depth: int) -> NestingScan:
     depth = 0
     position = 0
     while position < len(brackets):
-        stretch_end = min(len(brackets), position + max(1, max_depth - depth))
-        openers = brackets.count(b"[", position, stretch_end)
-        depth += 2 * openers - (stretch_end - position)
-        position = stretch_end
+        room = max_depth - depth
+        if room >= _COUNTED_STRETCH:
+            stretch_end = min(len(brackets), position + room)
+            openers = brackets.count(b"[", position, stretch_end)
+            depth += 2 * openers - (stretch_end - position)
+            position = stretch_end
+        else:  # near the limit: one bracket at a time (cheaper than a count of one or two)
+            depth += 1 if brackets[position] == _OPENER else -1
+            position += 1
         steps += 1
         if depth > max_depth:
             return NestingScan(f"the JSON body is nested more than {max_depth} levels deep", steps)

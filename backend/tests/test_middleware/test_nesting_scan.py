@@ -43,6 +43,7 @@ PATHOLOGICAL_BODIES = {
     "dense strings": _fill(b'"",', b"[", b'""]'),
     "closers only": _fill(b"]"),
     "numbers": _fill(b"0.5,", b"[", b"1]"),
+    "many small objects": _fill(b'{"a": [1, "x"], "b": "yy"},', b"[", b"1]"),
 }
 
 
@@ -88,7 +89,7 @@ def test_verdicts_on_the_pathological_bodies() -> None:
         assert verdicts[name] is None, name
     # At the limit exactly: every run is walked byte by byte, and none goes past it.
     assert verdicts["deep just under the limit, then dense"] is None
-    for name in ("dense brackets and strings", "dense strings", "numbers"):
+    for name in ("dense brackets and strings", "dense strings", "numbers", "many small objects"):
         assert verdicts[name] is None, name
 
 
