@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours fuzz
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours bench-edge fuzz
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000 (PORT=8010 for another)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
 	@echo "make bench-http HTTP-level cost: the app under load, each route vs its no-auth baseline"
+	@echo "make bench-edge  the edge's JSON nesting scan on pathological 1 MiB bodies vs a plain one"
 	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
 	@echo "make fuzz     10,000-operation leak fuzz + schemathesis stateful run (ARGS='--seed 1 --ops 20000')"
 
@@ -52,6 +53,8 @@ test-only: install
 
 bench-audit: install
 	cd backend && $(BIN)/python -m bench.audit_chain
+bench-edge: install
+	cd backend && $(BIN)/python -m bench.edge_scan $(ARGS)
 bench-vector: install
 	cd backend && $(BIN)/python bench/vector_search.py $(BENCH_ARGS)
 

@@ -16,7 +16,7 @@ from app.auth.tokens import TokenVerifier, build_token_verifier
 from app.core.config import Settings, settings_or_exit
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
-from app.core.tenant_limits import TenantLimiter
+from app.core.tenant_limits import CallerAdmission, TenantLimiter
 from app.database import Database
 from app.database.engine import build_runtime_engine, resolve_targets
 from app.database.safety import login_is_privileged, runtime_role_problems
@@ -27,6 +27,7 @@ from app.middleware.edge_limits import EdgeLimits
 from app.middleware.no_store import PhiResponseHeaders
 from app.middleware.request_id import RequestIdMiddleware
 from app.middleware.tenant_context import AuthorizationHeaderGuard
+from app.services import health as health_service
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ def create_app(
     if database is not None:
         app.state.database = database
     app.state.tenant_limiter = TenantLimiter.from_settings(settings)
+    app.state.caller_admission = CallerAdmission(app.state.tenant_limiter)
+    app.state.readiness_probe = health_service.ReadinessProbe()
     install_error_handlers(app)
     # Innermost of the middlewares (added first), so their 4xx carry CORS and request id; the
     # Authorization guard (outside the edge limits) answers before any body is read.
