@@ -29,7 +29,7 @@ MAX_HEADER_BYTES = MAX_AUTHORIZATION_BYTES
 MAX_TOTAL_HEADER_BYTES = 32 * 1024
 """Largest sum of all headers' names and values accepted."""
 
-_JSON_MEDIA_TYPE = re.compile(r"^application/(?:[a-z0-9.+-]+\+)?json$")
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json")  # fullmatch()
 # A JSON string literal (escapes included); strings may hold brackets that don't nest anything.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
@@ -78,7 +78,7 @@ def _header_problem(headers: list[tuple[bytes, bytes]]) -> Problem | None:
 
 def _content_type_problem(content_type: bytes | None) -> Problem | None:
     media_type, _, parameters = (content_type or b"").decode("latin-1").partition(";")
-    if not _JSON_MEDIA_TYPE.match(media_type.strip().lower()):
+    if not _JSON_MEDIA_TYPE.fullmatch(media_type.strip().lower()):
         return (
             415,
             "unsupported_media_type",

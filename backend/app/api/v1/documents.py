@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import CurrentContext, TenantSession, require_admin
+from app.api.deps import AdminContext, CurrentContext, TenantSession, require_admin
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, json_object
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
@@ -20,6 +20,9 @@ router = APIRouter(prefix="/documents", tags=["documents"], responses=API_ERRORS
 
 _NOT_FOUND: Responses = {
     404: error_response("No such document in your tenant (the same for other tenants' ids).")
+}
+_ADMINS_ONLY: Responses = {
+    403: error_response("Only admins of the tenant may do this (or the token's user is inactive).")
 }
 _ADMINS_FOR_DELETED: Responses = {
     403: error_response("`include_deleted=true` is for admins; or the token's user is inactive.")
@@ -152,11 +155,15 @@ async def delete_document(
 @router.post(
     "/{document_id}/restore",
     response_model=schemas.Document,
-    responses=_NOT_FOUND,
-    summary="Restore a soft-deleted document",
+    responses={**_NOT_FOUND, **_ADMINS_ONLY},
+    summary="Restore a soft-deleted document (admins)",
 )
 async def restore_document(
-    document_id: uuid.UUID, session: TenantSession, context: CurrentContext
+    document_id: uuid.UUID, session: TenantSession, context: AdminContext
 ) -> schemas.Document:
-    """Make a soft-deleted document active again (an active one is returned unchanged)."""
+    """Make a soft-deleted document active again (an active one is returned unchanged).
+
+    Admins only, like every other way to reach soft-deleted rows: a member gets 403 before any
+    lookup, so the answer says nothing about whether the id exists (docs/SECURITY.md).
+    """
     return _out(await documents_service.restore_document(session, context, document_id))
