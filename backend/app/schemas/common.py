@@ -7,7 +7,7 @@ import math
 from typing import Annotated, Any
 
 import numpy
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from app.models.document import EMBEDDING_DIMENSIONS
 
@@ -15,10 +15,41 @@ METADATA_MAX_BYTES = 64 * 1024
 METADATA_MAX_DEPTH = 10
 
 
+def refuse_unencodable(value: Any) -> Any:
+    """Refuse a lone surrogate (JSON `"\\ud800"`) anywhere in a value: UTF-8 cannot hold it.
+
+    Python's json accepts such escapes; PostgreSQL, the JSON encoder of the response and the
+    logs cannot encode the result, so it must stop here as a 422, not fail later as a 500.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (no lone surrogates such as \\ud800)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_unencodable(key)
+            refuse_unencodable(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            refuse_unencodable(item)
+    return value
+
+
 class RequestModel(BaseModel):
-    """Request bodies: unknown fields are refused and types are not coerced."""
+    """Request bodies: unknown fields are refused, types are not coerced, text is valid Unicode.
+
+    The one check for every string of every request body (nested strings, dict keys and list
+    items too) is the `*` validator below: a new field of a new request model gets it by
+    inheriting from this class, so no field can forget it.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _refuse_unencodable(cls, value: Any) -> Any:
+        return refuse_unencodable(value)
 
 
 class ResponseModel(BaseModel):
