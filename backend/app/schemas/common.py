@@ -25,7 +25,9 @@ def refuse_unencodable(value: Any) -> Any:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError("must be valid Unicode text (no lone surrogates such as \\ud800)")
+            raise ValueError(
+                "must be valid Unicode text (no lone surrogates such as \\ud800)"
+            ) from None
     elif isinstance(value, dict):
         for key, item in value.items():
             refuse_unencodable(key)

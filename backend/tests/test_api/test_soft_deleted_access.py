@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 
-
 from app.core.config import Settings
 from app.main import create_app
 from tests.test_api.conftest import API, Api, Tenants

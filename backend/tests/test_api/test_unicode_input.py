@@ -107,9 +107,7 @@ async def test_every_body_field_refuses_a_lone_surrogate_with_422(
         schema = operation["requestBody"]["content"]["application/json"]["schema"]
         url = path.replace("{document_id}", document["id"])
         base = _example(spec, schema)
-        valid = await api.client.request(
-            method, url, json=base, headers=tenants.admin.headers
-        )
+        valid = await api.client.request(method, url, json=base, headers=tenants.admin.headers)
         assert valid.status_code < 300 or valid.status_code == 409, (path, valid.text)
         before = await api.counts()
         probes = [((SURROGATE,), 1)]  # an unknown key that is itself a lone surrogate
