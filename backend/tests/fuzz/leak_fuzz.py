@@ -1054,14 +1054,15 @@ class LeakFuzzer:
 
     async def _op_restore_document(self, op: Op, tenant: TenantState, caller: UserState) -> None:
         target_id, document = self._document(tenant, op.args["target"])
-        if caller.deleted:
-            expected = 403
+        if caller.deleted or caller.role != "admin":
+            expected = 403  # soft-deleted rows are for admins only
         elif document is None:
             expected = 404
         else:
             expected = 200  # restoring an active document is an idempotent no-op
 
         async def service(session: AsyncSession, context: RequestContext) -> tuple[int, Any]:
+            require_admin(context)
             restored = await documents_service.restore_document(session, context, target_id)
             return 200, self._document_payload(restored)
 
@@ -1342,7 +1343,9 @@ class LeakFuzzer:
             {
                 key: n
                 for key, n in tenant.audit.items()
-                if resource_id is None or key[1] == str(resource_id)
+                if (resource_id is None or key[1] == str(resource_id))
+                # Members read only their own actions' rows (docs/SECURITY.md, minimum necessary).
+                and (caller.role == "admin" or key[2] == caller.id)
             }
         )
         if got != want:
