@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import AdminContext, CurrentContext, TenantSession, require_admin
-from app.api.params import CursorCodecDep, PageDep, SettingsDep, json_object
+from app.api.params import CursorCodecDep, PageDep, SettingsDep, metadata_filter
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
-from app.schemas.common import Text
+from app.schemas.common import FILTER_LIMITS_TEXT, FILTER_MAX_BYTES, Text
 from app.services import documents as documents_service
 from app.services.vector_search import SearchFilters
 
@@ -59,8 +59,10 @@ async def list_documents(
     metadata: Annotated[
         str | None,
         Query(
-            max_length=65536,
-            description="JSON object the metadata must contain (JSONB `@>`, GIN-indexed)",
+            # Room for whitespace and \u escapes around a filter of FILTER_MAX_BYTES.
+            max_length=4 * FILTER_MAX_BYTES,
+            description="JSON object the metadata must contain (JSONB `@>`, GIN-indexed). "
+            + FILTER_LIMITS_TEXT,
             examples=['{"department":"cardiology"}'],
         ),
     ] = None,
@@ -74,7 +76,7 @@ async def list_documents(
         content_type=content_type,
         created_after=created_after,
         created_before=created_before,
-        metadata_contains=json_object(metadata, "metadata"),
+        metadata_contains=metadata_filter(metadata, "metadata"),
         include_deleted=include_deleted,
     )
     rows, next_cursor = await documents_service.list_documents(session, context, query, page, codec)
