@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import sys
 from enum import StrEnum
 from functools import lru_cache
@@ -15,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from app.core import signing
+from app.core import secret_files, signing
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 # The one `.env` the app reads: the repository root's (where .env.example and docker compose put
@@ -129,6 +130,8 @@ class Settings(BaseSettings):
 
     # API behaviour.
     CURSOR_SECRET: SecretStr | None = None
+    # Outside production, an unset CURSOR_SECRET means a random one kept here (mode 0600).
+    CURSOR_SECRET_FILE: Path = BACKEND_DIR / ".data" / "cursor-secret"
     AUDIT_DOCUMENT_READS: bool = False
 
     # Benchmarks (`make bench-http`): unauthenticated twins of the API's routes under
@@ -282,10 +285,16 @@ class Settings(BaseSettings):
 
     @property
     def cursor_secret(self) -> bytes:
-        """Key that signs pagination cursors (a fixed development key outside production)."""
+        """Key that signs pagination cursors: CURSOR_SECRET, else this installation's own.
+
+        Outside production an unset CURSOR_SECRET means a random key kept in CURSOR_SECRET_FILE
+        (created on first use, mode 0600), never a constant that anyone could sign cursors with.
+        """
         if self.CURSOR_SECRET is not None:
             return self.CURSOR_SECRET.get_secret_value().encode()
-        return b"development-only-cursor-secret"
+        if self.is_production:
+            raise SettingsError("CURSOR_SECRET: required when ENVIRONMENT=production")
+        return secret_files.read_or_create(self.CURSOR_SECRET_FILE, lambda: secrets.token_bytes(32))
 
     @property
     def is_production(self) -> bool:

@@ -142,6 +142,11 @@ async def send_error(
 _TIMEOUT_SQLSTATES = {"57014", "55P03"}
 
 
+def _printable(value: object) -> str:
+    """Text safe to put in a UTF-8 response: a lone surrogate (e.g. a JSON key) is escaped."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     details = []
     for problem in exc.errors():
@@ -151,9 +156,9 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
             error = problem.get("ctx", {}).get("error", "invalid JSON")
             details.append({"field": "body", "message": f"not valid JSON at {offset}: {error}"})
             continue
-        location = [str(part) for part in problem.get("loc", ()) if part != "body"]
+        location = [_printable(part) for part in problem.get("loc", ()) if part != "body"]
         # Pydantic prefixes our validators' messages with "Value error, ": noise to a client.
-        message = str(problem.get("msg", "")).removeprefix("Value error, ")
+        message = _printable(problem.get("msg", "")).removeprefix("Value error, ")
         details.append({"field": ".".join(location) or "body", "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
     return f"invalid request: {summary}", details
