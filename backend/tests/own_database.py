@@ -55,6 +55,7 @@ def open_database_set(
         OIDC_ISSUER_URL=issuer_server.url,
         OIDC_CLIENT_ID=issuer_server.issuer.audience,
         DEV_ISSUER_KEY_FILE=dev_key_file,
+        CURSOR_SECRET_FILE=dev_key_file.with_name("cursor-secret"),
     )
     targets = targets_for(migrated.owner_url, harness.RUNTIME_PASSWORD)
     # The engine request handlers use: logged in as app_runtime.

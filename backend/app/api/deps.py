@@ -22,10 +22,10 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.admission import AdmissionTicket, CallerAdmission
 from app.auth.identity import VerifiedIdentity
 from app.auth.tokens import TokenVerifier
-from app.core.errors import UnauthorizedError
-from app.core.tenant_limits import TenantLimiter
+from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
 from app.database.session import tenant_transaction
 from app.services import callers as callers_service
@@ -66,13 +66,23 @@ async def authenticate(
     return await verifier.verify(token)
 
 
+@dataclass(frozen=True)
+class _Admitted:
+    identity: VerifiedIdentity
+    ticket: AdmissionTicket
+
+
 async def _admitted(
     request: Request, identity: Annotated[VerifiedIdentity, Depends(authenticate)]
-) -> AsyncIterator[VerifiedIdentity]:
-    """The verified caller, holding one of its tenant's slots (429 when over the limits)."""
-    limiter: TenantLimiter = request.app.state.tenant_limiter
-    async with limiter.admit(identity.tenant_id):
-        yield identity
+) -> AsyncIterator[_Admitted]:
+    """The verified caller, holding one of its tenant's slots (429 when over the limits).
+
+    An identity the caller lookup refused recently holds a slot of its own instead, so it never
+    spends its tenant's budget (app.api.admission.CallerAdmission).
+    """
+    admission: CallerAdmission = request.app.state.caller_admission
+    async with admission.admit((identity.tenant_id, identity.subject)) as ticket:
+        yield _Admitted(identity, ticket)
 
 
 @dataclass(frozen=True)
@@ -85,14 +95,21 @@ class _TenantRequest:
 async def _tenant_request(
     request: Request,
     # Admitted before the transaction opens, released after it ends (scope="function").
-    identity: Annotated[VerifiedIdentity, Depends(_admitted, scope="function")],
+    admitted: Annotated[_Admitted, Depends(_admitted, scope="function")],
 ) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
+    identity = admitted.identity
     transaction = tenant_transaction(
         database.sessions, identity.tenant_id, opening=callers_service.caller_lookup(identity)
     )
     async with transaction as session:
-        caller = await callers_service.resolve_caller(session, identity, transaction.opening_rows)
+        try:
+            caller = await callers_service.resolve_caller(
+                session, identity, transaction.opening_rows
+            )
+        except ForbiddenError:
+            admitted.ticket.refuse()  # charged back to the identity, not the tenant
+            raise
         user_agent = request.headers.get("user-agent")
         actor = Actor.user(
             tenant_id=caller.tenant_id,

@@ -35,9 +35,17 @@ async def list_audit_logs(
     page: PageRequest,
     codec: CursorCodec,
 ) -> tuple[list[AuditLog], str | None]:
-    """One page of the tenant's audit events, newest first."""
+    """One page of the audit events `actor` may read, newest first.
+
+    Admins read the tenant's whole log; a member reads only the rows of their own actions
+    (HIPAA minimum necessary: other users' IP addresses, user agents and activity are not
+    needed for a member's work; docs/SECURITY.md).
+    """
+    statement = AUDIT_LOGS.statement(actor)
+    if not actor.is_admin:
+        statement = statement.where(AuditLog.user_id == actor.user_id)
     statement = AUDIT_LOGS.filtered(
-        AUDIT_LOGS.statement(actor),
+        statement,
         {
             AuditLog.action: query.action,
             AuditLog.resource_type: query.resource_type,
@@ -47,4 +55,6 @@ async def list_audit_logs(
         created_after=query.created_after,
         created_before=query.created_before,
     )
-    return await AUDIT_LOGS.page(session, actor, statement, page, codec, query.fingerprint())
+    # A cursor continues the same view: an admin's cursor does not page a member's view.
+    fingerprint = f"{query.fingerprint()}:{'all' if actor.is_admin else actor.user_id}"
+    return await AUDIT_LOGS.page(session, actor, statement, page, codec, fingerprint)

@@ -129,7 +129,9 @@ async def delete_document(session: AsyncSession, actor: Actor, document_id: uuid
 
 
 async def restore_document(session: AsyncSession, actor: Actor, document_id: uuid.UUID) -> Document:
-    """Restore a soft-deleted document and audit it; an active one is returned unchanged."""
+    """Restore a soft-deleted document (admins, like every way to reach deleted rows) and audit
+    it; an active one is returned unchanged."""
+    actor.require_admin()
     document = await DOCUMENTS.get_or_404(session, actor, document_id, include_deleted=True)
     # Idempotent, like restoring a user: an active document changes nothing, audits nothing.
     await restore(session, actor, document, "document.restore")

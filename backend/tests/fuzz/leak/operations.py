@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.lookalikes import skeleton
 from app.schemas import audit_log as audit_schemas
 from app.schemas import document as document_schemas
 from app.schemas import user as user_schemas
@@ -368,8 +369,8 @@ async def restore_document(
     self: LeakFuzzer, op: Op, tenant: TenantState, caller: UserState
 ) -> None:
     target_id, document = self._document(tenant, op.args["target"])
-    if caller.deleted:
-        expected = 403
+    if caller.deleted or caller.role != "admin":
+        expected = 403  # soft-deleted rows are for admins only
     elif document is None:
         expected = 404
     else:
@@ -413,8 +414,8 @@ async def create_user(self: LeakFuzzer, op: Op, tenant: TenantState, caller: Use
         expected = 403
     elif op.args["mass_assign"]:
         expected = 422
-    elif any(u.email == normalised for u in active):
-        expected = 409
+    elif any(skeleton(u.email) == skeleton(normalised) for u in active):
+        expected = 409  # the same address, or one that looks the same (TS #39 skeleton)
     else:
         expected = 201
 
@@ -627,7 +628,9 @@ async def read_audit(self: LeakFuzzer, op: Op, tenant: TenantState, caller: User
         {
             key: n
             for key, n in tenant.audit.items()
-            if resource_id is None or key[1] == str(resource_id)
+            if (resource_id is None or key[1] == str(resource_id))
+            # Members read only their own actions' rows (docs/SECURITY.md, minimum necessary).
+            and (caller.role == "admin" or key[2] == caller.id)
         }
     )
     if got != want:
