@@ -96,6 +96,7 @@ def test_podman_compose_up_serves_ready(project: ComposeProject) -> None:
     migrate = project.container("migrate")
     exit_code = pm.podman("wait", migrate).strip()
     if exit_code != "0":  # started before the database accepted connections (see above)
+        pm.say(f"podman-compose started migrate before db was healthy (exit {exit_code}): rerun")
         pm.podman("start", "--attach", migrate)
         exit_code = pm.podman("wait", migrate).strip()
     assert exit_code == "0", project.logs()

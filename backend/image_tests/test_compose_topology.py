@@ -103,7 +103,9 @@ def test_migrate_then_api_serve_ready_and_the_readme_quick_start(
     assert ready["status"] == "ok", ready
     assert set(ready["checks"].values()) == {"ok"}, ready
 
-    # The image's user, not root, runs the service; and it wrote nothing into its code.
+    # Production, whatever .env says (.env.example's ENVIRONMENT=development once reached the
+    # image and started the dev issuer); the image's user, not root; nothing written into /app.
+    assert pm.podman("exec", f"{pod.name}-api", "printenv", "ENVIRONMENT").strip() == "production"
     assert pm.podman("exec", f"{pod.name}-api", "id", "-u").strip() == "10001"
     changed = pm.podman("diff", f"{pod.name}-api").split()
     assert not [path for path in changed if path.startswith("/app")], changed
