@@ -23,17 +23,18 @@ help:
 	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
 	@echo "make fuzz     10,000-operation leak fuzz + schemathesis stateful run (ARGS='--seed 1 --ops 20000')"
 
-# uv installs the lock in seconds and prints what it does; it is itself pinned in the lock, and
-# bootstrapped with pip at that version the first time. `uv pip sync` makes .venv exactly the
-# lock (stale packages go), then the app is installed editable on top.
+# uv installs the lock in seconds and prints what it does. It is pinned in the lock and put into
+# .venv by the host's pip the first time; .venv itself is made without pip (ensurepip alone
+# takes longer than the whole install): use `.venv/bin/uv pip ...` in it. `uv pip sync` makes
+# .venv exactly the lock (stale packages go), then the app is installed editable on top.
 UV := $(BIN)/uv
 export UV_LINK_MODE ?= copy
 
 $(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
-	@test -x $(BIN)/python || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@test -x $(BIN)/python || { echo "creating $(VENV)"; $(PYTHON) -m venv --without-pip $(VENV); }
 	@echo "bootstrapping uv into $(VENV) with pip"
-	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on \
+	@$(PYTHON) -m pip --python $(BIN)/python install --disable-pip-version-check --progress-bar on \
 		"$$(grep -m1 '^uv==' $(LOCK) || echo uv)"
 
 $(STAMP): $(LOCK) backend/pyproject.toml | $(UV)
