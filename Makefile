@@ -28,7 +28,6 @@ help:
 # takes longer than the whole install): use `.venv/bin/uv pip ...` in it. `uv pip sync` makes
 # .venv exactly the lock (stale packages go), then the app is installed editable on top.
 UV := $(BIN)/uv
-export UV_LINK_MODE ?= copy
 
 $(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
