@@ -65,7 +65,7 @@ test-only: install
 # debootstrap base image kept once built, backend/Dockerfile, then docker-compose.yml's and
 # railway.json's topologies. See backend/image_tests/.
 test-image: install
-	cd backend && $(BIN)/python -m pytest image_tests -p no:cacheprovider --durations=0
+	cd backend && $(BIN)/python -m pytest image_tests -p no:cacheprovider -s --durations=0
 
 bench-audit: install
 	cd backend && $(BIN)/python -m bench.audit_chain

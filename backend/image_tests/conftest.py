@@ -109,9 +109,10 @@ class Pod:
 
     def remove(self) -> None:
         """Remove the pod, its containers and their anonymous volumes."""
-        for name in self.containers:
-            pm.remove_quietly("rm", "--force", "--volumes", "--time", "2", name)
-        pm.remove_quietly("pod", "rm", "--force", self.name)
+        # Throw-away containers: no grace period (--time 0).
+        if self.containers:
+            pm.remove_quietly("rm", "--force", "--volumes", "--time", "0", *self.containers)
+        pm.remove_quietly("pod", "rm", "--force", "--time", "0", self.name)
 
     def start_database(self, env: dict[str, str]) -> None:
         """The pgvector stand-in, configured like the deploy file's database service."""

@@ -39,11 +39,11 @@ class ComposeProject:
         override = {"services": {"db": {"image": pm.DB_IMAGE}}}
         (directory / "db-image.override.yml").write_text(yaml.safe_dump(override))
 
-    def compose(self, *args: str) -> str:
+    def compose(self, *args: str, check: bool = True) -> str:
         """Run podman-compose on the project."""
         files = ("-f", "docker-compose.yml", "-f", "db-image.override.yml")
         command = ["podman-compose", "--project-name", self.name, *files, *args]
-        return pm.run(command, cwd=self.directory).stdout
+        return pm.run(command, cwd=self.directory, check=check).stdout
 
     def container(self, service: str) -> str:
         """podman-compose's container name for a service."""
@@ -65,21 +65,7 @@ def project(tmp_path: Path) -> Iterator[ComposeProject]:
     try:
         yield compose_project
     finally:
-        pm.run(
-            [
-                "podman-compose",
-                "--project-name",
-                compose_project.name,
-                "-f",
-                "docker-compose.yml",
-                "-f",
-                "db-image.override.yml",
-                "down",
-                "--volumes",
-            ],
-            cwd=tmp_path,
-            check=False,
-        )
+        compose_project.compose("down", "--volumes", "--timeout", "0", check=False)
 
 
 def _healthy(container: str) -> bool:
