@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from image_tests import podman as pm
-from tests.auth_helpers import TestIssuer
+from testkit.auth_helpers import TestIssuer
 
 ISSUER_PORT = 9000
 ISSUER_URL = f"http://127.0.0.1:{ISSUER_PORT}"

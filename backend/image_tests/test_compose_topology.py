@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 
 from image_tests import podman as pm
 from image_tests.conftest import ISSUER_URL, Pod, random_secret
-from tests.auth_helpers import TestIssuer
+from testkit.auth_helpers import TestIssuer
 from tests.test_api.test_readme_quickstart import json_outputs, quick_start_block
 from tests.test_deploy.artifacts import (
     REPO_ROOT,

@@ -17,7 +17,7 @@ import pytest
 
 from image_tests import podman as pm
 from image_tests.conftest import ISSUER_URL, Pod, random_secret
-from tests.auth_helpers import TestIssuer
+from testkit.auth_helpers import TestIssuer
 from tests.test_deploy.artifacts import (
     README_RAILWAY_API,
     README_RAILWAY_DATABASE,
