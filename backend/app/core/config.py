@@ -31,6 +31,13 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class KmsProvider(StrEnum):
+    """Which key manager holds the per-tenant keys (docs/ENCRYPTION.md)."""
+
+    OPENBAO = "openbao"
+    AWS_KMS = "aws-kms"
+
+
 class SettingsError(RuntimeError):
     """A setting is missing or malformed; the message names the variable and what is expected."""
 
@@ -56,8 +63,8 @@ def normalise_database_url(raw: str) -> str:
     return url.set(drivername=PSYCOPG_DRIVER).render_as_string(hide_password=False)
 
 
-def _is_secure_issuer(url: str) -> bool:
-    """https, or plain http to this machine only (a sidecar or a test issuer)."""
+def _is_secure_url(url: str) -> bool:
+    """https, or plain http to this machine only (a sidecar, a test issuer or server)."""
     parsed = urlsplit(url)
     if parsed.scheme == "https":
         return True
@@ -123,6 +130,23 @@ class Settings(BaseSettings):
     AWS_ACCESS_KEY_ID: SecretStr | None = None
     AWS_SECRET_ACCESS_KEY: SecretStr | None = None
 
+    # Document content (docs/ENCRYPTION.md). Object storage: any S3; S3_BUCKET unset outside
+    # production starts an embedded SeaweedFS. Region and keys default to the AWS_* ones
+    # (unset keys: the AWS default chain, e.g. an instance role).
+    S3_BUCKET: str | None = None
+    S3_ENDPOINT_URL: str | None = None
+    S3_REGION: str | None = None
+    S3_ACCESS_KEY_ID: SecretStr | None = None
+    S3_SECRET_ACCESS_KEY: SecretStr | None = None
+    EMBEDDED_S3_DIR: Path = BACKEND_DIR / ".data" / "seaweedfs"
+    # Per-tenant keys: OpenBao transit (OPENBAO_ADDR unset outside production starts an
+    # embedded one) or AWS KMS (AWS_REGION and the AWS_* credentials or the default chain).
+    KMS_PROVIDER: KmsProvider = KmsProvider.OPENBAO
+    OPENBAO_ADDR: str | None = None
+    OPENBAO_TOKEN: SecretStr | None = None
+    EMBEDDED_OPENBAO_DIR: Path = BACKEND_DIR / ".data" / "openbao"
+    KMS_KEY_DELETION_WINDOW_DAYS: int = Field(default=30, ge=7, le=30)
+
     # Audit-chain anchors (docs/AUDIT_INTEGRITY.md): an Ed25519 key kept outside the database.
     AUDIT_ANCHOR_SIGNING_KEY: SecretStr | None = None
     AUDIT_ANCHOR_VERIFY_KEY: str | None = None
@@ -158,7 +182,16 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "OIDC_AUDIENCE", mode="before")
+    @field_validator(
+        "OIDC_ISSUER_URL",
+        "OIDC_CLIENT_ID",
+        "OIDC_AUDIENCE",
+        "S3_BUCKET",
+        "S3_ENDPOINT_URL",
+        "S3_REGION",
+        "OPENBAO_ADDR",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -175,6 +208,16 @@ class Settings(BaseSettings):
             raise ValueError("expected the issuer's URL without ?query or #fragment")
         return value
 
+    @field_validator("S3_ENDPOINT_URL", "OPENBAO_ADDR")
+    @classmethod
+    def _check_service_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ValueError("expected an http(s):// URL, e.g. https://s3.eu-west-1.amazonaws.com")
+        return value.rstrip("/")
+
     @field_validator("LOG_LEVEL")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -188,8 +231,11 @@ class Settings(BaseSettings):
         if self.OIDC_ISSUER_URL is not None and self.oidc_audience is None:
             # Without an expected audience, a token the IdP issued to any other app would pass.
             raise ValueError("OIDC_CLIENT_ID: required when OIDC_ISSUER_URL is set")
+        if (self.S3_ACCESS_KEY_ID is None) != (self.S3_SECRET_ACCESS_KEY is None):
+            raise ValueError("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither")
         if self.ENVIRONMENT is not Environment.PRODUCTION:
             return self
+        self._require_production_content_settings()
         if self.BENCH_BASELINE_ROUTES:
             raise ValueError(
                 "BENCH_BASELINE_ROUTES: refused when ENVIRONMENT=production"
@@ -202,13 +248,52 @@ class Settings(BaseSettings):
                 "OIDC_ISSUER_URL: required when ENVIRONMENT=production"
                 " (the built-in dev token issuer is refused in production)"
             )
-        if not _is_secure_issuer(self.OIDC_ISSUER_URL):
+        if not _is_secure_url(self.OIDC_ISSUER_URL):
             raise ValueError("OIDC_ISSUER_URL: must be an https:// URL when ENVIRONMENT=production")
         if self.CURSOR_SECRET is None:
             raise ValueError("CURSOR_SECRET: required when ENVIRONMENT=production")
         if "*" in self.ALLOWED_ORIGINS:
             raise ValueError("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
         return self
+
+    def _require_production_content_settings(self) -> None:
+        """Production stores content in a real S3 and keys in a real KMS: no embedded servers."""
+        if self.S3_BUCKET is None:
+            raise ValueError(
+                "S3_BUCKET: required when ENVIRONMENT=production (the embedded object store is"
+                " for development only)"
+            )
+        if self.s3_region is None:
+            raise ValueError("S3_REGION (or AWS_REGION): required when ENVIRONMENT=production")
+        if self.S3_ENDPOINT_URL is not None and not _is_secure_url(self.S3_ENDPOINT_URL):
+            raise ValueError("S3_ENDPOINT_URL: must be https:// when ENVIRONMENT=production")
+        if self.KMS_PROVIDER is KmsProvider.AWS_KMS:
+            if self.AWS_REGION is None:
+                raise ValueError("AWS_REGION: required when KMS_PROVIDER=aws-kms")
+            return
+        if self.OPENBAO_ADDR is None or self.OPENBAO_TOKEN is None:
+            raise ValueError(
+                "OPENBAO_ADDR and OPENBAO_TOKEN: required when ENVIRONMENT=production and"
+                " KMS_PROVIDER=openbao (or set KMS_PROVIDER=aws-kms); the embedded OpenBao is"
+                " for development only"
+            )
+        if not _is_secure_url(self.OPENBAO_ADDR):
+            raise ValueError("OPENBAO_ADDR: must be https:// when ENVIRONMENT=production")
+
+    @property
+    def s3_region(self) -> str | None:
+        """S3_REGION, else AWS_REGION."""
+        return self.S3_REGION or self.AWS_REGION
+
+    @property
+    def embedded_object_store(self) -> bool:
+        """True when no bucket is configured: a local SeaweedFS is started on first use."""
+        return self.S3_BUCKET is None
+
+    @property
+    def embedded_key_manager(self) -> bool:
+        """True when per-tenant keys live in a local OpenBao started on first use."""
+        return self.KMS_PROVIDER is KmsProvider.OPENBAO and self.OPENBAO_ADDR is None
 
     @property
     def database_url(self) -> URL | None:

@@ -35,7 +35,8 @@ async def live() -> Liveness:
 @router.get(
     "/ready",
     response_model=Readiness,
-    summary="Ready to serve: database up, pgvector installed, schema at head, runtime role safe",
+    summary="Ready to serve: database up, pgvector installed, schema at head, runtime role safe,"
+    " object storage and KMS answering (when configured or in use)",
     responses={503: {"model": Readiness, "description": "A check failed; its entry says which."}},
 )
 async def ready(request: Request) -> JSONResponse:
@@ -45,6 +46,8 @@ async def ready(request: Request) -> JSONResponse:
         checks = await asyncio.wait_for(health_service.readiness(database), timeout=2.0)
     except TimeoutError:
         checks = {"database": "timed out"}
+    # Object storage and KMS: only those configured or in use; each bounded by its own timeout.
+    checks.update(await request.app.state.content.readiness())
     ok = all(value == "ok" for value in checks.values())
     body = Readiness(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

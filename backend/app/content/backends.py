@@ -1,0 +1,143 @@
+"""The object store and the key manager the app uses, opened on first use.
+
+From Settings: a configured S3 bucket and KMS are used as they are; without them (development
+and tests only, production refuses it) the embedded SeaweedFS and OpenBao are started the first
+time content is stored or read, so a process that never touches content never starts them.
+Readiness checks a dependency only when it is configured or has been opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from app.content.aws_kms import AwsKmsKeyManager
+from app.content.key_manager import KeyManager, KeyManagerError
+from app.content.object_store import ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
+from app.content.openbao_transit import OpenBaoTransitKeyManager
+from app.core.config import KmsProvider, Settings
+
+logger = logging.getLogger(__name__)
+
+STORAGE_CHECK = "object_storage"
+KMS_CHECK = "kms"
+CHECK_TIMEOUT_SECONDS = 1.5  # within the readiness route's 2 s
+
+
+def _secret(value: object) -> str | None:
+    return None if value is None else value.get_secret_value()  # type: ignore[attr-defined]
+
+
+async def open_object_store(settings: Settings) -> S3ObjectStore:
+    """The configured S3 bucket, or the embedded SeaweedFS (started or attached to)."""
+    if not settings.embedded_object_store:
+        assert settings.S3_BUCKET is not None
+        return await S3ObjectStore.open(
+            S3Location(
+                bucket=settings.S3_BUCKET,
+                region=settings.s3_region,
+                endpoint_url=settings.S3_ENDPOINT_URL,
+                access_key_id=_secret(settings.S3_ACCESS_KEY_ID),
+                secret_access_key=_secret(settings.S3_SECRET_ACCESS_KEY),
+            )
+        )
+    from app.content.embedded_seaweedfs import start_seaweedfs
+
+    embedded = await asyncio.to_thread(start_seaweedfs, settings.EMBEDDED_S3_DIR)
+    store = await S3ObjectStore.open(
+        S3Location(
+            bucket=embedded.bucket,
+            region=embedded.region,
+            endpoint_url=embedded.endpoint_url,
+            access_key_id=embedded.access_key_id,
+            secret_access_key=embedded.secret_access_key,
+        )
+    )
+    await store.ensure_bucket()
+    return store
+
+
+async def open_key_manager(settings: Settings) -> OpenBaoTransitKeyManager | AwsKmsKeyManager:
+    """AWS KMS, the configured OpenBao, or the embedded OpenBao (started or attached to)."""
+    if settings.KMS_PROVIDER is KmsProvider.AWS_KMS:
+        assert settings.AWS_REGION is not None, "checked by Settings in production"
+        return await AwsKmsKeyManager.open(
+            region=settings.AWS_REGION,
+            access_key_id=_secret(settings.AWS_ACCESS_KEY_ID),
+            secret_access_key=_secret(settings.AWS_SECRET_ACCESS_KEY),
+            deletion_window_days=settings.KMS_KEY_DELETION_WINDOW_DAYS,
+        )
+    if settings.OPENBAO_ADDR is not None:
+        return OpenBaoTransitKeyManager(
+            settings.OPENBAO_ADDR, _secret(settings.OPENBAO_TOKEN) or ""
+        )
+    from app.content.embedded_openbao import start_openbao
+
+    embedded = await asyncio.to_thread(start_openbao, settings.EMBEDDED_OPENBAO_DIR)
+    return OpenBaoTransitKeyManager(embedded.address, embedded.token)
+
+
+@dataclass
+class ContentBackends:
+    """Lazily opened object store and key manager, shared by every request of a process."""
+
+    settings: Settings
+    store: S3ObjectStore | None = None
+    keys: OpenBaoTransitKeyManager | AwsKmsKeyManager | None = None
+    owned: bool = True  # close what we opened; tests pass session-wide ones they close
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    async def object_store(self) -> ObjectStore:
+        """The object store, opened (and the embedded server started) on the first call."""
+        async with self._lock:
+            if self.store is None:
+                self.store = await open_object_store(self.settings)
+            return self.store
+
+    async def key_manager(self) -> KeyManager:
+        """The key manager, opened (and the embedded server started) on the first call."""
+        async with self._lock:
+            if self.keys is None:
+                self.keys = await open_key_manager(self.settings)
+            return self.keys
+
+    async def readiness(self) -> dict[str, str]:
+        """ "ok" or a reason for each dependency that is configured or already in use."""
+        checks: dict[str, str] = {}
+        if self.store is not None or not self.settings.embedded_object_store:
+            checks[STORAGE_CHECK] = await self._check_storage()
+        if self.keys is not None or not self.settings.embedded_key_manager:
+            checks[KMS_CHECK] = await self._check_keys()
+        return checks
+
+    async def _check_storage(self) -> str:
+        try:
+            store = await self.object_store()
+            await asyncio.wait_for(store.check(), CHECK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return "timed out"
+        except ObjectStoreError as exc:
+            logger.warning("readiness: object storage unavailable", extra={"error": str(exc)})
+            return "unavailable"
+        return "ok"
+
+    async def _check_keys(self) -> str:
+        try:
+            keys = await self.key_manager()
+            await asyncio.wait_for(keys.check(), CHECK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return "timed out"
+        except KeyManagerError as exc:
+            logger.warning("readiness: key manager unavailable", extra={"error": str(exc)})
+            return "unavailable"
+        return "ok"
+
+    async def close(self) -> None:
+        """Close the clients this object opened."""
+        if not self.owned:
+            return
+        if self.store is not None:
+            await self.store.close()
+        if self.keys is not None:
+            await self.keys.close()
