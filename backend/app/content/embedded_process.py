@@ -78,6 +78,7 @@ class RunningServer:
     pid: int
     ports: dict[str, int]
     process: subprocess.Popen[bytes] | None = None
+    stop_grace_seconds: float = 10.0
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -85,18 +86,18 @@ class RunningServer:
         """True when this process started the server (and so stops it)."""
         return self.process is not None
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server if this process started it (SIGTERM, then SIGKILL after `timeout`)."""
+    def stop(self) -> None:
+        """Stop the server if this process started it (SIGTERM, SIGKILL after the grace time)."""
         if self.process is None or self._stopped:
             return
         self._stopped = True
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout)
+                self.process.wait(self.stop_grace_seconds)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait(timeout)
+                self.process.wait()
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / STATE_FILE).unlink()
 
@@ -155,6 +156,7 @@ def start_or_attach(
     command: Callable[[dict[str, int]], list[str]],
     ready: Callable[[dict[str, int]], bool],
     start_timeout: float = 60.0,
+    stop_grace_seconds: float = 10.0,
     stop_at_exit: bool = True,
 ) -> RunningServer:
     """Attach to the server already running on `data_dir`, or start one on free ports.
@@ -182,7 +184,7 @@ def start_or_attach(
                 cwd=data_dir,
                 start_new_session=True,  # Ctrl-C reaches the app, which then stops the server
             )
-        server = RunningServer(name, data_dir, process.pid, ports, process)
+        server = RunningServer(name, data_dir, process.pid, ports, process, stop_grace_seconds)
         deadline = time.monotonic() + start_timeout
         while not ready(ports):
             if process.poll() is not None or time.monotonic() > deadline:

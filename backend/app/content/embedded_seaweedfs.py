@@ -132,6 +132,9 @@ def start_seaweedfs(data_dir: Path, *, stop_at_exit: bool = True) -> EmbeddedS3:
         port_names=_PORTS,
         command=_command(binary, data_dir),
         ready=_ready,
+        # `weed server` does not exit on SIGTERM (4.48); its stores (append-only volumes, the
+        # filer's LevelDB with its log) survive a kill, so it gets a short grace, then SIGKILL.
+        stop_grace_seconds=2.0,
         stop_at_exit=stop_at_exit,
     )
     return EmbeddedS3(

@@ -94,6 +94,14 @@ class S3Location:
     secret_access_key: str | None = None
 
 
+def _take(buffer: bytearray, size: int) -> bytes:
+    """Remove and return the first `size` bytes of `buffer`, copying them once."""
+    with memoryview(buffer) as view:
+        head = bytes(view[:size])
+    del buffer[:size]
+    return head
+
+
 def _is_not_found(error: ClientError) -> bool:
     return str(error.response.get("Error", {}).get("Code")) in _NOT_FOUND
 
@@ -166,19 +174,21 @@ class S3ObjectStore:
         parts: list[dict[str, Any]] = []
         size = 0
         try:
-            with _translated(key):
-                async for chunk in chunks:
-                    buffer += chunk
-                    size += len(chunk)
-                    while len(buffer) >= PART_BYTES:
+            # The source's own errors (a client that went away) propagate as they are; only
+            # the store's calls are translated into ObjectStore errors.
+            async for chunk in chunks:
+                buffer += chunk
+                size += len(chunk)
+                while len(buffer) >= PART_BYTES:
+                    part = _take(buffer, PART_BYTES)
+                    with _translated(key):
                         if upload_id is None:
                             created = await self._client.create_multipart_upload(
                                 Bucket=self._bucket, Key=key, ContentType=content_type
                             )
                             upload_id = created["UploadId"]
-                        part = bytes(buffer[:PART_BYTES])
-                        del buffer[:PART_BYTES]
                         parts.append(await self._upload_part(key, upload_id, len(parts) + 1, part))
+            with _translated(key):
                 if upload_id is None:
                     await self._client.put_object(
                         Bucket=self._bucket, Key=key, Body=bytes(buffer), ContentType=content_type
