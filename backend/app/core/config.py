@@ -235,7 +235,6 @@ class Settings(BaseSettings):
             raise ValueError("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither")
         if self.ENVIRONMENT is not Environment.PRODUCTION:
             return self
-        self._require_production_content_settings()
         if self.BENCH_BASELINE_ROUTES:
             raise ValueError(
                 "BENCH_BASELINE_ROUTES: refused when ENVIRONMENT=production"
@@ -254,6 +253,7 @@ class Settings(BaseSettings):
             raise ValueError("CURSOR_SECRET: required when ENVIRONMENT=production")
         if "*" in self.ALLOWED_ORIGINS:
             raise ValueError("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
+        self._require_production_content_settings()
         return self
 
     def _require_production_content_settings(self) -> None:

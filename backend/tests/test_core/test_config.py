@@ -56,9 +56,13 @@ def test_secrets_never_in_repr() -> None:
         OIDC_CLIENT_SECRET="s3cret-client",
         AWS_SECRET_ACCESS_KEY="aws-s3cret",
         APP_RUNTIME_PASSWORD="runtime-s3cret",
+        S3_ACCESS_KEY_ID="AKIDS3",
+        S3_SECRET_ACCESS_KEY="bucket-s3cret",
+        OPENBAO_TOKEN="bao-s3cret",
     )
     text = repr(settings) + str(settings)
-    for secret in ("hunter2", "s3cret-client", "aws-s3cret", "runtime-s3cret"):
+    secrets = ("hunter2", "s3cret-client", "aws-s3cret", "runtime-s3cret")
+    for secret in (*secrets, "bucket-s3cret", "bao-s3cret"):
         assert secret not in text
 
 
@@ -85,3 +89,70 @@ def test_process_exits_with_one_line_naming_the_variable() -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: invalid configuration: DATABASE_URL:")
     assert "Traceback" not in result.stderr
+
+
+PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "DATABASE_URL": "postgresql://u:p@db.example/app",
+    "OIDC_ISSUER_URL": "https://idp.example",
+    "OIDC_CLIENT_ID": "c",
+    "CURSOR_SECRET": "x" * 32,
+}
+PRODUCTION_CONTENT = {"S3_BUCKET": "docs", "AWS_REGION": "eu-west-1", "KMS_PROVIDER": "aws-kms"}
+
+
+@pytest.mark.parametrize(
+    ("dropped", "expected"),
+    [
+        ("S3_BUCKET", "S3_BUCKET: required when ENVIRONMENT=production"),
+        ("AWS_REGION", r"S3_REGION \(or AWS_REGION\): required"),
+        ("KMS_PROVIDER", "OPENBAO_ADDR and OPENBAO_TOKEN: required"),
+    ],
+)
+def test_production_requires_real_storage_and_kms(dropped: str, expected: str) -> None:
+    assert load_settings(**PRODUCTION, **PRODUCTION_CONTENT).is_production
+    content = {name: value for name, value in PRODUCTION_CONTENT.items() if name != dropped}
+    with pytest.raises(SettingsError, match=expected):
+        load_settings(**PRODUCTION, **content)
+
+
+def test_production_kms_and_storage_variants() -> None:
+    aws_kms_without_region = {**PRODUCTION_CONTENT, "AWS_REGION": None, "S3_REGION": "eu-west-1"}
+    with pytest.raises(SettingsError, match="AWS_REGION: required when KMS_PROVIDER=aws-kms"):
+        load_settings(**PRODUCTION, **aws_kms_without_region)
+    openbao = {"S3_BUCKET": "docs", "S3_REGION": "auto", "OPENBAO_TOKEN": "t"}
+    with pytest.raises(SettingsError, match="OPENBAO_ADDR: must be https://"):
+        load_settings(**PRODUCTION, **openbao, OPENBAO_ADDR="http://bao.example:8200")
+    settings = load_settings(**PRODUCTION, **openbao, OPENBAO_ADDR="https://bao.example:8200/")
+    assert settings.OPENBAO_ADDR == "https://bao.example:8200"
+    assert not settings.embedded_key_manager
+    assert not settings.embedded_object_store
+    with pytest.raises(SettingsError, match="S3_ENDPOINT_URL: must be https://"):
+        load_settings(**PRODUCTION, **PRODUCTION_CONTENT, S3_ENDPOINT_URL="http://s3.example")
+
+
+def test_development_defaults_to_the_embedded_servers() -> None:
+    settings = load_settings(ENVIRONMENT="development")
+    assert settings.embedded_object_store
+    assert settings.embedded_key_manager
+    assert settings.EMBEDDED_S3_DIR == BACKEND_DIR / ".data" / "seaweedfs"
+    assert settings.EMBEDDED_OPENBAO_DIR == BACKEND_DIR / ".data" / "openbao"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"S3_ACCESS_KEY_ID": "AK"}, "set both or neither"),
+        ({"S3_SECRET_ACCESS_KEY": "sk"}, "set both or neither"),
+        ({"S3_ENDPOINT_URL": "s3.example"}, "S3_ENDPOINT_URL: expected an http(s):// URL"),
+        ({"KMS_PROVIDER": "vault"}, "KMS_PROVIDER"),
+        ({"KMS_KEY_DELETION_WINDOW_DAYS": "3"}, "KMS_KEY_DELETION_WINDOW_DAYS"),
+    ],
+)
+def test_malformed_content_settings_are_one_clear_line(
+    overrides: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
