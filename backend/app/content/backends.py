@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from app.content.aws_kms import AwsKmsKeyManager
 from app.content.key_manager import KeyManager, KeyManagerError
@@ -78,6 +80,25 @@ async def open_key_manager(settings: Settings) -> OpenBaoTransitKeyManager | Aws
     return OpenBaoTransitKeyManager(embedded.address, embedded.token)
 
 
+class _Checkable(Protocol):
+    async def check(self) -> None: ...
+
+
+async def _probe(name: str, dependency: Callable[[], Awaitable[_Checkable]]) -> str:
+    """Open `dependency` and run its check within the timeout: "ok" or why not."""
+    try:
+        opened = await dependency()
+        await asyncio.wait_for(opened.check(), CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return "timed out"
+    except (ObjectStoreError, KeyManagerError) as exc:
+        logger.warning(
+            "readiness: dependency unavailable", extra={"check": name, "error": str(exc)}
+        )
+        return "unavailable"
+    return "ok"
+
+
 @dataclass
 class ContentBackends:
     """Lazily opened object store and key manager, shared by every request of a process."""
@@ -106,32 +127,10 @@ class ContentBackends:
         """ "ok" or a reason for each dependency that is configured or already in use."""
         checks: dict[str, str] = {}
         if self.store is not None or not self.settings.embedded_object_store:
-            checks[STORAGE_CHECK] = await self._check_storage()
+            checks[STORAGE_CHECK] = await _probe(STORAGE_CHECK, self.object_store)
         if self.keys is not None or not self.settings.embedded_key_manager:
-            checks[KMS_CHECK] = await self._check_keys()
+            checks[KMS_CHECK] = await _probe(KMS_CHECK, self.key_manager)
         return checks
-
-    async def _check_storage(self) -> str:
-        try:
-            store = await self.object_store()
-            await asyncio.wait_for(store.check(), CHECK_TIMEOUT_SECONDS)
-        except TimeoutError:
-            return "timed out"
-        except ObjectStoreError as exc:
-            logger.warning("readiness: object storage unavailable", extra={"error": str(exc)})
-            return "unavailable"
-        return "ok"
-
-    async def _check_keys(self) -> str:
-        try:
-            keys = await self.key_manager()
-            await asyncio.wait_for(keys.check(), CHECK_TIMEOUT_SECONDS)
-        except TimeoutError:
-            return "timed out"
-        except KeyManagerError as exc:
-            logger.warning("readiness: key manager unavailable", extra={"error": str(exc)})
-            return "unavailable"
-        return "ok"
 
     async def close(self) -> None:
         """Close the clients this object opened."""

@@ -92,6 +92,7 @@ class S3Location:
     endpoint_url: str | None = None  # None: AWS's own endpoint for the region
     access_key_id: str | None = None  # None: the AWS default chain (env, instance role, ...)
     secret_access_key: str | None = None
+    max_attempts: int = 3  # botocore's standard retry mode, with backoff
 
 
 def _take(buffer: bytearray, size: int) -> bytes:
@@ -135,7 +136,7 @@ class S3ObjectStore:
             signature_version="s3v4",
             connect_timeout=3,
             read_timeout=30,
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"max_attempts": location.max_attempts, "mode": "standard"},
             # A custom endpoint (SeaweedFS, MinIO) serves buckets as paths, not subdomains.
             s3={"addressing_style": "path" if location.endpoint_url else "auto"},
         )

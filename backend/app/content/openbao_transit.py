@@ -40,6 +40,14 @@ def wrapped_key_version(wrapped: bytes) -> int:
     return int(version[1:])
 
 
+def _error_text(response: httpx.Response) -> str:
+    """OpenBao's `errors` list as one line (a proxy in between may answer something else)."""
+    try:
+        return "; ".join(str(error) for error in response.json().get("errors", []))
+    except (ValueError, AttributeError):
+        return response.text[:200]
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -75,7 +83,7 @@ class OpenBaoTransitKeyManager:
             raise KeyManagerUnavailableError(f"OpenBao unreachable: {type(exc).__name__}") from exc
         if response.status_code < 300:
             return response.json() if response.content else {}
-        errors = "; ".join(response.json().get("errors", [])) if response.content else ""
+        errors = _error_text(response)
         if response.status_code in {401, 403} or response.status_code >= 500:
             raise KeyManagerUnavailableError(f"OpenBao answered {response.status_code}: {errors}")
         if unwrapping:

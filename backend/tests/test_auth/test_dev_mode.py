@@ -122,6 +122,9 @@ async def test_production_rejects_dev_tokens_and_hides_dev_routes(
         OIDC_CLIENT_ID=issuer_server.issuer.audience,
         DEV_ISSUER_KEY_FILE=dev_settings.DEV_ISSUER_KEY_FILE,
         CURSOR_SECRET="test-cursor-secret",
+        S3_BUCKET="tenant-docs-content",
+        AWS_REGION="eu-west-1",
+        KMS_PROVIDER="aws-kms",
     )
     app = create_app(production, database)
     async with httpx.AsyncClient(

@@ -121,7 +121,7 @@ async def test_unsigned_requests_are_refused(
 async def test_an_unreachable_store_is_unavailable(embedded_s3: EmbeddedS3) -> None:
     (port,) = free_ports(1)
     store = await S3ObjectStore.open(
-        s3_location(embedded_s3, endpoint_url=f"http://127.0.0.1:{port}")
+        s3_location(embedded_s3, endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)
     )
     try:
         with pytest.raises(StorageUnavailableError):

@@ -34,7 +34,7 @@ async def unreachable_store(embedded_s3: EmbeddedS3) -> AsyncIterator[S3ObjectSt
     """An object store whose endpoint nothing listens on."""
     (port,) = free_ports(1)
     store = await S3ObjectStore.open(
-        s3_location(embedded_s3, endpoint_url=f"http://127.0.0.1:{port}")
+        s3_location(embedded_s3, endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)
     )
     yield store
     await store.close()
