@@ -63,7 +63,7 @@ async def open_object_store(settings: Settings) -> S3ObjectStore:
 async def open_key_manager(settings: Settings) -> OpenBaoTransitKeyManager | AwsKmsKeyManager:
     """AWS KMS, the configured OpenBao, or the embedded OpenBao (started or attached to)."""
     if settings.KMS_PROVIDER is KmsProvider.AWS_KMS:
-        assert settings.AWS_REGION is not None, "checked by Settings in production"
+        assert settings.AWS_REGION is not None, "Settings require it with KMS_PROVIDER=aws-kms"
         return await AwsKmsKeyManager.open(
             region=settings.AWS_REGION,
             access_key_id=_secret(settings.AWS_ACCESS_KEY_ID),
@@ -107,24 +107,25 @@ class ContentBackends:
     store: S3ObjectStore | None = None
     keys: OpenBaoTransitKeyManager | AwsKmsKeyManager | None = None
     owned: bool = True  # close what we opened; tests pass session-wide ones they close
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _store_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _keys_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def object_store(self) -> ObjectStore:
         """The object store, opened (and the embedded server started) on the first call."""
-        async with self._lock:
+        async with self._store_lock:
             if self.store is None:
                 self.store = await open_object_store(self.settings)
             return self.store
 
     async def key_manager(self) -> KeyManager:
         """The key manager, opened (and the embedded server started) on the first call."""
-        async with self._lock:
+        async with self._keys_lock:
             if self.keys is None:
                 self.keys = await open_key_manager(self.settings)
             return self.keys
 
     async def readiness(self) -> dict[str, str]:
-        """ "ok" or a reason for each dependency that is configured or already in use."""
+        """Each dependency that is configured or already in use: "ok" or why not."""
         checks: dict[str, str] = {}
         if self.store is not None or not self.settings.embedded_object_store:
             checks[STORAGE_CHECK] = await _probe(STORAGE_CHECK, self.object_store)

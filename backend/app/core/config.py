@@ -233,6 +233,8 @@ class Settings(BaseSettings):
             raise ValueError("OIDC_CLIENT_ID: required when OIDC_ISSUER_URL is set")
         if (self.S3_ACCESS_KEY_ID is None) != (self.S3_SECRET_ACCESS_KEY is None):
             raise ValueError("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither")
+        if self.KMS_PROVIDER is KmsProvider.AWS_KMS and self.AWS_REGION is None:
+            raise ValueError("AWS_REGION: required when KMS_PROVIDER=aws-kms")
         if self.ENVIRONMENT is not Environment.PRODUCTION:
             return self
         if self.BENCH_BASELINE_ROUTES:
@@ -268,8 +270,6 @@ class Settings(BaseSettings):
         if self.S3_ENDPOINT_URL is not None and not _is_secure_url(self.S3_ENDPOINT_URL):
             raise ValueError("S3_ENDPOINT_URL: must be https:// when ENVIRONMENT=production")
         if self.KMS_PROVIDER is KmsProvider.AWS_KMS:
-            if self.AWS_REGION is None:
-                raise ValueError("AWS_REGION: required when KMS_PROVIDER=aws-kms")
             return
         if self.OPENBAO_ADDR is None or self.OPENBAO_TOKEN is None:
             raise ValueError(

@@ -105,7 +105,7 @@ PRODUCTION_CONTENT = {"S3_BUCKET": "docs", "AWS_REGION": "eu-west-1", "KMS_PROVI
     ("dropped", "expected"),
     [
         ("S3_BUCKET", "S3_BUCKET: required when ENVIRONMENT=production"),
-        ("AWS_REGION", r"S3_REGION \(or AWS_REGION\): required"),
+        ("AWS_REGION", "AWS_REGION: required when KMS_PROVIDER=aws-kms"),
         ("KMS_PROVIDER", "OPENBAO_ADDR and OPENBAO_TOKEN: required"),
     ],
 )
@@ -121,6 +121,9 @@ def test_production_kms_and_storage_variants() -> None:
     with pytest.raises(SettingsError, match="AWS_REGION: required when KMS_PROVIDER=aws-kms"):
         load_settings(**PRODUCTION, **aws_kms_without_region)
     openbao = {"S3_BUCKET": "docs", "S3_REGION": "auto", "OPENBAO_TOKEN": "t"}
+    without_region = {**openbao, "S3_REGION": None, "OPENBAO_ADDR": "https://bao.example"}
+    with pytest.raises(SettingsError, match=r"S3_REGION \(or AWS_REGION\): required"):
+        load_settings(**PRODUCTION, **without_region)
     with pytest.raises(SettingsError, match="OPENBAO_ADDR: must be https://"):
         load_settings(**PRODUCTION, **openbao, OPENBAO_ADDR="http://bao.example:8200")
     settings = load_settings(**PRODUCTION, **openbao, OPENBAO_ADDR="https://bao.example:8200/")
@@ -146,6 +149,7 @@ def test_development_defaults_to_the_embedded_servers() -> None:
         ({"S3_SECRET_ACCESS_KEY": "sk"}, "set both or neither"),
         ({"S3_ENDPOINT_URL": "s3.example"}, "S3_ENDPOINT_URL: expected an http(s):// URL"),
         ({"KMS_PROVIDER": "vault"}, "KMS_PROVIDER"),
+        ({"KMS_PROVIDER": "aws-kms"}, "AWS_REGION: required when KMS_PROVIDER=aws-kms"),
         ({"KMS_KEY_DELETION_WINDOW_DAYS": "3"}, "KMS_KEY_DELETION_WINDOW_DAYS"),
     ],
 )
