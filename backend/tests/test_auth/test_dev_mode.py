@@ -80,7 +80,14 @@ def test_dev_key_is_created_once_and_private(dev_settings: Settings) -> None:
 
 def test_dev_mode_refuses_production() -> None:
     with pytest.raises(SettingsError) as caught:
-        load_settings(ENVIRONMENT="production", DATABASE_URL="postgresql://u:p@db.example/app")
+        load_settings(
+            ENVIRONMENT="production",
+            DATABASE_URL="postgresql://u:p@db.example/app",
+            CURSOR_SECRET="set",  # so the issuer is the one problem: a one-line message
+            S3_BUCKET="tenant-docs-content",
+            AWS_REGION="eu-west-1",
+            KMS_PROVIDER="aws-kms",
+        )
     message = str(caught.value)
     assert "\n" not in message
     assert "OIDC_ISSUER_URL: required when ENVIRONMENT=production" in message
@@ -159,7 +166,15 @@ async def test_make_run_prints_a_curl_that_returns_the_demo_user(
 def test_make_run_refuses_production_in_one_line(
     migrated_db: MigratedDatabase, tmp_path: Path
 ) -> None:
-    env = cli_environment(migrated_db, tmp_path / "k.pem", ENVIRONMENT="production")
+    env = cli_environment(
+        migrated_db,
+        tmp_path / "k.pem",
+        ENVIRONMENT="production",
+        # Content storage and keys configured, so the issuer is the one problem.
+        S3_BUCKET="tenant-docs-content",
+        AWS_REGION="eu-west-1",
+        KMS_PROVIDER="aws-kms",
+    )
     result = subprocess.run(
         [sys.executable, "-m", "app", "run"],
         cwd=BACKEND_DIR,
