@@ -230,10 +230,12 @@ class Settings(BaseSettings):
                     return header
         return value
 
+    # An empty line in .env (`CURSOR_SECRET=`) means unset, not an empty key, issuer or bucket.
     @field_validator(
         "OIDC_ISSUER_URL",
         "OIDC_CLIENT_ID",
         "OIDC_AUDIENCE",
+        "CURSOR_SECRET",
         "S3_BUCKET",
         "S3_ENDPOINT_URL",
         "S3_REGION",
