@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.content.aws_kms import AwsKmsKeyManager
+from app.content.embedded_process import EmbeddedServerError
 from app.content.key_manager import KeyManager, KeyManagerError
 from app.content.object_store import ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
 from app.content.openbao_transit import OpenBaoTransitKeyManager
@@ -31,6 +32,16 @@ def _secret(value: object) -> str | None:
     return None if value is None else value.get_secret_value()  # type: ignore[attr-defined]
 
 
+def _refuse_embedded_in_production(settings: Settings, setting: str, what: str) -> None:
+    # Not (yet) a start-up requirement: the deploy files gain S3 and KMS with the content
+    # routes (issue 17); until then a production process refuses at first use instead.
+    if settings.is_production:
+        raise EmbeddedServerError(
+            f"{setting}: required when ENVIRONMENT=production (the embedded {what} is for"
+            " development only)"
+        )
+
+
 async def open_object_store(settings: Settings) -> S3ObjectStore:
     """The configured S3 bucket, or the embedded SeaweedFS (started or attached to)."""
     if not settings.embedded_object_store:
@@ -44,6 +55,7 @@ async def open_object_store(settings: Settings) -> S3ObjectStore:
                 secret_access_key=_secret(settings.S3_SECRET_ACCESS_KEY),
             )
         )
+    _refuse_embedded_in_production(settings, "S3_BUCKET", "object store")
     from app.content.embedded_seaweedfs import start_seaweedfs
 
     embedded = await asyncio.to_thread(start_seaweedfs, settings.EMBEDDED_S3_DIR)
@@ -74,6 +86,7 @@ async def open_key_manager(settings: Settings) -> OpenBaoTransitKeyManager | Aws
         return OpenBaoTransitKeyManager(
             settings.OPENBAO_ADDR, _secret(settings.OPENBAO_TOKEN) or ""
         )
+    _refuse_embedded_in_production(settings, "KMS_PROVIDER=aws-kms or OPENBAO_ADDR", "OpenBao")
     from app.content.embedded_openbao import start_openbao
 
     embedded = await asyncio.to_thread(start_openbao, settings.EMBEDDED_OPENBAO_DIR)

@@ -289,7 +289,6 @@ class Settings(BaseSettings):
             problems.append("AWS_REGION: required when KMS_PROVIDER=aws-kms")
         if self.ENVIRONMENT is Environment.PRODUCTION:
             problems += self._production_problems()
-            problems += self._production_content_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -314,29 +313,9 @@ class Settings(BaseSettings):
             problems.append("CURSOR_SECRET: required when ENVIRONMENT=production")
         if "*" in self.ALLOWED_ORIGINS:
             problems.append("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
-        return problems
-
-    def _production_content_problems(self) -> list[str]:
-        """Production stores content in a real S3 and keys in a real KMS: no embedded servers."""
-        problems = []
-        if self.S3_BUCKET is None:
-            problems.append(
-                "S3_BUCKET: required when ENVIRONMENT=production (the embedded object store is"
-                " for development only)"
-            )
-        if self.s3_region is None:
-            problems.append("S3_REGION (or AWS_REGION): required when ENVIRONMENT=production")
         if self.S3_ENDPOINT_URL is not None and not _is_secure_url(self.S3_ENDPOINT_URL):
             problems.append("S3_ENDPOINT_URL: must be https:// when ENVIRONMENT=production")
-        if self.KMS_PROVIDER is KmsProvider.AWS_KMS:
-            return problems
-        if self.OPENBAO_ADDR is None or self.OPENBAO_TOKEN is None:
-            problems.append(
-                "OPENBAO_ADDR and OPENBAO_TOKEN: required when ENVIRONMENT=production and"
-                " KMS_PROVIDER=openbao (or set KMS_PROVIDER=aws-kms); the embedded OpenBao is"
-                " for development only"
-            )
-        elif not _is_secure_url(self.OPENBAO_ADDR):
+        if self.OPENBAO_ADDR is not None and not _is_secure_url(self.OPENBAO_ADDR):
             problems.append("OPENBAO_ADDR: must be https:// when ENVIRONMENT=production")
         return problems
 

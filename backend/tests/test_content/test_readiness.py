@@ -9,11 +9,11 @@ import pytest
 
 from app.content.backends import ContentBackends
 from app.content.embedded_openbao import EmbeddedOpenBao
-from app.content.embedded_process import free_ports
+from app.content.embedded_process import EmbeddedServerError, free_ports
 from app.content.embedded_seaweedfs import EmbeddedS3
 from app.content.object_store import S3ObjectStore
 from app.content.openbao_transit import OpenBaoTransitKeyManager
-from app.core.config import Settings, load_settings
+from app.core.config import Environment, Settings, load_settings
 from app.database import Database
 from app.main import create_app
 from tests.conftest import s3_location
@@ -116,3 +116,14 @@ async def test_a_configured_openbao_is_checked_before_first_use(
     assert response.status_code == 503
     assert response.json()["checks"]["kms"] == "unavailable"
     assert "object_storage" not in response.json()["checks"]
+
+
+async def test_production_never_starts_an_embedded_server(settings: Settings) -> None:
+    production = Settings.model_construct(
+        **{**settings.model_dump(), "ENVIRONMENT": Environment.PRODUCTION}
+    )
+    content = ContentBackends(production)
+    with pytest.raises(EmbeddedServerError, match="S3_BUCKET: required"):
+        await content.object_store()
+    with pytest.raises(EmbeddedServerError, match="KMS_PROVIDER=aws-kms or OPENBAO_ADDR"):
+        await content.key_manager()

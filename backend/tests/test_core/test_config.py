@@ -100,8 +100,7 @@ def test_process_exits_with_one_line_naming_the_variable() -> None:
 
 
 def test_every_production_problem_is_reported_at_once_one_line_each(tmp_path: Path) -> None:
-    # Nothing but ENVIRONMENT=production: every required variable (content storage and keys
-    # included) is missing, and '*' origins
+    # Nothing but ENVIRONMENT=production: every required variable is missing, and '*' origins
     # and benchmark routes are refused, all in the one message of one start-up.
     result = subprocess.run(
         [sys.executable, "-m", "app", "migrate"],
@@ -122,7 +121,7 @@ def test_every_production_problem_is_reported_at_once_one_line_each(tmp_path: Pa
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert lines[0] == "error: invalid configuration (8 problems):"
+    assert lines[0] == "error: invalid configuration (5 problems):"
     named = [line.strip().split(":", 1)[0] for line in lines[1:]]
     assert sorted(named) == sorted(
         [
@@ -131,9 +130,6 @@ def test_every_production_problem_is_reported_at_once_one_line_each(tmp_path: Pa
             "OIDC_ISSUER_URL",
             "CURSOR_SECRET",
             "ALLOWED_ORIGINS",
-            "S3_BUCKET",
-            "S3_REGION (or AWS_REGION)",
-            "OPENBAO_ADDR and OPENBAO_TOKEN",
         ]
     )
 
@@ -194,37 +190,15 @@ PRODUCTION = {
 PRODUCTION_CONTENT = {"S3_BUCKET": "docs", "AWS_REGION": "eu-west-1", "KMS_PROVIDER": "aws-kms"}
 
 
-@pytest.mark.parametrize(
-    ("dropped", "expected"),
-    [
-        ("S3_BUCKET", "S3_BUCKET: required when ENVIRONMENT=production"),
-        ("AWS_REGION", "AWS_REGION: required when KMS_PROVIDER=aws-kms"),
-        ("KMS_PROVIDER", "OPENBAO_ADDR and OPENBAO_TOKEN: required"),
-    ],
-)
-def test_production_requires_real_storage_and_kms(dropped: str, expected: str) -> None:
-    assert load_settings(**PRODUCTION, **PRODUCTION_CONTENT).is_production
-    content = {name: value for name, value in PRODUCTION_CONTENT.items() if name != dropped}
-    with pytest.raises(SettingsError, match=expected):
-        load_settings(**PRODUCTION, **content)
-
-
-def test_production_kms_and_storage_variants() -> None:
-    aws_kms_without_region = {**PRODUCTION_CONTENT, "AWS_REGION": None, "S3_REGION": "eu-west-1"}
-    with pytest.raises(SettingsError, match="AWS_REGION: required when KMS_PROVIDER=aws-kms"):
-        load_settings(**PRODUCTION, **aws_kms_without_region)
-    openbao = {"S3_BUCKET": "docs", "S3_REGION": "auto", "OPENBAO_TOKEN": "t"}
-    without_region = {**openbao, "S3_REGION": None, "OPENBAO_ADDR": "https://bao.example"}
-    with pytest.raises(SettingsError, match=r"S3_REGION \(or AWS_REGION\): required"):
-        load_settings(**PRODUCTION, **without_region)
+def test_production_content_settings_are_checked_when_given() -> None:
     with pytest.raises(SettingsError, match="OPENBAO_ADDR: must be https://"):
-        load_settings(**PRODUCTION, **openbao, OPENBAO_ADDR="http://bao.example:8200")
-    settings = load_settings(**PRODUCTION, **openbao, OPENBAO_ADDR="https://bao.example:8200/")
+        load_settings(**PRODUCTION, OPENBAO_ADDR="http://bao.example:8200", OPENBAO_TOKEN="t")
+    settings = load_settings(**PRODUCTION, OPENBAO_ADDR="https://bao.example:8200/")
     assert settings.OPENBAO_ADDR == "https://bao.example:8200"
     assert not settings.embedded_key_manager
-    assert not settings.embedded_object_store
     with pytest.raises(SettingsError, match="S3_ENDPOINT_URL: must be https://"):
         load_settings(**PRODUCTION, **PRODUCTION_CONTENT, S3_ENDPOINT_URL="http://s3.example")
+    assert not load_settings(**PRODUCTION, **PRODUCTION_CONTENT).embedded_object_store
 
 
 def test_development_defaults_to_the_embedded_servers() -> None:
