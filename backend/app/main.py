@@ -15,6 +15,7 @@ from app.api.errors import install_error_handlers
 from app.api.v1.router import api_router, dev_router
 from app.auth.dev_issuer import dev_issuer_for
 from app.auth.tokens import TokenVerifier, build_token_verifier
+from app.content.backends import ContentBackends
 from app.core.config import Settings, settings_or_exit
 from app.core.logging import configure_logging
 from app.database import Database
@@ -72,8 +73,10 @@ def create_app(
     settings: Settings | None = None,
     database: Database | None = None,
     token_verifier: TokenVerifier | None = None,
+    content: ContentBackends | None = None,
 ) -> FastAPI:
-    """Build the application. Tests pass their own settings, database and token verifier."""
+    """Build the application. Tests pass their own settings, database, token verifier and
+    content backends (object store and key manager)."""
     settings = settings or settings_or_exit()
     configure_logging(settings.LOG_LEVEL, json=settings.is_production)
     dev_issuer = dev_issuer_for(settings) if settings.dev_issuer_enabled else None
@@ -85,6 +88,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.content.close()
             if owned:
                 await app.state.database.dispose()
 
@@ -105,6 +109,8 @@ def create_app(
     app.state.tenant_limiter = TenantLimiter.from_settings(settings)
     app.state.caller_admission = CallerAdmission(app.state.tenant_limiter)
     app.state.readiness_probe = health_service.ReadinessProbe()
+    # Opened on first use: a process that never touches content starts no embedded server.
+    app.state.content = content or ContentBackends(settings)
     install_error_handlers(app)
     # Innermost of the middlewares (added first), so their 4xx carry CORS and request id; the
     # Authorization guard (outside the edge limits) answers before any body is read.

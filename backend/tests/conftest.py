@@ -15,7 +15,11 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.config import Settings
+from app.content.embedded_openbao import EmbeddedOpenBao, start_openbao
+from app.content.embedded_seaweedfs import EmbeddedS3, start_seaweedfs
+from app.content.object_store import S3Location, S3ObjectStore
+from app.content.openbao_transit import OpenBaoTransitKeyManager
+from app.core.config import Settings, load_settings
 from app.database import Database
 from app.main import create_app
 from testkit import database_harness as harness
@@ -94,3 +98,50 @@ def make_caller(
         return await create_caller(admin_sessions, test_issuer, **options)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def embedded_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
+    """One SeaweedFS (S3 gateway with a signing identity) for the run, on throw-away data."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), stop_at_exit=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedOpenBao]:
+    """One OpenBao (raft storage, initialised, unsealed, transit on) for the run."""
+    server = start_openbao(tmp_path_factory.mktemp("openbao"), stop_at_exit=False)
+    yield server
+    server.stop()
+
+
+def s3_location(server: EmbeddedS3, **overrides: Any) -> S3Location:
+    """Where the embedded S3 is, signing as its identity (override a field to break it)."""
+    values: dict[str, Any] = {
+        "bucket": server.bucket,
+        "region": server.region,
+        "endpoint_url": server.endpoint_url,
+        "access_key_id": server.access_key_id,
+        "secret_access_key": server.secret_access_key,
+    }
+    return S3Location(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+async def object_store(embedded_s3: EmbeddedS3) -> AsyncIterator[S3ObjectStore]:
+    """The S3 object store over the embedded SeaweedFS (its bucket created)."""
+    store = await S3ObjectStore.open(s3_location(embedded_s3))
+    await store.ensure_bucket()
+    yield store
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+async def key_manager(
+    embedded_openbao: EmbeddedOpenBao,
+) -> AsyncIterator[OpenBaoTransitKeyManager]:
+    """Per-tenant keys in the embedded OpenBao's transit engine."""
+    keys = OpenBaoTransitKeyManager(embedded_openbao.address, embedded_openbao.token)
+    yield keys
+    await keys.close()

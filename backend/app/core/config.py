@@ -36,6 +36,13 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class KmsProvider(StrEnum):
+    """Which key manager holds the per-tenant keys (docs/ENCRYPTION.md)."""
+
+    OPENBAO = "openbao"
+    AWS_KMS = "aws-kms"
+
+
 class ClientIpHeader(StrEnum):
     """The header a trusted proxy puts the client's address in."""
 
@@ -70,8 +77,8 @@ def normalise_database_url(raw: str) -> str:
     return url.set(drivername=PSYCOPG_DRIVER).render_as_string(hide_password=False)
 
 
-def _is_secure_issuer(url: str) -> bool:
-    """https, or plain http to this machine only (a sidecar or a test issuer)."""
+def _is_secure_url(url: str) -> bool:
+    """https, or plain http to this machine only (a sidecar, a test issuer or server)."""
     parsed = urlsplit(url)
     if parsed.scheme == "https":
         return True
@@ -139,6 +146,23 @@ class Settings(BaseSettings):
     AWS_ACCESS_KEY_ID: SecretStr | None = None
     AWS_SECRET_ACCESS_KEY: SecretStr | None = None
 
+    # Document content (docs/ENCRYPTION.md). Object storage: any S3; S3_BUCKET unset outside
+    # production starts an embedded SeaweedFS. Region and keys default to the AWS_* ones
+    # (unset keys: the AWS default chain, e.g. an instance role).
+    S3_BUCKET: str | None = None
+    S3_ENDPOINT_URL: str | None = None
+    S3_REGION: str | None = None
+    S3_ACCESS_KEY_ID: SecretStr | None = None
+    S3_SECRET_ACCESS_KEY: SecretStr | None = None
+    EMBEDDED_S3_DIR: Path = BACKEND_DIR / ".data" / "seaweedfs"
+    # Per-tenant keys: OpenBao transit (OPENBAO_ADDR unset outside production starts an
+    # embedded one) or AWS KMS (AWS_REGION and the AWS_* credentials or the default chain).
+    KMS_PROVIDER: KmsProvider = KmsProvider.OPENBAO
+    OPENBAO_ADDR: str | None = None
+    OPENBAO_TOKEN: SecretStr | None = None
+    EMBEDDED_OPENBAO_DIR: Path = BACKEND_DIR / ".data" / "openbao"
+    KMS_KEY_DELETION_WINDOW_DAYS: int = Field(default=30, ge=7, le=30)
+
     # Audit-chain anchors (docs/AUDIT_INTEGRITY.md): an Ed25519 key kept outside the database.
     AUDIT_ANCHOR_SIGNING_KEY: SecretStr | None = None
     AUDIT_ANCHOR_VERIFY_KEY: str | None = None
@@ -202,9 +226,17 @@ class Settings(BaseSettings):
                     return header
         return value
 
-    # An empty line in .env (`CURSOR_SECRET=`) means unset, not an empty key or issuer.
+    # An empty line in .env (`CURSOR_SECRET=`) means unset, not an empty key, issuer or bucket.
     @field_validator(
-        "OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "OIDC_AUDIENCE", "CURSOR_SECRET", mode="before"
+        "OIDC_ISSUER_URL",
+        "OIDC_CLIENT_ID",
+        "OIDC_AUDIENCE",
+        "CURSOR_SECRET",
+        "S3_BUCKET",
+        "S3_ENDPOINT_URL",
+        "S3_REGION",
+        "OPENBAO_ADDR",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -222,6 +254,16 @@ class Settings(BaseSettings):
             raise ValueError("expected the issuer's URL without ?query or #fragment")
         return value
 
+    @field_validator("S3_ENDPOINT_URL", "OPENBAO_ADDR")
+    @classmethod
+    def _check_service_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ValueError("expected an http(s):// URL, e.g. https://s3.eu-west-1.amazonaws.com")
+        return value.rstrip("/")
+
     @field_validator("LOG_LEVEL")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -237,6 +279,10 @@ class Settings(BaseSettings):
         if self.OIDC_ISSUER_URL is not None and self.oidc_audience is None:
             # Without an expected audience, a token the IdP issued to any other app would pass.
             problems.append("OIDC_CLIENT_ID: required when OIDC_ISSUER_URL is set")
+        if (self.S3_ACCESS_KEY_ID is None) != (self.S3_SECRET_ACCESS_KEY is None):
+            problems.append("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither")
+        if self.KMS_PROVIDER is KmsProvider.AWS_KMS and self.AWS_REGION is None:
+            problems.append("AWS_REGION: required when KMS_PROVIDER=aws-kms")
         if self.ENVIRONMENT is Environment.PRODUCTION:
             problems += self._production_problems()
         if problems:
@@ -252,13 +298,32 @@ class Settings(BaseSettings):
                 "OIDC_ISSUER_URL: required when ENVIRONMENT=production"
                 " (the built-in dev token issuer is refused in production)"
             )
-        elif not _is_secure_issuer(self.OIDC_ISSUER_URL):
+        elif not _is_secure_url(self.OIDC_ISSUER_URL):
             problems.append("OIDC_ISSUER_URL: must be an https:// URL when ENVIRONMENT=production")
         if self.CURSOR_SECRET is None:
             problems.append("CURSOR_SECRET: required when ENVIRONMENT=production")
         if "*" in self.ALLOWED_ORIGINS:
             problems.append("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
+        if self.S3_ENDPOINT_URL is not None and not _is_secure_url(self.S3_ENDPOINT_URL):
+            problems.append("S3_ENDPOINT_URL: must be https:// when ENVIRONMENT=production")
+        if self.OPENBAO_ADDR is not None and not _is_secure_url(self.OPENBAO_ADDR):
+            problems.append("OPENBAO_ADDR: must be https:// when ENVIRONMENT=production")
         return problems
+
+    @property
+    def s3_region(self) -> str | None:
+        """S3_REGION, else AWS_REGION."""
+        return self.S3_REGION or self.AWS_REGION
+
+    @property
+    def embedded_object_store(self) -> bool:
+        """True when no bucket is configured: a local SeaweedFS is started on first use."""
+        return self.S3_BUCKET is None
+
+    @property
+    def embedded_key_manager(self) -> bool:
+        """True when per-tenant keys live in a local OpenBao started on first use."""
+        return self.KMS_PROVIDER is KmsProvider.OPENBAO and self.OPENBAO_ADDR is None
 
     @property
     def database_url(self) -> URL | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -56,8 +56,16 @@ class ReadinessProbe:
         self._checks: dict[str, str] | None = None
         self._checked_at = 0.0
 
-    async def checks(self, database: Database) -> dict[str, str]:
-        """Each check's result ("ok" or a reason), at most `cache_seconds` old."""
+    async def checks(
+        self,
+        database: Database,
+        more: Callable[[], Awaitable[dict[str, str]]] | None = None,
+    ) -> dict[str, str]:
+        """Each check's result ("ok" or a reason), at most `cache_seconds` old.
+
+        `more` adds other dependencies' checks (object storage, KMS), run alongside the
+        database's and bounded by their own timeouts.
+        """
         cached = self._fresh()
         if cached is not None:
             return cached
@@ -65,13 +73,22 @@ class ReadinessProbe:
             cached = self._fresh()
             if cached is not None:
                 return cached  # checked by the caller we waited behind
-            try:
-                async with asyncio.timeout(self.timeout_seconds):
-                    checks = await readiness(database)
-            except TimeoutError:
-                checks = {"database": "timed out"}
+            if more is None:
+                checks = await self._database_checks(database)
+            else:
+                database_checks, more_checks = await asyncio.gather(
+                    self._database_checks(database), more()
+                )
+                checks = {**database_checks, **more_checks}
             self._checks, self._checked_at = checks, self._clock()
             return checks
+
+    async def _database_checks(self, database: Database) -> dict[str, str]:
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                return await readiness(database)
+        except TimeoutError:
+            return {"database": "timed out"}
 
     def _fresh(self) -> dict[str, str] | None:
         if self._checks is not None and self._clock() - self._checked_at < self.cache_seconds:

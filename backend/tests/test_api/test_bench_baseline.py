@@ -24,6 +24,9 @@ PRODUCTION = {
     "OIDC_ISSUER_URL": "https://login.example.org",
     "OIDC_CLIENT_ID": "tenant-docs-api",
     "CURSOR_SECRET": "a-production-cursor-secret",
+    "S3_BUCKET": "tenant-docs-content",
+    "AWS_REGION": "eu-west-1",
+    "KMS_PROVIDER": "aws-kms",
 }
 
 

@@ -84,6 +84,9 @@ def test_dev_mode_refuses_production() -> None:
             ENVIRONMENT="production",
             DATABASE_URL="postgresql://u:p@db.example/app",
             CURSOR_SECRET="set",  # so the issuer is the one problem: a one-line message
+            S3_BUCKET="tenant-docs-content",
+            AWS_REGION="eu-west-1",
+            KMS_PROVIDER="aws-kms",
         )
     message = str(caught.value)
     assert "\n" not in message
@@ -126,6 +129,9 @@ async def test_production_rejects_dev_tokens_and_hides_dev_routes(
         OIDC_CLIENT_ID=issuer_server.issuer.audience,
         DEV_ISSUER_KEY_FILE=dev_settings.DEV_ISSUER_KEY_FILE,
         CURSOR_SECRET="test-cursor-secret",
+        S3_BUCKET="tenant-docs-content",
+        AWS_REGION="eu-west-1",
+        KMS_PROVIDER="aws-kms",
     )
     app = create_app(production, database)
     async with httpx.AsyncClient(
@@ -160,7 +166,15 @@ async def test_make_run_prints_a_curl_that_returns_the_demo_user(
 def test_make_run_refuses_production_in_one_line(
     migrated_db: MigratedDatabase, tmp_path: Path
 ) -> None:
-    env = cli_environment(migrated_db, tmp_path / "k.pem", ENVIRONMENT="production")
+    env = cli_environment(
+        migrated_db,
+        tmp_path / "k.pem",
+        ENVIRONMENT="production",
+        # Content storage and keys configured, so the issuer is the one problem.
+        S3_BUCKET="tenant-docs-content",
+        AWS_REGION="eu-west-1",
+        KMS_PROVIDER="aws-kms",
+    )
     result = subprocess.run(
         [sys.executable, "-m", "app", "run"],
         cwd=BACKEND_DIR,

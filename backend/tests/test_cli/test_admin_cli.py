@@ -335,6 +335,10 @@ async def test_dev_token_refusals(run_cli: RunCli, make_caller: MakeCaller) -> N
             ENVIRONMENT="production",
             OIDC_ISSUER_URL="https://idp.example.test",
             OIDC_CLIENT_ID="app",
+            # A complete production configuration, so what refuses is dev-token itself.
+            S3_BUCKET="tenant-docs-content",
+            AWS_REGION="eu-west-1",
+            KMS_PROVIDER="aws-kms",
         ),
         run_cli("dev-token", "--tenant", tenant, "--user", "nobody@example.org"),
     )

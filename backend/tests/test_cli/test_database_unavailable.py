@@ -48,6 +48,12 @@ async def test_readiness_logs_where_and_why_the_database_is_unreachable(
         OIDC_CLIENT_ID="tenant-docs-api",
         CURSOR_SECRET="s",
         LOG_LEVEL="WARNING",
+        # Storage and KMS on a closed loopback port too: nothing leaves the machine.
+        S3_BUCKET="tenant-docs-content",
+        S3_REGION="us-east-1",
+        S3_ENDPOINT_URL=f"http://127.0.0.1:{CLOSED_PORT}",
+        OPENBAO_ADDR=f"http://127.0.0.1:{CLOSED_PORT}",
+        OPENBAO_TOKEN="t",
     )
     targets = targets_for(production_like.database_url, "pw")  # type: ignore[arg-type]
     engine = build_runtime_engine(targets, production_like)
@@ -61,6 +67,8 @@ async def test_readiness_logs_where_and_why_the_database_is_unreachable(
         await engine.dispose()
     assert response.status_code == 503
     assert response.json()["checks"]["database"] == "unreachable"
+    assert response.json()["checks"]["kms"] == "unavailable"
+    assert response.json()["checks"]["object_storage"] in {"unavailable", "timed out"}
     assert str(CLOSED_PORT) not in response.text  # where the database is stays in the log
     records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
     [logged] = [r for r in records if r["message"] == "readiness: database unreachable"]

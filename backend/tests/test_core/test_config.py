@@ -64,9 +64,13 @@ def test_secrets_never_in_repr() -> None:
         OIDC_CLIENT_SECRET="s3cret-client",
         AWS_SECRET_ACCESS_KEY="aws-s3cret",
         APP_RUNTIME_PASSWORD="runtime-s3cret",
+        S3_ACCESS_KEY_ID="AKIDS3",
+        S3_SECRET_ACCESS_KEY="bucket-s3cret",
+        OPENBAO_TOKEN="bao-s3cret",
     )
     text = repr(settings) + str(settings)
-    for secret in ("hunter2", "s3cret-client", "aws-s3cret", "runtime-s3cret"):
+    secrets = ("hunter2", "s3cret-client", "aws-s3cret", "runtime-s3cret")
+    for secret in (*secrets, "bucket-s3cret", "bao-s3cret"):
         assert secret not in text
 
 
@@ -173,3 +177,52 @@ def test_dot_env_is_the_repository_roots_whatever_the_current_directory(tmp_path
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == str(BACKEND_DIR.parent / ".env")
+
+
+PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "DATABASE_URL": "postgresql://u:p@db.example/app",
+    "OIDC_ISSUER_URL": "https://idp.example",
+    "OIDC_CLIENT_ID": "c",
+    "CURSOR_SECRET": "x" * 32,
+}
+PRODUCTION_CONTENT = {"S3_BUCKET": "docs", "AWS_REGION": "eu-west-1", "KMS_PROVIDER": "aws-kms"}
+
+
+def test_production_content_settings_are_checked_when_given() -> None:
+    with pytest.raises(SettingsError, match="OPENBAO_ADDR: must be https://"):
+        load_settings(**PRODUCTION, OPENBAO_ADDR="http://bao.example:8200", OPENBAO_TOKEN="t")
+    settings = load_settings(**PRODUCTION, OPENBAO_ADDR="https://bao.example:8200/")
+    assert settings.OPENBAO_ADDR == "https://bao.example:8200"
+    assert not settings.embedded_key_manager
+    with pytest.raises(SettingsError, match="S3_ENDPOINT_URL: must be https://"):
+        load_settings(**PRODUCTION, **PRODUCTION_CONTENT, S3_ENDPOINT_URL="http://s3.example")
+    assert not load_settings(**PRODUCTION, **PRODUCTION_CONTENT).embedded_object_store
+
+
+def test_development_defaults_to_the_embedded_servers() -> None:
+    settings = load_settings(ENVIRONMENT="development")
+    assert settings.embedded_object_store
+    assert settings.embedded_key_manager
+    assert settings.EMBEDDED_S3_DIR == BACKEND_DIR / ".data" / "seaweedfs"
+    assert settings.EMBEDDED_OPENBAO_DIR == BACKEND_DIR / ".data" / "openbao"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"S3_ACCESS_KEY_ID": "AK"}, "set both or neither"),
+        ({"S3_SECRET_ACCESS_KEY": "sk"}, "set both or neither"),
+        ({"S3_ENDPOINT_URL": "s3.example"}, "S3_ENDPOINT_URL: expected an http(s):// URL"),
+        ({"KMS_PROVIDER": "vault"}, "KMS_PROVIDER"),
+        ({"KMS_PROVIDER": "aws-kms"}, "AWS_REGION: required when KMS_PROVIDER=aws-kms"),
+        ({"KMS_KEY_DELETION_WINDOW_DAYS": "3"}, "KMS_KEY_DELETION_WINDOW_DAYS"),
+    ],
+)
+def test_malformed_content_settings_are_one_clear_line(
+    overrides: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)

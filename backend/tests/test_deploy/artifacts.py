@@ -65,6 +65,10 @@ TEMPLATE_OMITS: dict[str, str] = {
     "AUDIT_ANCHOR_SIGNING_KEY": "must not live on the server: an anchor proves the chain to "
     "someone who distrusts whoever controls the database and the server, so it is signed "
     "elsewhere (docs/AUDIT_INTEGRITY.md); the server needs only the public verify key",
+    "EMBEDDED_S3_DIR": "development only: production requires S3_BUCKET, so the embedded "
+    "SeaweedFS never starts and its data directory is never read",
+    "EMBEDDED_OPENBAO_DIR": "development only: production requires AWS KMS or an operated "
+    "OpenBao (OPENBAO_ADDR), so the embedded OpenBao never starts",
 }
 
 # --no-proxy-headers: forwarded headers are the app's job (TRUSTED_PROXIES), not uvicorn's, which

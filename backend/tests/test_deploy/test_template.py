@@ -78,6 +78,9 @@ def test_template_values_load_as_production_settings() -> None:
         "APP_RUNTIME_PASSWORD": "generated-by-railway",
         "OIDC_ISSUER_URL": "https://login.example.org",
         "OIDC_CLIENT_ID": "tenant-docs-api",
+        # Content storage and keys (optional at start-up until the content routes land).
+        "S3_BUCKET": "tenant-docs-content",
+        "AWS_REGION": "eu-west-1",
     }
     values = {name: v["value"] for name, v in variables.items() if v["value"]}
     values.update(filled_in)

@@ -33,16 +33,18 @@ async def live() -> Liveness:
 @router.get(
     "/ready",
     response_model=Readiness,
-    summary="Ready to serve: database up, pgvector installed, schema at head, runtime role safe",
+    summary="Ready to serve: database up, pgvector installed, schema at head, runtime role safe,"
+    " object storage and KMS answering (when configured or in use)",
     responses={503: {"model": Readiness, "description": "A check failed; its entry says which."}},
 )
 async def ready(request: Request) -> JSONResponse:
     """200 when every check passes, otherwise 503 naming the failing check (within ~2 s).
 
     The result is at most a second old: calls share one database check (ReadinessProbe).
+    Object storage and the KMS are checked only when configured or in use.
     """
     probe: health_service.ReadinessProbe = request.app.state.readiness_probe
-    checks = await probe.checks(request.app.state.database)
+    checks = await probe.checks(request.app.state.database, request.app.state.content.readiness)
     ok = all(value == "ok" for value in checks.values())
     body = Readiness(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
