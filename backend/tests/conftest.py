@@ -19,7 +19,7 @@ from app.content.embedded_openbao import EmbeddedOpenBao, start_openbao
 from app.content.embedded_seaweedfs import EmbeddedS3, start_seaweedfs
 from app.content.object_store import S3Location, S3ObjectStore
 from app.content.openbao_transit import OpenBaoTransitKeyManager
-from app.core.config import Settings, load_settings
+from app.core.config import Settings
 from app.database import Database
 from app.main import create_app
 from testkit import database_harness as harness

@@ -38,7 +38,10 @@ class Holds:
 async def _client_for(
     settings: Settings, migrated_db: MigratedDatabase, holds: Holds, **pool: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
-    settings = settings.model_copy(update=pool)
+    # The per-tenant limits are not under test here (tests/test_middleware/test_tenant_limits.py):
+    # on a loaded machine their 1 s queue would turn these requests into 429s.
+    limits_off = {"TENANT_RATE_LIMIT_PER_SECOND": 0, "TENANT_MAX_CONCURRENT_REQUESTS": 0}
+    settings = settings.model_copy(update={**limits_off, **pool})
     targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
     engine = build_runtime_engine(targets, settings, application_name=APPLICATION_NAME)
     database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
