@@ -49,7 +49,7 @@ test-only: install
 	cd backend && $(BIN)/python -m pytest
 
 bench-audit: install
-	cd backend && $(BIN)/python -m bench.audit_chain
+	cd backend && $(BIN)/python -m bench.audit_chain $(ARGS)
 bench-vector: install
 	cd backend && $(BIN)/python bench/vector_search.py $(BENCH_ARGS)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import psycopg
 
 from app.database import migrations
+from app.database.roles import RUNTIME_ROLE
 from tests import database_harness as harness
 
 SPREAD_TENANTS = 64
@@ -65,7 +67,8 @@ def _prepare(server: harness.TestServer, chained: bool) -> tuple[str, str, list[
     name = harness.create_database(server, owner=harness.MIGRATOR_ROLE)
     harness.bootstrap_least_privilege(server, name)
     owner_url = server.url(name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD)
-    migrations.upgrade(owner_url, harness.RUNTIME_PASSWORD)
+    # No runtime password: a shared server's app_runtime keeps its own (bench/__init__.py).
+    migrations.upgrade(owner_url, None)
     with psycopg.connect(harness.libpq(server.url(name)), autocommit=True) as conn:
         if not chained:
             conn.execute("DROP TRIGGER zz_chain_audit_log ON audit_logs")
@@ -79,8 +82,11 @@ def _prepare(server: harness.TestServer, chained: bool) -> tuple[str, str, list[
             ).fetchone()[0]  # type: ignore[index]
             for n in range(SPREAD_TENANTS)
         ]
-    runtime_url = server.url(name, username="app_runtime", password=harness.RUNTIME_PASSWORD)
-    return name, harness.libpq(runtime_url), tenants
+    # As app_runtime by a role switch at connection start (the app's fallback login mode).
+    runtime_dsn = psycopg.conninfo.make_conninfo(
+        harness.libpq(server.url(name)), options=f"-c role={RUNTIME_ROLE}"
+    )
+    return name, runtime_dsn, tenants
 
 
 async def _insert(conn: psycopg.AsyncConnection[tuple[object, ...]], tenant: uuid.UUID) -> None:
@@ -126,6 +132,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="runs per cell (default 5)")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     server = harness.start_test_server()
     harness.ensure_migrator_role(server)
     unchained_db, unchained_dsn, unchained_tenants = _prepare(server, chained=False)
@@ -150,6 +157,12 @@ def main() -> None:
         harness.drop_database(server, unchained_db)
         harness.drop_database(server, chained_db)
 
+    load_after = os.getloadavg()
+    print(
+        "\nload average (1/5/15 min): "
+        f"{' '.join(f'{x:.2f}' for x in load_before)} before, "
+        f"{' '.join(f'{x:.2f}' for x in load_after)} after"
+    )
     print(
         f"\nAudit inserts per second (one transaction each, as app_runtime; "
         f"median of {args.rounds} runs of {args.seconds:g} s per cell, interleaved)\n"
