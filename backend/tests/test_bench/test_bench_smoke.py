@@ -40,7 +40,7 @@ class Smoke:
 SMOKE_RUNS = {
     "bench-rls": Smoke(
         ("--docs", "400", "--tenants", "6", "--iterations", "3", "--warmup", "1"),
-        "| tenant (active docs) | query |",
+        "| audit-log page of 50",
     ),
     "bench-audit": Smoke(("--seconds", "0.2", "--rounds", "1"), "| 8 writers, own tenant each"),
     "bench-vector": Smoke(("--docs", "300", "--tenants", "4", "--queries", "2"), "ours/best"),
