@@ -62,7 +62,9 @@ SCENARIOS = [
 ]
 
 
-def _prepare(server: harness.TestServer, chained: bool) -> tuple[str, str, list[uuid.UUID]]:
+def _prepare(
+    server: harness.TestServer, chained: bool, synchronous_commit: str
+) -> tuple[str, str, list[uuid.UUID]]:
     """A database at head (chain triggers dropped unless `chained`) with tenants; its URLs."""
     name = harness.create_database(server, owner=harness.MIGRATOR_ROLE)
     harness.bootstrap_least_privilege(server, name)
@@ -84,7 +86,8 @@ def _prepare(server: harness.TestServer, chained: bool) -> tuple[str, str, list[
         ]
     # As app_runtime by a role switch at connection start (the app's fallback login mode).
     runtime_dsn = psycopg.conninfo.make_conninfo(
-        harness.libpq(server.url(name)), options=f"-c role={RUNTIME_ROLE}"
+        harness.libpq(server.url(name)),
+        options=f"-c role={RUNTIME_ROLE} -c synchronous_commit={synchronous_commit}",
     )
     return name, runtime_dsn, tenants
 
@@ -130,13 +133,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per run (default 2)")
     parser.add_argument("--rounds", type=int, default=5, help="runs per cell (default 5)")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=("on", "off"),
+        default="on",
+        help="the writers' synchronous_commit (default on, as the app). off takes the disk's"
+        " flush latency out of the picture: on a shared, IO-bound machine it shows the CPU"
+        " cost a quiet machine would see (but not the one-tenant commit-latency bound)",
+    )
     args = parser.parse_args()
 
     load_before = os.getloadavg()
     server = harness.start_test_server()
     harness.ensure_migrator_role(server)
-    unchained_db, unchained_dsn, unchained_tenants = _prepare(server, chained=False)
-    chained_db, chained_dsn, chained_tenants = _prepare(server, chained=True)
+    unchained_db, unchained_dsn, unchained_tenants = _prepare(
+        server, chained=False, synchronous_commit=args.synchronous_commit
+    )
+    chained_db, chained_dsn, chained_tenants = _prepare(
+        server, chained=True, synchronous_commit=args.synchronous_commit
+    )
     rates: dict[tuple[Scenario, bool], list[float]] = {
         (scenario, chained): [] for scenario in SCENARIOS for chained in (False, True)
     }
@@ -165,7 +180,8 @@ def main() -> None:
     )
     print(
         f"\nAudit inserts per second (one transaction each, as app_runtime; "
-        f"median of {args.rounds} runs of {args.seconds:g} s per cell, interleaved)\n"
+        f"median of {args.rounds} runs of {args.seconds:g} s per cell, interleaved; "
+        f"synchronous_commit {args.synchronous_commit})\n"
     )
     print(f"| {'scenario':<34} | {'unchained/s':>11} | {'chained/s':>9} | {'ratio':>5} |")
     print(f"|{'-' * 36}|{'-' * 13}|{'-' * 11}|{'-' * 7}|")

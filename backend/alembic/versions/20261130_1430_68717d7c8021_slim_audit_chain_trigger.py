@@ -15,16 +15,16 @@ how the trigger gets there (issue 20; docs/AUDIT_INTEGRITY.md, "Cost"):
   as input, so a tampered value can't leak into the chain. A tenant's very first row finds no
   head: the trigger then inserts a genesis head (sequence 0, zero hash; `ON CONFLICT DO
   NOTHING`, as a concurrent first writer may win) and runs the UPDATE again.
-- **The hash input without a dozen SQL function calls.** `audit_log_row_hash` calls the SQL
-  function `audit_netstring` 13 times per row (not inlined: its argument appears three times in
-  its body). The trigger now builds the same netstrings with built-in operators, the fields of
-  the new row as one PL/pgSQL expression and the two head fields inside the UPDATE.
-- **fillfactor 10 on the heads.** Every audit insert updates its tenant's head, so one busy
-  tenant makes a HOT chain of dead versions that every next update walks until the page is
-  pruned, which PostgreSQL does only once free space drops under max(10 %, 100 - fillfactor)
-  of the page. With fillfactor 10 it prunes as soon as ~10 % of the page is used, so chains
-  stay short; the table has one small row per tenant, so the wasted space is ~1 MB per
-  10,000 tenants.
+- **The hash input without a dozen SQL function calls.** `audit_log_row_hash(NEW)` is 13
+  nested `audit_netstring` calls. The planner inlines them, but each inlined call still counts
+  bytes through a `convert_to` copy and evaluates its argument three times (`to_char`, the
+  `jsonb` text). The trigger now builds the same netstrings with built-in operators, counting
+  bytes directly for the fields whose text is ASCII by construction: the fields of the new row
+  as one PL/pgSQL expression, the two head fields inside the UPDATE.
+
+The head table keeps its default fillfactor: every head update is a HOT update already (only
+the primary key is indexed and it never changes), and fillfactor 10 (prune at every update
+instead of once a page fills) measured no faster for one busy tenant.
 
 Revision ID: 68717d7c8021
 Revises: c41f7a9e2b6d
@@ -160,11 +160,9 @@ def upgrade() -> None:
             comment="last_hash before the newest row (its prev_hash); set by the chain trigger.",
         ),
     )
-    op.execute("ALTER TABLE audit_chain_heads SET (fillfactor = 10)")
     op.execute(SLIM_CHAIN_TRIGGER_FUNCTION)
 
 
 def downgrade() -> None:
     op.execute(UPSERT_CHAIN_TRIGGER_FUNCTION)
-    op.execute("ALTER TABLE audit_chain_heads RESET (fillfactor)")
     op.drop_column("audit_chain_heads", "prev_hash")
