@@ -7,10 +7,10 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours fuzz
+.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours bench-edge fuzz
 
 help:
-	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
+	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000 (PORT=8010 for another)"
 	@echo "make test     lint + the whole test suite (embedded PostgreSQL unless TEST_DATABASE_URL is set)"
 	@echo "make lint     ruff check, ruff format --check, mypy (strict on app/)"
 	@echo "make migrate  alembic upgrade head"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
 	@echo "make bench-http HTTP-level cost: the app under load, each route vs its no-auth baseline"
+	@echo "make bench-edge  the edge's JSON nesting scan on pathological 1 MiB bodies vs a plain one"
 	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
 	@echo "make fuzz     10,000-operation leak fuzz + schemathesis stateful run (ARGS='--seed 1 --ops 20000')"
 
@@ -31,8 +32,10 @@ $(STAMP): $(LOCK) backend/pyproject.toml
 
 install: $(STAMP)
 
+# make run PORT=8010 (the command line's PORT, else the environment's, else 8000). `exec`, so
+# a signal make passes on (an IDE's stop button) reaches the app, which stops its database.
 run: install
-	cd backend && $(BIN)/python -m app run
+	cd backend && exec $(BIN)/python -m app run $(if $(PORT),--port $(PORT))
 
 migrate: install
 	cd backend && $(BIN)/python -m app migrate
@@ -50,6 +53,8 @@ test-only: install
 
 bench-audit: install
 	cd backend && $(BIN)/python -m bench.audit_chain $(ARGS)
+bench-edge: install
+	cd backend && $(BIN)/python -m bench.edge_scan $(ARGS)
 bench-vector: install
 	cd backend && $(BIN)/python bench/vector_search.py $(BENCH_ARGS)
 

@@ -43,6 +43,13 @@ SMOKE_RUNS = {
         "| audit-log page of 50",
     ),
     "bench-audit": Smoke(("--seconds", "0.2", "--rounds", "1"), "| 8 writers, own tenant each"),
+    "bench-edge": Smoke(
+        (
+            "--repeat",
+            "1",
+        ),
+        "16 KiB escaped quotes, the old regex",
+    ),
     "bench-vector": Smoke(("--docs", "300", "--tenants", "4", "--queries", "2"), "ours/best"),
     "bench-http": Smoke(
         (

@@ -59,6 +59,8 @@ TEMPLATE_OMITS: dict[str, str] = {
     "server never starts and its data directory is never read",
     "DEV_ISSUER_KEY_FILE": "development only: production refuses the dev token issuer, so its "
     "signing key is never created or read",
+    "CURSOR_SECRET_FILE": "development only: production requires CURSOR_SECRET, so the "
+    "per-installation dev cursor key is never created or read",
     "AUDIT_ANCHOR_SIGNING_KEY": "must not live on the server: an anchor proves the chain to "
     "someone who distrusts whoever controls the database and the server, so it is signed "
     "elsewhere (docs/AUDIT_INTEGRITY.md); the server needs only the public verify key",
@@ -66,8 +68,11 @@ TEMPLATE_OMITS: dict[str, str] = {
     "authentication)",
 }
 
+# --no-proxy-headers: forwarded headers are the app's job (TRUSTED_PROXIES), not uvicorn's, which
+# would otherwise believe X-Forwarded-For from 127.0.0.1 whatever the settings say.
 START_COMMAND = (
-    "exec uvicorn app.main:create_app --factory --host 0.0.0.0 --port ${PORT:-8000} --no-access-log"
+    "exec uvicorn app.main:create_app --factory --host 0.0.0.0 --port ${PORT:-8000}"
+    " --no-access-log --no-proxy-headers"
 )
 
 
