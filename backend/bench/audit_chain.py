@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import psutil
 import psycopg
 
 from app.database import migrations
@@ -102,13 +103,23 @@ async def _insert(conn: psycopg.AsyncConnection[tuple[object, ...]], tenant: uui
         )
 
 
-async def _rate(dsn: str, tenants: list[uuid.UUID], scenario: Scenario, seconds: float) -> float:
+def _cpu_seconds(backends: list[psutil.Process]) -> float:
+    return sum(sum(process.cpu_times()[:2]) for process in backends)
+
+
+async def _rate(
+    dsn: str, tenants: list[uuid.UUID], scenario: Scenario, seconds: float, local: bool
+) -> tuple[float, float | None]:
+    """Inserts per second, and the server backends' CPU µs per insert (None if not local)."""
     # Connections are opened and warmed (plans cached, trigger compiled) before the clock
     # starts, as in the app's pool.
     connections = [await psycopg.AsyncConnection.connect(dsn) for _ in range(scenario.writers)]
     try:
         for writer, conn in enumerate(connections):
             await _insert(conn, scenario.tenants_of(writer, tenants)[0])
+        # CPU time, unlike throughput, barely moves with what else runs on a shared machine.
+        backends = [psutil.Process(conn.info.backend_pid) for conn in connections] if local else []
+        cpu_before = _cpu_seconds(backends)
         start = time.perf_counter()
         deadline = start + seconds
 
@@ -122,7 +133,9 @@ async def _rate(dsn: str, tenants: list[uuid.UUID], scenario: Scenario, seconds:
             return done
 
         counts = await asyncio.gather(*(writer_loop(n) for n in range(scenario.writers)))
-        return sum(counts) / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        cpu = (_cpu_seconds(backends) - cpu_before) / sum(counts) * 1e6 if local else None
+        return sum(counts) / elapsed, cpu
     finally:
         for conn in connections:
             await conn.close()
@@ -155,6 +168,10 @@ def main() -> None:
     rates: dict[tuple[Scenario, bool], list[float]] = {
         (scenario, chained): [] for scenario in SCENARIOS for chained in (False, True)
     }
+    cpu_per_insert: dict[tuple[Scenario, bool], list[float]] = {key: [] for key in rates}
+    # The backends' CPU time is read from /proc, so only for a server on this machine (a
+    # Unix-socket host: the embedded server, or a local one).
+    local = str(server.superuser_url.query.get("host", "")).startswith("/")
     try:
         for round_number in range(args.rounds):
             for scenario in SCENARIOS:
@@ -166,8 +183,10 @@ def main() -> None:
                 if round_number % 2:
                     variants.reverse()
                 for chained, dsn, tenants in variants:
-                    rate = asyncio.run(_rate(dsn, tenants, scenario, args.seconds))
+                    rate, cpu = asyncio.run(_rate(dsn, tenants, scenario, args.seconds, local))
                     rates[(scenario, chained)].append(rate)
+                    if cpu is not None:
+                        cpu_per_insert[(scenario, chained)].append(cpu)
     finally:
         harness.drop_database(server, unchained_db)
         harness.drop_database(server, chained_db)
@@ -183,14 +202,22 @@ def main() -> None:
         f"median of {args.rounds} runs of {args.seconds:g} s per cell, interleaved; "
         f"synchronous_commit {args.synchronous_commit})\n"
     )
-    print(f"| {'scenario':<34} | {'unchained/s':>11} | {'chained/s':>9} | {'ratio':>5} |")
-    print(f"|{'-' * 36}|{'-' * 13}|{'-' * 11}|{'-' * 7}|")
+    print(
+        f"| {'scenario':<34} | {'unchained/s':>11} | {'chained/s':>9} | {'ratio':>5} "
+        f"| {'server CPU µs/insert, unchained / chained':>41} |"
+    )
+    print(f"|{'-' * 36}|{'-' * 13}|{'-' * 11}|{'-' * 7}|{'-' * 43}|")
     for scenario in SCENARIOS:
         unchained = statistics.median(rates[(scenario, False)])
         chained = statistics.median(rates[(scenario, True)])
+        cpu = "n/a (server not local)"
+        if cpu_per_insert[(scenario, False)] and cpu_per_insert[(scenario, True)]:
+            cpu_unchained = statistics.median(cpu_per_insert[(scenario, False)])
+            cpu_chained = statistics.median(cpu_per_insert[(scenario, True)])
+            cpu = f"{cpu_unchained:.0f} / {cpu_chained:.0f}"
         print(
             f"| {scenario.label:<34} | {unchained:>11.0f} | {chained:>9.0f} | "
-            f"{chained / unchained:>5.2f} |"
+            f"{chained / unchained:>5.2f} | {cpu:>41} |"
         )
 
 
