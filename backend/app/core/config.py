@@ -206,7 +206,10 @@ class Settings(BaseSettings):
                     return header
         return value
 
-    @field_validator("OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "OIDC_AUDIENCE", mode="before")
+    # An empty line in .env (`CURSOR_SECRET=`) means unset, not an empty key or issuer.
+    @field_validator(
+        "OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "OIDC_AUDIENCE", "CURSOR_SECRET", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from typing import Annotated, Any
 
-import numpy
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from app.models.document import EMBEDDING_DIMENSIONS
 
 METADATA_MAX_BYTES = 64 * 1024
 METADATA_MAX_DEPTH = 10
+# The largest finite 32-bit float (pgvector's element type).
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def refuse_unencodable(value: Any) -> Any:
@@ -107,12 +109,13 @@ def check_embedding(values: list[float]) -> list[float]:
     there, and a vector whose squared length is 0 or overflows has no cosine distance
     (pgvector answers NaN, or a wrong 1.0), so both are refused up front.
     """
-    with numpy.errstate(all="ignore"):
-        stored = numpy.asarray(values, dtype=numpy.float32)
-        if not numpy.isfinite(stored).all():
-            raise ValueError("values must fit 32-bit floats (at most 3.4e38 in size)")
-        squared_length = numpy.dot(stored, stored)
-    if not numpy.isfinite(squared_length):
+    # array("f") holds 32-bit floats as pgvector does: a value beyond their range becomes inf.
+    stored = array("f", values)
+    if not all(math.isfinite(value) for value in stored):
+        raise ValueError("values must fit 32-bit floats (at most 3.4e38 in size)")
+    squares = array("f", [value * value for value in stored])
+    squared_length = math.fsum(squares)
+    if not math.isfinite(squared_length) or squared_length > FLOAT32_MAX:
         raise ValueError("values are too large: the vector's squared length overflows")
     if squared_length == 0:
         raise ValueError("must not be all zeros (or so small that it rounds to zero)")
