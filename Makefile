@@ -71,7 +71,7 @@ test-image: install
 	cd backend && $(BIN)/python -m pytest image_tests -p no:cacheprovider -s --durations=0
 
 bench-audit: install
-	cd backend && $(BIN)/python -m bench.audit_chain
+	cd backend && $(BIN)/python -m bench.audit_chain $(ARGS)
 bench-edge: install
 	cd backend && $(BIN)/python -m bench.edge_scan $(ARGS)
 bench-vector: install

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import time
 import uuid
 from dataclasses import dataclass
 
+import psutil
 import psycopg
 
 from app.database import migrations
+from app.database.roles import RUNTIME_ROLE
 from testkit import database_harness as harness
 
 SPREAD_TENANTS = 64
@@ -60,12 +63,15 @@ SCENARIOS = [
 ]
 
 
-def _prepare(server: harness.TestServer, chained: bool) -> tuple[str, str, list[uuid.UUID]]:
+def _prepare(
+    server: harness.TestServer, chained: bool, synchronous_commit: str
+) -> tuple[str, str, list[uuid.UUID]]:
     """A database at head (chain triggers dropped unless `chained`) with tenants; its URLs."""
     name = harness.create_database(server, owner=harness.MIGRATOR_ROLE)
     harness.bootstrap_least_privilege(server, name)
     owner_url = server.url(name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD)
-    migrations.upgrade(owner_url, harness.RUNTIME_PASSWORD)
+    # No runtime password: a shared server's app_runtime keeps its own (bench/__init__.py).
+    migrations.upgrade(owner_url, None)
     with psycopg.connect(harness.libpq(server.url(name)), autocommit=True) as conn:
         if not chained:
             conn.execute("DROP TRIGGER zz_chain_audit_log ON audit_logs")
@@ -79,8 +85,12 @@ def _prepare(server: harness.TestServer, chained: bool) -> tuple[str, str, list[
             ).fetchone()[0]  # type: ignore[index]
             for n in range(SPREAD_TENANTS)
         ]
-    runtime_url = server.url(name, username="app_runtime", password=harness.RUNTIME_PASSWORD)
-    return name, harness.libpq(runtime_url), tenants
+    # As app_runtime by a role switch at connection start (the app's fallback login mode).
+    runtime_dsn = psycopg.conninfo.make_conninfo(
+        harness.libpq(server.url(name)),
+        options=f"-c role={RUNTIME_ROLE} -c synchronous_commit={synchronous_commit}",
+    )
+    return name, runtime_dsn, tenants
 
 
 async def _insert(conn: psycopg.AsyncConnection[tuple[object, ...]], tenant: uuid.UUID) -> None:
@@ -93,13 +103,23 @@ async def _insert(conn: psycopg.AsyncConnection[tuple[object, ...]], tenant: uui
         )
 
 
-async def _rate(dsn: str, tenants: list[uuid.UUID], scenario: Scenario, seconds: float) -> float:
+def _cpu_seconds(backends: list[psutil.Process]) -> float:
+    return sum(sum(process.cpu_times()[:2]) for process in backends)
+
+
+async def _rate(
+    dsn: str, tenants: list[uuid.UUID], scenario: Scenario, seconds: float, local: bool
+) -> tuple[float, float | None]:
+    """Inserts per second, and the server backends' CPU µs per insert (None if not local)."""
     # Connections are opened and warmed (plans cached, trigger compiled) before the clock
     # starts, as in the app's pool.
     connections = [await psycopg.AsyncConnection.connect(dsn) for _ in range(scenario.writers)]
     try:
         for writer, conn in enumerate(connections):
             await _insert(conn, scenario.tenants_of(writer, tenants)[0])
+        # CPU time, unlike throughput, barely moves with what else runs on a shared machine.
+        backends = [psutil.Process(conn.info.backend_pid) for conn in connections] if local else []
+        cpu_before = _cpu_seconds(backends)
         start = time.perf_counter()
         deadline = start + seconds
 
@@ -113,7 +133,9 @@ async def _rate(dsn: str, tenants: list[uuid.UUID], scenario: Scenario, seconds:
             return done
 
         counts = await asyncio.gather(*(writer_loop(n) for n in range(scenario.writers)))
-        return sum(counts) / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        cpu = (_cpu_seconds(backends) - cpu_before) / sum(counts) * 1e6 if local else None
+        return sum(counts) / elapsed, cpu
     finally:
         for conn in connections:
             await conn.close()
@@ -124,15 +146,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per run (default 2)")
     parser.add_argument("--rounds", type=int, default=5, help="runs per cell (default 5)")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=("on", "off"),
+        default="on",
+        help="the writers' synchronous_commit (default on, as the app). off takes the disk's"
+        " flush latency out of the picture: on a shared, IO-bound machine it shows the CPU"
+        " cost a quiet machine would see (but not the one-tenant commit-latency bound)",
+    )
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     server = harness.start_test_server()
     harness.ensure_migrator_role(server)
-    unchained_db, unchained_dsn, unchained_tenants = _prepare(server, chained=False)
-    chained_db, chained_dsn, chained_tenants = _prepare(server, chained=True)
+    unchained_db, unchained_dsn, unchained_tenants = _prepare(
+        server, chained=False, synchronous_commit=args.synchronous_commit
+    )
+    chained_db, chained_dsn, chained_tenants = _prepare(
+        server, chained=True, synchronous_commit=args.synchronous_commit
+    )
     rates: dict[tuple[Scenario, bool], list[float]] = {
         (scenario, chained): [] for scenario in SCENARIOS for chained in (False, True)
     }
+    cpu_per_insert: dict[tuple[Scenario, bool], list[float]] = {key: [] for key in rates}
+    # The backends' CPU time is read from /proc, so only for a server on this machine (a
+    # Unix-socket host: the embedded server, or a local one).
+    local = str(server.superuser_url.query.get("host", "")).startswith("/")
     try:
         for round_number in range(args.rounds):
             for scenario in SCENARIOS:
@@ -144,24 +183,41 @@ def main() -> None:
                 if round_number % 2:
                     variants.reverse()
                 for chained, dsn, tenants in variants:
-                    rate = asyncio.run(_rate(dsn, tenants, scenario, args.seconds))
+                    rate, cpu = asyncio.run(_rate(dsn, tenants, scenario, args.seconds, local))
                     rates[(scenario, chained)].append(rate)
+                    if cpu is not None:
+                        cpu_per_insert[(scenario, chained)].append(cpu)
     finally:
         harness.drop_database(server, unchained_db)
         harness.drop_database(server, chained_db)
 
+    load_after = os.getloadavg()
+    print(
+        "\nload average (1/5/15 min): "
+        f"{' '.join(f'{x:.2f}' for x in load_before)} before, "
+        f"{' '.join(f'{x:.2f}' for x in load_after)} after"
+    )
     print(
         f"\nAudit inserts per second (one transaction each, as app_runtime; "
-        f"median of {args.rounds} runs of {args.seconds:g} s per cell, interleaved)\n"
+        f"median of {args.rounds} runs of {args.seconds:g} s per cell, interleaved; "
+        f"synchronous_commit {args.synchronous_commit})\n"
     )
-    print(f"| {'scenario':<34} | {'unchained/s':>11} | {'chained/s':>9} | {'ratio':>5} |")
-    print(f"|{'-' * 36}|{'-' * 13}|{'-' * 11}|{'-' * 7}|")
+    print(
+        f"| {'scenario':<34} | {'unchained/s':>11} | {'chained/s':>9} | {'ratio':>5} "
+        f"| {'server CPU µs/insert, unchained / chained':>41} |"
+    )
+    print(f"|{'-' * 36}|{'-' * 13}|{'-' * 11}|{'-' * 7}|{'-' * 43}|")
     for scenario in SCENARIOS:
         unchained = statistics.median(rates[(scenario, False)])
         chained = statistics.median(rates[(scenario, True)])
+        cpu = "n/a (server not local)"
+        if cpu_per_insert[(scenario, False)] and cpu_per_insert[(scenario, True)]:
+            cpu_unchained = statistics.median(cpu_per_insert[(scenario, False)])
+            cpu_chained = statistics.median(cpu_per_insert[(scenario, True)])
+            cpu = f"{cpu_unchained:.0f} / {cpu_chained:.0f}"
         print(
             f"| {scenario.label:<34} | {unchained:>11.0f} | {chained:>9.0f} | "
-            f"{chained / unchained:>5.2f} |"
+            f"{chained / unchained:>5.2f} | {cpu:>41} |"
         )
 
 

@@ -9,9 +9,10 @@ and prints one table: recall@10, p50/p95 latency and the ratio of ours to the be
     make bench-vector                                   # 20k docs, 50 tenants
     python bench/vector_search.py --docs 200000 --tenants 500
 
-The database is the bench's own embedded server under bench/.cache (kept between runs, so a
-second run with the same corpus skips the load and reports the first build's numbers; pass
---rebuild to rebuild), or a throw-away database on TEST_DATABASE_URL / DATABASE_URL's server.
+The database is the bench's own embedded server under bench/.cache/postgres-vector (kept
+between runs, so a second run with the same corpus skips the load and reports the first
+build's numbers; pass --rebuild to rebuild), or a throw-away database on TEST_DATABASE_URL /
+DATABASE_URL's server, whose configuration it leaves alone (bench/__init__.py).
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ NEW_TENANT_SHARE = 0.25  # new tenants with 1..30 documents: the "tiny" class
 ZIPF_EXPONENT = 1.1
 DELETED_SHARE = 0.05
 UNEMBEDDED_SHARE = 0.02
-RUNTIME_PASSWORD = "bench-runtime-password"  # noqa: S105  (a throw-away local database)
+# No runtime password: queries run as app_runtime by a role switch at connection start (the
+# app's fallback login mode), so the bench never changes the password of a shared server's
+# app_runtime (roles are server-wide: a new password would lock the server's other users out).
+RUNTIME_PASSWORD = None
 K = 10
 CORPUS_VERSION = 2  # bump when the generator changes: cached databases are then rebuilt
 CLASSES = ("largest", "mid", "small", "tiny")
@@ -170,7 +174,8 @@ def server_superuser_url(args: argparse.Namespace) -> tuple[URL, bool]:
         return make_url(normalise_database_url(external)), args.keep
     from app.database import embedded
 
-    server = embedded.start_embedded(CACHE_DIR / "postgres")
+    # Its own server, not bench-rls's bench/.cache/postgres: it sets shared_buffers below.
+    server = embedded.start_embedded(CACHE_DIR / "postgres-vector")
     with psycopg.connect(server.libpq_superuser_dsn("postgres"), autocommit=True) as conn:
         # Enough shared memory for the table and the index: the runs compare strategies on
         # a warm cache, as a production server would serve them.
@@ -531,7 +536,7 @@ async def run(args: argparse.Namespace) -> None:
     settings = load_settings(
         ENVIRONMENT="test",
         DATABASE_URL=url.render_as_string(hide_password=False),
-        APP_RUNTIME_PASSWORD=RUNTIME_PASSWORD,
+        APP_RUNTIME_PASSWORD="",
         DB_STATEMENT_TIMEOUT_MS=600_000,
         DB_POOL_SIZE=1,
         DB_MAX_OVERFLOW=0,

@@ -170,6 +170,12 @@ audit_chain_heads = Table(
     ),
     Column("last_seq", BigInteger, nullable=False, comment="chain_seq of the newest row."),
     Column("last_hash", LargeBinary, nullable=False, comment="row_hash of the newest row."),
+    Column(
+        "prev_hash",
+        LargeBinary,
+        nullable=True,
+        comment="last_hash before the newest row (its prev_hash); set by the chain trigger.",
+    ),
     comment="Newest link of each tenant's audit chain; written only by the chain trigger.",
 )
 """Each tenant's chain head. Only the chain trigger writes it; the admin role may read it."""
