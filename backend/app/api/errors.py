@@ -49,20 +49,6 @@ async def send_app_error(scope: Scope, receive: Receive, send: Send, error: AppE
     await response(scope, receive, send)
 
 
-async def send_error(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    error: tuple[int, str, str],
-    headers: dict[str, str] | None = None,
-) -> None:
-    """The same answer from a `(status, code, message)` (edge_limits, until it raises AppError)."""
-    status_code, code, message = error
-    body = error_body(status_code, code, message, Request(scope))
-    response = JSONResponse(body, status_code=status_code, headers=headers)
-    await response(scope, receive, send)
-
-
 # A statement ran past statement_timeout (57014 query_canceled) or waited past lock_timeout
 # (55P03 lock_not_available): the transaction is rolled back and the caller may retry.
 _TIMEOUT_SQLSTATES = {"57014", "55P03"}

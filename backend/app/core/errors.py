@@ -81,6 +81,20 @@ class HeaderTooLargeError(AppError):
     code = "header_too_large"
 
 
+class PayloadTooLargeError(AppError):
+    """The request body is larger than MAX_REQUEST_BODY_BYTES (checked before it is read whole)."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(AppError):
+    """The request body is not JSON in UTF-8."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class TooManyRequestsError(AppError):
     """The caller's tenant is over its request rate or concurrency limit; retry after a while."""
 

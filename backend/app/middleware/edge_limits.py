@@ -24,7 +24,14 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import send_error
+from app.api.errors import send_app_error
+from app.core.errors import (
+    AppError,
+    HeaderTooLargeError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from app.middleware.tenant_context import MAX_AUTHORIZATION_BYTES
 
 MAX_HEADER_BYTES = MAX_AUTHORIZATION_BYTES
@@ -45,8 +52,6 @@ _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _CURLY_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
 _OPENER = ord("[")
 _COUNTED_STRETCH = 8  # below this much room, walking bracket by bracket is cheaper than counting
-
-Problem = tuple[int, str, str]
 
 
 @dataclass(frozen=True)
@@ -99,31 +104,28 @@ def nesting_problem(body: bytes, max_depth: int) -> str | None:
     return scan_nesting(body, max_depth).problem
 
 
-def _header_problem(headers: list[tuple[bytes, bytes]]) -> Problem | None:
+def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    """HeaderTooLargeError for one header over MAX_HEADER_BYTES or all of them over the total."""
     total = 0
     for name, value in headers:
         size = len(name) + len(value)
         total += size
         if size > MAX_HEADER_BYTES and name != b"authorization":
             header = name.decode("latin-1")
-            return 431, "header_too_large", f"the {header} header is larger than {MAX_HEADER_BYTES}"
+            raise HeaderTooLargeError(f"the {header} header is larger than {MAX_HEADER_BYTES}")
     if total > MAX_TOTAL_HEADER_BYTES:
-        return (
-            431,
-            "header_too_large",
-            f"the request headers total {total} bytes; the limit is {MAX_TOTAL_HEADER_BYTES}",
+        raise HeaderTooLargeError(
+            f"the request headers total {total} bytes; the limit is {MAX_TOTAL_HEADER_BYTES}"
         )
-    return None
 
 
-def _content_type_problem(content_type: bytes | None) -> Problem | None:
+def _check_content_type(content_type: bytes | None) -> None:
+    """UnsupportedMediaTypeError unless the body is declared as JSON in UTF-8."""
     media_type, _, parameters = (content_type or b"").decode("latin-1").partition(";")
     if not _JSON_MEDIA_TYPE.fullmatch(media_type.strip().lower()):
-        return (
-            415,
-            "unsupported_media_type",
+        raise UnsupportedMediaTypeError(
             "send the body as JSON with the header Content-Type: application/json"
-            f" (got {media_type.strip()[:100] or 'no Content-Type'})",
+            f" (got {media_type.strip()[:100] or 'no Content-Type'})"
         )
     for parameter in parameters.split(";"):
         key, _, value = parameter.partition("=")
@@ -131,8 +133,7 @@ def _content_type_problem(content_type: bytes | None) -> Problem | None:
             "utf-8",
             "utf8",
         }:
-            return 415, "unsupported_media_type", "JSON bodies must be UTF-8 (charset=utf-8)"
-    return None
+            raise UnsupportedMediaTypeError("JSON bodies must be UTF-8 (charset=utf-8)")
 
 
 class EdgeLimits:
@@ -148,11 +149,22 @@ class EdgeLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-        problem = _header_problem(headers)
-        if problem is not None:
-            await send_error(scope, receive, send, problem)
+        try:
+            body = await self._checked_body(scope, receive)
+        except AppError as error:
+            await send_app_error(scope, receive, send, error)
             return
+        except _ClientGoneError:
+            return  # nobody is left to answer
+        if body is None:
+            await self.app(scope, receive, send)
+        else:
+            await self.app(scope, _replay(body, receive), send)
+
+    async def _checked_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The buffered body once every check passed (None: no body); AppError otherwise."""
+        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        _check_headers(headers)
         content_length: bytes | None = None
         content_type: bytes | None = None
         streamed = False
@@ -165,35 +177,19 @@ class EdgeLimits:
                 streamed = True
         declared = self._declared_length(content_length)
         if declared is None:
-            await send_error(
-                scope,
-                receive,
-                send,
-                (400, "bad_request", "the Content-Length header is not a byte count"),
-            )
-            return
+            raise AppError("the Content-Length header is not a byte count")
         if declared == 0 and not streamed:
-            await self.app(scope, receive, send)
-            return
-        problem = self._size_problem(declared) or _content_type_problem(content_type)
-        if problem is not None:
-            await send_error(scope, receive, send, problem)
-            return
-        try:
-            body = await self._read_body(receive)
-        except _BodyTooLargeError:
-            await send_error(scope, receive, send, self._too_large())
-            return
-        except _ClientGoneError:
-            return  # nobody is left to answer
+            return None
+        if declared > self.max_body_bytes:
+            raise self._too_large()
+        _check_content_type(content_type)
+        body = await self._read_body(receive)
         if not body:
-            await self.app(scope, receive, send)
-            return
+            return None
         reason = nesting_problem(body, self.max_json_depth)
         if reason is not None:
-            await send_error(scope, receive, send, (422, "validation_error", reason))
-            return
-        await self.app(scope, _replay(body, receive), send)
+            raise InvalidInputError(reason)
+        return body
 
     @staticmethod
     def _declared_length(content_length: bytes | None) -> int | None:
@@ -204,15 +200,8 @@ class EdgeLimits:
             return None
         return int(content_length)
 
-    def _size_problem(self, size: int) -> Problem | None:
-        return None if size <= self.max_body_bytes else self._too_large()
-
-    def _too_large(self) -> Problem:
-        return (
-            413,
-            "payload_too_large",
-            f"the request body is larger than {self.max_body_bytes} bytes",
-        )
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"the request body is larger than {self.max_body_bytes} bytes")
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole body; stops reading as soon as more than the limit has arrived."""
@@ -225,14 +214,10 @@ class EdgeLimits:
             chunk: bytes = message.get("body", b"")
             received += len(chunk)
             if received > self.max_body_bytes:
-                raise _BodyTooLargeError
+                raise self._too_large()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-
-class _BodyTooLargeError(Exception):
-    """More bytes arrived than MAX_REQUEST_BODY_BYTES allows."""
 
 
 class _ClientGoneError(Exception):
