@@ -20,14 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from app.database.base import Base, SoftDeleteMixin
+from app.services import vector_search
+from app.services.vector_search import EMBEDDING_DIMENSIONS, SearchFilters, SearchHit
 
 if TYPE_CHECKING:
     from app.models.tenant import Tenant
     from app.models.user import User
-    from app.services.vector_search import SearchFilters, SearchHit
 
-EMBEDDING_DIMENSIONS = 1024
 DOCUMENT_STATUSES = ("processing", "completed", "failed")
+__all__ = ["DOCUMENT_STATUSES", "EMBEDDING_DIMENSIONS", "Document"]
 
 
 class Document(SoftDeleteMixin, Base):
@@ -59,17 +60,11 @@ class Document(SoftDeleteMixin, Base):
         ),
         Index("idx_documents_metadata_gin", "metadata", postgresql_using="gin"),
         # The rows vector search may return, per tenant (see app/services/vector_search.py).
+        # Large tenants also get an HNSW index of their own, built by the maintenance command
+        # (app/services/vector_indexes.py), not by migrations: they are not in the model.
         Index(
             "idx_documents_tenant_embedded",
             "tenant_id",
-            postgresql_where=text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
-        ),
-        Index(
-            "idx_documents_embedding_hnsw",
-            "embedding_vector",
-            postgresql_using="hnsw",
-            postgresql_with={"m": 16, "ef_construction": 128},
-            postgresql_ops={"embedding_vector": "vector_cosine_ops"},
             postgresql_where=text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
         ),
         {"comment": "Documents stored in S3, with metadata and a 1024-dim embedding."},
@@ -132,9 +127,7 @@ class Document(SoftDeleteMixin, Base):
         Runs in the session's transaction, under its tenant context; raises ValueError for an
         embedding that is not 1024 finite numbers or a `k` outside 1..100.
         """
-        from app.services import vector_search
-
-        return await vector_search.similarity_search(session, embedding, k, filters)
+        return await vector_search.similarity_search(session, cls, embedding, k, filters)
 
     def __repr__(self) -> str:
         return f"<Document id={self.id} tenant_id={self.tenant_id} status={self.status}>"

@@ -1,0 +1,219 @@
+"""Per-tenant HNSW indexes: which tenants need one, and building and dropping them safely.
+
+A tenant with more than VECTOR_INDEX_MIN_ROWS searchable documents (embedded, not deleted)
+gets a partial HNSW index of its own, so its searches never walk a graph holding other
+tenants' vectors (issue 16). `search_documents()` finds the index by its name and uses it only
+once it is valid; until then, the tenant is scanned exactly and answers correctly.
+
+Only the maintenance command runs this (`tenantdocs vector-indexes`), never a request:
+- `CREATE INDEX CONCURRENTLY` builds without blocking the tenant's (or anyone's) writes; it
+  cannot run inside a transaction, so the connection must be in autocommit.
+- A build that fails or is killed half way leaves an INVALID index (pg_index.indisvalid =
+  false): searches ignore it, but inserts still maintain it. Each run drops those and builds
+  them again. https://www.postgresql.org/docs/current/sql-createindex.html#SQL-CREATEINDEX-CONCURRENTLY
+- An index is dropped (DROP INDEX CONCURRENTLY) once its tenant falls below half the
+  threshold, so a tenant hovering around it does not flap.
+- Tenants are counted as the provisioning role (BYPASSRLS: every tenant); the DDL runs as the
+  login that owns the table, because PostgreSQL lets only a table's owner create an index on
+  it (no grantable privilege does).
+- A session advisory lock makes concurrent runs wait for each other instead of racing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.database.roles import ADMIN_ROLE
+
+INDEX_PREFIX = "idx_documents_hnsw_tenant_"
+# The graph's parameters: m=16 (pgvector's default), ef_construction=128 (64 left documents
+# unreachable in dense graphs; docs/VECTOR_SEARCH.md).
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 128
+# Any fixed 64-bit key, the same for every run of the command.
+_ADVISORY_LOCK_KEY = 0x7665_6374_6F72_6978  # "vectorix"
+
+_SEARCHABLE_COUNTS = text(
+    "SELECT tenant_id, count(*) FROM documents"
+    " WHERE embedding_vector IS NOT NULL AND deleted_at IS NULL GROUP BY tenant_id"
+)
+_TENANT_INDEXES = text(
+    "SELECT c.relname, i.indisvalid AND i.indisready AND i.indislive AS valid,"
+    " pg_relation_size(c.oid) AS size"
+    " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+    " WHERE i.indrelid = 'public.documents'::regclass AND c.relname LIKE :pattern"
+).bindparams(pattern=INDEX_PREFIX.replace("_", r"\_") + "%")
+
+
+class Action(StrEnum):
+    """What a run does with one tenant's index."""
+
+    BUILD = "build"
+    REBUILD_INVALID = "rebuild-invalid"
+    DROP = "drop"
+    DROP_INVALID = "drop-invalid"
+    KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """One tenant's index: its searchable rows, what exists, and what to do."""
+
+    tenant_id: uuid.UUID
+    searchable_rows: int
+    index_name: str
+    exists: bool
+    valid: bool
+    action: Action
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """What a run did for one tenant, and what it cost."""
+
+    plan: IndexPlan
+    seconds: float
+    index_bytes: int
+
+
+def index_name(tenant_id: uuid.UUID) -> str:
+    """The name of `tenant_id`'s own HNSW index (58 characters: under PostgreSQL's 63)."""
+    return INDEX_PREFIX + tenant_id.hex
+
+
+def tenant_of_index(name: str) -> uuid.UUID | None:
+    """The tenant an index named by `index_name` belongs to, or None for any other name."""
+    if not name.startswith(INDEX_PREFIX):
+        return None
+    try:
+        return uuid.UUID(hex=name.removeprefix(INDEX_PREFIX))
+    except ValueError:
+        return None
+
+
+def create_index_sql(tenant_id: uuid.UUID) -> str:
+    """CREATE INDEX CONCURRENTLY for the tenant's own HNSW index.
+
+    The predicate must be exactly what search_documents() writes in its WHERE clause (a
+    literal tenant id, then the searchable-row conditions), or the planner won't use it. The
+    id is a uuid.UUID, so its text form is safe to inline.
+    """
+    return (
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index_name(tenant_id)} ON documents"
+        " USING hnsw (embedding_vector vector_cosine_ops)"
+        f" WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+        f" WHERE tenant_id = '{tenant_id}'::uuid"
+        " AND embedding_vector IS NOT NULL AND deleted_at IS NULL"
+    )
+
+
+def drop_index_sql(name: str) -> str:
+    """DROP INDEX CONCURRENTLY for one of our per-tenant indexes (refuses any other name)."""
+    if tenant_of_index(name) is None:
+        raise ValueError(f"{name!r} is not a per-tenant vector index")
+    return f"DROP INDEX CONCURRENTLY IF EXISTS {name}"
+
+
+def decide(
+    counts: dict[uuid.UUID, int], indexes: dict[str, bool], min_rows: int
+) -> list[IndexPlan]:
+    """Plan every tenant that has searchable rows or an index; biggest tenants first."""
+    tenants: dict[uuid.UUID, int] = dict(counts)
+    for name in indexes:
+        tenant = tenant_of_index(name)
+        if tenant is not None:
+            tenants.setdefault(tenant, 0)
+    plans = []
+    for tenant, rows in sorted(tenants.items(), key=lambda item: (-item[1], str(item[0]))):
+        name = index_name(tenant)
+        exists = name in indexes
+        valid = indexes.get(name, False)
+        wanted = rows > min_rows or (exists and valid and rows >= min_rows // 2)
+        if wanted:
+            action = Action.KEEP if valid else Action.REBUILD_INVALID if exists else Action.BUILD
+        elif exists:
+            action = Action.DROP if valid else Action.DROP_INVALID
+        else:
+            continue
+        plans.append(IndexPlan(tenant, rows, name, exists, valid, action))
+    return plans
+
+
+async def plan_indexes(connection: AsyncConnection, min_rows: int) -> list[IndexPlan]:
+    """What a run would do: count every tenant's searchable rows and read our indexes."""
+    await connection.execute(text(f"SET ROLE {ADMIN_ROLE}"))
+    try:
+        counts = {row[0]: int(row[1]) for row in await connection.execute(_SEARCHABLE_COUNTS)}
+    finally:
+        await connection.execute(text("RESET ROLE"))
+    indexes = {row[0]: bool(row[1]) for row in await connection.execute(_TENANT_INDEXES)}
+    return decide(counts, indexes, min_rows)
+
+
+async def index_size(connection: AsyncConnection, name: str) -> int:
+    """The on-disk size of an index in bytes (0 if it does not exist)."""
+    size = await connection.execute(
+        text("SELECT pg_relation_size(to_regclass(:name))"), {"name": f"public.{name}"}
+    )
+    return int(size.scalar() or 0)
+
+
+async def apply_plan(
+    connection: AsyncConnection,
+    plans: list[IndexPlan],
+    *,
+    maintenance_work_mem: str = "512MB",
+    on_done: Callable[[IndexResult], None] | None = None,
+) -> list[IndexResult]:
+    """Carry out `plans` on an AUTOCOMMIT connection of the table's owner, one index at a time."""
+    await connection.execute(
+        text("SELECT set_config('maintenance_work_mem', :value, false)"),
+        {"value": maintenance_work_mem},
+    )
+    results = []
+    for plan in plans:
+        started = time.perf_counter()
+        if plan.action in (Action.DROP, Action.DROP_INVALID, Action.REBUILD_INVALID):
+            await connection.execute(text(drop_index_sql(plan.index_name)))
+        if plan.action in (Action.BUILD, Action.REBUILD_INVALID):
+            await connection.execute(text(create_index_sql(plan.tenant_id)))
+        result = IndexResult(
+            plan, time.perf_counter() - started, await index_size(connection, plan.index_name)
+        )
+        results.append(result)
+        if on_done is not None:
+            on_done(result)
+    return results
+
+
+async def maintain_indexes(
+    connection: AsyncConnection,
+    min_rows: int,
+    *,
+    dry_run: bool = False,
+    maintenance_work_mem: str = "512MB",
+    on_done: Callable[[IndexResult], None] | None = None,
+) -> list[IndexResult]:
+    """Bring every tenant's own index in line with `min_rows`, under an advisory lock.
+
+    `connection` must be the table owner's, in AUTOCOMMIT (CREATE INDEX CONCURRENTLY).
+    """
+    await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+    try:
+        plans = await plan_indexes(connection, min_rows)
+        if dry_run:
+            return [IndexResult(plan, 0.0, 0) for plan in plans]
+        return await apply_plan(
+            connection, plans, maintenance_work_mem=maintenance_work_mem, on_done=on_done
+        )
+    finally:
+        await connection.execute(
+            text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY}
+        )
