@@ -41,9 +41,10 @@ MAX_K = 100
 _PLAIN_NUMBERS = frozenset({float, int})
 
 # With an index of its own, a filtered search still scans exactly when the filters keep at
-# most this many rows, or HNSW_MIN_SHARE of the index: pgvector's iterative scan loses recall
-# when the matching rows are a small share of the graph (docs/VECTOR_SEARCH.md).
-EXACT_SCAN_MIN_ROWS = 1_000
+# most this many rows (under half of VECTOR_INDEX_MIN_ROWS, so an unfiltered search of an
+# indexed tenant always walks its index), or HNSW_MIN_SHARE of the index: pgvector's
+# iterative scan loses recall when the matching rows are a small share of the graph.
+EXACT_SCAN_MIN_ROWS = 200
 HNSW_MIN_SHARE = 0.05
 # The HNSW candidate list (never below k): the walk's recall on dense clusters
 # (docs/VECTOR_SEARCH.md, "Why these settings").

@@ -134,7 +134,9 @@ async def test_each_search_walks_its_own_tenants_index_and_no_other(
         async with await psycopg.AsyncConnection.connect(
             harness.libpq(migrated_db.superuser_url), autocommit=True
         ) as conn:
-            conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+            conn.add_notice_handler(
+                lambda notice, plans=plans: plans.append(notice.message_primary or "")
+            )
             await conn.execute("LOAD 'auto_explain'")
             await conn.execute(
                 "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements"

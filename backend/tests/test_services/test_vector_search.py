@@ -237,9 +237,15 @@ async def test_big_tenant_on_the_hnsw_path_finds_the_nearest_in_order(
     assert found / expected >= 0.98
 
 
-async def test_exact_path_is_exact_for_the_big_tenant_by_default(
-    corpus: Corpus, runtime_sessions: async_sessionmaker[AsyncSession]
+async def test_a_tenant_without_an_index_of_its_own_is_scanned_exactly(
+    corpus: Corpus,
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    maintain_vector_indexes: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A threshold far above the big tenant: the maintenance drops its index (if it had one).
+    await maintain_vector_indexes(10 * BIG_DOCS)
+    monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", HNSW_FLOOR)
     query = unit_vector()
     async with tenant_transaction(runtime_sessions, corpus.big) as session:
         hits = await Document.similarity_search(session, query, 25)
