@@ -19,7 +19,7 @@ from app.services import vector_search as vector_search_service
 from app.services.vector_indexes import Action
 from tests import database_harness as harness
 from tests.conftest import MigratedDatabase
-from tests.factories import make_tenant, make_user
+from tests.factories import make_tenant_with_vectors
 
 THRESHOLD = 40
 RNG = np.random.default_rng(16)
@@ -29,29 +29,6 @@ def unit_vectors(count: int) -> np.ndarray:
     """Random directions in 1024 dimensions."""
     vectors = RNG.standard_normal((count, 1024))
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-async def make_tenant_with_vectors(
-    admin_sessions: async_sessionmaker[AsyncSession], vectors: np.ndarray
-) -> uuid.UUID:
-    """A tenant whose documents carry `vectors` (one each)."""
-    async with admin_transaction(admin_sessions) as session:
-        tenant_id = (await make_tenant(session)).id
-        user = await make_user(session, tenant_id)
-        for vector in vectors:
-            session.add(
-                Document(
-                    tenant_id=tenant_id,
-                    user_id=user.id,
-                    s3_bucket="test-bucket",
-                    s3_key=f"docs/{uuid.uuid4()}.pdf",
-                    filename="note.txt",
-                    content_type="text/plain",
-                    size_bytes=10,
-                    embedding_vector=[float(x) for x in vector],
-                )
-            )
-    return tenant_id
 
 
 def exact_top(vectors: np.ndarray, ids: list[uuid.UUID], query: np.ndarray, k: int) -> list[Any]:

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.database.session import tenant_transaction
 from app.models import Document
 from app.services import vector_search as vector_search_service
-from tests.test_services.test_vector_indexes import make_tenant_with_vectors
+from tests.factories import make_tenant_with_vectors
 
 ROUNDS = 40
 REPEATS = 3
