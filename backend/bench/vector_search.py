@@ -375,15 +375,17 @@ def async_url(url: URL) -> URL:
 
 async def build_tenant_indexes(url: URL, threshold: int) -> list[dict[str, Any]]:
     """Run the maintenance command's work (as the owner): one index per tenant over it."""
-    engine = create_async_engine(async_url(url), pool_size=1, max_overflow=0)
+    # One build at a time on one core: the machine is shared, and the maintenance command on a
+    # production server would not take every core either.
+    options = "-c max_parallel_maintenance_workers=0 -c maintenance_work_mem=512MB"
+    engine = create_async_engine(
+        async_url(url), pool_size=2, max_overflow=0, connect_args={"options": options}
+    )
     try:
+        results = await vector_indexes_service.maintain_indexes(engine, threshold)
         async with engine.connect() as connection:
-            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            # One build at a time on one core: the machine is shared, and the maintenance
-            # command on a production server would not take every core either.
-            await autocommit.exec_driver_sql("SET max_parallel_maintenance_workers = 0")
-            results = await vector_indexes_service.maintain_indexes(autocommit, threshold)
-            await autocommit.exec_driver_sql("ANALYZE documents")
+            await connection.exec_driver_sql("ANALYZE documents")
+            await connection.commit()
     finally:
         await engine.dispose()
     return [

@@ -42,21 +42,18 @@ async def _maintain(
         resolve_targets(settings).login_url,
         settings,
         application_name="tenant-docs-vector-indexes",
-        pool_size=1,
+        pool_size=2,
         max_overflow=0,
+        # An index build takes minutes: not bounded by the API's statement timeout.
+        server_settings={"statement_timeout": "0", "maintenance_work_mem": maintenance_work_mem},
     )
     try:
-        async with engine.connect() as connection:
-            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            # An index build takes minutes: not bounded by the API's statement timeout.
-            await connection.exec_driver_sql("SET statement_timeout = 0")
-            return await vector_indexes_service.maintain_indexes(
-                connection,
-                min_rows,
-                dry_run=dry_run,
-                maintenance_work_mem=maintenance_work_mem,
-                on_done=lambda result: typer.echo(_describe(result)),
-            )
+        return await vector_indexes_service.maintain_indexes(
+            engine,
+            min_rows,
+            dry_run=dry_run,
+            on_done=lambda result: typer.echo(_describe(result)),
+        )
     finally:
         await engine.dispose()
 
@@ -70,13 +67,15 @@ def vector_indexes(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, change nothing."),
     maintenance_work_mem: str = typer.Option(
-        DEFAULT_MAINTENANCE_WORK_MEM, help="maintenance_work_mem for each build."
+        DEFAULT_MAINTENANCE_WORK_MEM, help="maintenance_work_mem for each build (e.g. 1GB)."
     ),
 ) -> None:
     """Build, rebuild (INVALID) and drop per-tenant HNSW indexes; print one line per tenant."""
     settings = settings_or_exit()
     configure_logging("WARNING" if settings.LOG_LEVEL == "INFO" else settings.LOG_LEVEL)
     threshold = settings.VECTOR_INDEX_MIN_ROWS if min_rows is None else min_rows
+    if not maintenance_work_mem.isalnum():
+        fail("--maintenance-work-mem must look like 512MB or 2GB", EXIT_BAD_INPUT)
     try:
         results = asyncio.run(_maintain(settings, threshold, dry_run, maintenance_work_mem))
     except SettingsError as exc:

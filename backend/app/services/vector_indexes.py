@@ -13,10 +13,12 @@ Only the maintenance command runs this (`tenantdocs vector-indexes`), never a re
   them again. https://www.postgresql.org/docs/current/sql-createindex.html#SQL-CREATEINDEX-CONCURRENTLY
 - An index is dropped (DROP INDEX CONCURRENTLY) once its tenant falls below half the
   threshold, so a tenant hovering around it does not flap.
-- Tenants are counted as the provisioning role (BYPASSRLS: every tenant); the DDL runs as the
-  login that owns the table, because PostgreSQL lets only a table's owner create an index on
-  it (no grantable privilege does).
+- Tenants are counted in an admin transaction (the provisioning role, BYPASSRLS: every tenant);
+  the DDL runs as the login that owns the table, because PostgreSQL lets only a table's owner
+  create an index on it (no grantable privilege does).
 - A session advisory lock makes concurrent runs wait for each other instead of racing.
+- Build settings (maintenance_work_mem, no statement timeout) are start-up parameters of the
+  maintenance engine (app/cli/vector_indexes.py), never a SET on a connection.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from app.database.roles import ADMIN_ROLE
+from app.database.session import admin_transaction, make_sessionmaker
 
 INDEX_PREFIX = "idx_documents_hnsw_tenant_"
 # The graph's parameters: m=16 (pgvector's default), ef_construction=128 (64 left documents
@@ -146,14 +148,13 @@ def decide(
     return plans
 
 
-async def plan_indexes(connection: AsyncConnection, min_rows: int) -> list[IndexPlan]:
-    """What a run would do: count every tenant's searchable rows and read our indexes."""
-    await connection.execute(text(f"SET ROLE {ADMIN_ROLE}"))
-    try:
-        counts = {row[0]: int(row[1]) for row in await connection.execute(_SEARCHABLE_COUNTS)}
-    finally:
-        await connection.execute(text("RESET ROLE"))
-    indexes = {row[0]: bool(row[1]) for row in await connection.execute(_TENANT_INDEXES)}
+async def plan_indexes(session: AsyncSession, min_rows: int) -> list[IndexPlan]:
+    """What a run would do: count every tenant's searchable rows and read our indexes.
+
+    `session` is in an admin transaction (the provisioning role sees every tenant's rows).
+    """
+    counts = {row[0]: int(row[1]) for row in await session.execute(_SEARCHABLE_COUNTS)}
+    indexes = {row[0]: bool(row[1]) for row in await session.execute(_TENANT_INDEXES)}
     return decide(counts, indexes, min_rows)
 
 
@@ -168,22 +169,16 @@ async def index_size(connection: AsyncConnection, name: str) -> int:
 async def apply_plan(
     connection: AsyncConnection,
     plans: list[IndexPlan],
-    *,
-    maintenance_work_mem: str = "512MB",
     on_done: Callable[[IndexResult], None] | None = None,
 ) -> list[IndexResult]:
     """Carry out `plans` on an AUTOCOMMIT connection of the table's owner, one index at a time."""
-    await connection.execute(
-        text("SELECT set_config('maintenance_work_mem', :value, false)"),
-        {"value": maintenance_work_mem},
-    )
     results = []
     for plan in plans:
         started = time.perf_counter()
         if plan.action in (Action.DROP, Action.DROP_INVALID, Action.REBUILD_INVALID):
-            await connection.execute(text(drop_index_sql(plan.index_name)))
+            await connection.exec_driver_sql(drop_index_sql(plan.index_name))
         if plan.action in (Action.BUILD, Action.REBUILD_INVALID):
-            await connection.execute(text(create_index_sql(plan.tenant_id)))
+            await connection.exec_driver_sql(create_index_sql(plan.tenant_id))
         result = IndexResult(
             plan, time.perf_counter() - started, await index_size(connection, plan.index_name)
         )
@@ -194,26 +189,26 @@ async def apply_plan(
 
 
 async def maintain_indexes(
-    connection: AsyncConnection,
+    engine: AsyncEngine,
     min_rows: int,
     *,
     dry_run: bool = False,
-    maintenance_work_mem: str = "512MB",
     on_done: Callable[[IndexResult], None] | None = None,
 ) -> list[IndexResult]:
     """Bring every tenant's own index in line with `min_rows`, under an advisory lock.
 
-    `connection` must be the table owner's, in AUTOCOMMIT (CREATE INDEX CONCURRENTLY).
+    `engine` logs in as the table's owner (DATABASE_URL's login) and has room for two
+    connections: one in AUTOCOMMIT for the lock and CREATE INDEX CONCURRENTLY, one for the
+    admin transaction that plans.
     """
-    await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-    try:
-        plans = await plan_indexes(connection, min_rows)
-        if dry_run:
-            return [IndexResult(plan, 0.0, 0) for plan in plans]
-        return await apply_plan(
-            connection, plans, maintenance_work_mem=maintenance_work_mem, on_done=on_done
-        )
-    finally:
-        await connection.execute(
-            text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY}
-        )
+    async with engine.connect() as connection:
+        ddl = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await ddl.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+        try:
+            async with admin_transaction(make_sessionmaker(engine)) as session:
+                plans = await plan_indexes(session, min_rows)
+            if dry_run:
+                return [IndexResult(plan, 0.0, 0) for plan in plans]
+            return await apply_plan(ddl, plans, on_done)
+        finally:
+            await ddl.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY})

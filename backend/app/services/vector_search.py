@@ -130,7 +130,7 @@ def search_statement(model: type[Document]) -> Select[Document, float]:
     return (
         select(model, SEARCH_FUNCTION.c.distance)
         .join(SEARCH_FUNCTION, model.id == SEARCH_FUNCTION.c.id)
-        .order_by(SEARCH_FUNCTION.c.distance, model.id)
+        .order_by(SEARCH_FUNCTION.c.distance, SEARCH_FUNCTION.c.id)
         .options(defer(model.embedding_vector, raiseload=True))
     )
 

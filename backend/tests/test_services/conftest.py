@@ -5,11 +5,13 @@ on everything else in the documents table, so these tests must not share it with
 leave rows behind.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.config import Settings
+from app.database.engine import build_engine
 from app.services import vector_indexes as vector_indexes_service
 from tests import own_database
 
@@ -22,15 +24,29 @@ admin_sessions = own_database.admin_sessions
 database = own_database.database
 
 
+@pytest.fixture(scope="session")
+async def maintenance_engine(
+    settings: Settings, migrated_db: own_database.MigratedDatabase
+) -> AsyncIterator[AsyncEngine]:
+    """The table owner's engine as the maintenance command builds it: no statement timeout."""
+    engine = build_engine(
+        migrated_db.owner_url,
+        settings,
+        pool_size=2,
+        max_overflow=0,
+        server_settings={"statement_timeout": "0"},
+    )
+    yield engine
+    await engine.dispose()
+
+
 @pytest.fixture
 def maintain_vector_indexes(
-    owner_engine: AsyncEngine,
+    maintenance_engine: AsyncEngine,
 ) -> Callable[[int], Awaitable[list[vector_indexes_service.IndexResult]]]:
-    """Run the maintenance command's work (as the table owner, autocommit) with a threshold."""
+    """Run the maintenance command's work (as the table owner) with a threshold."""
 
     async def maintain(min_rows: int) -> list[vector_indexes_service.IndexResult]:
-        async with owner_engine.connect() as connection:
-            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            return await vector_indexes_service.maintain_indexes(autocommit, min_rows)
+        return await vector_indexes_service.maintain_indexes(maintenance_engine, min_rows)
 
     return maintain
