@@ -17,7 +17,8 @@ from sqlalchemy.exc import DBAPIError
 from app.cli.admin import EXIT_BAD_INPUT, EXIT_REFUSED, fail
 from app.core.config import Settings, SettingsError, settings_or_exit
 from app.core.logging import configure_logging
-from app.database.engine import build_engine, resolve_targets
+from app.database.engine import build_engine, build_runtime_engine, resolve_targets
+from app.database.session import make_sessionmaker
 from app.services import vector_indexes as vector_indexes_service
 
 # Building a graph in memory is several times faster than spilling it; 512 MB holds a
@@ -32,14 +33,17 @@ def _describe(result: vector_indexes_service.IndexResult) -> str:
         line += f"  {result.index_bytes / 2**20:8.1f} MiB"
     if result.seconds:
         line += f"  {result.seconds:7.1f} s"
+    if result.probe_recall is not None:
+        line += f"  probe recall@10 {result.probe_recall:.2f}"
     return line
 
 
 async def _maintain(
     settings: Settings, min_rows: int, dry_run: bool, maintenance_work_mem: str
 ) -> list[vector_indexes_service.IndexResult]:
+    targets = resolve_targets(settings)
     engine = build_engine(
-        resolve_targets(settings).login_url,
+        targets.login_url,
         settings,
         application_name="tenant-docs-vector-indexes",
         pool_size=2,
@@ -47,14 +51,18 @@ async def _maintain(
         # An index build takes minutes: not bounded by the API's statement timeout.
         server_settings={"statement_timeout": "0", "maintenance_work_mem": maintenance_work_mem},
     )
+    # Each new index is probed the way requests search: as app_runtime, in a tenant transaction.
+    runtime = build_runtime_engine(targets, settings, pool_size=1, max_overflow=0)
     try:
         return await vector_indexes_service.maintain_indexes(
             engine,
             min_rows,
             dry_run=dry_run,
             on_done=lambda result: typer.echo(_describe(result)),
+            probe_sessions=make_sessionmaker(runtime),
         )
     finally:
+        await runtime.dispose()
         await engine.dispose()
 
 

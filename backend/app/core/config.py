@@ -115,8 +115,9 @@ class Settings(BaseSettings):
     AUDIT_DOCUMENT_READS: bool = False
     # Vector search: a tenant with more searchable documents than this gets an HNSW index of
     # its own (`tenantdocs vector-indexes`); below it, an exact scan of its rows is as fast
-    # (docs/VECTOR_SEARCH.md has the measurement).
-    VECTOR_INDEX_MIN_ROWS: int = Field(default=500, ge=100, le=10_000_000)
+    # (docs/VECTOR_SEARCH.md has the measurement). At least twice the search's exact-scan
+    # floor (EXACT_SCAN_MIN_ROWS, 200), so an indexed tenant's unfiltered search walks it.
+    VECTOR_INDEX_MIN_ROWS: int = Field(default=500, ge=400, le=10_000_000)
 
     # Benchmarks (`make bench-http`): unauthenticated twins of the API's routes under
     # /bench/baseline (app/api/bench_baseline.py). Refused in production.

@@ -23,22 +23,32 @@ Only the maintenance command runs this (`tenantdocs vector-indexes`), never a re
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.database.session import admin_transaction, make_sessionmaker
+from app.database.session import admin_transaction, make_sessionmaker, tenant_transaction
+from app.services import vector_search
 
 INDEX_PREFIX = "idx_documents_hnsw_tenant_"
-# The graph's parameters: m=16 (pgvector's default), ef_construction=128 (64 left documents
-# unreachable in dense graphs; docs/VECTOR_SEARCH.md).
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 128
+# The graph's parameters. On a tenant whose documents sit in a few tight clusters, m=16 /
+# ef_construction=128 built graphs in which whole regions were unreachable (recall@10 0 for
+# some queries whatever ef_search); m=32 / ef_construction=256 reached every neighbour
+# (docs/VECTOR_SEARCH.md). Every build is checked anyway (RECALL_PROBES).
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 256
+# After a build, this many of the tenant's own documents (perturbed slightly) are searched
+# through the new index and exactly; if any finds under MIN_PROBE_RECALL of its true top 10,
+# the index is dropped and the tenant stays on the exact scan (slower, never wrong).
+RECALL_PROBES = 20
+MIN_PROBE_RECALL = 0.99
 # Any fixed 64-bit key, the same for every run of the command.
 _ADVISORY_LOCK_KEY = 0x7665_6374_6F72_6978  # "vectorix"
 
@@ -62,6 +72,7 @@ class Action(StrEnum):
     DROP = "drop"
     DROP_INVALID = "drop-invalid"
     KEEP = "keep"
+    FAILED_PROBE = "exact-only"
 
 
 @dataclass(frozen=True)
@@ -78,11 +89,12 @@ class IndexPlan:
 
 @dataclass(frozen=True)
 class IndexResult:
-    """What a run did for one tenant, and what it cost."""
+    """What a run did for one tenant, and what it cost (and, for a build, the probe's recall)."""
 
     plan: IndexPlan
     seconds: float
     index_bytes: int
+    probe_recall: float | None = None
 
 
 def index_name(tenant_id: uuid.UUID) -> str:
@@ -166,22 +178,74 @@ async def index_size(connection: AsyncConnection, name: str) -> int:
     return int(size.scalar() or 0)
 
 
+_PROBE_QUERIES = text(
+    "SELECT embedding_vector FROM documents WHERE tenant_id = :tenant"
+    " AND embedding_vector IS NOT NULL AND deleted_at IS NULL ORDER BY random() LIMIT :probes"
+).columns(embedding_vector=Vector(vector_search.EMBEDDING_DIMENSIONS))
+_PROBE_EXACT = text(
+    "SELECT id FROM (SELECT id, embedding_vector <=> CAST(:query AS vector) AS distance"
+    " FROM documents WHERE tenant_id = :tenant AND embedding_vector IS NOT NULL"
+    " AND deleted_at IS NULL OFFSET 0) AS scored ORDER BY distance, id LIMIT 10"
+)
+
+
+async def probe_recall(session: AsyncSession, tenant_id: uuid.UUID) -> float:
+    """The lowest recall@10 of RECALL_PROBES searches near the tenant's own documents.
+
+    `session` is a tenant transaction as app_runtime, like a request's. Each probe is one of
+    the tenant's vectors, slightly perturbed, so a region of the graph the walk cannot reach
+    shows up. The search is search_documents() itself; a probe that did not walk the index at
+    all counts as a miss.
+    """
+    vectors = (
+        await session.execute(_PROBE_QUERIES, {"tenant": tenant_id, "probes": RECALL_PROBES})
+    ).scalars()
+    noise = random.Random(tenant_id.int)  # noqa: S311  (perturbation, not a secret)
+    found = vector_search.SEARCH_FUNCTION
+    lowest = 1.0
+    for vector in vectors:
+        query = [float(x) + noise.gauss(0, 1e-3) for x in vector]
+        # No exact-scan floor: the probe tests the graph, whatever the tenant's size.
+        parameters = {**vector_search.search_parameters(query, 10, None), "exact_min_rows": 0}
+        truth = set(
+            (await session.execute(_PROBE_EXACT, {"tenant": tenant_id, **parameters})).scalars()
+        )
+        rows = (await session.execute(select(found.c.id, found.c.strategy), parameters)).all()
+        walked = {row[1] for row in rows} == {"hnsw"}
+        recall = len(truth & {row[0] for row in rows}) / len(truth) if truth else 1.0
+        lowest = min(lowest, recall if walked else 0.0)
+    return lowest
+
+
 async def apply_plan(
     connection: AsyncConnection,
     plans: list[IndexPlan],
     on_done: Callable[[IndexResult], None] | None = None,
+    *,
+    probe_sessions: async_sessionmaker[AsyncSession] | None = None,
+    min_recall: float = MIN_PROBE_RECALL,
 ) -> list[IndexResult]:
-    """Carry out `plans` on an AUTOCOMMIT connection of the table's owner, one index at a time."""
+    """Carry out `plans` on an AUTOCOMMIT connection of the table's owner, one index at a time.
+
+    With `probe_sessions` (app_runtime's, as requests use), every new index is probed
+    (probe_recall) and dropped again if it misses: that tenant keeps the exact scan.
+    """
     results = []
     for plan in plans:
         started = time.perf_counter()
+        recall = None
         if plan.action in (Action.DROP, Action.DROP_INVALID, Action.REBUILD_INVALID):
             await connection.exec_driver_sql(drop_index_sql(plan.index_name))
         if plan.action in (Action.BUILD, Action.REBUILD_INVALID):
             await connection.exec_driver_sql(create_index_sql(plan.tenant_id))
-        result = IndexResult(
-            plan, time.perf_counter() - started, await index_size(connection, plan.index_name)
-        )
+            if probe_sessions is not None:
+                async with tenant_transaction(probe_sessions, plan.tenant_id) as session:
+                    recall = await probe_recall(session, plan.tenant_id)
+        size = await index_size(connection, plan.index_name)
+        if recall is not None and recall < min_recall:
+            await connection.exec_driver_sql(drop_index_sql(plan.index_name))
+            plan = replace(plan, action=Action.FAILED_PROBE)
+        result = IndexResult(plan, time.perf_counter() - started, size, recall)
         results.append(result)
         if on_done is not None:
             on_done(result)
@@ -194,12 +258,14 @@ async def maintain_indexes(
     *,
     dry_run: bool = False,
     on_done: Callable[[IndexResult], None] | None = None,
+    probe_sessions: async_sessionmaker[AsyncSession] | None = None,
+    min_recall: float = MIN_PROBE_RECALL,
 ) -> list[IndexResult]:
     """Bring every tenant's own index in line with `min_rows`, under an advisory lock.
 
     `engine` logs in as the table's owner (DATABASE_URL's login) and has room for two
     connections: one in AUTOCOMMIT for the lock and CREATE INDEX CONCURRENTLY, one for the
-    admin transaction that plans.
+    admin transaction that plans. `probe_sessions` (app_runtime) probe each new index.
     """
     async with engine.connect() as connection:
         ddl = await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -209,6 +275,8 @@ async def maintain_indexes(
                 plans = await plan_indexes(session, min_rows)
             if dry_run:
                 return [IndexResult(plan, 0.0, 0) for plan in plans]
-            return await apply_plan(ddl, plans, on_done)
+            return await apply_plan(
+                ddl, plans, on_done, probe_sessions=probe_sessions, min_recall=min_recall
+            )
         finally:
             await ddl.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY})

@@ -8,7 +8,7 @@ leave rows behind.
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.database.engine import build_engine
@@ -42,11 +42,13 @@ async def maintenance_engine(
 
 @pytest.fixture
 def maintain_vector_indexes(
-    maintenance_engine: AsyncEngine,
+    maintenance_engine: AsyncEngine, runtime_sessions: async_sessionmaker[AsyncSession]
 ) -> Callable[[int], Awaitable[list[vector_indexes_service.IndexResult]]]:
-    """Run the maintenance command's work (as the table owner) with a threshold."""
+    """Run the maintenance command's work (as the table owner, probing as app_runtime)."""
 
     async def maintain(min_rows: int) -> list[vector_indexes_service.IndexResult]:
-        return await vector_indexes_service.maintain_indexes(maintenance_engine, min_rows)
+        return await vector_indexes_service.maintain_indexes(
+            maintenance_engine, min_rows, probe_sessions=runtime_sessions
+        )
 
     return maintain

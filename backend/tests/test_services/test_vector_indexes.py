@@ -198,3 +198,35 @@ async def test_a_tenant_answers_exactly_while_its_index_builds_and_after_a_faile
     hits, strategies = await search(runtime_sessions, tenant, query)
     assert strategies == {"hnsw"}
     assert hits == expected
+
+
+async def test_a_build_whose_probe_misses_is_dropped_and_the_tenant_stays_exact(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    maintenance_engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", THRESHOLD // 2)
+    tenant = await make_tenant_with_vectors(admin_sessions, unit_vectors(THRESHOLD + 25))
+    ids, vectors = await tenant_ids_and_vectors(admin_sessions, tenant)
+    query = unit_vectors(1)[0]
+    # No graph can meet a recall above 1: the probe must fail, and the index go.
+    results = await vector_indexes_service.maintain_indexes(
+        maintenance_engine, THRESHOLD, probe_sessions=runtime_sessions, min_recall=1.01
+    )
+    mine = next(r for r in results if r.plan.tenant_id == tenant)
+    assert mine.plan.action is Action.FAILED_PROBE
+    assert mine.probe_recall == 1.0  # the probe ran through the index, and it did find them
+    assert await search(runtime_sessions, tenant, query) == (
+        exact_top(vectors, ids, query, 10),
+        {"exact"},
+    )
+    # With the real bar the same graph passes and is kept.
+    results = await vector_indexes_service.maintain_indexes(
+        maintenance_engine, THRESHOLD, probe_sessions=runtime_sessions
+    )
+    mine = next(r for r in results if r.plan.tenant_id == tenant)
+    assert mine.plan.action is Action.BUILD
+    assert mine.probe_recall is not None
+    assert mine.probe_recall >= 0.99
+    assert (await search(runtime_sessions, tenant, query))[1] == {"hnsw"}
