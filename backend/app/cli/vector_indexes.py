@@ -52,7 +52,13 @@ async def _maintain(
         server_settings={"statement_timeout": "0", "maintenance_work_mem": maintenance_work_mem},
     )
     # Each new index is probed the way requests search: as app_runtime, in a tenant transaction.
-    runtime = build_runtime_engine(targets, settings, pool_size=1, max_overflow=0)
+    runtime = build_runtime_engine(
+        targets,
+        settings,
+        pool_size=1,
+        max_overflow=0,
+        server_settings={"statement_timeout": "0"},  # the probe's exact scans of a big tenant
+    )
     try:
         return await vector_indexes_service.maintain_indexes(
             engine,
