@@ -7,11 +7,12 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours fuzz
+.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours bench-edge fuzz
 
 help:
-	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000"
+	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000 (PORT=8010 for another)"
 	@echo "make test     lint + the whole test suite (embedded PostgreSQL unless TEST_DATABASE_URL is set)"
+	@echo "make test-image  build the production image with podman; run the compose and Railway topologies"
 	@echo "make lint     ruff check, ruff format --check, mypy (strict on app/)"
 	@echo "make migrate  alembic upgrade head"
 	@echo "make bench-vector  vector search strategies per tenant size (BENCH_ARGS='--docs 200000 --tenants 500')"
@@ -19,20 +20,35 @@ help:
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
 	@echo "make bench-http HTTP-level cost: the app under load, each route vs its no-auth baseline"
+	@echo "make bench-edge  the edge's JSON nesting scan on pathological 1 MiB bodies vs a plain one"
 	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
 	@echo "make fuzz     10,000-operation leak fuzz + schemathesis stateful run (ARGS='--seed 1 --ops 20000')"
 
-$(STAMP): $(LOCK) backend/pyproject.toml
+# uv installs the lock in seconds and prints what it does. It is pinned in the lock and put into
+# .venv by the host's pip the first time; .venv itself is made without pip (ensurepip alone
+# takes longer than the whole install): use `.venv/bin/uv pip ...` in it. `uv pip sync` makes
+# .venv exactly the lock (stale packages go), then the app is installed editable on top.
+UV := $(BIN)/uv
+
+$(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e backend
+	@test -x $(BIN)/python || { echo "creating $(VENV)"; $(PYTHON) -m venv --without-pip $(VENV); }
+	@echo "bootstrapping uv into $(VENV) with pip"
+	@$(PYTHON) -m pip --python $(BIN)/python install --disable-pip-version-check --progress-bar on \
+		"$$(grep -m1 '^uv==' $(LOCK) || echo uv)"
+
+$(STAMP): $(LOCK) backend/pyproject.toml | $(UV)
+	@echo "installing $(LOCK) into $(VENV) with uv"
+	$(UV) pip sync --python $(BIN)/python $(LOCK)
+	$(UV) pip install --python $(BIN)/python --no-deps -e backend
 	@touch $(STAMP)
 
 install: $(STAMP)
 
+# make run PORT=8010 (the command line's PORT, else the environment's, else 8000). `exec`, so
+# a signal make passes on (an IDE's stop button) reaches the app, which stops its database.
 run: install
-	cd backend && $(BIN)/python -m app run
+	cd backend && exec $(BIN)/python -m app run $(if $(PORT),--port $(PORT))
 
 migrate: install
 	cd backend && $(BIN)/python -m app migrate
@@ -48,16 +64,23 @@ test: lint test-only
 test-only: install
 	cd backend && $(BIN)/python -m pytest
 
+# The deploy path for real (issue 14): podman (installed with apt-get when run as root), a
+# debootstrap base image kept once built, backend/Dockerfile, then docker-compose.yml's and
+# railway.json's topologies. See backend/image_tests/.
+test-image: install
+	cd backend && $(BIN)/python -m pytest image_tests -p no:cacheprovider -s --durations=0
+
 bench-audit: install
 	cd backend && $(BIN)/python -m bench.audit_chain
+bench-edge: install
+	cd backend && $(BIN)/python -m bench.edge_scan $(ARGS)
 bench-vector: install
 	cd backend && $(BIN)/python bench/vector_search.py $(BENCH_ARGS)
 
-lock:
-	$(BIN)/python -m pip install --quiet uv
-	cd backend && $(BIN)/uv pip compile --quiet pyproject.toml --extra embedded --extra dev \
+lock: | $(UV)
+	cd backend && $(UV) pip compile --quiet pyproject.toml --extra embedded --extra dev \
 		--python-version 3.11 -o requirements/dev.lock
-	cd backend && $(BIN)/uv pip compile --quiet pyproject.toml --generate-hashes \
+	cd backend && $(UV) pip compile --quiet pyproject.toml --generate-hashes \
 		--python-version 3.11 -o requirements/prod.lock
 
 # The corpus is built once (about a minute) into backend/bench/.cache/ and reused; pass flags

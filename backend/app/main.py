@@ -16,14 +16,18 @@ from app.auth.tokens import TokenVerifier, build_token_verifier
 from app.core.config import Settings, settings_or_exit
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
-from app.core.tenant_limits import TenantLimiter
+from app.core.tenant_limits import CallerAdmission, TenantLimiter
 from app.database import Database
 from app.database.engine import build_runtime_engine, resolve_targets
 from app.database.safety import login_is_privileged, runtime_role_problems
 from app.database.session import make_sessionmaker
+from app.database.unavailable import describe_unavailable
+from app.middleware.client_address import TrustedProxyClientAddress
 from app.middleware.edge_limits import EdgeLimits
+from app.middleware.no_store import PhiResponseHeaders
 from app.middleware.request_id import RequestIdMiddleware
 from app.middleware.tenant_context import AuthorizationHeaderGuard
+from app.services import health as health_service
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +48,13 @@ async def open_database(settings: Settings) -> Database:
             await connection.rollback()
     except SQLAlchemyError as exc:
         # Start anyway: /health/ready reports 503 until the database answers and the checks pass.
-        logger.warning("database not reachable at start-up", extra={"error": type(exc).__name__})
+        logger.warning(
+            "database not reachable at start-up",
+            extra={
+                "error": type(exc).__name__,
+                "cause": describe_unavailable(targets.runtime_url, exc),
+            },
+        )
         return database
     if problems:
         await engine.dispose()
@@ -65,7 +75,7 @@ def create_app(
 ) -> FastAPI:
     """Build the application. Tests pass their own settings, database and token verifier."""
     settings = settings or settings_or_exit()
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, json=settings.is_production)
     dev_issuer = dev_issuer_for(settings) if settings.dev_issuer_enabled else None
 
     @asynccontextmanager
@@ -93,6 +103,8 @@ def create_app(
     if database is not None:
         app.state.database = database
     app.state.tenant_limiter = TenantLimiter.from_settings(settings)
+    app.state.caller_admission = CallerAdmission(app.state.tenant_limiter)
+    app.state.readiness_probe = health_service.ReadinessProbe()
     install_error_handlers(app)
     # Innermost of the middlewares (added first), so their 4xx carry CORS and request id; the
     # Authorization guard (outside the edge limits) answers before any body is read.
@@ -111,6 +123,14 @@ def create_app(
         expose_headers=["X-Request-ID"],
     )
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(PhiResponseHeaders)
+    # Outermost: every layer inside (rate limits, the request log, the audit rows) sees the
+    # client's address, not a proxy's.
+    app.add_middleware(
+        TrustedProxyClientAddress,
+        trusted_proxies=settings.TRUSTED_PROXIES,
+        client_header=settings.CLIENT_IP_HEADER,
+    )
     app.include_router(api_router)
     if dev_issuer is not None:
         app.include_router(dev_router)

@@ -124,7 +124,7 @@ def serve(connection: Connection) -> None:
         import uvloop
 
         runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+    except ImportError:  # pragma: no cover - uvloop is a runtime dependency
         runner = asyncio.run
     while True:
         cell = connection.recv()

@@ -80,6 +80,7 @@ def settings(
         OIDC_ISSUER_URL=issuer_server.url,
         OIDC_CLIENT_ID=issuer_server.issuer.audience,
         DEV_ISSUER_KEY_FILE=dev_key_file,
+        CURSOR_SECRET_FILE=dev_key_file.with_name("cursor-secret"),
     )
 
 

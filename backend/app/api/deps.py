@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.tokens import TokenVerifier, VerifiedIdentity
 from app.core.context import RequestContext
 from app.core.errors import ForbiddenError, UnauthorizedError
-from app.core.tenant_limits import TenantLimiter
+from app.core.tenant_limits import AdmissionTicket, CallerAdmission
 from app.database import Database
 from app.database.session import transaction
 from app.services import callers as callers_service
@@ -64,13 +64,23 @@ async def authenticate(
     return await verifier.verify(token)
 
 
+@dataclass(frozen=True)
+class _Admitted:
+    identity: VerifiedIdentity
+    ticket: AdmissionTicket
+
+
 async def _admitted(
     request: Request, identity: Annotated[VerifiedIdentity, Depends(authenticate)]
-) -> AsyncIterator[VerifiedIdentity]:
-    """The verified caller, holding one of its tenant's slots (429 when over the limits)."""
-    limiter: TenantLimiter = request.app.state.tenant_limiter
-    async with limiter.admit(identity.tenant_id):
-        yield identity
+) -> AsyncIterator[_Admitted]:
+    """The verified caller, holding one of its tenant's slots (429 when over the limits).
+
+    An identity the caller lookup refused recently holds a slot of its own instead, so it never
+    spends its tenant's budget (app.core.tenant_limits.CallerAdmission).
+    """
+    admission: CallerAdmission = request.app.state.caller_admission
+    async with admission.admit((identity.tenant_id, identity.subject)) as ticket:
+        yield _Admitted(identity, ticket)
 
 
 @dataclass(frozen=True)
@@ -83,12 +93,16 @@ class _TenantRequest:
 async def _tenant_request(
     request: Request,
     # Admitted before the transaction opens, released after it ends (scope="function").
-    identity: Annotated[VerifiedIdentity, Depends(_admitted, scope="function")],
+    admitted: Annotated[_Admitted, Depends(_admitted, scope="function")],
 ) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
     async with transaction(database.sessions) as session:
         # Its first statement sets the tenant context (one round trip for both).
-        caller = await callers_service.resolve_caller(session, identity)
+        try:
+            caller = await callers_service.resolve_caller(session, admitted.identity)
+        except ForbiddenError:
+            admitted.ticket.refuse()  # charged back to the identity, not the tenant
+            raise
         user_agent = request.headers.get("user-agent")
         context = RequestContext(
             tenant_id=caller.tenant_id,

@@ -9,7 +9,7 @@ from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from app.core.config import Settings
-from app.schemas.common import check_metadata
+from app.schemas.common import check_metadata_filter
 from app.services.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, CursorCodec, PageRequest
 
 
@@ -44,8 +44,8 @@ def _invalid(field: str, message: str) -> RequestValidationError:
     )
 
 
-def json_object(raw: str | None, field: str) -> dict[str, Any] | None:
-    """Parse a query parameter holding a JSON object (422 naming `field` if it isn't one)."""
+def metadata_filter(raw: str | None, field: str) -> dict[str, Any] | None:
+    """Parse a query parameter holding a metadata filter (422 naming `field` and the limit)."""
     if raw is None:
         return None
     try:
@@ -57,7 +57,7 @@ def json_object(raw: str | None, field: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise _invalid(field, "must be a JSON object")
     try:
-        return check_metadata(value)
+        return check_metadata_filter(value)
     except ValueError as exc:
         raise _invalid(field, str(exc)) from None
 

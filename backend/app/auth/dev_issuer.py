@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from jwt.algorithms import ECAlgorithm
 
 from app.auth.keys import StaticSigningKeys
 from app.core.config import Settings, SettingsError
+from app.core.secret_files import read_or_create
 
 DEV_ISSUER = "urn:tenant-docs:dev-issuer"
 DEV_AUDIENCE = "tenant-docs-dev"
@@ -116,29 +116,15 @@ def dev_issuer_for(settings: Settings) -> DevIssuer:
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Read the PEM key at `path`, creating it (mode 0600) the first time."""
-    if not path.exists():
-        _create_key(path)
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    key = serialization.load_pem_private_key(read_or_create(path, _new_pem_key), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise SettingsError(f"DEV_ISSUER_KEY_FILE: {path} is not an EC P-256 private key")
     return key
 
 
-def _create_key(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+def _new_pem_key() -> bytes:
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(pem)
-    try:
-        # link() fails if another process created the key meanwhile: theirs wins, ours goes.
-        os.link(staging, path)
-    except FileExistsError:
-        pass
-    finally:
-        staging.unlink()

@@ -25,8 +25,9 @@ from app.core.errors import ServiceUnavailableError, UnauthorizedError
 
 _MAX_SUBJECT_LENGTH = 255
 # The canonical textual form only; uuid.UUID() would also take braces, "urn:uuid:" and no dashes.
+# Always used with fullmatch(): `$` would also match before a final newline.
 _UUID_TEXT = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 
 
@@ -141,7 +142,7 @@ class TokenVerifier:
         value = claims.get(self.tenant_claim)
         if value is None:
             raise invalid(f"the token has no '{self.tenant_claim}' claim naming the tenant")
-        if not isinstance(value, str) or not _UUID_TEXT.match(value):
+        if not isinstance(value, str) or not _UUID_TEXT.fullmatch(value):
             raise invalid(f"the token's '{self.tenant_claim}' claim is not a UUID")
         return uuid.UUID(value)
 

@@ -4,7 +4,7 @@ Runs as the provisioning role (`app_admin`, switched to from DATABASE_URL's logi
 embedded server's), writes one audit row per change (no user id: an operator acted), prints a
 table or `--json`, and on bad input prints one `error: …` line and exits non-zero: 2 for
 malformed input (bad UUID, invalid email), 1 when the database says no (unknown tenant,
-duplicate email).
+duplicate email), 3 when the database cannot be reached (the line names host:port and why).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.cli.database_errors import exit_if_unavailable
 from app.core.config import Settings, SettingsError, describe_validation_error, settings_or_exit
 from app.core.errors import AppError, ConflictError, NotFoundError
 from app.core.logging import configure_logging
@@ -88,7 +89,10 @@ async def _admin_session(settings: Settings) -> AsyncIterator[AsyncSession]:
 def run_admin(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `work` in one admin transaction; turn refusals into one line and an exit code."""
     settings = settings_or_exit()
-    configure_logging("WARNING" if settings.LOG_LEVEL == "INFO" else settings.LOG_LEVEL)
+    configure_logging(
+        "WARNING" if settings.LOG_LEVEL == "INFO" else settings.LOG_LEVEL,
+        json=settings.is_production,
+    )
 
     async def main() -> T:
         async with _admin_session(settings) as session:
@@ -101,6 +105,7 @@ def run_admin(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     except SettingsError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     except DBAPIError as exc:
+        exit_if_unavailable(settings, exc)
         sqlstate = getattr(exc.orig, "sqlstate", None) or "no connection"
         fail(f"the database refused or is unavailable ({sqlstate})", EXIT_REFUSED)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import secrets
 import sys
 from enum import StrEnum
 from functools import lru_cache
@@ -14,9 +16,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from app.core import signing
+from app.core import secret_files, signing
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
+# The one `.env` the app reads: the repository root's (where .env.example and docker compose put
+# it), whatever the current directory. Variables set in the environment win over it.
+ENV_FILE = BACKEND_DIR.parent / ".env"
 
 # Railway, Heroku and most providers hand out libpq-style URLs; SQLAlchemy needs the driver named.
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
@@ -29,6 +34,15 @@ class Environment(StrEnum):
     DEVELOPMENT = "development"
     TEST = "test"
     PRODUCTION = "production"
+
+
+class ClientIpHeader(StrEnum):
+    """The header a trusted proxy puts the client's address in."""
+
+    # Proxies append the address they saw: the client is the right-most untrusted hop.
+    X_FORWARDED_FOR = "X-Forwarded-For"
+    # One address set (and overwritten if a client sent one) by the proxy: Railway's edge, nginx.
+    X_REAL_IP = "X-Real-IP"
 
 
 class SettingsError(RuntimeError):
@@ -68,7 +82,7 @@ class Settings(BaseSettings):
     """Application configuration, read from the environment (and `.env` in development)."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+        env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore", case_sensitive=True
     )
 
     ENVIRONMENT: Environment = Environment.DEVELOPMENT
@@ -90,6 +104,10 @@ class Settings(BaseSettings):
     # keeps a create with a 1024-dim embedding (~22 KB) and 64 KiB of metadata possible.
     MAX_REQUEST_BODY_BYTES: int = Field(default=1024 * 1024, ge=128 * 1024, le=64 * 1024 * 1024)
     MAX_JSON_DEPTH: int = Field(default=32, ge=16, le=256)
+    # Peers (IPs or CIDRs) whose forwarded-client header is believed; empty trusts none, so the
+    # audit log records the connecting address. Railway: 100.64.0.0/10 with X-Real-IP.
+    TRUSTED_PROXIES: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    CLIENT_IP_HEADER: ClientIpHeader = ClientIpHeader.X_FORWARDED_FOR
     # Per-tenant limits (app.core.tenant_limits), per worker process; 0 turns a limit off.
     TENANT_RATE_LIMIT_PER_SECOND: float = Field(default=50.0, ge=0, le=100_000)
     TENANT_RATE_LIMIT_BURST: int = Field(default=100, ge=1, le=1_000_000)
@@ -112,6 +130,8 @@ class Settings(BaseSettings):
 
     # API behaviour.
     CURSOR_SECRET: SecretStr | None = None
+    # Outside production, an unset CURSOR_SECRET means a random one kept here (mode 0600).
+    CURSOR_SECRET_FILE: Path = BACKEND_DIR / ".data" / "cursor-secret"
     AUDIT_DOCUMENT_READS: bool = False
     # Vector search: a tenant with more searchable documents than this gets an HNSW index of
     # its own (`tenantdocs vector-indexes`); below it, an exact scan of its rows is as fast
@@ -163,7 +183,38 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "OIDC_AUDIENCE", mode="before")
+    @field_validator("TRUSTED_PROXIES", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [proxy.strip() for proxy in value.split(",") if proxy.strip()]
+        return value
+
+    @field_validator("TRUSTED_PROXIES")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"expected IP addresses or CIDR networks, e.g. 100.64.0.0/10; got {proxy!r}"
+                ) from None
+        return value
+
+    @field_validator("CLIENT_IP_HEADER", mode="before")
+    @classmethod
+    def _header_any_case(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            for header in ClientIpHeader:
+                if header.value.lower() == value.strip().lower():
+                    return header
+        return value
+
+    # An empty line in .env (`CURSOR_SECRET=`) means unset, not an empty key or issuer.
+    @field_validator(
+        "OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "OIDC_AUDIENCE", "CURSOR_SECRET", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -190,30 +241,38 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _require_production_settings(self) -> Settings:
+        # Every problem at once, one line each: a deploy should not need a restart per variable.
+        problems = []
         if self.OIDC_ISSUER_URL is not None and self.oidc_audience is None:
             # Without an expected audience, a token the IdP issued to any other app would pass.
-            raise ValueError("OIDC_CLIENT_ID: required when OIDC_ISSUER_URL is set")
-        if self.ENVIRONMENT is not Environment.PRODUCTION:
-            return self
+            problems.append("OIDC_CLIENT_ID: required when OIDC_ISSUER_URL is set")
+        if self.ENVIRONMENT is Environment.PRODUCTION:
+            problems += self._production_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _production_problems(self) -> list[str]:
+        problems = []
         if self.BENCH_BASELINE_ROUTES:
-            raise ValueError(
+            problems.append(
                 "BENCH_BASELINE_ROUTES: refused when ENVIRONMENT=production"
                 " (benchmark routes that skip authentication)"
             )
         if self.DATABASE_URL is None:
-            raise ValueError("DATABASE_URL: required when ENVIRONMENT=production")
+            problems.append("DATABASE_URL: required when ENVIRONMENT=production")
         if self.OIDC_ISSUER_URL is None:
-            raise ValueError(
+            problems.append(
                 "OIDC_ISSUER_URL: required when ENVIRONMENT=production"
                 " (the built-in dev token issuer is refused in production)"
             )
-        if not _is_secure_issuer(self.OIDC_ISSUER_URL):
-            raise ValueError("OIDC_ISSUER_URL: must be an https:// URL when ENVIRONMENT=production")
+        elif not _is_secure_issuer(self.OIDC_ISSUER_URL):
+            problems.append("OIDC_ISSUER_URL: must be an https:// URL when ENVIRONMENT=production")
         if self.CURSOR_SECRET is None:
-            raise ValueError("CURSOR_SECRET: required when ENVIRONMENT=production")
+            problems.append("CURSOR_SECRET: required when ENVIRONMENT=production")
         if "*" in self.ALLOWED_ORIGINS:
-            raise ValueError("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
-        return self
+            problems.append("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
+        return problems
 
     @property
     def database_url(self) -> URL | None:
@@ -234,10 +293,16 @@ class Settings(BaseSettings):
 
     @property
     def cursor_secret(self) -> bytes:
-        """Key that signs pagination cursors (a fixed development key outside production)."""
+        """Key that signs pagination cursors: CURSOR_SECRET, else this installation's own.
+
+        Outside production an unset CURSOR_SECRET means a random key kept in CURSOR_SECRET_FILE
+        (created on first use, mode 0600), never a constant that anyone could sign cursors with.
+        """
         if self.CURSOR_SECRET is not None:
             return self.CURSOR_SECRET.get_secret_value().encode()
-        return b"development-only-cursor-secret"
+        if self.is_production:
+            raise SettingsError("CURSOR_SECRET: required when ENVIRONMENT=production")
+        return secret_files.read_or_create(self.CURSOR_SECRET_FILE, lambda: secrets.token_bytes(32))
 
     @property
     def is_production(self) -> bool:
@@ -245,25 +310,34 @@ class Settings(BaseSettings):
         return self.ENVIRONMENT is Environment.PRODUCTION
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """Turn pydantic's report into one line per problem: `VARIABLE: what is expected`."""
+def validation_problems(error: ValidationError) -> list[str]:
+    """pydantic's report as one line per problem: `VARIABLE: what is expected`."""
     lines = []
     for problem in error.errors():
         location = ".".join(str(part) for part in problem["loc"])
-        message = problem["msg"].removeprefix("Value error, ")
-        if location:
-            lines.append(f"{location}: {message}")
-        else:
-            lines.append(message)
-    return "; ".join(lines)
+        for message in problem["msg"].removeprefix("Value error, ").splitlines():
+            lines.append(f"{location}: {message}" if location else message)
+    return lines
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """pydantic's report on one line, problems separated by `; `."""
+    return "; ".join(validation_problems(error))
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build Settings from the environment, raising SettingsError with a one-line reason."""
+    """Build Settings from the environment, raising SettingsError naming every bad variable.
+
+    One problem gives a one-line message; several give a heading and one line per variable.
+    """
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(f"invalid configuration: {describe_validation_error(exc)}") from None
+        problems = validation_problems(exc)
+    if len(problems) == 1:
+        raise SettingsError(f"invalid configuration: {problems[0]}")
+    listing = "".join(f"\n  {problem}" for problem in problems)
+    raise SettingsError(f"invalid configuration ({len(problems)} problems):{listing}")
 
 
 @lru_cache(maxsize=1)

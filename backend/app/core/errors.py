@@ -142,6 +142,11 @@ async def send_error(
 _TIMEOUT_SQLSTATES = {"57014", "55P03"}
 
 
+def _printable(value: object) -> str:
+    """Text safe to put in a UTF-8 response: a lone surrogate (e.g. a JSON key) is escaped."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     details = []
     for problem in exc.errors():
@@ -151,9 +156,9 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
             error = problem.get("ctx", {}).get("error", "invalid JSON")
             details.append({"field": "body", "message": f"not valid JSON at {offset}: {error}"})
             continue
-        location = [str(part) for part in problem.get("loc", ()) if part != "body"]
+        location = [_printable(part) for part in problem.get("loc", ()) if part != "body"]
         # Pydantic prefixes our validators' messages with "Value error, ": noise to a client.
-        message = str(problem.get("msg", "")).removeprefix("Value error, ")
+        message = _printable(problem.get("msg", "")).removeprefix("Value error, ")
         details.append({"field": ".".join(location) or "body", "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
     return f"invalid request: {summary}", details
@@ -164,6 +169,8 @@ def install_error_handlers(app: FastAPI) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from app.middleware.no_store import PHI_RESPONSE_HEADERS
 
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -233,11 +240,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        # Starlette answers unhandled errors from its outermost middleware, outside the one that
-        # adds X-Request-ID to every response, so the header is added here.
+        # Starlette answers unhandled errors from its outermost middleware, outside the ones that
+        # add X-Request-ID and the PHI headers to every response, so they are added here.
         request_id = getattr(request.state, "request_id", None)
+        headers = dict(PHI_RESPONSE_HEADERS)
+        if request_id:
+            headers["X-Request-ID"] = request_id
         return JSONResponse(
             error_body(500, "internal_error", INTERNAL_ERROR_MESSAGE, request),
             status_code=500,
-            headers={"X-Request-ID": request_id} if request_id else None,
+            headers=headers,
         )

@@ -1,40 +1,61 @@
-"""Structured JSON logging: one JSON object per line on stderr."""
+"""Logging: readable console lines in development, one JSON object per line in production.
+
+Every record, ours and the libraries' (uvicorn, SQLAlchemy, Alembic), goes through one structlog
+processor chain on the root handler, so `extra=` fields (request id, status, …) appear in both
+renderings and nothing bypasses it.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
-# Attributes every LogRecord has; anything else passed through `extra=` is emitted as a field.
-_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+# uvicorn passes a copy of each message with ANSI colour codes as `color_message`: noise in a
+# log line, and escape sequences in JSON.
+_DROPPED_FIELDS = ("color_message",)
 
 
-class JsonFormatter(logging.Formatter):
-    """Formats a record as a single JSON line with its `extra` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render `record` as JSON."""
-        payload: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                payload[key] = value
-        if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+def _drop_library_noise(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    for name in _DROPPED_FIELDS:
+        event_dict.pop(name, None)
+    return event_dict
 
 
-def configure_logging(level: str) -> None:
-    """Route the root logger (and uvicorn's) to one JSON handler at `level`."""
+def build_formatter(*, json: bool) -> structlog.stdlib.ProcessorFormatter:
+    """The formatter of the root handler: JSON (`json=True`) or coloured console lines."""
+    shared: list[Any] = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        _drop_library_noise,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+    ]
+    renderer: Any
+    if json:
+        shared += [
+            structlog.processors.format_exc_info,
+            structlog.processors.EventRenamer("message"),
+        ]
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        # Plain tracebacks: the pretty ones print local variables, which may hold PHI or secrets.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+
+
+def configure_logging(level: str, *, json: bool) -> None:
+    """Route the root logger (and uvicorn's) to one handler at `level`, JSON when `json`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(build_formatter(json=json))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -9,7 +9,11 @@ token, so nobody can spend another tenant's budget) and before the request's tra
   a request over it waits up to QUEUE_SECONDS for a slot (so a page firing a burst of requests
   is served), in line behind the tenant's own requests only.
 
-Either answers 429 with Retry-After. The state lives in this process, per worker: with N
+Either answers 429 with Retry-After. Only a caller the database resolved to an active user is
+charged to its tenant: `CallerAdmission` charges an identity that was refused (a deleted or never
+provisioned user whose IdP still signs tokens) to a small budget of its own, so it can neither
+spend its tenant's budget nor go unbounded (docs/SECURITY.md, "refused identities charged to a
+shared budget"). The state lives in this process, per worker: with N
 workers a tenant gets up to N times each limit in all. That is deliberate: a shared store
 (Redis, or a table in PostgreSQL) would put a network round trip, and a second thing that can
 fail or be saturated, in front of every request, and a limit kept *in the database* would spend
@@ -23,8 +27,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -34,7 +37,15 @@ from app.core.errors import TooManyRequestsError
 QUEUE_SECONDS = 1.0
 """How long a request waits for one of its tenant's concurrency slots before the 429."""
 
-# Forget idle tenants once this many are tracked, so the maps stay bounded by active tenants.
+REFUSED_RATE_PER_SECOND = 1.0
+REFUSED_BURST = 3
+REFUSED_MAX_CONCURRENT = 1
+"""The budget of one refused identity: each of its requests rechecks it in the database."""
+
+REFUSED_MEMORY_SECONDS = 60.0
+"""How long an identity refused by the database is charged to its own budget."""
+
+# Forget idle keys once this many are tracked, so the maps stay bounded by active tenants.
 _PRUNE_ABOVE = 10_000
 
 
@@ -46,12 +57,15 @@ class _Bucket:
 
 @dataclass
 class _Slots:
+    """One key's concurrency slots: a semaphore, and who holds or waits for it."""
+
+    semaphore: asyncio.Semaphore
     running: int = 0
-    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
+    users: int = 0  # running plus waiting: the entry is dropped when nobody uses it
 
 
 class TenantLimiter:
-    """Admit a tenant's request or refuse it with 429; one instance per app (per worker)."""
+    """Admit a request charged to a key (a tenant) or refuse it with 429; one per app and worker."""
 
     def __init__(
         self,
@@ -61,14 +75,16 @@ class TenantLimiter:
         max_concurrent: int,
         queue_seconds: float = QUEUE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        subject: str = "your tenant",
     ) -> None:
         self.rate_per_second = rate_per_second
         self.burst = burst
         self.max_concurrent = max_concurrent
         self.queue_seconds = queue_seconds
+        self.subject = subject
         self._clock = clock
-        self._buckets: dict[uuid.UUID, _Bucket] = {}
-        self._slots: dict[uuid.UUID, _Slots] = {}
+        self._buckets: dict[Hashable, _Bucket] = {}
+        self._slots: dict[Hashable, _Slots] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TenantLimiter:
@@ -79,32 +95,40 @@ class TenantLimiter:
             max_concurrent=settings.TENANT_MAX_CONCURRENT_REQUESTS,
         )
 
-    def in_flight(self, tenant_id: uuid.UUID) -> int:
-        """Requests of `tenant_id` currently admitted and not finished."""
-        slots = self._slots.get(tenant_id)
+    def in_flight(self, key: Hashable) -> int:
+        """Requests charged to `key` currently admitted and not finished."""
+        slots = self._slots.get(key)
         return slots.running if slots else 0
 
     @asynccontextmanager
-    async def admit(self, tenant_id: uuid.UUID) -> AsyncIterator[None]:
-        """Hold one of the tenant's slots for the block; raise TooManyRequestsError if none."""
+    async def admit(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold one of the key's slots for the block; raise TooManyRequestsError if none."""
         if self.rate_per_second:
-            self._take_token(tenant_id)
+            self._take_token(key)
         if not self.max_concurrent:
             yield
             return
-        await self._acquire_slot(tenant_id)
+        slots = await self._acquire_slot(key)
         try:
             yield
         finally:
-            self._release_slot(tenant_id)
+            slots.running -= 1
+            slots.semaphore.release()
+            self._leave(key, slots)
 
-    def _take_token(self, tenant_id: uuid.UUID) -> None:
+    def refund_token(self, key: Hashable) -> None:
+        """Give back the rate token a request took (it turned out not to be the key's)."""
+        bucket = self._buckets.get(key)
+        if self.rate_per_second and bucket is not None:
+            bucket.tokens = min(float(self.burst), bucket.tokens + 1.0)
+
+    def _take_token(self, key: Hashable) -> None:
         now = self._clock()
-        bucket = self._buckets.get(tenant_id)
+        bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= _PRUNE_ABOVE:
                 self._forget_full_buckets(now)
-            bucket = self._buckets[tenant_id] = _Bucket(float(self.burst), now)
+            bucket = self._buckets[key] = _Bucket(float(self.burst), now)
         else:
             elapsed = now - bucket.refilled_at
             bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate_per_second)
@@ -112,8 +136,8 @@ class TenantLimiter:
         if bucket.tokens < 1.0:
             wait = math.ceil((1.0 - bucket.tokens) / self.rate_per_second)
             raise TooManyRequestsError(
-                f"your tenant is over its limit of {self.rate_per_second:g} requests per second"
-                f" (bursts up to {self.burst}); retry after {wait} s",
+                f"{self.subject} is over its limit of {self.rate_per_second:g} requests per"
+                f" second (bursts up to {self.burst}); retry after {wait} s",
                 retry_after_seconds=max(1, wait),
             )
         bucket.tokens -= 1.0
@@ -121,51 +145,124 @@ class TenantLimiter:
     def _forget_full_buckets(self, now: float) -> None:
         """Drop buckets that have refilled completely: a new one starts full, the same state."""
         full_after = self.burst / self.rate_per_second
-        for tenant_id in [t for t, b in self._buckets.items() if now - b.refilled_at >= full_after]:
-            del self._buckets[tenant_id]
+        for key in [k for k, b in self._buckets.items() if now - b.refilled_at >= full_after]:
+            del self._buckets[key]
 
-    async def _acquire_slot(self, tenant_id: uuid.UUID) -> None:
-        # No await between the check and the count: atomic on the event loop.
-        slots = self._slots.setdefault(tenant_id, _Slots())
-        if slots.running < self.max_concurrent:
-            slots.running += 1
-            return
-        # Full: wait briefly in line (a burst from a page load shouldn't fail), then refuse.
-        handed_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        slots.waiting.append(handed_over)
+    async def _acquire_slot(self, key: Hashable) -> _Slots:
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = _Slots(asyncio.Semaphore(self.max_concurrent))
+        slots.users += 1
         try:
+            # Full: wait briefly in line (a burst from a page load shouldn't fail), then refuse.
+            # The semaphore queues fairly and copes with cancellation at any point.
             async with asyncio.timeout(self.queue_seconds):
-                await handed_over
+                await slots.semaphore.acquire()
         except TimeoutError:
-            if handed_over.done() and not handed_over.cancelled():
-                return  # a slot was handed over just as the wait ran out: keep it
-            slots.waiting.remove(handed_over)
-            self._forget_idle(tenant_id, slots)
+            self._leave(key, slots)
             raise TooManyRequestsError(
-                f"your tenant already has {self.max_concurrent} requests in progress, the"
+                f"{self.subject} already has {self.max_concurrent} requests in progress, the"
                 " limit; retry when one has finished",
                 retry_after_seconds=1,
             ) from None
         except BaseException:
-            # Cancelled (client gone): give back a slot handed over meanwhile, or leave the line.
-            if handed_over.done() and not handed_over.cancelled():
-                self._release_slot(tenant_id)
-            else:
-                handed_over.cancel()
-                slots.waiting.remove(handed_over)
-                self._forget_idle(tenant_id, slots)
+            self._leave(key, slots)  # cancelled (client gone): out of the line, nothing held
             raise
+        slots.running += 1
+        return slots
 
-    def _release_slot(self, tenant_id: uuid.UUID) -> None:
-        slots = self._slots[tenant_id]
-        while slots.waiting:
-            waiter = slots.waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes straight to the next in line
-                return
-        slots.running -= 1
-        self._forget_idle(tenant_id, slots)
+    def _leave(self, key: Hashable, slots: _Slots) -> None:
+        slots.users -= 1
+        if not slots.users:
+            del self._slots[key]
 
-    def _forget_idle(self, tenant_id: uuid.UUID, slots: _Slots) -> None:
-        if not slots.running and not slots.waiting:
-            del self._slots[tenant_id]
+
+@dataclass
+class AdmissionTicket:
+    """One admitted request; `refuse()` says the database did not resolve its caller."""
+
+    charged_to_tenant: bool
+    refused: bool = field(default=False, init=False)
+
+    def refuse(self) -> None:
+        """Mark the caller as refused: its tenant gets the charge back."""
+        self.refused = True
+
+
+IdentityKey = tuple[uuid.UUID, str]
+"""(tenant id, subject) as a verified token names them."""
+
+
+class CallerAdmission:
+    """Charge a request to its tenant, or to the identity's own budget once it was refused.
+
+    A verified token names a tenant, but only the caller lookup (in the database) shows that
+    the subject is an active user of it. The first request of an identity is charged to its
+    tenant while the lookup runs; if the lookup refuses it, the rate token is given back and the
+    identity is remembered for REFUSED_MEMORY_SECONDS. Meanwhile its requests are charged to a
+    budget of its own (`refused`), never to the tenant's: each is looked up again (a user
+    provisioned meanwhile gets in at once) and bounded by that budget.
+    """
+
+    def __init__(
+        self,
+        tenants: TenantLimiter,
+        *,
+        refused: TenantLimiter | None = None,
+        remember_seconds: float = REFUSED_MEMORY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tenants = tenants
+        self.refused = refused or TenantLimiter(
+            rate_per_second=REFUSED_RATE_PER_SECOND,
+            burst=REFUSED_BURST,
+            max_concurrent=REFUSED_MAX_CONCURRENT,
+            clock=clock,
+            subject="this identity (refused access)",
+        )
+        self.remember_seconds = remember_seconds
+        self._clock = clock
+        self._refused_until: dict[IdentityKey, float] = {}
+
+    @asynccontextmanager
+    async def admit(self, identity: IdentityKey) -> AsyncIterator[AdmissionTicket]:
+        """Hold a slot of the tenant's (or of a refused identity's own) for the block."""
+        tenant_id = identity[0]
+        if self._recently_refused(identity):
+            ticket = AdmissionTicket(charged_to_tenant=False)
+            async with self.refused.admit(identity):
+                try:
+                    yield ticket
+                finally:
+                    self._settle(identity, ticket)
+            return
+        ticket = AdmissionTicket(charged_to_tenant=True)
+        async with self.tenants.admit(tenant_id):
+            try:
+                yield ticket
+            finally:
+                if ticket.refused:
+                    self.tenants.refund_token(tenant_id)
+                self._settle(identity, ticket)
+
+    def _recently_refused(self, identity: IdentityKey) -> bool:
+        until = self._refused_until.get(identity)
+        if until is None:
+            return False
+        if until > self._clock():
+            return True
+        del self._refused_until[identity]
+        return False
+
+    def _settle(self, identity: IdentityKey, ticket: AdmissionTicket) -> None:
+        if not ticket.refused:
+            self._refused_until.pop(identity, None)  # provisioned meanwhile: the tenant's again
+            return
+        now = self._clock()
+        if len(self._refused_until) >= _PRUNE_ABOVE:
+            for key in [k for k, until in self._refused_until.items() if until <= now]:
+                del self._refused_until[key]
+            while len(self._refused_until) >= _PRUNE_ABOVE:  # all current: drop the oldest
+                del self._refused_until[next(iter(self._refused_until))]
+        self._refused_until.pop(identity, None)
+        self._refused_until[identity] = now + self.remember_seconds

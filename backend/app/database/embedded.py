@@ -6,7 +6,9 @@ every other role must give its password (SCRAM), so the runtime role's login is 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -94,6 +96,39 @@ def _configure_authentication(pgdata: Path) -> bool:
     return True
 
 
+# The wheel records every process holding a handle in this file and stops the server only when
+# the last one exits; a process killed before its exit hook ran leaves its PID here forever.
+_HANDLE_PIDS_FILE = ".handle_pids.json"
+
+
+def prune_stale_handles(pgdata: Path) -> list[int]:
+    """Drop the PIDs of processes that no longer exist from the wheel's handle list.
+
+    Without this, one process killed by a signal it did not handle would keep the server from
+    ever being stopped again: the next run would not be the last handle and leave it running.
+    Returns the PIDs removed.
+    """
+    path = pgdata / _HANDLE_PIDS_FILE
+    try:
+        pids = [int(pid) for pid in json.loads(path.read_text())]
+    except (FileNotFoundError, ValueError, TypeError):
+        return []
+    alive = [pid for pid in pids if _process_exists(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+    return [pid for pid in pids if pid not in alive]
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def start_embedded(data_dir: Path, *, ephemeral: bool = False) -> EmbeddedPostgres:
     """Start (or attach to) the embedded server whose files live under `data_dir`.
 
@@ -103,6 +138,9 @@ def start_embedded(data_dir: Path, *, ephemeral: bool = False) -> EmbeddedPostgr
     module = _import_server_module()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
+    stale = prune_stale_handles(pgdata)
+    if stale:
+        logger.warning("embedded PostgreSQL: dropped handles of exited processes %s", stale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = module.get_server(pgdata, cleanup_mode="delete" if ephemeral else "stop")

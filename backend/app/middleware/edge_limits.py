@@ -9,7 +9,10 @@ of these requests costs a database transaction or more than one bounded pass ove
   → 413, without reading past the limit;
 - a body that is not `application/json` (or `application/*+json`) in UTF-8 → 415;
 - JSON nested deeper than MAX_JSON_DEPTH → 422. Python's parser recurses once per level, so
-  depth is measured without parsing (and without recursion) by peeling bracket pairs.
+  depth is measured without parsing, in work linear in the body (`scan_nesting`).
+
+All of this runs before the token is checked, so none of it may cost more than a constant
+per byte read (docs/SECURITY.md, "pre-authentication work superlinear in its input").
 
 Bodies within the limits are buffered (FastAPI reads them whole anyway) and replayed to the app.
 """
@@ -17,6 +20,7 @@ Bodies within the limits are buffered (FastAPI reads them whole anyway) and repl
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,34 +33,70 @@ MAX_HEADER_BYTES = MAX_AUTHORIZATION_BYTES
 MAX_TOTAL_HEADER_BYTES = 32 * 1024
 """Largest sum of all headers' names and values accepted."""
 
-_JSON_MEDIA_TYPE = re.compile(r"^application/(?:[a-z0-9.+-]+\+)?json$")
-# A JSON string literal (escapes included); strings may hold brackets that don't nest anything.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json")
+
+# A JSON string literal, escapes included. It starts with a quote and can't fail after it (an
+# unterminated one runs to the end of the body), and every quantifier is possessive: so a
+# search tries each position once and a match consumes each byte once. (The pattern this
+# replaced could fail on an unterminated string and was retried from every later quote, each
+# time to the end of the body: quadratic on `\"` repeated, issue 13.)
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\[\s\S]?[^"\\]*+)*+"?')
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _CURLY_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
+_OPENER = ord("[")
+_COUNTED_STRETCH = 8  # below this much room, walking bracket by bracket is cheaper than counting
 
 Problem = tuple[int, str, str]
 
 
-def nesting_problem(body: bytes, max_depth: int) -> str | None:
-    """Why `body` can't be parsed safely as JSON nested at most `max_depth` deep, or None.
+@dataclass(frozen=True)
+class NestingScan:
+    """What the nesting scan found, and the work it did to find it."""
 
-    Strings are removed, then only brackets kept; each pass removes every adjacent `[]` pair,
-    i.e. one level of the deepest nesting, so `max_depth` passes empty any valid JSON that is
-    shallow enough. Cost: at most `max_depth` C-speed passes, and one for typical bodies.
+    problem: str | None
+    steps: int
+    """Strings cut out plus loop iterations over the brackets; at most len(body) + 1."""
+
+
+def scan_nesting(body: bytes, max_depth: int) -> NestingScan:
+    """Check that the JSON in `body` nests at most `max_depth` deep, in work linear in its size.
+
+    Strings are cut out (one forward regex pass, see _JSON_STRING), then only the brackets kept,
+    and the depth followed through them left to right, stopping at the first level past the
+    limit. A stretch of `max_depth - depth` brackets can't go past it, so it is taken in one step
+    (its openers counted at C speed); near the limit the walk goes one bracket at a time.
     """
-    structure = _JSON_STRING.sub(b"", body).translate(_CURLY_AS_SQUARE, _NOT_BRACKETS)
-    if len(structure) <= 2 * max_depth:
-        return None  # too few brackets to nest deeper than the limit; the parser checks the rest
-    for _ in range(max_depth):
-        peeled = structure.replace(b"[]", b"")
-        if not peeled:
-            return None
-        if len(peeled) == len(structure):
-            # Valid JSON always has an innermost pair; without one the brackets don't match.
-            return "the request body is not valid JSON (its brackets don't match)"
-        structure = peeled
-    return f"the JSON body is nested more than {max_depth} levels deep"
+    structure, strings = _JSON_STRING.subn(b"", body)
+    brackets = structure.translate(_CURLY_AS_SQUARE, _NOT_BRACKETS)
+    steps = strings + 1
+    if brackets.count(b"[") <= max_depth:
+        return NestingScan(None, steps)  # too few to nest too deep; the parser checks the rest
+    depth = 0
+    position = 0
+    while position < len(brackets):
+        room = max_depth - depth
+        if room >= _COUNTED_STRETCH:
+            stretch_end = min(len(brackets), position + room)
+            openers = brackets.count(b"[", position, stretch_end)
+            depth += 2 * openers - (stretch_end - position)
+            position = stretch_end
+        else:  # near the limit: one bracket at a time (cheaper than a count of one or two)
+            depth += 1 if brackets[position] == _OPENER else -1
+            position += 1
+        steps += 1
+        if depth > max_depth:
+            return NestingScan(f"the JSON body is nested more than {max_depth} levels deep", steps)
+        if depth < 0:
+            # Valid JSON never closes more than it opened.
+            return NestingScan(
+                "the request body is not valid JSON (its brackets don't match)", steps
+            )
+    return NestingScan(None, steps)
+
+
+def nesting_problem(body: bytes, max_depth: int) -> str | None:
+    """Why `body` can't be parsed safely as JSON nested at most `max_depth` deep, or None."""
+    return scan_nesting(body, max_depth).problem
 
 
 def _header_problem(headers: list[tuple[bytes, bytes]]) -> Problem | None:
@@ -78,7 +118,7 @@ def _header_problem(headers: list[tuple[bytes, bytes]]) -> Problem | None:
 
 def _content_type_problem(content_type: bytes | None) -> Problem | None:
     media_type, _, parameters = (content_type or b"").decode("latin-1").partition(";")
-    if not _JSON_MEDIA_TYPE.match(media_type.strip().lower()):
+    if not _JSON_MEDIA_TYPE.fullmatch(media_type.strip().lower()):
         return (
             415,
             "unsupported_media_type",

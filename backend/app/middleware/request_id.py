@@ -14,14 +14,14 @@ logger = logging.getLogger("app.access")
 
 REQUEST_ID_HEADER = "x-request-id"
 # Accept a caller's id only if it is short and harmless in logs; otherwise make our own.
-_WELL_FORMED = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+_WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{8,128}")  # fullmatch()
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            return candidate if _WELL_FORMED.match(candidate) else None
+            return candidate if _WELL_FORMED.fullmatch(candidate) else None
     return None
 
 

@@ -9,7 +9,15 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, JsonValue, model_validator
 
 from app.models.document import EMBEDDING_DIMENSIONS
-from app.schemas.common import Embedding, Metadata, RequestModel, ResponseModel, Text
+from app.schemas.common import (
+    FILTER_LIMITS_TEXT,
+    Embedding,
+    Metadata,
+    MetadataFilter,
+    RequestModel,
+    ResponseModel,
+    Text,
+)
 
 DocumentStatus = Literal["processing", "completed", "failed"]
 
@@ -113,8 +121,10 @@ class SearchFilters(RequestModel):
 
     status: DocumentStatus | None = None
     content_type: Text | None = Field(default=None, min_length=1, max_length=255)
-    metadata: Metadata | None = Field(
-        default=None, description="Only documents whose metadata contains this JSON object."
+    metadata: MetadataFilter | None = Field(
+        default=None,
+        description="Only documents whose metadata contains this JSON object. "
+        + FILTER_LIMITS_TEXT,
     )
 
 

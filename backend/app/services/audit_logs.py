@@ -37,8 +37,15 @@ async def list_audit_logs(
     page: PageRequest,
     codec: CursorCodec,
 ) -> tuple[list[AuditLog], str | None]:
-    """One page of the tenant's audit events, newest first."""
+    """One page of the audit events `actor` may read, newest first.
+
+    Admins read the tenant's whole log; a member reads only the rows of their own actions
+    (HIPAA minimum necessary: other users' IP addresses, user agents and activity are not
+    needed for a member's work; docs/SECURITY.md).
+    """
     statement = select(AuditLog).where(AuditLog.tenant_id == actor.tenant_id)
+    if not actor.is_admin:
+        statement = statement.where(AuditLog.user_id == actor.user_id)
     if query.action is not None:
         statement = statement.where(AuditLog.action == query.action)
     if query.resource_type is not None:
@@ -51,6 +58,6 @@ async def list_audit_logs(
         statement = statement.where(AuditLog.created_at >= query.created_after)
     if query.created_before is not None:
         statement = statement.where(AuditLog.created_at < query.created_before)
-    return await fetch_page(
-        session, statement, AuditLog, page, codec, actor.tenant_id, query.fingerprint()
-    )
+    # A cursor continues the same view: an admin's cursor does not page a member's view.
+    fingerprint = f"{query.fingerprint()}:{'all' if actor.is_admin else actor.user_id}"
+    return await fetch_page(session, statement, AuditLog, page, codec, actor.tenant_id, fingerprint)

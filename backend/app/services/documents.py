@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.core.context import RequestContext
-from app.core.errors import NotFoundError
+from app.core.errors import ForbiddenError, NotFoundError
 from app.models import Document
 from app.schemas.document import DocumentCreate, DocumentUpdate
 from app.services import vector_search
@@ -72,6 +72,10 @@ async def _audit(
 
 
 def _scoped(actor: RequestContext, *, include_deleted: bool = False) -> Select[Document]:
+    if include_deleted and not actor.is_admin:
+        # The routes check this first; repeated here so no service path can reach deleted rows
+        # for a member (soft-deleted rows are for admins only: docs/SECURITY.md).
+        raise ForbiddenError("soft-deleted documents are for admins only")
     statement = select(Document).where(Document.tenant_id == actor.tenant_id)
     if not include_deleted:
         statement = statement.where(Document.deleted_at.is_(None))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from pydantic import AwareDatetime, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -48,6 +49,10 @@ def query_fingerprint(filters: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+# A cursor's signed payload: [created_at, id, tenant id, query fingerprint].
+_PAYLOAD = TypeAdapter(tuple[AwareDatetime, uuid.UUID, str, str], config=ConfigDict(strict=True))
+
+
 class CursorCodec:
     """Signs and checks cursors with one secret."""
 
@@ -76,10 +81,17 @@ class CursorCodec:
         payload, signature = raw[:-16], raw[-16:]
         if len(raw) <= 16 or not hmac.compare_digest(signature, self._sign(payload)):
             raise InvalidCursorError("cursor: not a cursor issued for this query")
-        created_at, row_id, cursor_tenant, cursor_fingerprint = json.loads(payload)
+        # A good signature proves who made the cursor, not that its payload is well formed
+        # (a leaked or guessed secret signs anything): check its shape before using it.
+        try:
+            created_at, row_id, cursor_tenant, cursor_fingerprint = _PAYLOAD.validate_json(payload)
+        except ValidationError:
+            raise InvalidCursorError(
+                "cursor: malformed position (expected a creation time with time zone and a row id)"
+            ) from None
         if cursor_tenant != str(tenant_id) or cursor_fingerprint != fingerprint:
             raise InvalidCursorError("cursor: not a cursor issued for this query")
-        return Position(datetime.fromisoformat(created_at), uuid.UUID(row_id))
+        return Position(created_at, row_id)
 
 
 # The only sort keys pagination uses: each paginated table's (created_at, id), newest first.

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import lookalikes
 from app.core.errors import ConflictError, NotFoundError
 from app.models import SYSTEM_TENANT_ID, Tenant, User
 from app.models.user import normalise_email
@@ -139,11 +140,29 @@ async def _refuse_clash(
         active = active.where(User.id != exclude_id)
     if (await session.scalars(active.where(User.email == email))).first() is not None:
         raise ConflictError(f"a user with email {email} already exists in this tenant")
+    await _refuse_lookalike(session, active, email)
     if external_idp_id is not None:
         same_subject = active.where(User.external_idp_id == external_idp_id)
         if (await session.scalars(same_subject)).first() is not None:
             raise ConflictError(
                 f"a user with external IdP id {external_idp_id} already exists in this tenant"
+            )
+
+
+async def _refuse_lookalike(session: AsyncSession, active: Select[User], email: str) -> None:
+    """ConflictError if an active user's email looks the same as `email` (TS #39 skeleton).
+
+    "admin@…" typed with a Cyrillic "a" (U+0430) would otherwise be a second account that
+    reads as the first one in every list and audit row (docs/SECURITY.md). The tenant's
+    addresses are compared in Python: one scan of a column per user creation or restore.
+    """
+    wanted = lookalikes.skeleton(email)
+    emails = await session.scalars(active.with_only_columns(User.email))
+    for existing in emails:
+        if lookalikes.skeleton(existing) == wanted:
+            raise ConflictError(
+                f"{email} looks the same as the address of an existing user of this tenant"
+                f" ({existing}); use an address that can be told apart"
             )
 
 

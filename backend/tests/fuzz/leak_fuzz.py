@@ -42,6 +42,7 @@ from app.auth.tokens import VerifiedIdentity
 from app.core.config import Settings
 from app.core.context import RequestContext
 from app.core.errors import AppError
+from app.core.lookalikes import skeleton
 from app.database import Database
 from app.database.session import admin_transaction, tenant_transaction
 from app.main import create_app
@@ -1054,14 +1055,15 @@ class LeakFuzzer:
 
     async def _op_restore_document(self, op: Op, tenant: TenantState, caller: UserState) -> None:
         target_id, document = self._document(tenant, op.args["target"])
-        if caller.deleted:
-            expected = 403
+        if caller.deleted or caller.role != "admin":
+            expected = 403  # soft-deleted rows are for admins only
         elif document is None:
             expected = 404
         else:
             expected = 200  # restoring an active document is an idempotent no-op
 
         async def service(session: AsyncSession, context: RequestContext) -> tuple[int, Any]:
+            require_admin(context)
             restored = await documents_service.restore_document(session, context, target_id)
             return 200, self._document_payload(restored)
 
@@ -1114,8 +1116,8 @@ class LeakFuzzer:
             expected = 403
         elif op.args["mass_assign"]:
             expected = 422
-        elif any(u.email == normalised for u in active):
-            expected = 409
+        elif any(skeleton(u.email) == skeleton(normalised) for u in active):
+            expected = 409  # the same address, or one that looks the same (TS #39 skeleton)
         else:
             expected = 201
 
@@ -1342,7 +1344,9 @@ class LeakFuzzer:
             {
                 key: n
                 for key, n in tenant.audit.items()
-                if resource_id is None or key[1] == str(resource_id)
+                if (resource_id is None or key[1] == str(resource_id))
+                # Members read only their own actions' rows (docs/SECURITY.md, minimum necessary).
+                and (caller.role == "admin" or key[2] == caller.id)
             }
         )
         if got != want:

@@ -12,10 +12,10 @@ AUDIT = f"{API}/audit-logs"
 
 
 async def _events(api: Api, tenants: Tenants, **params: Any) -> list[dict[str, Any]]:
-    return await api.all_pages(AUDIT, tenants.member, params)
+    return await api.all_pages(AUDIT, tenants.admin, params)
 
 
-async def test_members_read_their_tenants_events_newest_first(api: Api, tenants: Tenants) -> None:
+async def test_admins_read_their_tenants_events_newest_first(api: Api, tenants: Tenants) -> None:
     document = await api.create_document(tenants.admin)
     path = f"{API}/documents/{document['id']}"
     assert (
@@ -42,6 +42,46 @@ async def test_members_read_their_tenants_events_newest_first(api: Api, tenants:
     assert [(event["action"], event["resource_id"]) for event in theirs] == [
         ("document.create", tenants.other_document["id"])
     ]
+
+
+async def test_members_read_only_their_own_actions_rows(api: Api, tenants: Tenants) -> None:
+    """Minimum necessary (docs/SECURITY.md): no other user's IP, user agent or activity."""
+    admins = await api.create_document(tenants.admin)
+    deleted_path = f"{API}/documents/{admins['id']}"
+    assert (await api.client.delete(deleted_path, headers=tenants.admin.headers)).status_code == 204
+    own = await api.create_document(tenants.member)
+    admin_agent = {"User-Agent": "admin-console/9.9"}
+    patched = await api.client.patch(
+        f"{API}/documents/{own['id']}",
+        json={"status": "failed"},
+        headers={**tenants.admin.headers, **admin_agent},
+    )
+    assert patched.status_code == 200
+
+    seen = await api.all_pages(AUDIT, tenants.member, {"limit": 1})
+    assert [(e["action"], e["resource_id"]) for e in seen] == [("document.create", own["id"])]
+    assert {e["user_id"] for e in seen} == {str(tenants.member.user.id)}
+    assert seen[0]["ip_address"] == "127.0.0.1"  # their own request's address
+    # Filters narrow the member's view; they never widen it.
+    for params in (
+        {"user_id": str(tenants.admin.user.id)},
+        {"resource_id": admins["id"]},
+        {"resource_id": own["id"], "action": "document.update"},
+    ):
+        assert await api.all_pages(AUDIT, tenants.member, params) == [], params
+    # The admin sees every row, the admin's user agent included.
+    everything = await _events(api, tenants)
+    assert {e["user_id"] for e in everything} == {
+        str(tenants.admin.user.id),
+        str(tenants.member.user.id),
+    }
+    assert "admin-console/9.9" in {e["user_agent"] for e in everything}
+    # An admin's cursor does not continue a member's listing (another view, another query).
+    admin_page = await api.client.get(AUDIT, params={"limit": 1}, headers=tenants.admin.headers)
+    cursor = admin_page.json()["next_cursor"]
+    assert cursor is not None
+    refused = await api.client.get(AUDIT, params={"cursor": cursor}, headers=tenants.member.headers)
+    assert refused.status_code == 422
 
 
 async def test_filters(api: Api, tenants: Tenants) -> None:

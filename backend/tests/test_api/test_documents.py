@@ -181,12 +181,14 @@ async def test_delete_hides_the_document_and_restore_brings_it_back(
     )
     assert search.json()["items"] == []
 
-    restored = await api.client.post(f"{path}/restore", headers=headers)
+    # Restoring is for admins (soft-deleted rows are admin-only: test_soft_deleted_access).
+    admin_headers = tenants.admin.headers
+    restored = await api.client.post(f"{path}/restore", headers=admin_headers)
     assert restored.status_code == 200, restored.text
     assert restored.json()["deleted_at"] is None
     assert (await api.client.get(path, headers=headers)).status_code == 200
     # Restoring an active document is a no-op: 200, nothing written.
-    again = await api.client.post(f"{path}/restore", headers=headers)
+    again = await api.client.post(f"{path}/restore", headers=admin_headers)
     assert again.status_code == 200
     assert again.json()["deleted_at"] is None
 

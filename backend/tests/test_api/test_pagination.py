@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import stat
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core import config
+from app.core.config import Settings, load_settings
 from app.database.session import admin_transaction
+from app.services import documents as documents_service
 from tests.factories import make_document
 from tests.test_api.conftest import API, Api, Tenants
 
@@ -127,3 +135,60 @@ async def test_page_size_outside_one_to_two_hundred_is_refused(
     response = await api.client.get(path, params={"limit": limit}, headers=tenants.admin.headers)
     assert response.status_code == 422, response.text
     assert "limit" in response.json()["error"]["message"]
+
+
+def _signed(secret: bytes, position: Any) -> str:
+    """A cursor signed with the app's own secret around any payload (a forger who knows it)."""
+    payload = json.dumps(position).encode()
+    signature = hmac.new(secret, payload, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(payload + signature).decode().rstrip("=")
+
+
+async def test_a_signed_cursor_with_a_malformed_position_is_422_not_500(
+    api: Api, tenants: Tenants, settings: Settings
+) -> None:
+    tenant = str(tenants.admin.tenant.id)
+    fingerprint = f"Document:{documents_service.DocumentQuery().fingerprint()}"
+    row_id = str(uuid.uuid4())
+    created = "2026-11-30T12:00:00+00:00"
+    # The well-formed one proves the forged cursors reach the position check.
+    well_formed = _signed(settings.cursor_secret, [created, row_id, tenant, fingerprint])
+    accepted = await api.client.get(
+        DOCS, params={"cursor": well_formed}, headers=tenants.admin.headers
+    )
+    assert accepted.status_code == 200, accepted.text
+    malformed: dict[str, Any] = {
+        "not a date": ["yesterday", row_id, tenant, fingerprint],
+        "a date without time zone": ["2026-11-30T12:00:00", row_id, tenant, fingerprint],
+        "a number for a date": [1764504000, row_id, tenant, fingerprint],
+        "not a uuid": [created, "row-1", tenant, fingerprint],
+        "a list for a uuid": [created, [row_id], tenant, fingerprint],
+        "three parts": [created, row_id, tenant],
+        "five parts": [created, row_id, tenant, fingerprint, "more"],
+        "an object": {"created_at": created, "id": row_id},
+        "a string": "position",
+        "null": None,
+    }
+    for name, position in malformed.items():
+        cursor = _signed(settings.cursor_secret, position)
+        response = await api.client.get(
+            DOCS, params={"cursor": cursor}, headers=tenants.admin.headers
+        )
+        assert response.status_code == 422, (name, response.text)
+        assert "cursor: malformed position" in response.json()["error"]["message"], name
+
+
+def test_the_dev_cursor_secret_is_made_per_installation(tmp_path: Path) -> None:
+    first = load_settings(ENVIRONMENT="development", CURSOR_SECRET_FILE=tmp_path / "a" / "key")
+    second = load_settings(ENVIRONMENT="development", CURSOR_SECRET_FILE=tmp_path / "b" / "key")
+    secret = first.cursor_secret
+    assert len(secret) >= 32
+    assert secret == first.cursor_secret  # kept: cursors survive a restart
+    assert secret != second.cursor_secret  # another installation, another secret
+    assert secret not in Path(config.__file__).read_bytes()
+    assert stat.S_IMODE((tmp_path / "a" / "key").stat().st_mode) == 0o600
+    configured = load_settings(
+        ENVIRONMENT="development", CURSOR_SECRET="set", CURSOR_SECRET_FILE=tmp_path / "c"
+    )
+    assert configured.cursor_secret == b"set"
+    assert not (tmp_path / "c").exists()

@@ -208,3 +208,59 @@ async def test_another_tenants_user_is_the_same_404_as_a_random_id(
         assert error_without_request_id(foreign) == error_without_request_id(unknown)
     assert await api.counts() == before
     assert (await api.client.get(f"{API}/me", headers=tenants.other.headers)).status_code == 200
+
+
+# Addresses that look like "dr.jones@clinic.example" but are other strings (issue 13).
+LOOKALIKES = {
+    "Cyrillic a": "dr.jones@clinic.ex\u0430mple",
+    "Cyrillic o": "dr.j\u043enes@clinic.example",
+    "Greek omicron": "dr.j\u03bfnes@clinic.example",
+    "digit one for l": "dr.jones@c1inic.example",
+}
+# NFKC (normalise_email) turns these into the very same address: an exact duplicate.
+COMPATIBILITY_FORMS = {
+    "fullwidth letters": "dr.\uff4aones@clinic.example",
+    "mathematical bold s": "dr.jone\U0001d42c@clinic.example",
+}
+
+
+@pytest.mark.parametrize(
+    ("lookalike", "words"),
+    [(value, "looks the same") for value in LOOKALIKES.values()]
+    + [(value, "already exists") for value in COMPATIBILITY_FORMS.values()],
+    ids=[*LOOKALIKES, *COMPATIBILITY_FORMS],
+)
+async def test_an_address_that_looks_like_an_existing_one_is_a_conflict(
+    api: Api, tenants: Tenants, lookalike: str, words: str
+) -> None:
+    await _create(api, tenants, email="dr.jones@clinic.example")
+    before = await api.counts()
+    response = await api.client.post(
+        USERS, json={"email": lookalike}, headers=tenants.admin.headers
+    )
+    assert response.status_code == 409, response.text
+    assert words in response.json()["error"]["message"]
+    assert await api.counts() == before
+    # Per tenant, like the email itself: another tenant may hold the lookalike.
+    elsewhere = await api.client.post(
+        USERS, json={"email": lookalike}, headers=tenants.other.headers
+    )
+    assert elsewhere.status_code == 201, elsewhere.text
+
+
+async def test_addresses_that_can_be_told_apart_are_accepted(api: Api, tenants: Tenants) -> None:
+    await _create(api, tenants, email="ivan@clinic.example")
+    for distinct in ("\u0438\u0432\u0430\u043d@clinic.example", "ivana@clinic.example"):
+        await _create(api, tenants, email=distinct)
+
+
+async def test_restore_conflicts_when_a_lookalike_took_the_address_meanwhile(
+    api: Api, tenants: Tenants
+) -> None:
+    first = await _create(api, tenants, email="nurse.kim@clinic.example")
+    path = f"{USERS}/{first['id']}"
+    assert (await api.client.delete(path, headers=tenants.admin.headers)).status_code == 204
+    await _create(api, tenants, email="nurse.k\u0456m@clinic.example")  # Cyrillic i
+    response = await api.client.post(f"{path}/restore", headers=tenants.admin.headers)
+    assert response.status_code == 409, response.text
+    assert "looks the same" in response.json()["error"]["message"]

@@ -165,6 +165,16 @@ def _bad_tokens(issuer: TestIssuer, user: User) -> dict[str, str]:
         "tenant claim missing": issuer.sign({k: v for k, v in good.items() if k != "tenant_id"}),
         "tenant claim not a UUID": issuer.mint(tenant_id="not-a-uuid", subject=subject),
         "tenant claim in braces": issuer.mint(tenant_id=f"{{{tenant_id}}}", subject=subject),
+        # A regex `$` matches before a final newline: the check must match the whole claim.
+        "tenant claim with a trailing newline": issuer.mint(
+            tenant_id=f"{tenant_id}\n", subject=subject
+        ),
+        "tenant claim with a leading newline": issuer.mint(
+            tenant_id=f"\n{tenant_id}", subject=subject
+        ),
+        "tenant claim with a trailing CRLF": issuer.mint(
+            tenant_id=f"{tenant_id}\r\n", subject=subject
+        ),
         "tenant claim an array": issuer.sign({**good, "tenant_id": [str(tenant_id)]}),
         "tenant claim an object": issuer.sign({**good, "tenant_id": {"id": str(tenant_id)}}),
         "tenant claim a number": issuer.sign({**good, "tenant_id": 42}),
@@ -200,6 +210,9 @@ BAD_TOKEN_CASES = [
     "tenant claim missing",
     "tenant claim not a UUID",
     "tenant claim in braces",
+    "tenant claim with a trailing newline",
+    "tenant claim with a leading newline",
+    "tenant claim with a trailing CRLF",
     "tenant claim an array",
     "tenant claim an object",
     "tenant claim a number",

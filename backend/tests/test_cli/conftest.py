@@ -34,6 +34,7 @@ def cli_environment(
         DATABASE_URL=migrated_db.owner_url.render_as_string(hide_password=False),
         APP_RUNTIME_PASSWORD=harness.RUNTIME_PASSWORD,
         DEV_ISSUER_KEY_FILE=str(dev_key_file),
+        CURSOR_SECRET_FILE=str(dev_key_file.with_name("cursor-secret")),
         CURSOR_SECRET="test-cursor-secret",
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from app.core.config import BACKEND_DIR, Environment, SettingsError, load_settings
+from app.core.config import (
+    BACKEND_DIR,
+    ClientIpHeader,
+    Environment,
+    Settings,
+    SettingsError,
+    load_settings,
+)
 
 
 @pytest.mark.parametrize(
@@ -85,3 +93,84 @@ def test_process_exits_with_one_line_naming_the_variable() -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: invalid configuration: DATABASE_URL:")
     assert "Traceback" not in result.stderr
+
+
+def test_every_production_problem_is_reported_at_once_one_line_each(tmp_path: Path) -> None:
+    # Nothing but ENVIRONMENT=production: every required variable is missing, and '*' origins
+    # and benchmark routes are refused, all in the one message of one start-up.
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "migrate"],
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/tmp",
+            "PYTHONPATH": str(BACKEND_DIR),
+            "ENVIRONMENT": "production",
+            "ALLOWED_ORIGINS": "*",
+            "BENCH_BASELINE_ROUTES": "true",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "error: invalid configuration (5 problems):"
+    named = [line.strip().split(":", 1)[0] for line in lines[1:]]
+    assert sorted(named) == sorted(
+        [
+            "BENCH_BASELINE_ROUTES",
+            "DATABASE_URL",
+            "OIDC_ISSUER_URL",
+            "CURSOR_SECRET",
+            "ALLOWED_ORIGINS",
+        ]
+    )
+
+
+def test_field_errors_are_all_reported_too() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(DB_POOL_SIZE="0", LOG_LEVEL="LOUD", TRUSTED_PROXIES="10.0.0.0/8, proxy")
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "invalid configuration (3 problems):"
+    assert sorted(line.strip().split(":", 1)[0] for line in lines[1:]) == [
+        "DB_POOL_SIZE",
+        "LOG_LEVEL",
+        "TRUSTED_PROXIES",
+    ]
+    assert "'proxy'" in str(caught.value)
+
+
+def test_trusted_proxies_and_client_header_parse() -> None:
+    settings = load_settings(
+        TRUSTED_PROXIES="100.64.0.0/10, 10.1.2.3 ,2001:db8::/32", CLIENT_IP_HEADER="x-real-ip"
+    )
+    assert settings.TRUSTED_PROXIES == ["100.64.0.0/10", "10.1.2.3", "2001:db8::/32"]
+    assert settings.CLIENT_IP_HEADER is ClientIpHeader.X_REAL_IP
+    assert load_settings().TRUSTED_PROXIES == []
+
+
+def test_dot_env_is_the_repository_roots_whatever_the_current_directory(tmp_path: Path) -> None:
+    # A .env in the current directory is never read; the repository root's is (docs say so).
+    assert Path(Settings.model_config["env_file"]) == BACKEND_DIR.parent / ".env"  # type: ignore[arg-type]
+    (tmp_path / ".env").write_text("LOG_LEVEL=LOUD\n")
+    readme = (BACKEND_DIR.parent / "README.md").read_text()
+    assert "reads the repository root's `.env`" in readme
+    for cwd in (tmp_path, BACKEND_DIR, BACKEND_DIR.parent):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from app.core.config import Settings; print(Settings().model_config['env_file'])",
+            ],
+            cwd=cwd,
+            env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": str(BACKEND_DIR)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == str(BACKEND_DIR.parent / ".env")

@@ -6,6 +6,7 @@ import httpx
 
 from app.core.config import Settings
 from app.main import create_app
+from tests.test_api.test_phi_headers import assert_phi_headers
 
 
 async def test_unhandled_error_is_a_json_500_with_the_request_id(settings: Settings) -> None:
@@ -20,6 +21,7 @@ async def test_unhandled_error_is_a_json_500_with_the_request_id(settings: Setti
         response = await client.get("/boom", headers={"X-Request-ID": "req-boom-000001"})
     assert response.status_code == 500
     assert response.headers["x-request-id"] == "req-boom-000001"
+    assert_phi_headers(response)  # answered outside the middleware that adds them elsewhere
     assert response.json() == {
         "error": {
             "code": "internal_error",

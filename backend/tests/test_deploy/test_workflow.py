@@ -46,11 +46,12 @@ def test_steps_cache_pip_then_lint_and_test_with_make() -> None:
     assert commands == ["make install", "make lint", "make test-only"]
 
 
-def test_image_job_builds_and_checks_readiness_via_compose() -> None:
+def test_image_job_runs_make_test_image_like_ci_run() -> None:
     steps = _workflow()["jobs"]["image"]["steps"]
-    script = "\n".join(s.get("run", "") for s in steps)
-    assert "docker compose up --build" in script
-    assert "/api/v1/health/ready" in script
+    commands = [s["run"] for s in steps if "run" in s]
+    assert commands == ["sudo --preserve-env=PATH make test-image"]
+    ci_run = (REPO_ROOT / ".ci" / "run").read_text().split()
+    assert ci_run[-4:] == ["make", "test", "make", "test-image"]
 
 
 def test_actionlint_when_available() -> None:

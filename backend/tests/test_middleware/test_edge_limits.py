@@ -265,7 +265,7 @@ async def test_json_content_types_are_accepted(
 async def test_requests_without_a_body_need_no_content_type(
     client: httpx.AsyncClient, make_caller: MakeCaller
 ) -> None:
-    caller = await make_caller()
+    caller = await make_caller(role="admin")  # restoring is for admins
     assert (await client.get(ME, headers=caller.headers)).status_code == 200
     created = await client.post(DOCUMENTS, json=_create_body(), headers=caller.headers)
     document_url = f"{DOCUMENTS}/{created.json()['id']}"

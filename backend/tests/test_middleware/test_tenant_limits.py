@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,14 +12,20 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.errors import TooManyRequestsError
-from app.core.tenant_limits import TenantLimiter
+from app.core.tenant_limits import CallerAdmission, TenantLimiter
 from app.database import Database
+from app.database.session import admin_transaction
 from app.main import create_app
+from app.models import User
 from app.services import documents as documents_service
+from tests.auth_helpers import bearer
 from tests.conftest import MakeCaller
+from tests.factories import make_user
 from tests.test_middleware.conftest import DatabaseUse, assert_error
 
 ME = "/api/v1/me"
@@ -77,6 +84,68 @@ async def test_forged_tokens_do_not_spend_the_named_tenants_budget(
         assert (await client.get(ME, headers=victim.headers)).status_code == 200
 
 
+async def test_refused_identities_spend_their_own_budget_never_the_tenants(
+    settings: Settings,
+    database: Database,
+    make_caller: MakeCaller,
+    test_issuer: Any,
+    admin_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Issue 13: a signed token of a deleted user spent its tenant's budget, then got 403.
+
+    With the tenant's burst at 3, ten requests of a deleted user and ten of a never-provisioned
+    one are all refused (403, then 429 from their own budget), and the tenant's admin still gets
+    all three requests of its burst.
+    """
+    admin = await make_caller(role="admin")
+    leaver = await make_caller(tenant=admin.tenant)
+    never_provisioned = bearer(test_issuer.mint(tenant_id=admin.tenant.id, subject="no-such-user"))
+    app = _app(
+        settings,
+        database,
+        TENANT_RATE_LIMIT_PER_SECOND=0.01,
+        TENANT_RATE_LIMIT_BURST=3,
+        TENANT_MAX_CONCURRENT_REQUESTS=1,
+    )
+    async with _serve(app) as client:
+        async with admin_transaction(admin_sessions) as session:
+            await session.execute(
+                update(User).where(User.id == leaver.user.id).values(deleted_at=func.now())
+            )
+        for headers in (leaver.headers, never_provisioned):
+            statuses = [(await client.get(ME, headers=headers)).status_code for _ in range(10)]
+            assert statuses.count(403) >= 3, statuses
+            assert set(statuses) == {403, 429}, statuses
+            refused = await client.get(ME, headers=headers)
+            assert "this identity" in assert_error(refused, 429, "too_many_requests")["message"]
+        for _ in range(3):
+            assert (await client.get(ME, headers=admin.headers)).status_code == 200
+        assert app.state.tenant_limiter.in_flight(admin.tenant.id) == 0
+
+
+async def test_an_identity_provisioned_after_a_refusal_is_charged_to_its_tenant_again(
+    settings: Settings,
+    database: Database,
+    make_caller: MakeCaller,
+    test_issuer: Any,
+    admin_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = await make_caller(role="admin")
+    subject = f"late-{uuid.uuid4()}"
+    headers = bearer(test_issuer.mint(tenant_id=admin.tenant.id, subject=subject))
+    app = _app(settings, database, TENANT_RATE_LIMIT_PER_SECOND=0.01, TENANT_RATE_LIMIT_BURST=2)
+    async with _serve(app) as client:
+        assert (await client.get(ME, headers=headers)).status_code == 403
+        async with admin_transaction(admin_sessions) as session:
+            await make_user(session, admin.tenant, external_idp_id=subject)
+        assert (await client.get(ME, headers=headers)).status_code == 200  # rechecked at once
+        # From now on its tenant pays (the 403 was given back): two requests empty its burst.
+        for _ in range(2):
+            assert (await client.get(ME, headers=headers)).status_code == 200
+        refused = await client.get(ME, headers=admin.headers)
+        assert "your tenant" in assert_error(refused, 429, "too_many_requests")["message"]
+
+
 class HeldSearches:
     """Searches that block inside their request transaction until `release` is set."""
 
@@ -124,6 +193,7 @@ async def test_concurrency_limit_queues_briefly_then_answers_429_and_spares_othe
     limiter = app.state.tenant_limiter = TenantLimiter(
         rate_per_second=0, burst=1, max_concurrent=2, queue_seconds=0.3
     )
+    app.state.caller_admission = CallerAdmission(limiter)
     body = {"embedding": [0.5] * 1024}
     async with _serve(app) as client:
         # The first request of a minute stamps last_login_at (a row lock held to the end of the
@@ -212,4 +282,67 @@ def test_idle_tenants_are_forgotten_so_state_stays_bounded(
     clock.now += 2  # every bucket has refilled: the same as a new one
     limiter._take_token(uuid.uuid4())
     assert len(limiter._buckets) == 1
+    assert limiter._slots == {}
+
+
+async def test_a_waiter_cancelled_as_its_slot_frees_leaves_cleanly() -> None:
+    """Issue 13: the slot freed between a waiter's cancellation and its wake-up gave a 500.
+
+    The hand-made queue handed the slot to the cancelled waiter's future, which then tried to
+    leave a queue it had already been taken out of: ValueError '<Future cancelled> is not in
+    deque'. No server: the limiter class alone, the release made while the waiter is cancelled.
+    """
+    limiter = TenantLimiter(rate_per_second=0, burst=1, max_concurrent=1, queue_seconds=5)
+    tenant = uuid.uuid4()
+    holder = limiter.admit(tenant)
+    await holder.__aenter__()
+
+    async def wait_for_a_slot() -> None:
+        async with limiter.admit(tenant):
+            raise AssertionError("admitted although cancelled")
+
+    waiter = asyncio.create_task(wait_for_a_slot())
+    await asyncio.sleep(0.01)  # the waiter is in line
+    waiter.cancel()  # the client hangs up...
+    await holder.__aexit__(None, None, None)  # ...just as the slot frees
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.in_flight(tenant) == 0
+    async with asyncio.timeout(1), limiter.admit(tenant):
+        assert limiter.in_flight(tenant) == 1
+    assert limiter._slots == {}
+
+
+async def test_many_waiters_timing_out_and_cancelled_get_429_never_another_error() -> None:
+    """A crowd over the limit, short holds, timeouts and hang-ups racing slot releases."""
+    limiter = TenantLimiter(rate_per_second=0, burst=1, max_concurrent=2, queue_seconds=0.02)
+    tenant = uuid.uuid4()
+    rng = random.Random(13)
+    outcomes: list[str] = []
+
+    async def request(hold: float) -> None:
+        try:
+            async with limiter.admit(tenant):
+                assert limiter.in_flight(tenant) <= 2
+                await asyncio.sleep(hold)
+            outcomes.append("served")
+        except TooManyRequestsError:
+            outcomes.append("429")
+        except asyncio.CancelledError:
+            outcomes.append("cancelled")
+            raise
+
+    tasks = []
+    for _ in range(600):
+        tasks.append(asyncio.create_task(request(rng.uniform(0, 0.02))))
+        if rng.random() < 0.3:
+            await asyncio.sleep(rng.uniform(0, 0.004))
+        if rng.random() < 0.2:
+            rng.choice(tasks).cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    unexpected = [r for r in results if isinstance(r, BaseException)]
+    unexpected = [r for r in unexpected if not isinstance(r, asyncio.CancelledError)]
+    assert unexpected == []
+    assert {"served", "429"} <= set(outcomes)
+    assert limiter.in_flight(tenant) == 0
     assert limiter._slots == {}

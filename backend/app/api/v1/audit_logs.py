@@ -36,7 +36,11 @@ async def verify_audit_logs(
     return await audit_integrity_service.verify_chain(session, tenant_id=context.tenant_id)
 
 
-@router.get("", response_model=schemas.AuditLogPage, summary="Read the audit log, newest first")
+@router.get(
+    "",
+    response_model=schemas.AuditLogPage,
+    summary="Read the audit log, newest first (members: their own actions only)",
+)
 async def list_audit_logs(
     session: TenantSession,
     context: CurrentContext,
@@ -49,7 +53,11 @@ async def list_audit_logs(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> schemas.AuditLogPage:
-    """Every change in the tenant, with who, when, from where; there is no way to alter it."""
+    """Every change in the tenant, with who, when, from where; there is no way to alter it.
+
+    Admins read every row; members read only the rows of their own actions (minimum
+    necessary: another user's IP address and user agent are not a member's business).
+    """
     query = audit_logs_service.AuditQuery(
         action=action,
         resource_type=resource_type,

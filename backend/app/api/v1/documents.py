@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import CurrentContext, TenantSession, require_admin
-from app.api.params import CursorCodecDep, PageDep, SettingsDep, json_object
+from app.api.deps import AdminContext, CurrentContext, TenantSession, require_admin
+from app.api.params import CursorCodecDep, PageDep, SettingsDep, metadata_filter
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
-from app.schemas.common import Text
+from app.schemas.common import FILTER_LIMITS_TEXT, FILTER_MAX_BYTES, Text
 from app.services import documents as documents_service
 from app.services.vector_search import SearchFilters
 
@@ -20,6 +20,9 @@ router = APIRouter(prefix="/documents", tags=["documents"], responses=API_ERRORS
 
 _NOT_FOUND: Responses = {
     404: error_response("No such document in your tenant (the same for other tenants' ids).")
+}
+_ADMINS_ONLY: Responses = {
+    403: error_response("Only admins of the tenant may do this (or the token's user is inactive).")
 }
 _ADMINS_FOR_DELETED: Responses = {
     403: error_response("`include_deleted=true` is for admins; or the token's user is inactive.")
@@ -56,8 +59,10 @@ async def list_documents(
     metadata: Annotated[
         str | None,
         Query(
-            max_length=65536,
-            description="JSON object the metadata must contain (JSONB `@>`, GIN-indexed)",
+            # Room for whitespace and \u escapes around a filter of FILTER_MAX_BYTES.
+            max_length=4 * FILTER_MAX_BYTES,
+            description="JSON object the metadata must contain (JSONB `@>`, GIN-indexed). "
+            + FILTER_LIMITS_TEXT,
             examples=['{"department":"cardiology"}'],
         ),
     ] = None,
@@ -71,7 +76,7 @@ async def list_documents(
         content_type=content_type,
         created_after=created_after,
         created_before=created_before,
-        metadata_contains=json_object(metadata, "metadata"),
+        metadata_contains=metadata_filter(metadata, "metadata"),
         include_deleted=include_deleted,
     )
     rows, next_cursor = await documents_service.list_documents(session, context, query, page, codec)
@@ -152,11 +157,15 @@ async def delete_document(
 @router.post(
     "/{document_id}/restore",
     response_model=schemas.Document,
-    responses=_NOT_FOUND,
-    summary="Restore a soft-deleted document",
+    responses={**_NOT_FOUND, **_ADMINS_ONLY},
+    summary="Restore a soft-deleted document (admins)",
 )
 async def restore_document(
-    document_id: uuid.UUID, session: TenantSession, context: CurrentContext
+    document_id: uuid.UUID, session: TenantSession, context: AdminContext
 ) -> schemas.Document:
-    """Make a soft-deleted document active again (an active one is returned unchanged)."""
+    """Make a soft-deleted document active again (an active one is returned unchanged).
+
+    Admins only, like every other way to reach soft-deleted rows: a member gets 403 before any
+    lookup, so the answer says nothing about whether the id exists (docs/SECURITY.md).
+    """
     return _out(await documents_service.restore_document(session, context, document_id))

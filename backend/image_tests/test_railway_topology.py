@@ -1,0 +1,91 @@
+"""The README's Railway steps: only the variables they list, pre-deploy command, start command.
+
+The Postgres service gets the variables of the README's Database step, the backend those of
+its API step (placeholders filled in, `${{...}}` references resolved as Railway would, plus the
+PORT Railway injects); railway.json's preDeployCommand runs to completion, then its
+startCommand serves, and the readiness route Railway health-checks answers 200.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from image_tests import podman as pm
+from image_tests.conftest import ISSUER_URL, Pod, random_secret
+from tests.auth_helpers import TestIssuer
+from tests.test_deploy.artifacts import (
+    README_RAILWAY_API,
+    README_RAILWAY_DATABASE,
+    load_json,
+    readme_railway_variables,
+)
+
+PRIVATE_DOMAIN = "postgres.railway.internal"
+RAILWAY_PORT = 8080  # Railway picks the port and injects it; not the image's default 8000.
+
+# What the user types for each `<...>` placeholder of the README's Railway steps.
+PLACEHOLDER_VALUES = {
+    "POSTGRES_PASSWORD": random_secret(),
+    "APP_RUNTIME_PASSWORD": random_secret(),
+    "CURSOR_SECRET": random_secret(),
+    "OIDC_ISSUER_URL": ISSUER_URL,
+    "OIDC_CLIENT_ID": "tenant-docs-railway",
+    "ALLOWED_ORIGINS": "https://app.example.org",
+}
+
+
+def resolve(variables: dict[str, str], references: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Fill `<...>` placeholders and resolve `${{NAME}}` / `${{Service.NAME}}` like Railway."""
+    resolved: dict[str, str] = {}
+    for name, value in variables.items():
+        if value.startswith("<"):
+            assert name in PLACEHOLDER_VALUES, f"the test does not know what to type for {name}"
+            value = PLACEHOLDER_VALUES[name]
+
+        def reference(match: re.Match[str]) -> str:
+            service, _, key = match.group(1).rpartition(".")
+            scope = references[service] if service else {**references[""], **resolved}
+            return scope[key]
+
+        resolved[name] = re.sub(r"\$\{\{([A-Za-z_.]+)\}\}", reference, value)
+    return resolved
+
+
+@pytest.fixture
+def railway_pod(pod_name: str, issuer: TestIssuer, tmp_path: Path) -> Iterator[Pod]:
+    """The Postgres service reachable under its private domain, and the test's issuer."""
+    pod = Pod(pod_name, api_port=RAILWAY_PORT)
+    try:
+        pod.create(db_host=PRIVATE_DOMAIN)
+        yield pod
+    finally:
+        pod.remove()
+
+
+def test_pre_deploy_then_start_command_serve_ready(
+    railway_pod: Pod, issuer: TestIssuer, tmp_path: Path
+) -> None:
+    railway = {"": {"RAILWAY_PRIVATE_DOMAIN": PRIVATE_DOMAIN}}
+    postgres = resolve(readme_railway_variables(README_RAILWAY_DATABASE), railway)
+    railway_pod.start_database({k: v for k, v in postgres.items() if k != "DATABASE_URL"})
+    railway_pod.start_issuer(issuer, tmp_path / "issuer")
+
+    backend = resolve(
+        readme_railway_variables(README_RAILWAY_API), {**railway, "Postgres": postgres}
+    )
+    backend["PORT"] = str(RAILWAY_PORT)
+    deploy = load_json("railway.json")["deploy"]
+    for step, command in enumerate(deploy["preDeployCommand"]):
+        railway_pod.run(
+            f"pre-deploy-{step}", pm.APP_IMAGE, backend, shlex.split(command), detach=False
+        )
+    railway_pod.run("backend", pm.APP_IMAGE, backend, shlex.split(deploy["startCommand"]))
+
+    assert deploy["healthcheckPath"] == "/api/v1/health/ready"
+    ready = railway_pod.wait_until_ready().json()
+    assert set(ready["checks"].values()) == {"ok"}, ready
