@@ -86,7 +86,10 @@ def vector_indexes(
 ) -> None:
     """Build, rebuild (INVALID) and drop per-tenant HNSW indexes; print one line per tenant."""
     settings = settings_or_exit()
-    configure_logging("WARNING" if settings.LOG_LEVEL == "INFO" else settings.LOG_LEVEL)
+    configure_logging(
+        "WARNING" if settings.LOG_LEVEL == "INFO" else settings.LOG_LEVEL,
+        json=settings.is_production,
+    )
     threshold = settings.VECTOR_INDEX_MIN_ROWS if min_rows is None else min_rows
     if not maintenance_work_mem.isalnum():
         fail("--maintenance-work-mem must look like 512MB or 2GB", EXIT_BAD_INPUT)
