@@ -18,7 +18,7 @@ EXIT_DATABASE_UNAVAILABLE = 3
 _CONNECT_SQLSTATES = ("08", "28", "3D", "57P")
 
 # libpq: 'connection to server at "h", port 5432 failed: Connection refused' -> the cause.
-_LIBPQ_CAUSE = re.compile(r"connection to server (?:at|on) .*? failed: (?P<cause>.+)$")
+_LIBPQ_CAUSE = re.compile(r".*?connection to server (?:at|on) .*? failed: (?P<cause>.+)")
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -46,7 +46,7 @@ def connection_failure_cause(error: BaseException) -> str | None:
     if sqlstate is not None and not sqlstate.startswith(_CONNECT_SQLSTATES):
         return None
     first_line = (str(original).strip().splitlines() or [type(original).__name__])[0]
-    match = _LIBPQ_CAUSE.search(first_line)
+    match = _LIBPQ_CAUSE.fullmatch(first_line)
     cause = match.group("cause") if match else first_line.removeprefix("connection failed: ")
     return cause.strip() or type(original).__name__
 
