@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from app.core.config import BACKEND_DIR
-from tests import database_harness as harness
+from testkit import database_harness as harness
 
 MAKEFILE = BACKEND_DIR.parent / "Makefile"
 
