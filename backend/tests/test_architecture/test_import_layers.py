@@ -22,6 +22,7 @@ BACKEND = Path(__file__).resolve().parents[2]
 LAYERS: dict[str, int] = {
     "app.core": 0,
     "app.database": 1,
+    "app.content": 1,  # object storage, per-tenant keys, envelope encryption: infrastructure
     "app.models": 2,
     "app.schemas": 3,
     "app.auth": 3,
