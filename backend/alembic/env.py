@@ -13,6 +13,7 @@ from app.database.base import Base
 from app.database.engine import resolve_targets
 from app.database.roles import RUNTIME_ROLE, scram_sha256_verifier
 from app.models import AuditLog, Document, Tenant, User  # noqa: F401  (register the tables)
+from app.services.vector_indexes import INDEX_PREFIX as TENANT_INDEX_PREFIX
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
@@ -28,7 +29,10 @@ LOCK_TIMEOUT = "10s"
 def _include_object(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
-    # alembic_version is Alembic's own table, not part of the model.
+    # alembic_version is Alembic's own table, not part of the model; the per-tenant HNSW
+    # indexes are built by the maintenance command (app/services/vector_indexes.py).
+    if type_ == "index" and name is not None and name.startswith(TENANT_INDEX_PREFIX):
+        return False
     return not (type_ == "table" and name == "alembic_version")
 
 

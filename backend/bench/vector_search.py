@@ -1,13 +1,27 @@
-"""Benchmark: vector search strategies per tenant-size class, through the real RLS path.
+"""Benchmark: vector search against tenant size, on loose and dense corpora, as app_runtime.
 
-Builds a synthetic corpus (clustered, normalised 1024-dim vectors; Zipf tenant sizes plus a
-quarter of new, tiny tenants; a fraction soft-deleted or not yet embedded), loads it with COPY
-as the table owner, builds the HNSW index (timed), computes the exact top 10 of every query in
-NumPy, then runs each query with every strategy as `app_runtime` inside a tenant transaction
-and prints one table: recall@10, p50/p95 latency and the ratio of ours to the best strategy.
+Every search reads only its own tenant's structures (issue 16): tenants over the threshold
+(VECTOR_INDEX_MIN_ROWS) get an HNSW index of their own, built by the maintenance service
+(app/services/vector_indexes.py, timed per tenant); the others are scanned exactly. For each
+corpus this builds the synthetic documents (normalised 1024-dim vectors; Zipf tenant sizes,
+a quarter of new tiny tenants, probe tenants just below and just above the threshold; a
+fraction soft-deleted or not yet embedded), loads them with COPY, runs the maintenance, then
+queries a ladder of tenant sizes from 1 document to the largest with every strategy, as
+`app_runtime` inside a tenant transaction, and prints:
 
-    make bench-vector                                   # 20k docs, 50 tenants
-    python bench/vector_search.py --docs 200000 --tenants 500
+- p95 against tenant size across the threshold, with ours over the fastest correct strategy
+  (recall@10 >= 0.99 as the minimum over the tenant's queries);
+- recall@10, mean and minimum over queries, per tenant class;
+- the per-tenant index builds (time, size) and the cost of an insert with and without one.
+
+Corpora: *loose* = 64 clusters in a random 48-dim subspace (spread 0.6), plus noise, like
+varied text embeddings; *dense* = every tenant draws from 4 tight clusters (spread 0.15), as
+clinical notes all sit near each other: the hard case for HNSW.
+
+    make bench-vector                                      # 20k docs, 50 tenants, both corpora
+    make bench-vector BENCH_ARGS='--docs 200000 --tenants 500'
+    ... --partitions      # also list partitions per large tenant, side by side (modest sizes)
+    ... --shared-index    # also the old shared index's build and insert cost
 
 The database is the bench's own embedded server under bench/.cache/postgres-vector (kept
 between runs, so a second run with the same corpus skips the load and reports the first
@@ -40,121 +54,152 @@ from pgvector.sqlalchemy import Vector
 from psycopg import sql
 from sqlalchemy import bindparam, literal_column, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import aliased, defer
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BACKEND_DIR))
 
-from app.core.config import load_settings, normalise_database_url  # noqa: E402
+from app.core.config import Settings, load_settings, normalise_database_url  # noqa: E402
 from app.database import migrations  # noqa: E402
+from app.database import vector_search as vector_search_service  # noqa: E402
 from app.database.engine import build_runtime_engine, targets_for  # noqa: E402
 from app.database.session import make_sessionmaker, tenant_transaction  # noqa: E402
 from app.models import Document  # noqa: E402
+from app.services import vector_indexes as vector_indexes_service  # noqa: E402
 
 CACHE_DIR = BACKEND_DIR / "bench" / ".cache"
 DIMENSIONS = 1024
-# Text embeddings are not isotropic: they vary along few directions. So vectors are drawn
-# from clusters in a random 48-dim subspace, plus a little noise in all 1024 dims. (Isotropic
-# 1024-dim noise makes every neighbour almost equidistant, which no ANN index handles.)
-CLUSTERS = 64
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a corpus's vectors cluster: centres in a random latent subspace, and their spread."""
+
+    clusters: int
+    spread: float  # latent spread around a centre (centres have unit variance per dimension)
+
+
+# Text embeddings vary along few directions: vectors come from clusters in a random 48-dim
+# subspace, plus a little noise in all 1024 dims (~0.16 of the length, after normalising).
+SHAPES = {"loose": Shape(clusters=64, spread=0.6), "dense": Shape(clusters=4, spread=0.15)}
 LATENT_DIMENSIONS = 48
-CLUSTER_SPREAD = 0.6  # latent spread around a cluster centre (centres have unit variance)
-NOISE = 0.005  # per dimension, after normalising: ~0.16 of the vector's length
+NOISE = 0.005
 NEW_TENANT_SHARE = 0.25  # new tenants with 1..30 documents: the "tiny" class
 ZIPF_EXPONENT = 1.1
 DELETED_SHARE = 0.05
 UNEMBEDDED_SHARE = 0.02
+SEARCHABLE_SHARE = (1 - DELETED_SHARE) * (1 - UNEMBEDDED_SHARE)
+# Probe tenants, as shares of the threshold (in searchable rows): just below and above it.
+PROBES = (0.5, 0.9, 0.97, 1.03, 1.1, 2.0)
 # No runtime password: queries run as app_runtime by a role switch at connection start (the
 # app's fallback login mode), so the bench never changes the password of a shared server's
 # app_runtime (roles are server-wide: a new password would lock the server's other users out).
 RUNTIME_PASSWORD = None
 K = 10
-CORPUS_VERSION = 2  # bump when the generator changes: cached databases are then rebuilt
-CLASSES = ("largest", "mid", "small", "tiny")
+CORPUS_VERSION = 3  # bump when the generator changes: cached databases are then rebuilt
+DEFAULT_THRESHOLD = Settings.model_fields["VECTOR_INDEX_MIN_ROWS"].default
 
 
 @dataclass
 class Corpus:
     """The synthetic documents, as arrays (row i is document i)."""
 
+    kind: str
     ids: list[uuid.UUID]
     tenant_of: np.ndarray  # tenant index per document
     vectors: np.ndarray  # float32 (docs, 1024), unit length
     deleted: np.ndarray  # bool
     embedded: np.ndarray  # bool
     tenant_ids: list[uuid.UUID]
-    tenant_class: list[str]
     basis: np.ndarray
     centres: np.ndarray
+    searchable_rows: np.ndarray  # per tenant
 
     def searchable(self, tenant: int) -> np.ndarray:
         """Row numbers of the tenant's active, embedded documents."""
         return np.flatnonzero((self.tenant_of == tenant) & ~self.deleted & self.embedded)
 
 
-def tenant_sizes(docs: int, tenants: int) -> tuple[list[int], list[str]]:
-    """Zipf sizes for the established tenants, 1..30 docs for new ones; and each one's class."""
+def tenant_sizes(docs: int, tenants: int, threshold: int) -> list[int]:
+    """Documents per tenant: tiny new tenants, probes around the threshold, Zipf for the rest."""
     rng = random.Random(7)
     new = max(1, round(tenants * NEW_TENANT_SHARE))
-    established = tenants - new
     tiny = [rng.randint(1, 30) for _ in range(new)]
+    probes = [round(threshold * share / SEARCHABLE_SHARE) for share in PROBES]
+    established = max(1, tenants - new - len(probes))
     weights = [rank**-ZIPF_EXPONENT for rank in range(1, established + 1)]
-    remaining = docs - sum(tiny)
+    remaining = docs - sum(tiny) - sum(probes)
+    if remaining < established * 31:
+        raise SystemExit(f"--docs {docs} is too few for --tenants {tenants} around {threshold}")
     sizes = [max(31, round(remaining * w / sum(weights))) for w in weights]
     sizes[0] += remaining - sum(sizes)
-    mid_ranks = max(2, established // 4)
-    classes = ["largest"] + [
-        "mid" if rank < mid_ranks else "small" for rank in range(1, established)
-    ]
-    return sizes + tiny, classes + ["tiny"] * new
+    return sizes + probes + tiny
 
 
-def latent_space(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def latent_space(seed: int, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
     """A random LATENT_DIMENSIONS-dim subspace of the 1024 dims, and cluster centres in it."""
     rng = np.random.default_rng(seed + 10)
     basis, _ = np.linalg.qr(rng.standard_normal((DIMENSIONS, LATENT_DIMENSIONS)))
-    centres = rng.standard_normal((CLUSTERS, LATENT_DIMENSIONS))
+    centres = rng.standard_normal((shape.clusters, LATENT_DIMENSIONS))
     return basis.astype(np.float32), centres.astype(np.float32)
 
 
 def sample_vectors(
-    rng: np.random.Generator, basis: np.ndarray, centres: np.ndarray, count: int
+    rng: np.random.Generator,
+    corpus_shape: Shape,
+    basis: np.ndarray,
+    centres: np.ndarray,
+    count: int,
 ) -> np.ndarray:
     """Unit vectors like text embeddings: clustered in a low-dimensional subspace, plus noise."""
-    cluster = rng.integers(0, CLUSTERS, count)
-    latent = centres[cluster] + rng.standard_normal((count, LATENT_DIMENSIONS)) * CLUSTER_SPREAD
-    vectors = latent.astype(np.float32) @ basis.T
+    cluster = rng.integers(0, corpus_shape.clusters, count)
+    noise = rng.standard_normal((count, LATENT_DIMENSIONS)) * corpus_shape.spread
+    vectors = (centres[cluster] + noise).astype(np.float32) @ basis.T
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors += rng.standard_normal((count, DIMENSIONS), dtype=np.float32) * NOISE
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def build_corpus(docs: int, tenants: int, seed: int) -> Corpus:
+def build_corpus(kind: str, args: argparse.Namespace) -> Corpus:
     """Generate (or load from the cache) the corpus for these parameters."""
-    rng = np.random.default_rng(seed)
-    sizes, classes = tenant_sizes(docs, tenants)
+    shape = SHAPES[kind]
+    rng = np.random.default_rng(args.seed)
+    sizes = tenant_sizes(args.docs, args.tenants, args.threshold)
+    tenants = len(sizes)
     tenant_of = np.repeat(np.arange(tenants), sizes)
     rng.shuffle(tenant_of)
     total = len(tenant_of)
-    basis, centres = latent_space(seed)
-    path = CACHE_DIR / f"vectors-v2-{total}-{seed}.npy"
+    basis, centres = latent_space(args.seed, shape)
+    path = CACHE_DIR / f"vectors-v{CORPUS_VERSION}-{kind}-{total}-{args.seed}.npy"
     if path.exists():
         vectors = np.load(path)
     else:
         vectors = np.empty((total, DIMENSIONS), dtype=np.float32)
         for start in range(0, total, 20_000):
             stop = min(total, start + 20_000)
-            vectors[start:stop] = sample_vectors(rng, basis, centres, stop - start)
+            vectors[start:stop] = sample_vectors(rng, shape, basis, centres, stop - start)
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         np.save(path, vectors)
-    flags = np.random.default_rng(seed + 1)
+    flags = np.random.default_rng(args.seed + 1)
     deleted = flags.random(total) < DELETED_SHARE
     embedded = flags.random(total) >= UNEMBEDDED_SHARE
-    id_rng = random.Random(seed)
+    id_rng = random.Random(args.seed)
     ids = [uuid.UUID(int=id_rng.getrandbits(128), version=4) for _ in range(total)]
     tenant_ids = [uuid.UUID(int=id_rng.getrandbits(128), version=4) for _ in range(tenants)]
-    return Corpus(ids, tenant_of, vectors, deleted, embedded, tenant_ids, classes, basis, centres)
+    searchable_rows = np.bincount(tenant_of[~deleted & embedded], minlength=tenants)
+    return Corpus(
+        kind,
+        ids,
+        tenant_of,
+        vectors,
+        deleted,
+        embedded,
+        tenant_ids,
+        basis,
+        centres,
+        searchable_rows,
+    )
 
 
 # --- the database -----------------------------------------------------------------------------
@@ -192,17 +237,21 @@ def server_superuser_url(args: argparse.Namespace) -> tuple[URL, bool]:
     return server.superuser_url("postgres"), True
 
 
-def fingerprint(args: argparse.Namespace) -> str:
+def fingerprint(kind: str, args: argparse.Namespace) -> str:
     """Identifies a corpus and schema: a cached database is reused only when it matches."""
     versions = sorted(p.name for p in (BACKEND_DIR / "alembic" / "versions").glob("*.py"))
-    raw = json.dumps([args.docs, args.tenants, args.seed, versions, CORPUS_VERSION])
+    raw = json.dumps(
+        [kind, args.docs, args.tenants, args.seed, args.threshold, versions, CORPUS_VERSION]
+    )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def prepare_database(args: argparse.Namespace, corpus: Corpus) -> tuple[URL, dict[str, Any]]:
-    """Create, migrate and load the bench database (or reuse a cached one); return its URL."""
+async def prepare_database(
+    args: argparse.Namespace, corpus: Corpus, below: list[uuid.UUID]
+) -> tuple[URL, dict[str, Any]]:
+    """Create, migrate, load and index the bench database (or reuse a cached one)."""
     superuser, keep = server_superuser_url(args)
-    name = f"bench_vectors_{args.docs}_{args.tenants}_{args.seed}"
+    name = f"bench_vectors_{corpus.kind}_{args.docs}_{args.tenants}_{args.seed}"
     url = superuser.set(database=name)
     args.keep_database = keep
     with psycopg.connect(libpq(superuser), autocommit=True) as conn:
@@ -211,7 +260,7 @@ def prepare_database(args: argparse.Namespace, corpus: Corpus) -> tuple[URL, dic
         try:
             with psycopg.connect(libpq(url)) as conn:
                 row = conn.execute("SELECT value FROM bench.meta WHERE key = 'build'").fetchone()
-            if row is not None and row[0]["fingerprint"] == fingerprint(args):
+            if row is not None and row[0]["fingerprint"] == fingerprint(corpus.kind, args):
                 migrations.upgrade(url, RUNTIME_PASSWORD)
                 return url, {**row[0], "cached": True}
         except psycopg.Error:
@@ -225,7 +274,11 @@ def prepare_database(args: argparse.Namespace, corpus: Corpus) -> tuple[URL, dic
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     migrations.upgrade(url, RUNTIME_PASSWORD)
     build = load_corpus(url, corpus)
-    build["fingerprint"] = fingerprint(args)
+    build["planning_ms_before"] = planning_ms(url, corpus.tenant_ids[0])
+    build["indexes"] = await build_tenant_indexes(url, args.threshold)
+    build["planning_ms_after"] = planning_ms(url, corpus.tenant_ids[0])
+    build["alternatives"] = build_alternative_indexes(url, below)
+    build["fingerprint"] = fingerprint(corpus.kind, args)
     with psycopg.connect(libpq(url), autocommit=True) as conn:
         conn.execute("CREATE SCHEMA bench")
         conn.execute("CREATE TABLE bench.meta (key text PRIMARY KEY, value jsonb)")
@@ -236,15 +289,10 @@ def prepare_database(args: argparse.Namespace, corpus: Corpus) -> tuple[URL, dic
 
 
 def load_corpus(url: URL, corpus: Corpus) -> dict[str, Any]:
-    """COPY the corpus in as the owner, then build the HNSW index as the migration defines it."""
+    """COPY the corpus in as the owner, then VACUUM ANALYZE."""
     started = time.perf_counter()
     with psycopg.connect(libpq(url), autocommit=True) as conn:
         register_vector(conn)
-        indexdef = conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_documents_embedding_hnsw'"
-        ).fetchone()
-        assert indexdef is not None, "the HNSW index migration did not run"
-        conn.execute("DROP INDEX idx_documents_embedding_hnsw")
         user_ids = [uuid.UUID(int=t.int ^ 1) for t in corpus.tenant_ids]
         with conn.cursor() as cur:
             cur.executemany(
@@ -304,70 +352,143 @@ def load_corpus(url: URL, corpus: Corpus) -> dict[str, Any]:
                     )
                 )
         loaded = time.perf_counter() - started
-        conn.execute("SET maintenance_work_mem = '4GB'")
-        conn.execute("SET max_parallel_maintenance_workers = 1")
-        started = time.perf_counter()
-        conn.execute(indexdef[0])
-        build_seconds = time.perf_counter() - started
         conn.execute("VACUUM ANALYZE documents")
-        row = conn.execute(
-            "SELECT pg_relation_size('idx_documents_embedding_hnsw'),"
-            " pg_total_relation_size('documents')"
-        ).fetchone()
+        row = conn.execute("SELECT pg_total_relation_size('documents')").fetchone()
         assert row is not None
-    return {
-        "load_seconds": round(loaded, 1),
-        "hnsw_build_seconds": round(build_seconds, 1),
-        "hnsw_bytes": row[0],
-        "table_bytes": row[1],
-    }
+    return {"load_seconds": round(loaded, 1), "table_bytes": row[0]}
+
+
+def planning_ms(url: URL, tenant: uuid.UUID) -> float:
+    """Median planning time of a documents listing: every partial index adds to every plan."""
+    with psycopg.connect(libpq(url)) as conn:
+        times = []
+        for _ in range(50):
+            plan = conn.execute(
+                "EXPLAIN (SUMMARY, FORMAT JSON) SELECT id FROM documents WHERE tenant_id = %s"
+                " AND deleted_at IS NULL ORDER BY created_at DESC, id DESC LIMIT 20",
+                (tenant,),
+            ).fetchone()
+            assert plan is not None
+            times.append(plan[0][0]["Planning Time"])
+    return round(statistics.median(times), 3)
+
+
+def async_url(url: URL) -> URL:
+    """The same database through psycopg's async driver."""
+    return url.set(drivername="postgresql+psycopg")
+
+
+async def build_tenant_indexes(url: URL, threshold: int) -> list[dict[str, Any]]:
+    """Run the maintenance command's work (as the owner): one index per tenant over it."""
+    # One build at a time on one core: the machine is shared, and the maintenance command on a
+    # production server would not take every core either.
+    options = "-c max_parallel_maintenance_workers=0 -c maintenance_work_mem=512MB"
+    engine = create_async_engine(
+        async_url(url), pool_size=2, max_overflow=0, connect_args={"options": options}
+    )
+    try:
+        results = await vector_indexes_service.maintain_indexes(engine, threshold)
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql("ANALYZE documents")
+            await connection.commit()
+    finally:
+        await engine.dispose()
+    return [
+        {
+            "tenant": str(r.plan.tenant_id),
+            "rows": r.plan.searchable_rows,
+            "seconds": round(r.seconds, 2),
+            "bytes": r.index_bytes,
+        }
+        for r in results
+        if r.plan.action is vector_indexes_service.Action.BUILD
+    ]
+
+
+ALTERNATIVE_PREFIX = "bench_hnsw_"
+
+
+def build_alternative_indexes(url: URL, tenants: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """The same partial index for tenants under the threshold, under a name ours never uses.
+
+    The bench's own-index strategy walks it (the planner picks any index whose predicate
+    matches), so the ladder shows what an index would give a tenant the threshold leaves on
+    the exact path; search_documents() looks its index up by name, so ours still scans them.
+    """
+    built = []
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        conn.execute("SET max_parallel_maintenance_workers = 0")
+        for tenant in tenants:
+            name = vector_indexes_service.index_name(tenant)
+            statement = vector_indexes_service.create_index_sql(tenant).replace(
+                name, ALTERNATIVE_PREFIX + tenant.hex
+            )
+            started = time.perf_counter()
+            conn.execute(statement)
+            seconds = time.perf_counter() - started
+            row = conn.execute(
+                "SELECT pg_relation_size(%s::regclass), count(*) FROM documents"
+                " WHERE tenant_id = %s AND embedding_vector IS NOT NULL AND deleted_at IS NULL",
+                (ALTERNATIVE_PREFIX + tenant.hex, tenant),
+            ).fetchone()
+            assert row is not None
+            built.append(
+                {
+                    "tenant": str(tenant),
+                    "rows": row[1],
+                    "seconds": round(seconds, 2),
+                    "bytes": row[0],
+                }
+            )
+        conn.execute("ANALYZE documents")
+    return built
+
+
+def insert_cost_ms(url: URL, tenant: uuid.UUID, rows: int, rng: np.random.Generator) -> float:
+    """Mean time of one INSERT of an embedded document for `tenant` (each rolled back)."""
+    with psycopg.connect(libpq(url)) as conn:
+        register_vector(conn)
+        user = uuid.UUID(int=tenant.int ^ 1)
+        vectors = rng.standard_normal((rows, DIMENSIONS)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        times = []
+        for vector in vectors:
+            started = time.perf_counter()
+            conn.execute(
+                "INSERT INTO documents (tenant_id, user_id, s3_key, s3_bucket, filename,"
+                " content_type, size_bytes, embedding_vector)"
+                " VALUES (%s, %s, 'k', 'b', 'f.txt', 'text/plain', 1, %s)",
+                (tenant, user, vector),
+            )
+            times.append(time.perf_counter() - started)
+            conn.rollback()
+    return statistics.median(times) * 1000
 
 
 # --- strategies ---------------------------------------------------------------------------------
 
-Strategy = Callable[[AsyncSession, list[float]], Awaitable[list[uuid.UUID]]]
+Strategy = Callable[[AsyncSession, list[float], uuid.UUID], Awaitable[list[uuid.UUID]]]
 
-# Every strategy returns the same thing as ours (Documents without their embedding, and the
-# distance), so the table compares strategies, not result shapes.
-_ACTIVE = (Document.embedding_vector.is_not(None), Document.deleted_at.is_(None))
-_NO_EMBEDDING = defer(Document.embedding_vector, raiseload=True)
-# enable_sort=off keeps the planner on the HNSW index, which is what these strategies measure
-# (with the tenant index it would otherwise often pick an exact scan by itself).
-_ON_HNSW = text("SELECT set_config('enable_sort', 'off', true)")
-_ITERATIVE = text(
-    "SELECT set_config('enable_sort', 'off', true),"
-    " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-)
-
-
-_QUERY = bindparam("query", type_=Vector(1024))
+_QUERY = bindparam("query", type_=Vector(DIMENSIONS))
 # The tenant as the RLS policies read it.
 _CURRENT_TENANT = literal_column(
     "(SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)"
 )
 _DISTANCE = Document.embedding_vector.cosine_distance(_QUERY)
-_NAIVE = (
-    select(Document, _DISTANCE.label("distance"))
-    .where(*_ACTIVE)
-    .order_by(_DISTANCE)
-    .limit(K)
-    .options(_NO_EMBEDDING)
-)
-_FOUND = select(Document.id, _DISTANCE.label("distance")).where(*_ACTIVE).order_by(_DISTANCE)
-_FOUND_SUBQUERY = _FOUND.limit(K).subquery()
-_ITERATIVE_QUERY = (
-    select(Document, _FOUND_SUBQUERY.c.distance)
-    .join(_FOUND_SUBQUERY, Document.id == _FOUND_SUBQUERY.c.id)
-    .order_by(_FOUND_SUBQUERY.c.distance, Document.id)
-    .options(_NO_EMBEDDING)
-)
 _SCORED = (
     select(Document, _DISTANCE.label("distance"))
-    .where(*_ACTIVE, Document.tenant_id == _CURRENT_TENANT)
+    .where(
+        Document.embedding_vector.is_not(None),
+        Document.deleted_at.is_(None),
+        Document.tenant_id == _CURRENT_TENANT,
+    )
     .offset(0)
     .subquery()
 )
 _SCORED_DOCUMENT = aliased(Document, _SCORED)
+# Every strategy returns the same thing as ours (Documents without their embedding, and the
+# distance), so the table compares strategies, not result shapes.
 _EXACT = (
     select(_SCORED_DOCUMENT, _SCORED.c.distance)
     .order_by(_SCORED.c.distance, _SCORED.c.id)
@@ -376,93 +497,183 @@ _EXACT = (
 )
 
 
-async def naive_hnsw(session: AsyncSession, query: list[float]) -> list[uuid.UUID]:
-    """The spec's query under RLS, on the HNSW index with pgvector's default settings."""
-    await session.execute(_ON_HNSW)
-    return [row[0].id for row in await session.execute(_NAIVE, {"query": query})]
-
-
-async def iterative_scan(session: AsyncSession, query: list[float]) -> list[uuid.UUID]:
-    """HNSW with iterative scan (relaxed order, default ef_search 40), re-sorted."""
-    await session.execute(_ITERATIVE)
-    return [row[0].id for row in await session.execute(_ITERATIVE_QUERY, {"query": query})]
-
-
-async def exact_scan(session: AsyncSession, query: list[float]) -> list[uuid.UUID]:
+async def exact_scan(session: AsyncSession, query: list[float], tenant: uuid.UUID) -> list[Any]:
     """Every one of the tenant's rows, through the tenant index, sorted by distance."""
     return [row[0].id for row in await session.execute(_EXACT, {"query": query})]
 
 
-async def ours(session: AsyncSession, query: list[float]) -> list[uuid.UUID]:
+def own_index(ef_search: int) -> Strategy:
+    """The tenant's own HNSW index, walked directly (iterative scan, re-sorted)."""
+
+    async def walk(session: AsyncSession, query: list[float], tenant: uuid.UUID) -> list[Any]:
+        await session.execute(
+            text(
+                "SELECT set_config('enable_sort', 'off', true),"
+                " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+                " set_config('hnsw.ef_search', :ef, true)"
+            ),
+            {"ef": str(ef_search)},
+        )
+        # The tenant id as a literal, as search_documents() writes it: the partial index's
+        # predicate must be implied by the WHERE clause.
+        found = (
+            select(Document.id, _DISTANCE.label("distance"))
+            .where(
+                text(f"documents.tenant_id = '{tenant}'"),
+                Document.embedding_vector.is_not(None),
+                Document.deleted_at.is_(None),
+            )
+            .order_by(_DISTANCE)
+            .limit(K)
+            .subquery()
+        )
+        statement = (
+            select(Document, found.c.distance)
+            .join(found, Document.id == found.c.id)
+            .order_by(found.c.distance, Document.id)
+            .options(defer(Document.embedding_vector, raiseload=True))
+        )
+        return [row[0].id for row in await session.execute(statement, {"query": query})]
+
+    return walk
+
+
+async def ours(session: AsyncSession, query: list[float], tenant: uuid.UUID) -> list[Any]:
     """`Document.similarity_search`."""
     hits = await Document.similarity_search(session, query, K)
     return [hit.document.id for hit in hits]
 
 
-STRATEGIES: dict[str, Strategy] = {
-    "naive HNSW": naive_hnsw,
-    "iterative scan": iterative_scan,
-    "exact scan": exact_scan,
-    "similarity_search": ours,
-}
+OURS = "similarity_search"
+
+
+def strategies(ef_values: list[int]) -> dict[str, Strategy]:
+    """Exact, the own index at each ef_search, and ours."""
+    named: dict[str, Strategy] = {"exact scan": exact_scan}
+    for ef in ef_values:
+        named[f"own HNSW ef={ef}"] = own_index(ef)
+    named[OURS] = ours
+    return named
 
 
 # --- measuring ----------------------------------------------------------------------------------
 
 
 @dataclass
-class Query:
-    """One query: whose, the vector, and the exact answer."""
+class Probe:
+    """One tenant on the size ladder, its queries and their exact answers."""
 
-    size_class: str
     tenant: int
-    vector: np.ndarray
-    truth: set[uuid.UUID]
+    rows: int
+    indexed: bool  # has an index the own-index strategies can walk
+    ours_path: str  # "index" if search_documents() walks its own index, else "exact"
+    size_class: str
+    vectors: list[np.ndarray]
+    truths: list[set[uuid.UUID]]
 
 
-def make_queries(corpus: Corpus, per_class: int, seed: int) -> list[Query]:
-    """Queries from the corpus's own distribution, for random tenants of each class."""
-    rng = np.random.default_rng(seed + 2)
-    queries = []
-    for size_class in CLASSES:
-        members = [t for t, c in enumerate(corpus.tenant_class) if c == size_class]
-        for _ in range(per_class):
-            tenant = int(rng.choice(members))
-            vector = sample_vectors(rng, corpus.basis, corpus.centres, 1)[0]
-            rows = corpus.searchable(tenant)
+def size_class(rows: int, threshold: int, largest: int) -> str:
+    """The tenant class a size belongs to, named by its place around the threshold."""
+    if rows == largest:
+        return "largest"
+    if rows <= 30:
+        return "tiny"
+    if rows <= 0.8 * threshold:
+        return "small"
+    if rows <= threshold:
+        return "just below"
+    if rows <= 1.25 * threshold:
+        return "just above"
+    return "mid"
+
+
+CLASSES = ("tiny", "small", "just below", "just above", "mid", "largest")
+
+
+def ladder(corpus: Corpus, threshold: int) -> list[int]:
+    """Tenants from 1 document to the largest: near fixed sizes and every probe size."""
+    rows = corpus.searchable_rows
+    targets = [1, 10, 30, 100, 300, 1000] + [threshold * share for share in PROBES]
+    targets += [threshold * 5, threshold * 10, threshold * 20, float(rows.max())]
+    chosen: list[int] = []
+    for target in targets:
+        if target > rows.max():
+            continue
+        tenant = int(np.argmin(np.abs(rows - target) + (rows == 0) * 1e9))
+        if tenant not in chosen:
+            chosen.append(tenant)
+    return sorted(chosen, key=lambda t: int(rows[t]))
+
+
+def make_probes(
+    corpus: Corpus,
+    tenants: list[int],
+    indexed: set[uuid.UUID],
+    ours_indexed: set[uuid.UUID],
+    args: argparse.Namespace,
+) -> list[Probe]:
+    """`args.queries` queries per tenant, from the corpus's own distribution, with answers."""
+    rng = np.random.default_rng(args.seed + 2)
+    shape = SHAPES[corpus.kind]
+    largest = int(corpus.searchable_rows.max())
+    probes = []
+    for tenant in tenants:
+        rows = corpus.searchable(tenant)
+        vectors = sample_vectors(rng, shape, corpus.basis, corpus.centres, args.queries)
+        truths = []
+        for vector in vectors:
             distances = 1.0 - corpus.vectors[rows].astype(np.float64) @ vector.astype(np.float64)
             order = np.lexsort(([corpus.ids[r].bytes for r in rows], distances))[:K]
-            truth = {corpus.ids[rows[i]] for i in order}
-            queries.append(Query(size_class, tenant, vector, truth))
-    return queries
+            truths.append({corpus.ids[rows[i]] for i in order})
+        count = len(rows)
+        probes.append(
+            Probe(
+                tenant,
+                count,
+                corpus.tenant_ids[tenant] in indexed,
+                "index" if corpus.tenant_ids[tenant] in ours_indexed else "exact",
+                size_class(count, args.threshold, largest),
+                list(vectors),
+                truths,
+            )
+        )
+    return probes
+
+
+Cell = dict[str, list[float]]
 
 
 async def measure(
-    sessions: async_sessionmaker[AsyncSession], corpus: Corpus, queries: list[Query]
-) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """Run every query with every strategy (shuffled), each in its own transaction.
+    sessions: async_sessionmaker[AsyncSession],
+    corpus: Corpus,
+    probes: list[Probe],
+    named: dict[str, Strategy],
+    runs: int,
+) -> dict[tuple[int, str], Cell]:
+    """Every query of every probe with every strategy (shuffled), each in its own transaction.
 
-    One warm-up pass, then three measured passes: the strategies of a query run side by side,
-    so machine noise hits them alike.
+    One warm-up pass, then `runs` measured passes: the strategies of a query run side by side,
+    so machine noise hits them alike. The own-index strategies run only where there is one.
     """
-    results: dict[tuple[str, str], dict[str, list[float]]] = {}
+    results: dict[tuple[int, str], Cell] = {}
     shuffler = random.Random(3)
-    for warm_up in (True, False, False, False):
-        for query in queries:
-            names = list(STRATEGIES)
-            shuffler.shuffle(names)
-            for name in names:
-                vector = query.vector.tolist()
-                async with tenant_transaction(sessions, corpus.tenant_ids[query.tenant]) as s:
-                    started = time.perf_counter()
-                    found = await STRATEGIES[name](s, vector)
-                    elapsed = (time.perf_counter() - started) * 1000
-                if warm_up:
-                    continue
-                cell = results.setdefault((query.size_class, name), {"ms": [], "recall": []})
-                cell["ms"].append(elapsed)
-                expected = len(query.truth)
-                cell["recall"].append(len(query.truth & set(found)) / expected if expected else 1)
+    for run in range(runs + 1):
+        for probe in probes:
+            tenant_id = corpus.tenant_ids[probe.tenant]
+            for vector, truth in zip(probe.vectors, probe.truths, strict=True):
+                names = [n for n in named if probe.indexed or not n.startswith("own")]
+                shuffler.shuffle(names)
+                for name in names:
+                    query = vector.tolist()
+                    async with tenant_transaction(sessions, tenant_id) as session:
+                        started = time.perf_counter()
+                        found = await named[name](session, query, tenant_id)
+                        elapsed = (time.perf_counter() - started) * 1000
+                    if run == 0:
+                        continue
+                    cell = results.setdefault((probe.tenant, name), {"ms": [], "recall": []})
+                    cell["ms"].append(elapsed)
+                    cell["recall"].append(len(truth & set(found)) / len(truth) if truth else 1)
     return results
 
 
@@ -471,68 +682,272 @@ def percentile(values: list[float], share: float) -> float:
     return float(np.percentile(values, share * 100))
 
 
-def print_table(
-    corpus: Corpus,
-    results: dict[tuple[str, str], dict[str, list[float]]],
-    build: dict[str, Any],
-    args: argparse.Namespace,
-) -> None:
-    """The one table, plus the build numbers."""
-    sizes: dict[str, list[int]] = {}
-    for tenant, size_class in enumerate(corpus.tenant_class):
-        sizes.setdefault(size_class, []).append(len(corpus.searchable(tenant)))
-    searchable = int((~corpus.deleted & corpus.embedded).sum())
-    print(
-        f"\nVector search, {len(corpus.ids)} documents ({searchable} active and embedded),"
-        f" {len(corpus.tenant_ids)} tenants, {args.queries} queries per class x 3 runs, k={K}"
+# --- reporting ----------------------------------------------------------------------------------
+
+
+def summary(cell: Cell) -> tuple[float, float, float, float]:
+    """Mean recall, minimum recall, p50 ms, p95 ms."""
+    return (
+        statistics.mean(cell["recall"]),
+        min(cell["recall"]),
+        percentile(cell["ms"], 0.5),
+        percentile(cell["ms"], 0.95),
     )
-    cached = " (cached database: numbers from its build)" if build["cached"] else ""
-    print(
-        f"HNSW build {build['hnsw_build_seconds']:.1f} s, index"
-        f" {build['hnsw_bytes'] / 2**20:.0f} MiB, table with TOAST"
-        f" {build['table_bytes'] / 2**20:.0f} MiB, COPY {build['load_seconds']:.1f} s{cached}"
-    )
+
+
+def print_ladder(
+    probes: list[Probe], results: dict[tuple[int, str], Cell], named: dict[str, Strategy]
+) -> list[float]:
+    """p95 against tenant size; returns ours/best per tenant."""
+    others = [n for n in named if n != OURS]
     header = (
-        f"{'class':<8} {'docs/tenant':>13} {'strategy':<18} {'recall@10':>9} {'p50 ms':>8}"
-        f" {'p95 ms':>8} {'ours/best':>9}"
+        f"{'rows':>7} {'class':<10} {'ours':<6} "
+        + " ".join(f"{n:>17}" for n in others)
+        + f" {'ours p95':>9} {'ours recall':>12} {'ours/best':>9}"
     )
+    print("\np95 ms against tenant size (recall@10 min over queries in brackets where < 0.99)")
     print(header)
     print("-" * len(header))
-    for size_class in CLASSES:
-        counts = sizes[size_class]
-        span = f"{min(counts)}-{max(counts)}" if min(counts) != max(counts) else str(counts[0])
-        rows = {}
-        for name in STRATEGIES:
-            cell = results[(size_class, name)]
-            rows[name] = (
-                statistics.mean(cell["recall"]),
-                percentile(cell["ms"], 0.5),
-                percentile(cell["ms"], 0.95),
-            )
-        # The best strategy is the fastest (by p95) of those that return the right answer.
-        eligible = [n for n in STRATEGIES if n != "similarity_search" and rows[n][0] >= 0.99]
-        best = min(eligible, key=lambda n: rows[n][2]) if eligible else None
-        for name, (recall, p50, p95) in rows.items():
-            ratio = ""
-            if name == "similarity_search" and best is not None:
-                ratio = f"{p95 / rows[best][2]:.2f}x"
-            elif name == best:
-                ratio = "best"
-            print(
-                f"{size_class:<8} {span:>13} {name:<18} {recall:>9.3f} {p50:>8.2f} {p95:>8.2f}"
-                f" {ratio:>9}"
-            )
-    print(
-        "ours/best: p95 of similarity_search over the fastest other strategy with"
-        " recall@10 >= 0.99 in the class."
+    ratios = []
+    for probe in probes:
+        cells = {n: results[(probe.tenant, n)] for n in named if (probe.tenant, n) in results}
+        stats = {n: summary(c) for n, c in cells.items()}
+        correct = [n for n in others if n in stats and stats[n][1] >= 0.99]
+        best = min(correct, key=lambda n: stats[n][3]) if correct else None
+        columns = []
+        for name in others:
+            if name not in stats:
+                columns.append(f"{'-':>17}")
+                continue
+            mark = "*" if name == best else " "
+            flag = f" ({stats[name][1]:.2f})" if stats[name][1] < 0.99 else ""
+            columns.append(f"{stats[name][3]:>9.2f}{mark}{flag:>7}")
+        mean, low, _p50, p95 = stats[OURS]
+        ratio = p95 / stats[best][3] if best else float("nan")
+        ratios.append(ratio)
+        print(
+            f"{probe.rows:>7} {probe.size_class:<10} {probe.ours_path:<6} "
+            + " ".join(columns)
+            + f" {p95:>9.2f} {mean:>5.3f}/{low:>5.3f} {ratio:>8.2f}x"
+        )
+    print("* fastest correct strategy (min recall@10 >= 0.99); ours/best = ours p95 over its p95")
+    return ratios
+
+
+def print_classes(
+    probes: list[Probe], results: dict[tuple[int, str], Cell], named: dict[str, Strategy]
+) -> None:
+    """Recall@10 mean and minimum over queries, and latency, per tenant class and strategy."""
+    header = (
+        f"{'class':<10} {'rows':>11} {'strategy':<18} {'recall mean':>11} {'recall min':>10}"
+        f" {'p50 ms':>8} {'p95 ms':>8}"
     )
+    print("\nRecall@10 per tenant class (mean and minimum over every query of the class)")
+    print(header)
+    print("-" * len(header))
+    for size_class_name in CLASSES:
+        members = [p for p in probes if p.size_class == size_class_name]
+        if not members:
+            continue
+        low, high = min(p.rows for p in members), max(p.rows for p in members)
+        span = f"{low}-{high}" if low != high else str(low)
+        for name in named:
+            cells = [results[(p.tenant, name)] for p in members if (p.tenant, name) in results]
+            if not cells:
+                continue
+            merged = {
+                "ms": [v for c in cells for v in c["ms"]],
+                "recall": [v for c in cells for v in c["recall"]],
+            }
+            mean, minimum, p50, p95 = summary(merged)
+            print(
+                f"{size_class_name:<10} {span:>11} {name:<18} {mean:>11.3f} {minimum:>10.3f}"
+                f" {p50:>8.2f} {p95:>8.2f}"
+            )
 
 
-async def run(args: argparse.Namespace) -> None:
-    """Build, measure, print."""
-    corpus = build_corpus(args.docs, args.tenants, args.seed)
-    url, build = prepare_database(args, corpus)
-    queries = make_queries(corpus, args.queries, args.seed)
+def print_builds(build: dict[str, Any], inserts: dict[str, float]) -> None:
+    """Per-tenant index builds, and the cost of an insert."""
+    indexes = build["indexes"] + build["alternatives"]
+    print(
+        f"\nPer-tenant HNSW indexes: {len(build['indexes'])} by the maintenance command, and"
+        f" {len(build['alternatives'])} for comparison under the threshold (one at a time, no"
+        " parallel workers)"
+    )
+    if indexes:
+        print(f"{'rows':>7} {'build s':>8} {'MiB':>7} {'KiB/row':>8}")
+        for index in sorted(indexes, key=lambda i: i["rows"]):
+            print(
+                f"{index['rows']:>7} {index['seconds']:>8.1f} {index['bytes'] / 2**20:>7.1f}"
+                f" {index['bytes'] / 1024 / max(1, index['rows']):>8.2f}"
+            )
+        total_seconds = sum(i["seconds"] for i in indexes)
+        total_bytes = sum(i["bytes"] for i in indexes)
+        print(f"total   {total_seconds:>8.1f} {total_bytes / 2**20:>7.1f}")
+    print(
+        f"Planning a documents listing: {build['planning_ms_before']:.3f} ms before the"
+        f" per-tenant indexes, {build['planning_ms_after']:.3f} ms with them (median)"
+    )
+    print("\nOne INSERT of an embedded document (median ms, rolled back)")
+    for name, ms in inserts.items():
+        print(f"  {name:<58} {ms:>7.2f}")
+
+
+# --- the alternatives: list partitions, and the old shared index ---------------------------------
+
+
+def compare_partitions(
+    url: URL,
+    corpus: Corpus,
+    probes: list[Probe],
+    builds: list[dict[str, Any]],
+    ef_search: int,
+    runs: int,
+) -> None:
+    """List partitions per large tenant vs partial indexes: build, size, p95, recall.
+
+    A copy of the searchable rows (id, tenant, vector) goes into a table partitioned by
+    tenant: one partition with its own HNSW index per indexed tenant, a default partition for
+    the rest. Both shapes are queried the same way, as the owner (no RLS on the copy), side by
+    side.
+    """
+    owned = {i["tenant"] for i in builds}
+    indexed = [p for p in probes if str(corpus.tenant_ids[p.tenant]) in owned]
+    if not indexed:
+        return
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute("DROP TABLE IF EXISTS bench.by_tenant")
+        conn.execute(
+            "CREATE TABLE bench.by_tenant (id uuid, tenant_id uuid,"
+            " embedding_vector vector(1024)) PARTITION BY LIST (tenant_id)"
+        )
+        conn.execute("CREATE TABLE bench.by_tenant_rest PARTITION OF bench.by_tenant DEFAULT")
+        partition_builds = []
+        for probe in indexed:
+            tenant = corpus.tenant_ids[probe.tenant]
+            part = f"bench.by_tenant_{tenant.hex}"
+            conn.execute(
+                f"CREATE TABLE {part} PARTITION OF bench.by_tenant FOR VALUES IN ('{tenant}')"
+            )
+            conn.execute(
+                f"INSERT INTO {part} SELECT id, tenant_id, embedding_vector FROM documents"
+                " WHERE tenant_id = %s AND embedding_vector IS NOT NULL AND deleted_at IS NULL",
+                (tenant,),
+            )
+            conn.execute("SET maintenance_work_mem = '512MB'")
+            conn.execute("SET max_parallel_maintenance_workers = 0")
+            started = time.perf_counter()
+            conn.execute(
+                f"CREATE INDEX ON {part} USING hnsw (embedding_vector vector_cosine_ops)"
+                f" WITH (m = {vector_indexes_service.HNSW_M},"
+                f" ef_construction = {vector_indexes_service.HNSW_EF_CONSTRUCTION})"
+            )
+            seconds = time.perf_counter() - started
+            size = conn.execute(
+                "SELECT sum(pg_relation_size(indexrelid)) FROM pg_index"
+                " WHERE indrelid = %s::regclass",
+                (part,),
+            ).fetchone()
+            partition_builds.append((probe, seconds, int(size[0]) if size else 0))
+        conn.execute(
+            "INSERT INTO bench.by_tenant_rest SELECT id, tenant_id, embedding_vector"
+            " FROM documents WHERE embedding_vector IS NOT NULL AND deleted_at IS NULL"
+            " AND tenant_id <> ALL(%s)",
+            ([corpus.tenant_ids[p.tenant] for p in indexed],),
+        )
+        conn.execute("ANALYZE bench.by_tenant")
+        conn.execute("SET enable_sort = off")
+        conn.execute("SET hnsw.iterative_scan = relaxed_order")
+        conn.execute(f"SET hnsw.ef_search = {ef_search}")
+        shapes = {
+            "partial index": "SELECT id FROM documents WHERE tenant_id = '{t}'"
+            " AND embedding_vector IS NOT NULL AND deleted_at IS NULL"
+            " ORDER BY embedding_vector <=> %s LIMIT 10",
+            "list partition": "SELECT id FROM bench.by_tenant WHERE tenant_id = '{t}'"
+            " ORDER BY embedding_vector <=> %s LIMIT 10",
+        }
+        print(f"\nPartial index per tenant vs list partition per tenant (ef_search {ef_search})")
+        header = (
+            f"{'rows':>7} {'shape':<15} {'build s':>8} {'MiB':>7} {'recall mean':>11}"
+            f" {'recall min':>10} {'p50 ms':>8} {'p95 ms':>8}"
+        )
+        print(header)
+        print("-" * len(header))
+        index_build = {i["tenant"]: (i["seconds"], i["bytes"]) for i in builds}
+        for probe, part_seconds, part_bytes in partition_builds:
+            tenant = corpus.tenant_ids[probe.tenant]
+            timings: dict[str, list[float]] = {name: [] for name in shapes}
+            recalls: dict[str, list[float]] = {name: [] for name in shapes}
+            for run in range(runs + 1):
+                for vector, truth in zip(probe.vectors, probe.truths, strict=True):
+                    for name in random.sample(list(shapes), len(shapes)):
+                        started = time.perf_counter()
+                        rows = conn.execute(shapes[name].format(t=tenant), (vector,)).fetchall()
+                        elapsed = (time.perf_counter() - started) * 1000
+                        if run:
+                            timings[name].append(elapsed)
+                            recalls[name].append(len(truth & {r[0] for r in rows}) / len(truth))
+            for name in shapes:
+                seconds, size = (
+                    (part_seconds, part_bytes)
+                    if name == "list partition"
+                    else index_build.get(str(tenant), (float("nan"), 0))
+                )
+                print(
+                    f"{probe.rows:>7} {name:<15} {seconds:>8.1f} {size / 2**20:>7.1f}"
+                    f" {statistics.mean(recalls[name]):>11.3f} {min(recalls[name]):>10.3f}"
+                    f" {percentile(timings[name], 0.5):>8.2f}"
+                    f" {percentile(timings[name], 0.95):>8.2f}"
+                )
+        conn.execute("DROP TABLE bench.by_tenant")
+
+
+def shared_index_costs(
+    url: URL, corpus: Corpus, tenants: dict[str, uuid.UUID], rng: np.random.Generator
+) -> dict[str, float]:
+    """Build the old shared HNSW index (timed), measure inserts with it, drop it again."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '2GB'")
+        conn.execute("SET max_parallel_maintenance_workers = 0")
+        started = time.perf_counter()
+        conn.execute(
+            "CREATE INDEX bench_shared_hnsw ON documents USING hnsw"
+            " (embedding_vector vector_cosine_ops) WITH (m = 16, ef_construction = 128)"
+            " WHERE embedding_vector IS NOT NULL AND deleted_at IS NULL"
+        )
+        seconds = time.perf_counter() - started
+        size = conn.execute("SELECT pg_relation_size('bench_shared_hnsw')").fetchone()
+    print(
+        f"\nShared HNSW index (the old design) over all {corpus.kind} documents:"
+        f" build {seconds:.1f} s, {(size[0] if size else 0) / 2**20:.0f} MiB"
+    )
+    costs = {
+        f"{name}, with the shared index too": insert_cost_ms(url, tenant, 100, rng)
+        for name, tenant in tenants.items()
+    }
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute("DROP INDEX bench_shared_hnsw")
+    return costs
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+async def run_corpus(kind: str, args: argparse.Namespace) -> None:
+    """Build, measure and print one corpus."""
+    corpus = build_corpus(kind, args)
+    tenants = ladder(corpus, args.threshold)
+    below = [
+        corpus.tenant_ids[t]
+        for t in tenants
+        if args.alternatives_from <= corpus.searchable_rows[t] <= args.threshold
+    ]
+    url, build = await prepare_database(args, corpus, below)
+    ours_indexed = {uuid.UUID(i["tenant"]) for i in build["indexes"]}
+    indexed = ours_indexed | {uuid.UUID(i["tenant"]) for i in build["alternatives"]}
+    probes = make_probes(corpus, tenants, indexed, ours_indexed, args)
+    named = strategies(args.ef)
     settings = load_settings(
         ENVIRONMENT="test",
         DATABASE_URL=url.render_as_string(hide_password=False),
@@ -541,16 +956,45 @@ async def run(args: argparse.Namespace) -> None:
         DB_POOL_SIZE=1,
         DB_MAX_OVERFLOW=0,
     )
+    load_before = os.getloadavg()
     engine = build_runtime_engine(targets_for(url, RUNTIME_PASSWORD), settings)
     try:
         sessions = make_sessionmaker(engine)
         async with sessions() as session:
             role = (await session.execute(select(text("current_user")))).scalar()
         assert role == "app_runtime", f"queries must run as app_runtime, not {role}"
-        results = await measure(sessions, corpus, queries)
+        results = await measure(sessions, corpus, probes, named, args.runs)
     finally:
         await engine.dispose()
-    print_table(corpus, results, build, args)
+    load_after = os.getloadavg()
+    searchable = int(corpus.searchable_rows.sum())
+    cached = " (cached database: build numbers from its first run)" if build["cached"] else ""
+    print(
+        f"\n=== {kind} corpus: {len(corpus.ids)} documents ({searchable} active and embedded),"
+        f" {len(corpus.tenant_ids)} tenants, threshold {args.threshold} rows, ours ef_search"
+        f" {vector_search_service.HNSW_EF_SEARCH}, {args.queries} queries per tenant x"
+        f" {args.runs} runs, k={K}{cached}"
+    )
+    print(
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after the queries;"
+        f" table with TOAST {build['table_bytes'] / 2**20:.0f} MiB, COPY {build['load_seconds']} s"
+    )
+    ratios = print_ladder(probes, results, named)
+    print_classes(probes, results, named)
+    rng = np.random.default_rng(args.seed + 3)
+    largest = corpus.tenant_ids[int(np.argmax(corpus.searchable_rows))]
+    small = corpus.tenant_ids[probes[0].tenant]
+    sample = {"largest tenant (own index)": largest, "small tenant (no index)": small}
+    inserts = {name: insert_cost_ms(url, tenant, 100, rng) for name, tenant in sample.items()}
+    if args.shared_index:
+        inserts.update(shared_index_costs(url, corpus, sample, rng))
+    print_builds(build, inserts)
+    if args.partitions:
+        compare_partitions(
+            url, corpus, probes, build["indexes"], vector_search_service.HNSW_EF_SEARCH, args.runs
+        )
+    worst = max((r for r in ratios if r == r), default=float("nan"))
+    print(f"\nworst ours/best over the ladder: {worst:.2f}x")
     if not args.keep_database:
         drop_database(url)
 
@@ -564,16 +1008,36 @@ def drop_database(url: URL) -> None:
 
 
 def main() -> None:
-    """Parse the flags and run."""
+    """Parse the flags and run each corpus."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20_000)
     parser.add_argument("--tenants", type=int, default=50)
-    parser.add_argument("--queries", type=int, default=40, help="queries per tenant-size class")
+    parser.add_argument("--corpus", choices=[*SHAPES, "both"], default="both")
+    parser.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--queries", type=int, default=20, help="queries per ladder tenant")
+    parser.add_argument("--runs", type=int, default=3, help="measured passes (after a warm-up)")
+    parser.add_argument(
+        "--ef",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[40, vector_search_service.HNSW_EF_SEARCH],
+        help="ef_search values to walk the own index with (comma-separated)",
+    )
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--alternatives-from",
+        type=int,
+        default=250,
+        help="also index ladder tenants under the threshold from this size (for comparison)",
+    )
+    parser.add_argument("--partitions", action="store_true", help="compare list partitions")
+    parser.add_argument("--shared-index", action="store_true", help="cost of the old index")
     parser.add_argument("--server-url", help="superuser URL of a PostgreSQL with pgvector")
     parser.add_argument("--rebuild", action="store_true", help="ignore a cached database")
     parser.add_argument("--keep", action="store_true", help="keep the database on a server URL")
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    args.ef = sorted(set(args.ef))
+    for kind in SHAPES if args.corpus == "both" else [args.corpus]:
+        asyncio.run(run_corpus(kind, args))
 
 
 if __name__ == "__main__":

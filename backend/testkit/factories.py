@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.base import Base
@@ -51,6 +52,29 @@ async def make_document(session: AsyncSession, user: User, **fields: Any) -> Doc
     session.add(document)
     await session.flush()
     return document
+
+
+async def make_tenant_with_vectors(
+    admin_sessions: async_sessionmaker[AsyncSession], vectors: np.ndarray
+) -> uuid.UUID:
+    """A committed tenant whose documents carry `vectors` (one each), for vector search."""
+    async with admin_transaction(admin_sessions) as session:
+        tenant_id = (await make_tenant(session)).id
+        user = await make_user(session, tenant_id)
+        for vector in vectors:
+            session.add(
+                Document(
+                    tenant_id=tenant_id,
+                    user_id=user.id,
+                    s3_bucket="test-bucket",
+                    s3_key=f"docs/{uuid.uuid4()}.pdf",
+                    filename="note.txt",
+                    content_type="text/plain",
+                    size_bytes=10,
+                    embedding_vector=[float(x) for x in vector],
+                )
+            )
+    return tenant_id
 
 
 @dataclass(frozen=True)

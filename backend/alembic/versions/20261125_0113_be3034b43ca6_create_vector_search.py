@@ -14,7 +14,7 @@ its best ~40 candidates from the whole table; RLS drops the other tenants' ones)
   the index finds the true nearest rows; if it still returns fewer than k (max_scan_tuples
   reached), the exact scan runs instead, so a filter never starves the result.
 
-The thresholds are arguments, so the application owns them (app/services/vector_search.py).
+The thresholds are arguments, so the application owns them (app/database/vector_search.py).
 The planner and HNSW settings are SET clauses of the function: PostgreSQL applies them on
 entry and restores them on exit, so they never reach the caller's transaction or the pooled
 connection. `enable_sort = off` keeps the planner on the HNSW index for the large-tenant query

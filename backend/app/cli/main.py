@@ -6,6 +6,7 @@ import typer
 
 from app.cli import admin, serve
 from app.cli.audit import audit_anchor, verify_audit
+from app.cli.vector_indexes import vector_indexes
 
 cli = typer.Typer(
     help="Tenant Docs backend: run the API, migrate the database, provision tenants and users.",
@@ -18,6 +19,7 @@ cli.command("migrate")(serve.migrate)
 admin.register(cli)
 cli.command("verify-audit")(verify_audit)
 cli.command("audit-anchor")(audit_anchor)
+cli.command("vector-indexes")(vector_indexes)
 
 
 def main() -> None:

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     # Outside production, an unset CURSOR_SECRET means a random one kept here (mode 0600).
     CURSOR_SECRET_FILE: Path = BACKEND_DIR / ".data" / "cursor-secret"
     AUDIT_DOCUMENT_READS: bool = False
+    # Vector search: a tenant with more searchable documents than this gets an HNSW index of
+    # its own (`tenantdocs vector-indexes`); below it, an exact scan of its rows is as fast
+    # (docs/VECTOR_SEARCH.md has the measurement). At least twice the search's exact-scan
+    # floor (EXACT_SCAN_MIN_ROWS, 200), so an indexed tenant's unfiltered search walks it.
+    VECTOR_INDEX_MIN_ROWS: int = Field(default=500, ge=400, le=10_000_000)
 
     # AWS (KMS for per-tenant keys, Bedrock for embeddings: used by later features).
     AWS_REGION: str | None = None

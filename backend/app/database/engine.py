@@ -62,7 +62,9 @@ def targets_for(login_url: URL, runtime_password: str | None) -> DatabaseTargets
     return DatabaseTargets(login_url, runtime_url, runtime_password or None)
 
 
-def session_options(settings: Settings, *, role: str | None = None) -> str:
+def session_options(
+    settings: Settings, *, role: str | None = None, server_settings: dict[str, str] | None = None
+) -> str:
     """The server settings every app connection starts with (libpq `options`, no round trip)."""
     idle_timeout_ms = max(settings.DB_STATEMENT_TIMEOUT_MS * 4, 10_000)
     options = [
@@ -80,6 +82,8 @@ def session_options(settings: Settings, *, role: str | None = None) -> str:
     ]
     if role is not None:
         options.append(f"-c role={role}")
+    # Later -c options win: a maintenance engine may lift the statement timeout this way.
+    options += [f"-c {name}={value}" for name, value in (server_settings or {}).items()]
     return " ".join(options)
 
 
@@ -91,16 +95,18 @@ def build_engine(
     application_name: str = "tenant-docs",
     pool_size: int | None = None,
     max_overflow: int | None = None,
+    server_settings: dict[str, str] | None = None,
 ) -> AsyncEngine:
     """Build an async engine (psycopg 3) with bounded connect and statement timeouts.
 
     `role` is set as a start-up parameter of every connection (`-c role=…`), which costs no
     round trip; pass it when the login is not already the role the code must run as.
+    `server_settings` are more start-up parameters (values without spaces), after the defaults.
     """
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.DB_CONNECT_TIMEOUT_SECONDS,
         "application_name": application_name,
-        "options": session_options(settings, role=role),
+        "options": session_options(settings, role=role, server_settings=server_settings),
     }
     return create_async_engine(
         url,

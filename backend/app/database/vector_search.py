@@ -1,19 +1,22 @@
-"""Nearest-neighbour search over the current tenant's documents, right for every tenant size.
+"""Nearest-neighbour search over the current tenant's documents, reading only its own data.
 
-One HNSW index serves every tenant and Row-Level Security filters what it returns, so a plain
-`ORDER BY embedding_vector <=> q LIMIT k` finds almost nothing for a small tenant: the index
-hands back its ~40 best candidates from the whole table and RLS drops the other tenants' ones.
-The database function `search_documents()` (migration be3034b43ca6) therefore picks the
-strategy per call, from a bounded count of the rows the search may return (this tenant's
-active, embedded documents that pass the filters):
+Every search reads only the current tenant's structures (issue 16; docs/VECTOR_SEARCH.md):
 
-- up to max(EXACT_SCAN_MIN_ROWS, HNSW_MIN_SHARE of the HNSW index) rows: an exact scan of them
-  through the tenant index (recall 1, and for that few rows faster than any index walk);
-- more: the HNSW index with pgvector's iterative scan, re-sorted; exact again if the scan
-  gives up short of k rows, so a selective filter never starves the result.
+- A tenant past `VECTOR_INDEX_MIN_ROWS` searchable documents gets an HNSW index of its own, a
+  partial index built and dropped by the maintenance command (app/services/vector_indexes.py,
+  `tenantdocs vector-indexes`), never by a request.
+- The database function `search_documents()` (migration 5d2e8f1a9c37) walks that index when
+  it exists and is valid (iterative scan, re-sorted), unless the filters keep too few rows for
+  the walk to find them (at most max(EXACT_SCAN_MIN_ROWS, HNSW_MIN_SHARE of the index)): then,
+  and for every tenant without a valid index of its own (small, or being indexed right now),
+  it scans the tenant's rows exactly through the tenant index.
 
-All in one round trip; its settings are SET clauses of the function, so they never leak into
-the caller's transaction. docs/VECTOR_SEARCH.md has the measurements behind the thresholds.
+No search walks a structure holding other tenants' vectors, so neither what it finds nor how
+long it takes depends on their data. All in one round trip; the function's settings are SET
+clauses, so they never leak into the caller's transaction.
+
+This module imports no model at run time (Document calls it, passing itself), so
+app.models.document and this module do not import each other.
 """
 
 from __future__ import annotations
@@ -39,16 +42,17 @@ EMBEDDING_DIMENSIONS = 1024
 MAX_K = 100
 _PLAIN_NUMBERS = frozenset({float, int})
 
-# Exact scans stay exact and cheap (a few ms) up to this many rows, whatever the table size.
-EXACT_SCAN_MIN_ROWS = 1_000
-# The HNSW path is taken only when the searchable rows are at least this share of the index.
-# Below it, pgvector's iterative scan loses recall (see docs/VECTOR_SEARCH.md): the few
-# matching rows are scattered thinly through a graph built for the whole table.
+# With an index of its own, a filtered search still scans exactly when the filters keep at
+# most this many rows (under half of VECTOR_INDEX_MIN_ROWS, so an unfiltered search of an
+# indexed tenant always walks its index), or HNSW_MIN_SHARE of the index: pgvector's
+# iterative scan loses recall when the matching rows are a small share of the graph.
+EXACT_SCAN_MIN_ROWS = 200
 HNSW_MIN_SHARE = 0.05
-# The HNSW candidate list (never below k).
+# The HNSW candidate list (never below k): the walk's recall on dense clusters
+# (docs/VECTOR_SEARCH.md, "Why these settings").
 HNSW_EF_SEARCH = 100
-# How many index tuples an iterative scan may visit (pgvector's default). At a share >= 5%,
-# k=100 rows need ~2,000; if the scan still gives up short, the search falls back to exact.
+# How many index tuples an iterative scan may visit (pgvector's default); if the scan gives
+# up short of k rows, the search falls back to exact.
 HNSW_MAX_SCAN_TUPLES = 20_000
 
 
@@ -159,8 +163,9 @@ async def similarity_search(
 ) -> list[SearchHit]:
     """The current tenant's `k` nearest active documents, nearest first (ties by id).
 
-    Hits carry no embedding (deferred with raiseload): 1024 floats per hit would dominate a
-    small tenant's search, and callers don't need them.
+    Called as `Document.similarity_search(session, embedding, k, filters)`. Hits carry no
+    embedding (deferred with raiseload): 1024 floats per hit would dominate a small tenant's
+    search, and callers don't need them.
     """
     query = validate_embedding(embedding)
     k = validate_k(k)
@@ -170,6 +175,7 @@ async def similarity_search(
 
 
 __all__ = [
+    "EMBEDDING_DIMENSIONS",
     "MAX_K",
     "SearchFilters",
     "SearchHit",

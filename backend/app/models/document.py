@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from app.models.user import User
 
 DOCUMENT_STATUSES = ("processing", "completed", "failed")
+__all__ = ["DOCUMENT_STATUSES", "EMBEDDING_DIMENSIONS", "Document"]
 
 
 class Document(SoftDeleteMixin, Base):
@@ -59,17 +60,11 @@ class Document(SoftDeleteMixin, Base):
         ),
         Index("idx_documents_metadata_gin", "metadata", postgresql_using="gin"),
         # The rows vector search may return, per tenant (see app/database/vector_search.py).
+        # Large tenants also get an HNSW index of their own, built by the maintenance command
+        # (app/services/vector_indexes.py), not by migrations: they are not in the model.
         Index(
             "idx_documents_tenant_embedded",
             "tenant_id",
-            postgresql_where=text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
-        ),
-        Index(
-            "idx_documents_embedding_hnsw",
-            "embedding_vector",
-            postgresql_using="hnsw",
-            postgresql_with={"m": 16, "ef_construction": 128},
-            postgresql_ops={"embedding_vector": "vector_cosine_ops"},
             postgresql_where=text("embedding_vector IS NOT NULL AND deleted_at IS NULL"),
         ),
         {"comment": "Documents stored in S3, with metadata and a 1024-dim embedding."},

@@ -50,7 +50,10 @@ SMOKE_RUNS = {
         ),
         "16 KiB escaped quotes, the old regex",
     ),
-    "bench-vector": Smoke(("--docs", "300", "--tenants", "4", "--queries", "2"), "ours/best"),
+    "bench-vector": Smoke(
+        ("--docs", "300", "--tenants", "4", "--threshold", "20", "--queries", "2", "--runs", "1"),
+        "ours/best",
+    ),
     "bench-http": Smoke(
         (
             *("--docs", "200", "--tenants", "2", "--seconds", "0.2", "--rounds", "1"),

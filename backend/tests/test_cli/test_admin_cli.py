@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,6 +21,7 @@ from app.database import Database
 from app.database.session import admin_transaction
 from app.main import create_app
 from app.models import AuditLog, User
+from testkit.factories import make_tenant_with_vectors
 from tests.conftest import MakeCaller
 from tests.test_cli.conftest import InvokeCli, RunCli
 
@@ -345,3 +347,26 @@ async def test_dev_token_refusals(run_cli: RunCli, make_caller: MakeCaller) -> N
     _one_line_error(with_idp, 2, "OIDC_ISSUER_URL is set")
     _one_line_error(production, 2, "refused when ENVIRONMENT=production")
     _one_line_error(unknown_user, 1, "no active user nobody@example.org")
+
+
+async def test_vector_indexes_builds_an_index_for_a_tenant_over_the_threshold_and_drops_it(
+    run_cli: RunCli, admin_sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    vectors = np.random.default_rng(5).standard_normal((120, 1024))
+    tenant_id = await make_tenant_with_vectors(admin_sessions, vectors)
+    planned = await run_cli("vector-indexes", "--min-rows", "100", "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert f"build            tenant {tenant_id}        120 rows" in planned.stdout
+    assert "dry run: nothing changed" in planned.stdout
+
+    built = await run_cli("vector-indexes", "--min-rows", "100")
+    assert built.returncode == 0, built.stderr
+    assert f"build            tenant {tenant_id}" in built.stdout
+    # Under half the threshold now: dropped (this also leaves the shared test database clean).
+    dropped = await run_cli("vector-indexes", "--min-rows", "1000")
+    assert dropped.returncode == 0, dropped.stderr
+    assert f"drop             tenant {tenant_id}" in dropped.stdout
+
+    refused = await run_cli("vector-indexes", DATABASE_URL="postgresql://nobody@127.0.0.1:1/x")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: the database refused or is unavailable")

@@ -1,4 +1,5 @@
-"""Vector search migrations (be3034b43ca6, c41f7a9e2b6d): up, down, up, as the migrator."""
+"""Vector search migrations (be3034b43ca6, c41f7a9e2b6d, 5d2e8f1a9c37, 8b61c0d4e2f5): up, down,
+up, as the migrator."""
 
 from __future__ import annotations
 
@@ -8,17 +9,30 @@ from app.database import migrations
 from testkit import database_harness as harness
 
 REVISION = "be3034b43ca6"
-HEAD = "c41f7a9e2b6d"
+SHARED_INDEX_AT_128 = "c41f7a9e2b6d"
+HEAD = "8b61c0d4e2f5"
 PREVIOUS = "a7b8c9d0e1f2"
 
 
-def _ef_construction(url: object) -> str:
+def _ef_construction(url: object) -> str | None:
+    """The shared HNSW index's ef_construction, or None when there is no shared index."""
     with psycopg.connect(harness.libpq(url)) as conn:  # type: ignore[arg-type]
         row = conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_documents_embedding_hnsw'"
         ).fetchone()
+    if row is None:
+        return None
+    return str(row[0].split("ef_construction='")[1].split("'")[0])
+
+
+def _walks_own_index(url: object) -> bool:
+    """Whether search_documents() looks up the tenant's own index (5d2e8f1a9c37's body)."""
+    with psycopg.connect(harness.libpq(url)) as conn:  # type: ignore[arg-type]
+        row = conn.execute(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'search_documents'"
+        ).fetchone()
     assert row is not None
-    return row[0].split("ef_construction='")[1].split("'")[0]
+    return "idx_documents_hnsw_tenant_" in row[0]
 
 
 def _state(url: object) -> tuple[bool, bool, bool]:
@@ -46,7 +60,13 @@ def test_vector_search_migration_up_down_up(test_server: harness.TestServer) -> 
         superuser = test_server.url(name)
         migrations.upgrade(url, harness.RUNTIME_PASSWORD, HEAD)
         assert _state(superuser) == (True, True, True)
+        assert _ef_construction(superuser) is None
+        assert _walks_own_index(superuser)
+
+        migrations.downgrade(url, SHARED_INDEX_AT_128)
+        assert _state(superuser) == (True, True, True)
         assert _ef_construction(superuser) == "128"
+        assert not _walks_own_index(superuser)
 
         migrations.downgrade(url, REVISION)
         assert _ef_construction(superuser) == "64"
@@ -56,6 +76,7 @@ def test_vector_search_migration_up_down_up(test_server: harness.TestServer) -> 
 
         migrations.upgrade(url, harness.RUNTIME_PASSWORD, HEAD)
         assert _state(superuser) == (True, True, True)
-        assert _ef_construction(superuser) == "128"
+        assert _ef_construction(superuser) is None
+        assert _walks_own_index(superuser)
     finally:
         harness.drop_database(test_server, name)

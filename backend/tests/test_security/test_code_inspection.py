@@ -45,6 +45,16 @@ ALLOWED_INTERPOLATIONS: dict[tuple[str, str], str] = {
     ): "RUNTIME_ROLE is a constant; verifier is a SCRAM-SHA-256 verifier computed locally "
     "(base64, '$' and ':' only, never a quote). ALTER ROLE takes no bind parameters.",
     (
+        "app/services/vector_indexes.py",
+        "create_index_sql(plan.tenant_id)",
+    ): "DDL takes no bind parameters; the statement is fixed text plus a uuid.UUID's hex and "
+    "canonical text forms (hex digits and dashes), from the catalog's own counts.",
+    (
+        "app/services/vector_indexes.py",
+        "drop_index_sql(plan.index_name)",
+    ): "DDL takes no bind parameters; drop_index_sql refuses any name but INDEX_PREFIX plus a "
+    "uuid's 32 hex digits.",
+    (
         "alembic/env.py",
         "f\"SET lock_timeout = '{LOCK_TIMEOUT}'\"",
     ): "LOCK_TIMEOUT is a module constant; the migration connection is never pooled for requests.",

@@ -2,8 +2,9 @@
 
 A small corpus: a big tenant (BIG_DOCS) and a tiny one (TINY_DOCS), with soft-deleted and
 not-yet-embedded documents and a neighbour tenant holding copies of the tiny tenant's vectors.
-The exact-scan floor is lowered for the tests that need the HNSW path, so the big tenant takes
-it without thousands of rows.
+The big tenant gets an HNSW index of its own (the maintenance command's work, with a low
+threshold) and the exact-scan floor is lowered for the tests that need the HNSW path, so it
+takes that path without thousands of rows.
 """
 
 from __future__ import annotations
@@ -135,8 +136,17 @@ async def corpus(admin_sessions: async_sessionmaker[AsyncSession]) -> Corpus:
 
 
 @pytest.fixture
-def hnsw_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lower the exact-scan floor so the big tenant takes the HNSW path."""
+async def big_tenant_index(corpus: Corpus, maintain_vector_indexes: Any) -> None:
+    """The big tenant's own HNSW index (the tiny ones are under the threshold)."""
+    results = await maintain_vector_indexes(HNSW_FLOOR)
+    indexed = {r.plan.tenant_id for r in results if r.index_bytes}
+    assert corpus.big in indexed
+    assert not {corpus.tiny, corpus.neighbour} & indexed
+
+
+@pytest.fixture
+def hnsw_path(monkeypatch: pytest.MonkeyPatch, big_tenant_index: None) -> None:
+    """Lower the exact-scan floor so the big tenant takes the HNSW path on its own index."""
     monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", HNSW_FLOOR)
 
 
@@ -226,9 +236,15 @@ async def test_big_tenant_on_the_hnsw_path_finds_the_nearest_in_order(
     assert found / expected >= 0.98
 
 
-async def test_exact_path_is_exact_for_the_big_tenant_by_default(
-    corpus: Corpus, runtime_sessions: async_sessionmaker[AsyncSession]
+async def test_a_tenant_without_an_index_of_its_own_is_scanned_exactly(
+    corpus: Corpus,
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    maintain_vector_indexes: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A threshold far above the big tenant: the maintenance drops its index (if it had one).
+    await maintain_vector_indexes(10 * BIG_DOCS)
+    monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", HNSW_FLOOR)
     query = unit_vector()
     async with tenant_transaction(runtime_sessions, corpus.big) as session:
         hits = await Document.similarity_search(session, query, 25)
@@ -241,6 +257,7 @@ async def test_filters_are_honoured_and_a_selective_filter_does_not_starve(
     corpus: Corpus,
     runtime_sessions: async_sessionmaker[AsyncSession],
     monkeypatch: pytest.MonkeyPatch,
+    big_tenant_index: None,
     path: str,
 ) -> None:
     if path == "hnsw":

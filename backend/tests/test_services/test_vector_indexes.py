@@ -1,0 +1,232 @@
+"""Per-tenant HNSW indexes: planned per tenant size, used only by their own tenant, and a
+tenant whose index is being built (or whose build failed half way) still answers exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.database import vector_search as vector_search_service
+from app.database.session import admin_transaction, tenant_transaction
+from app.models import Document
+from app.services import vector_indexes as vector_indexes_service
+from app.services.vector_indexes import Action
+from testkit import database_harness as harness
+from testkit.factories import make_tenant_with_vectors
+from tests.conftest import MigratedDatabase
+
+THRESHOLD = 40
+RNG = np.random.default_rng(16)
+
+
+def unit_vectors(count: int) -> np.ndarray:
+    """Random directions in 1024 dimensions."""
+    vectors = RNG.standard_normal((count, 1024))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def exact_top(vectors: np.ndarray, ids: list[uuid.UUID], query: np.ndarray, k: int) -> list[Any]:
+    """The exact k nearest ids by (cosine distance, id)."""
+    scored = sorted(zip((1.0 - vectors @ query).tolist(), ids, strict=True))
+    return [doc_id for _distance, doc_id in scored[:k]]
+
+
+async def tenant_ids_and_vectors(
+    admin_sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID
+) -> tuple[list[uuid.UUID], np.ndarray]:
+    """A tenant's document ids and vectors, as stored."""
+    async with admin_transaction(admin_sessions) as session:
+        rows = (
+            await session.execute(
+                Document.active_query()
+                .where(Document.tenant_id == tenant_id)
+                .with_only_columns(Document.id, Document.embedding_vector)
+            )
+        ).all()
+    return [row[0] for row in rows], np.array([np.asarray(row[1]) for row in rows])
+
+
+async def search(
+    runtime_sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID, query: np.ndarray
+) -> tuple[list[uuid.UUID], set[str]]:
+    """The search's hits and the path search_documents() took."""
+    values = [float(x) for x in query]
+    async with tenant_transaction(runtime_sessions, tenant_id) as session:
+        hits = await Document.similarity_search(session, values, 10)
+        parameters = vector_search_service.search_parameters(values, 10, None)
+        found = vector_search_service.SEARCH_FUNCTION
+        strategies = set(
+            (await session.execute(found.select().with_only_columns(found.c.strategy), parameters))
+            .scalars()
+            .all()
+        )
+    return [hit.document.id for hit in hits], strategies
+
+
+def test_plan_builds_above_the_threshold_keeps_with_hysteresis_and_replaces_invalid() -> None:
+    big, grown, shrunk, gone, broken, crashed = (uuid.uuid4() for _ in range(6))
+    name = vector_indexes_service.index_name
+    counts = {big: 5000, grown: 1001, shrunk: 600, gone: 10, broken: 3000, crashed: 20}
+    indexes = {
+        name(big): True,
+        name(shrunk): True,  # 600 >= 1000 // 2: kept, so a tenant near the threshold won't flap
+        name(gone): True,
+        name(broken): False,  # a CREATE INDEX CONCURRENTLY that failed half way
+        name(crashed): False,
+        "idx_documents_tenant_embedded": True,  # not ours: ignored
+    }
+    plans = {p.tenant_id: p.action for p in vector_indexes_service.decide(counts, indexes, 1000)}
+    assert plans == {
+        big: Action.KEEP,
+        grown: Action.BUILD,
+        shrunk: Action.KEEP,
+        gone: Action.DROP,
+        broken: Action.REBUILD_INVALID,
+        crashed: Action.DROP_INVALID,
+    }
+    with pytest.raises(ValueError, match="not a per-tenant vector index"):
+        vector_indexes_service.drop_index_sql("idx_documents_tenant_embedded")
+
+
+async def test_each_search_walks_its_own_tenants_index_and_no_other(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    maintain_vector_indexes: Any,
+    migrated_db: MigratedDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """auto_explain prints the plan of the statement the function runs inside itself."""
+    monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", THRESHOLD // 2)
+    first = await make_tenant_with_vectors(admin_sessions, unit_vectors(THRESHOLD + 20))
+    second = await make_tenant_with_vectors(admin_sessions, unit_vectors(THRESHOLD + 20))
+    await maintain_vector_indexes(THRESHOLD)
+    query = "[" + ",".join(map(repr, unit_vectors(1)[0].tolist())) + "]"
+    for tenant, other in ((first, second), (second, first)):
+        plans: list[str] = []
+        async with await psycopg.AsyncConnection.connect(
+            harness.libpq(migrated_db.superuser_url), autocommit=True
+        ) as conn:
+            conn.add_notice_handler(
+                lambda notice, plans=plans: plans.append(notice.message_primary or "")
+            )
+            await conn.execute("LOAD 'auto_explain'")
+            await conn.execute(
+                "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements"
+                " = on; SET auto_explain.log_level = notice; SET role = app_runtime"
+            )
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('app.current_tenant_id', %s, true)", (str(tenant),)
+                )
+                rows = await conn.execute(
+                    "SELECT strategy FROM search_documents(%s::vector, 10, NULL, NULL, NULL,"
+                    " %s, %s, 100, 20000)",
+                    (query, THRESHOLD // 2, vector_search_service.HNSW_MIN_SHARE),
+                )
+                assert {row[0] for row in await rows.fetchall()} == {"hnsw"}
+        walk = [plan for plan in plans if "<=>" in plan and "LIMIT $5" in plan]
+        assert len(walk) == 1, plans
+        own = vector_indexes_service.index_name(tenant)
+        assert f"Index Scan using {own} on documents" in walk[0]
+        assert vector_indexes_service.index_name(other) not in "".join(plans)
+
+
+async def test_a_tenant_answers_exactly_while_its_index_builds_and_after_a_failed_build(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    owner_engine: AsyncEngine,
+    maintain_vector_indexes: Any,
+    migrated_db: MigratedDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", THRESHOLD // 2)
+    tenant = await make_tenant_with_vectors(admin_sessions, unit_vectors(THRESHOLD + 30))
+    ids, vectors = await tenant_ids_and_vectors(admin_sessions, tenant)
+    query = unit_vectors(1)[0]
+    expected = exact_top(vectors, ids, query, 10)
+    name = vector_indexes_service.index_name(tenant)
+    superuser = harness.libpq(migrated_db.superuser_url)
+
+    async def index_state() -> tuple[bool, bool] | None:
+        async with await psycopg.AsyncConnection.connect(superuser) as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT i.indisvalid, i.indisready FROM pg_index i"
+                    " WHERE i.indexrelid = to_regclass(%s)",
+                    (f"public.{name}",),
+                )
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    # A writer's open transaction makes CREATE INDEX CONCURRENTLY wait after it has created
+    # the (not yet valid) index: the state of every build in progress.
+    async with await psycopg.AsyncConnection.connect(superuser) as blocker:
+        await blocker.execute("LOCK TABLE documents IN ROW EXCLUSIVE MODE")
+        async with owner_engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            pid = (await autocommit.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
+            build = asyncio.create_task(
+                autocommit.exec_driver_sql(vector_indexes_service.create_index_sql(tenant))
+            )
+            for _ in range(200):
+                if await index_state() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert await index_state() == (False, False)
+            # Meanwhile the tenant is searched exactly, and right.
+            assert await search(runtime_sessions, tenant, query) == (expected, {"exact"})
+            # The build dies half way (cancelled, as a crash or a timeout would end it).
+            async with await psycopg.AsyncConnection.connect(superuser, autocommit=True) as admin:
+                await admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            with pytest.raises(Exception, match="cancel"):
+                await build
+        await blocker.rollback()
+
+    # It left an INVALID index behind: never used, and the next run rebuilds it.
+    assert await index_state() is not None
+    assert (await index_state() or (True,))[0] is False
+    assert await search(runtime_sessions, tenant, query) == (expected, {"exact"})
+    results = await maintain_vector_indexes(THRESHOLD)
+    mine = next(r for r in results if r.plan.tenant_id == tenant)
+    assert mine.plan.action is Action.REBUILD_INVALID
+    assert await index_state() == (True, True)
+    hits, strategies = await search(runtime_sessions, tenant, query)
+    assert strategies == {"hnsw"}
+    assert hits == expected
+
+
+async def test_a_build_whose_probe_misses_is_dropped_and_the_tenant_stays_exact(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    maintenance_engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", THRESHOLD // 2)
+    tenant = await make_tenant_with_vectors(admin_sessions, unit_vectors(THRESHOLD + 25))
+    ids, vectors = await tenant_ids_and_vectors(admin_sessions, tenant)
+    query = unit_vectors(1)[0]
+    # No graph can meet a recall above 1: the probe must fail, and the index go.
+    results = await vector_indexes_service.maintain_indexes(
+        maintenance_engine, THRESHOLD, probe_sessions=runtime_sessions, min_recall=1.01
+    )
+    mine = next(r for r in results if r.plan.tenant_id == tenant)
+    assert mine.plan.action is Action.FAILED_PROBE
+    assert mine.probe_recall == 1.0  # the probe ran through the index, and it did find them
+    assert await search(runtime_sessions, tenant, query) == (
+        exact_top(vectors, ids, query, 10),
+        {"exact"},
+    )
+    # With the real bar the same graph passes and is kept.
+    results = await vector_indexes_service.maintain_indexes(
+        maintenance_engine, THRESHOLD, probe_sessions=runtime_sessions
+    )
+    mine = next(r for r in results if r.plan.tenant_id == tenant)
+    assert mine.plan.action is Action.BUILD
+    assert mine.probe_recall is not None
+    assert mine.probe_recall >= 0.99
+    assert (await search(runtime_sessions, tenant, query))[1] == {"hnsw"}
