@@ -159,6 +159,11 @@ class OpenBaoTransitKeyManager:
         await self._call("POST", f"{self._mount}/keys/{key_ref}/config", {"deletion_allowed": True})
         await self._call("DELETE", f"{self._mount}/keys/{key_ref}")
 
+    async def current_version(self, key_ref: str) -> int | None:
+        """transit/keys/:name's latest_version."""
+        key = await self._call("GET", f"{self._mount}/keys/{key_ref}")
+        return int(key["data"]["latest_version"])
+
     def key_version(self, wrapped: bytes) -> int | None:
         """The `N` of `vault:vN:...`."""
         return wrapped_key_version(wrapped)

@@ -62,6 +62,7 @@ SMOKE_RUNS = {
         ),
         "| route | conc. |",
     ),
+    "bench-content": Smoke(("--sizes-mb", "1", "--rounds", "1"), "| encrypted/plain |"),
     "bench-neighbours": Smoke(
         ("--seconds", "1", "--docs", "20", "--b-rate", "5", "--max-requests", "200"),
         "phase 3/3",

@@ -94,3 +94,14 @@ async def test_a_tenant_made_before_keys_gets_one_once(
             )
         ).all()
     assert list(actions) == ["tenant.provision_key"]
+
+
+async def test_rotate_tenant_key_from_the_cli(run_cli: RunCli) -> None:
+    tenant_id = _ok(await run_cli("create-tenant", "Rotating", "--json"))["id"]
+    report = _ok(await run_cli("rotate-tenant-key", "--tenant", tenant_id, "--json"))
+    assert report == {
+        "tenant_id": tenant_id,
+        "kms_key_arn": f"tenant-{tenant_id}",
+        "key_version": 2,
+        "rewrapped": 0,
+    }
