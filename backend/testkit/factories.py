@@ -10,8 +10,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.content.backends import ContentBackends
 from app.content.key_manager import KeyManager
-from app.content.object_store import ObjectStore
+from app.content.object_store import S3ObjectStore
+from app.content.openbao_transit import OpenBaoTransitKeyManager
+from app.core.config import get_settings
 from app.database.base import Base
 from app.database.session import admin_transaction, tenant_transaction
 from app.models import Document, Tenant, User
@@ -142,8 +145,8 @@ async def document_with_content(
     sessions: async_sessionmaker[AsyncSession],
     user: User,
     data: bytes,
-    store: ObjectStore,
-    keys: KeyManager,
+    store: S3ObjectStore,
+    keys: OpenBaoTransitKeyManager,
     *,
     role: str = "admin",
 ) -> Document:
@@ -159,6 +162,5 @@ async def document_with_content(
         declared_type=document.content_type,
         declared_length=len(data),
         max_bytes=max(len(data), 1024 * 1024),
-        store=store,
-        keys=keys,
+        content=ContentBackends(get_settings(), store=store, keys=keys, owned=False),
     )

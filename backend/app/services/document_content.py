@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.content.backends import ContentBackends
 from app.content.envelope import decrypt_stream, seal
 from app.content.key_manager import EncryptionContext, KeyManager
 from app.content.object_store import ObjectNotFoundError, ObjectStore
@@ -228,10 +229,11 @@ async def upload_content(
     declared_type: str | None,
     declared_length: int | None,
     max_bytes: int,
-    store: ObjectStore,
-    keys: KeyManager,
+    content: ContentBackends,
 ) -> Document:
-    """Store a document's content, encrypted, and mark it completed (the three steps above)."""
+    """Store a document's content, encrypted, and mark it completed (the three steps above).
+
+    The object store and key manager are opened only once step 1 accepted the request."""
     tenant_id = actor.own_tenant()
     async with tenant_transaction(sessions, tenant_id) as session:
         target = await begin_upload(
@@ -242,7 +244,8 @@ async def upload_content(
             declared_length=declared_length,
             max_bytes=max_bytes,
         )
-    stored = await store_content(target, body, store, keys)
+    store = await content.object_store()
+    stored = await store_content(target, body, store, await content.key_manager())
     try:
         async with tenant_transaction(sessions, tenant_id) as session:
             return await finish_upload(session, actor, target, stored)

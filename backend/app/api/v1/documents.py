@@ -243,8 +243,7 @@ async def upload_content(
         declared_type=content_type,
         declared_length=content_length,
         max_bytes=settings.MAX_DOCUMENT_CONTENT_BYTES,
-        store=await content.object_store(),
-        keys=await content.key_manager(),
+        content=content,
     )
     return _out(document)
 
