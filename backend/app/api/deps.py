@@ -22,6 +22,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api import idempotency
 from app.api.admission import AdmissionTicket, CallerAdmission
 from app.auth.identity import VerifiedIdentity
 from app.auth.tokens import TokenVerifier
@@ -29,6 +30,7 @@ from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
 from app.database.session import tenant_transaction
 from app.services import callers as callers_service
+from app.services import idempotency as idempotency_service
 from app.services.actor import Actor
 
 __all__ = [
@@ -120,6 +122,12 @@ async def _tenant_request(
             user_agent=user_agent[:_MAX_USER_AGENT_LENGTH] if user_agent else None,
         )
         request.state.context = actor  # the request log names the tenant and user
+        # Idempotency-Key: taken in this transaction, so its record commits with the write.
+        await idempotency.claim_key(
+            request,
+            session,
+            lambda key: idempotency_service.IdempotencyScope(caller.tenant_id, caller.user_id, key),
+        )
         yield _TenantRequest(session=session, actor=actor, caller=caller)
 
 
