@@ -84,10 +84,10 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint(
             "octet_length(request_fingerprint) = 32",
-            name="ck_idempotency_keys_fingerprint_sha256",
+            name="fingerprint_sha256",
         ),
         sa.CheckConstraint(
-            "response_status BETWEEN 100 AND 599", name="ck_idempotency_keys_response_status"
+            "response_status BETWEEN 100 AND 599", name="response_status"
         ),
         # Citus-ready (issue 22): the key and every constraint include tenant_id.
         sa.PrimaryKeyConstraint("tenant_id", "id", name="pk_idempotency_keys"),

@@ -26,6 +26,7 @@ from app.api import idempotency
 from app.api.admission import AdmissionTicket, CallerAdmission
 from app.auth.identity import VerifiedIdentity
 from app.auth.tokens import TokenVerifier
+from app.core import tracing
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
 from app.database.session import tenant_transaction
@@ -122,6 +123,7 @@ async def _tenant_request(
             user_agent=user_agent[:_MAX_USER_AGENT_LENGTH] if user_agent else None,
         )
         request.state.context = actor  # the request log names the tenant and user
+        tracing.tag_tenant(request.app.state.settings, caller.tenant_id)
         # Idempotency-Key: taken in this transaction, so its record commits with the write.
         await idempotency.claim_key(
             request,
