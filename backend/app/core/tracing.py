@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.metrics import NoOpUpDownCounter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -177,8 +178,10 @@ def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
     if getattr(engine.sync_engine, "_tenantdocs_traced", False):
         return
     tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+    # Pool usage is a Prometheus metric already (db_pool_connections_in_use): OTel's is a no-op.
+    usage = NoOpUpDownCounter("db.client.connections.usage")
     EngineTracer(  # type: ignore[no-untyped-call]
-        tracer, engine.sync_engine, connections_usage=None, enable_commenter=False
+        tracer, engine.sync_engine, connections_usage=usage, enable_commenter=False
     )
     engine.sync_engine._tenantdocs_traced = True  # type: ignore[attr-defined]
 

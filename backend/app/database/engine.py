@@ -119,6 +119,8 @@ def build_engine(
         # so the app recovers without a restart and without a ping round trip per checkout.
         pool_pre_ping=False,
         pool_recycle=1800,
+        # A database error's text names the statement; without its parameters (PHI) in it.
+        hide_parameters=True,
         connect_args=connect_args,
     )
     _count_connections_in_use(engine)
