@@ -86,9 +86,7 @@ def upgrade() -> None:
             "octet_length(request_fingerprint) = 32",
             name="fingerprint_sha256",
         ),
-        sa.CheckConstraint(
-            "response_status BETWEEN 100 AND 599", name="response_status"
-        ),
+        sa.CheckConstraint("response_status BETWEEN 100 AND 599", name="response_status"),
         # Citus-ready (issue 22): the key and every constraint include tenant_id.
         sa.PrimaryKeyConstraint("tenant_id", "id", name="pk_idempotency_keys"),
         sa.ForeignKeyConstraint(

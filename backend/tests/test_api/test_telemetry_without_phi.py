@@ -15,14 +15,13 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import SecretStr
 
 from app.core.config import Settings
 from app.core.logging import build_formatter
@@ -35,7 +34,7 @@ from testkit import database_harness as harness
 from tests.conftest import MakeCaller, MigratedDatabase
 from tests.test_api.conftest import API, FIRST_AXIS
 
-METRICS_TOKEN = "metrics-token-for-the-phi-test"  # noqa: S105
+METRICS_TOKEN = "metrics-token-for-the-phi-test"
 
 # Values that must never leave the process through telemetry. Each is unique to this test, so
 # finding one anywhere is a leak, not a coincidence.
@@ -237,9 +236,12 @@ async def test_quick_start_leaves_no_phi_in_spans_logs_or_metrics(
         ("metrics", captured.metrics),
     ):
         leaked = sorted(name for name, value in forbidden.items() if value in text)
-        assert leaked == [], f"{where} carry {leaked}: " + "\n".join(
-            line for line in text.splitlines() if any(forbidden[n] in line for n in leaked)
-        )[:3000]
+        assert leaked == [], (
+            f"{where} carry {leaked}: "
+            + "\n".join(
+                line for line in text.splitlines() if any(forbidden[n] in line for n in leaked)
+            )[:3000]
+        )
 
 
 async def test_tenant_id_goes_on_spans_only_when_asked(

@@ -1,4 +1,4 @@
-"""`python -m app purge-idempotency-keys` deletes expired records of every tenant, keeps the rest."""
+"""`python -m app purge-idempotency-keys` deletes expired records of all tenants, keeps the rest."""
 
 from __future__ import annotations
 
