@@ -753,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in machine_description(admin_dsn):
         print(line)
     print("\ntoken verification, in process (what each request pays before any SQL):")
-    for name, full, cached, fetches in jwt_costs(args.jwt_iterations):
+    # Not part of the telemetry comparison, which both servers pay alike.
+    for name, full, cached, fetches in [] if args.telemetry else jwt_costs(args.jwt_iterations):
         print(
             f"  {name:<28} {full:7.1f} µs full check, {cached:5.1f} µs repeat token (cached),"
             f" JWKS fetches (warm-up incl.): {fetches}"

@@ -93,15 +93,14 @@ def upgrade() -> None:
             ["tenant_id"],
             ["tenants.id"],
             name="fk_idempotency_keys_tenant_id_tenants",
-            ondelete="CASCADE",
+            ondelete="RESTRICT",
         ),
-        # Composite: the caller is a user of the same tenant. The rows are a cache of responses
-        # (24 h), so they go with their user or tenant instead of blocking its erasure.
+        # Composite: the caller is a user of the same tenant, whatever the application does.
         sa.ForeignKeyConstraint(
             ["tenant_id", "user_id"],
             ["users.tenant_id", "users.id"],
             name="fk_idempotency_keys_tenant_id_user_id_users",
-            ondelete="CASCADE",
+            ondelete="RESTRICT",
         ),
         sa.UniqueConstraint(
             "tenant_id",

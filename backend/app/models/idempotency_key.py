@@ -45,7 +45,7 @@ class IdempotencyKey(Base):
             ["tenant_id", "user_id"],
             ["users.tenant_id", "users.id"],
             name="fk_idempotency_keys_tenant_id_user_id_users",
-            ondelete="CASCADE",
+            ondelete="RESTRICT",
         ),
         CheckConstraint("octet_length(request_fingerprint) = 32", name="fingerprint_sha256"),
         CheckConstraint("response_status BETWEEN 100 AND 599", name="response_status"),
@@ -56,7 +56,7 @@ class IdempotencyKey(Base):
 
     # Declared before Base's id: the primary key is (tenant_id, id).
     tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"),
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
         primary_key=True,
         comment="Owning tenant (RLS key).",
     )
