@@ -84,6 +84,7 @@ class Measured:
     seconds: float = 0.0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+    app_cpu_seconds: float = 0.0  # the app workers' CPU time over the slices (--telemetry)
 
     def add(self, result: CellResult) -> None:
         """Fold in one slice."""
@@ -593,13 +594,25 @@ def print_results(results: dict[tuple[str, int, str], Measured], concurrencies: 
     return met
 
 
+def cpu_seconds(workers: list[psutil.Process]) -> float:
+    """User plus system CPU time the processes have used so far."""
+    return sum(sum(worker.cpu_times()[:2]) for worker in workers)
+
+
 def measure_telemetry(
     load: LoadProcess,
-    ports: dict[str, int],
+    servers: dict[str, Server],
     requests: dict[str, tuple[list[bytes], list[bytes]]],
     args: argparse.Namespace,
 ) -> dict[tuple[str, int, str], Measured]:
-    """Every route at every concurrency on the telemetry-on and -off servers, alternating."""
+    """Every route at every concurrency on the telemetry-on and -off servers, alternating.
+
+    Besides throughput, the app workers' CPU time per request: on a machine shared with other
+    work, throughput measures the machine's mood as much as the app, CPU time per request
+    much less so.
+    """
+    ports = {variant: server.port for variant, server in servers.items()}
+    workers = {variant: server.workers() for variant, server in servers.items()}
     results: dict[tuple[str, int, str], Measured] = {}
     for route in ROUTES:
         authenticated, _ = requests[route.name]
@@ -614,7 +627,9 @@ def measure_telemetry(
                         args.max_requests,
                     )  # fmt: skip
                     measured = results.setdefault((route.name, concurrency, variant), Measured())
+                    cpu_before = cpu_seconds(workers[variant])
                     measured.add(load.run(cell))
+                    measured.app_cpu_seconds += cpu_seconds(workers[variant]) - cpu_before
             on = results[(route.name, concurrency, "on")]
             off = results[(route.name, concurrency, "off")]
             print(
@@ -631,15 +646,17 @@ def print_telemetry_results(
     """The on/off table; True if every route at GOAL_CONCURRENCY keeps TELEMETRY_GOAL_RATIO."""
     print(
         "| route | conc. | telemetry on req/s | p50 / p99 ms | errors | off req/s | p50 / p99 ms"
-        " | errors | on/off ratio |"
+        " | errors | on/off ratio | app CPU ms/request on / off | CPU ratio off/on |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     met = True
     for route in ROUTES:
         for concurrency in concurrencies:
             on = results[(route.name, concurrency, "on")]
             off = results[(route.name, concurrency, "off")]
             ratio = on.throughput / off.throughput if off.throughput else 0.0
+            cpu_on = on.app_cpu_seconds / on.requests if on.requests else 0.0
+            cpu_off = off.app_cpu_seconds / off.requests if off.requests else 0.0
             mark = ""
             if concurrency == GOAL_CONCURRENCY:
                 ok = ratio >= TELEMETRY_GOAL_RATIO and on.errors == 0 and off.errors == 0
@@ -649,7 +666,9 @@ def print_telemetry_results(
                 f"| {route.name} | {concurrency} | {on.throughput:.0f} | "
                 f"{on.percentile(0.5):.2f} / {on.percentile(0.99):.2f} | {on.errors} | "
                 f"{off.throughput:.0f} | {off.percentile(0.5):.2f} / "
-                f"{off.percentile(0.99):.2f} | {off.errors} | {ratio:.2f}{mark} |"
+                f"{off.percentile(0.99):.2f} | {off.errors} | {ratio:.2f}{mark} | "
+                f"{cpu_on * 1000:.2f} / {cpu_off * 1000:.2f} | "
+                f"{cpu_off / cpu_on if cpu_on else 0.0:.2f} |"
             )
     return met
 
@@ -676,7 +695,7 @@ def run_telemetry(
             f"timing: {args.rounds} slices of {args.seconds:g} s per variant and cell"
             f" (order alternating), after {args.warmup:g} s of warm-up\n"
         )
-        results = measure_telemetry(load, {"on": on.port, "off": off.port}, requests, args)
+        results = measure_telemetry(load, {"on": on, "off": off}, requests, args)
     print()
     met = print_telemetry_results(results, args.concurrency)
     print(

@@ -30,6 +30,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import metrics
 from app.core.config import Settings
@@ -60,7 +61,7 @@ class _Replay(Exception):  # noqa: N818  (control flow, not an error)
 class _Claim:
     """A key this request holds in its transaction, to record its response under."""
 
-    session: Any
+    session: AsyncSession
     scope: idempotency_service.IdempotencyScope
     fingerprint: bytes
     ttl: timedelta
@@ -113,7 +114,11 @@ async def request_fingerprint(request: Request) -> bytes:
     return digest.digest()
 
 
-async def claim_key(request: Request, session: Any, scope_of: Callable[[str], Any]) -> None:
+async def claim_key(
+    request: Request,
+    session: AsyncSession,
+    scope_of: Callable[[str], idempotency_service.IdempotencyScope],
+) -> None:
     """In the request's transaction: take the key, or replay / refuse (409, 422).
 
     `scope_of(key)` builds the IdempotencyScope (tenant, caller, key). Nothing happens for a
@@ -122,7 +127,7 @@ async def claim_key(request: Request, session: Any, scope_of: Callable[[str], An
     key = idempotency_key(request)
     if key is None:
         return
-    scope: idempotency_service.IdempotencyScope = scope_of(key)
+    scope = scope_of(key)
     fingerprint = await request_fingerprint(request)
     try:
         stored = await idempotency_service.claim(session, scope, fingerprint)

@@ -24,5 +24,5 @@ async def prometheus_metrics(request: Request) -> Response:
         raise UnauthorizedError(
             "send Authorization: Bearer <METRICS_TOKEN> to read the metrics", reason="invalid"
         )
-    body, content_type = metrics.exposition()
+    body, content_type = metrics.exposition(settings.PROMETHEUS_MULTIPROC_DIR)
     return Response(content=body, media_type=content_type)

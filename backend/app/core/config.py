@@ -174,6 +174,10 @@ class Settings(BaseSettings):
     # Observability (docs/OBSERVABILITY.md). GET /metrics (Prometheus) answers only a bearer
     # METRICS_TOKEN; unset, the endpoint is not served at all.
     METRICS_TOKEN: SecretStr | None = None
+    # Several workers: an empty directory (wiped at start) where prometheus-client's
+    # multiprocess mode keeps each worker's values. The library reads it from the process
+    # environment itself, so set it there (not only in .env).
+    PROMETHEUS_MULTIPROC_DIR: Path | None = None
     # Traces are exported over OTLP/HTTP only when this is set (the standard OTel variable);
     # unset, no tracer is installed at all.
     OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None

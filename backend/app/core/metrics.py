@@ -9,7 +9,7 @@ values there and GET /metrics adds them up.
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -88,11 +88,13 @@ def set_job_queue_depth(queue: str, depth: int) -> None:
     JOB_QUEUE_DEPTH.labels(queue=queue).set(depth)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics in Prometheus' text format and its content type (all workers' in multiprocess
-    mode)."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+def exposition(multiprocess_dir: Path | None) -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format and its content type; all workers' when
+    `multiprocess_dir` (PROMETHEUS_MULTIPROC_DIR) is set."""
+    if multiprocess_dir is not None:
         registry = CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        prometheus_multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=str(multiprocess_dir)
+        )
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
