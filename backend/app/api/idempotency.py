@@ -15,8 +15,12 @@ error rolls the transaction back, leaving nothing to replay and nothing done.
 
 The fingerprint covers the method, the path, the query string, Content-Type and, for a route
 that reads its body (JSON), a SHA-256 of the body. A route that streams its body (content
-uploads) is fingerprinted by Content-Length and the client's Content-Digest / Repr-Digest
-(RFC 9530) instead, so a key covers the upload without buffering it.
+uploads, PUT /documents/{id}/content) is fingerprinted by Content-Length and the client's
+Content-Digest / Repr-Digest (RFC 9530) instead, so a key covers the upload without buffering
+it. Such a handler opens its own short transactions (no transaction stays open while bytes
+arrive), so its record is written in a transaction of its own right after the upload's; content
+is write-once, so a record lost between the two costs the replay (the retry gets 409), never a
+second write.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import AppError
+from app.database import Database
+from app.database.session import tenant_transaction
 from app.models.idempotency_key import IDEMPOTENCY_KEY_MAX_LENGTH
 from app.services import idempotency as idempotency_service
 
@@ -59,12 +65,23 @@ class _Replay(Exception):  # noqa: N818  (control flow, not an error)
 
 @dataclass(frozen=True)
 class _Claim:
-    """A key this request holds in its transaction, to record its response under."""
+    """A key this request holds in its transaction, to record its response under.
 
-    session: AsyncSession
+    `session` is None for a handler that streams its body (StreamingActor): the claim's
+    transaction committed before the body arrived, so the record gets a transaction of its own.
+    """
+
+    session: AsyncSession | None
     scope: idempotency_service.IdempotencyScope
     fingerprint: bytes
     ttl: timedelta
+
+
+def detach_claim(request: Request) -> None:
+    """The claim's transaction has ended (a streaming handler): record in a new one."""
+    claim: _Claim | None = getattr(request.state, "idempotency_claim", None)
+    if claim is not None:
+        request.state.idempotency_claim = replace(claim, session=None)
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -142,7 +159,7 @@ async def claim_key(
     request.state.idempotency_claim = _Claim(session, scope, fingerprint, ttl)
 
 
-async def _record(claim: _Claim, response: Response) -> None:
+async def _record(request: Request, claim: _Claim, response: Response) -> None:
     body = getattr(response, "body", None)
     if not isinstance(body, bytes):
         return  # a streamed response is not replayable; none of the write routes sends one
@@ -150,9 +167,18 @@ async def _record(claim: _Claim, response: Response) -> None:
         name: response.headers[name] for name in _REPLAYED_HEADERS if name in response.headers
     }
     stored = idempotency_service.StoredResponse(response.status_code, headers, body)
-    await idempotency_service.record(
-        claim.session, claim.scope, claim.fingerprint, stored, claim.ttl
-    )
+    if claim.session is not None:
+        await idempotency_service.record(
+            claim.session, claim.scope, claim.fingerprint, stored, claim.ttl
+        )
+    else:
+        # A streamed upload committed in its own transaction; content is write-once, so a
+        # record lost here costs the replay (a retry gets 409), never a second write.
+        database: Database = request.app.state.database
+        async with tenant_transaction(database.sessions, claim.scope.tenant_id) as session:
+            await idempotency_service.record(
+                session, claim.scope, claim.fingerprint, stored, claim.ttl
+            )
     metrics.IDEMPOTENCY_OUTCOMES.labels(outcome="recorded").inc()
 
 
@@ -179,7 +205,7 @@ class IdempotentRoute(APIRoute):
                 return _replayed(replay.stored)
             claim: _Claim | None = getattr(request.state, "idempotency_claim", None)
             if claim is not None:
-                await _record(claim, response)
+                await _record(request, claim, response)
             return response
 
         return handle_idempotently

@@ -22,7 +22,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.content.backends import ContentBackends
+from app.content.openbao_transit import OpenBaoTransitKeyManager
 from app.core.config import Settings
 from app.core.logging import build_formatter
 from app.core.tracing import TENANT_ID_ATTRIBUTE, PhiSafeSpanExporter
@@ -31,6 +34,7 @@ from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
 from app.main import create_app
 from testkit import database_harness as harness
+from testkit.factories import give_tenant_key
 from tests.conftest import MakeCaller, MigratedDatabase
 from tests.test_api.conftest import API, FIRST_AXIS
 
@@ -48,6 +52,7 @@ FULL_NAME = f"Jane Doe {MARKER}"
 # An embedding value written out as Python (and pgvector's text form) writes it.
 EMBEDDING_VALUE = 0.0123456789012345
 QUERY_VALUE = 0.0234567890123456
+CONTENT = f"%PDF-1.7 patient Jane Doe {MARKER} diagnosis {METADATA_VALUE}".encode()
 
 
 @dataclass
@@ -83,7 +88,9 @@ def _span_text(span: ReadableSpan) -> str:
 
 @pytest.fixture
 async def traced_client(
-    settings: Settings, migrated_db: MigratedDatabase
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    content_backends: ContentBackends,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, InMemorySpanExporter, io.StringIO, Settings]]:
     """The app with tracing into memory, metrics behind a token and JSON logs at DEBUG."""
     app_settings = settings.model_copy(
@@ -98,7 +105,7 @@ async def traced_client(
     engine = build_runtime_engine(targets, app_settings)  # its own: traced only here
     database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
     processor = SimpleSpanProcessor(PhiSafeSpanExporter(exporter))
-    app = create_app(app_settings, database, span_processor=processor)
+    app = create_app(app_settings, database, content=content_backends, span_processor=processor)
     logs = io.StringIO()
     handler = logging.StreamHandler(logs)
     handler.setFormatter(build_formatter(json=True))
@@ -113,15 +120,21 @@ async def traced_client(
         await engine.dispose()
 
 
-async def _quick_start(client: httpx.AsyncClient, make_caller: MakeCaller) -> list[str]:
-    """The quick start and more: users, documents, search, filters, changes, errors. Returns
-    the tokens used (they must not leak either)."""
+async def _quick_start(
+    client: httpx.AsyncClient,
+    make_caller: MakeCaller,
+    admin_sessions: async_sessionmaker[AsyncSession],
+    key_manager: OpenBaoTransitKeyManager,
+) -> list[str]:
+    """The quick start and more: users, documents, content, search, filters, changes, errors.
+    Returns the tokens used (they must not leak either)."""
     admin = await make_caller(role="admin")
+    await give_tenant_key(admin_sessions, key_manager, admin.tenant.id)
     headers = {**admin.headers, "Idempotency-Key": str(uuid.uuid4())}
     document = {
         "filename": FILENAME,
         "content_type": "application/pdf",
-        "size_bytes": 2048,
+        "size_bytes": len(CONTENT),
         "s3_bucket": "phi-bucket",
         "s3_key": S3_KEY,
         "metadata": {"diagnosis": METADATA_VALUE, "department": METADATA_FILTER_VALUE},
@@ -132,6 +145,19 @@ async def _quick_start(client: httpx.AsyncClient, make_caller: MakeCaller) -> li
     replayed = await client.post(f"{API}/documents", json=document, headers=headers)
     assert replayed.headers["idempotent-replayed"] == "true"
     document_id = created.json()["id"]
+    content_url = f"{API}/documents/{document_id}/content"
+    uploaded = await client.put(
+        content_url,
+        content=CONTENT,
+        headers={
+            **admin.headers,
+            "Content-Type": "application/pdf",
+            "Idempotency-Key": str(uuid.uuid4()),
+        },
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    downloaded = await client.get(content_url, headers=admin.headers)
+    assert downloaded.content == CONTENT
     listed = await client.get(
         f"{API}/documents",
         params={"metadata": json.dumps({"department": METADATA_FILTER_VALUE})},
@@ -188,9 +214,11 @@ async def _capture(
 async def test_quick_start_leaves_no_phi_in_spans_logs_or_metrics(
     traced_client: tuple[httpx.AsyncClient, InMemorySpanExporter, io.StringIO, Settings],
     make_caller: MakeCaller,
+    admin_sessions: async_sessionmaker[AsyncSession],
+    key_manager: OpenBaoTransitKeyManager,
 ) -> None:
     client, exporter, logs, _ = traced_client
-    tokens = await _quick_start(client, make_caller)
+    tokens = await _quick_start(client, make_caller, admin_sessions, key_manager)
     captured = await _capture(client, exporter, logs)
 
     # The telemetry is there (an empty capture would pass trivially).
@@ -203,6 +231,8 @@ async def test_quick_start_leaves_no_phi_in_spans_logs_or_metrics(
     ]
     assert any("INSERT INTO documents" in s for s in statements)
     assert any("%(" in s for s in statements)  # placeholders, not values
+    rpc_methods = {span.attributes.get("rpc.method") for span in captured.spans if span.attributes}
+    assert {"PutObject", "GetObject"} <= rpc_methods or {"UploadPart", "GetObject"} <= rpc_methods
     lines = [json.loads(line) for line in captured.logs.splitlines()]
     # Every request's log line names its trace (GET /metrics is not traced).
     request_lines = [
@@ -220,6 +250,7 @@ async def test_quick_start_leaves_no_phi_in_spans_logs_or_metrics(
         "metadata filter value": METADATA_FILTER_VALUE,
         "filename": FILENAME,
         "object key": S3_KEY,
+        "content": CONTENT.decode(),
         "email": EMAIL,
         "email (case-folded)": EMAIL.casefold(),
         "full name": FULL_NAME,

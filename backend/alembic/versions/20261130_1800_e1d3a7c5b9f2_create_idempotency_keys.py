@@ -1,8 +1,8 @@
 """Create the idempotency_keys table: tenant-scoped, same-tenant caller, RLS forced (issue 21).
 
 Revision ID: e1d3a7c5b9f2
-Revises: 8b61c0d4e2f5
-Create Date: 2026-11-30 17:00:00
+Revises: 3f9c2a7d5e14
+Create Date: 2026-11-30 18:00:00
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision: str = "e1d3a7c5b9f2"
-down_revision: str | None = "8b61c0d4e2f5"
+down_revision: str | None = "3f9c2a7d5e14"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
