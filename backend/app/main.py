@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from opentelemetry.sdk.trace import SpanProcessor
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.admission import CallerAdmission, TenantLimiter
 from app.api.errors import install_error_handlers
+from app.api.idempotency import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER
+from app.api.metrics import router as metrics_router
 from app.api.v1.documents import CONTENT_UPLOAD_PATH
 from app.api.v1.router import api_router, dev_router
 from app.auth.dev_issuer import dev_issuer_for
@@ -19,6 +22,7 @@ from app.auth.tokens import TokenVerifier, build_token_verifier
 from app.content.backends import ContentBackends
 from app.core.config import Settings, settings_or_exit
 from app.core.logging import configure_logging
+from app.core.tracing import configure_tracing, instrument_engine
 from app.database import Database
 from app.database.engine import build_runtime_engine, resolve_targets
 from app.database.safety import login_is_privileged, runtime_role_problems
@@ -26,6 +30,7 @@ from app.database.session import make_sessionmaker
 from app.database.unavailable import describe_unavailable
 from app.middleware.client_address import TrustedProxyClientAddress
 from app.middleware.edge_limits import EdgeLimits
+from app.middleware.metrics import RequestMetrics
 from app.middleware.no_store import PhiResponseHeaders
 from app.middleware.request_id import RequestIdMiddleware
 from app.middleware.tenant_context import AuthorizationHeaderGuard
@@ -75,17 +80,22 @@ def create_app(
     database: Database | None = None,
     token_verifier: TokenVerifier | None = None,
     content: ContentBackends | None = None,
+    span_processor: SpanProcessor | None = None,
 ) -> FastAPI:
     """Build the application. Tests pass their own settings, database, token verifier and
-    content backends (object store and key manager)."""
+    content backends (object store and key manager); tests and benchmarks may pass a span
+    processor to trace into (its exporter wrapped in app.core.tracing.PhiSafeSpanExporter)."""
     settings = settings or settings_or_exit()
     configure_logging(settings.LOG_LEVEL, json=settings.is_production)
+    tracer_provider = configure_tracing(settings, span_processor)
     dev_issuer = dev_issuer_for(settings) if settings.dev_issuer_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = database is None
         app.state.database = database or await open_database(settings)
+        if tracer_provider is not None:
+            instrument_engine(app.state.database.engine, tracer_provider)
         try:
             yield
         finally:
@@ -107,6 +117,8 @@ def create_app(
     )
     if database is not None:
         app.state.database = database
+        if tracer_provider is not None:
+            instrument_engine(database.engine, tracer_provider)
     app.state.tenant_limiter = TenantLimiter.from_settings(settings)
     app.state.caller_admission = CallerAdmission(app.state.tenant_limiter)
     app.state.readiness_probe = health_service.ReadinessProbe()
@@ -127,9 +139,10 @@ def create_app(
         allow_origins=settings.ALLOWED_ORIGINS,
         allow_credentials=False,
         allow_methods=["GET", "POST", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["X-Request-ID"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID", IDEMPOTENCY_KEY_HEADER],
+        expose_headers=["X-Request-ID", REPLAYED_HEADER],
     )
+    app.add_middleware(RequestMetrics)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(PhiResponseHeaders)
     # Outermost: every layer inside (rate limits, the request log, the audit rows) sees the
@@ -140,6 +153,19 @@ def create_app(
         client_header=settings.CLIENT_IP_HEADER,
     )
     app.include_router(api_router)
+    if settings.METRICS_TOKEN is not None:
+        app.include_router(metrics_router)
+    if tracer_provider is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        # Outermost: the request's span is current in every layer, so log lines carry its id.
+        # The per-message receive/send spans would only add cost.
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=tracer_provider,
+            exclude_spans=["receive", "send"],
+            excluded_urls="/metrics",
+        )
     if dev_issuer is not None:
         app.include_router(dev_router)
     return app

@@ -23,14 +23,17 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.api import idempotency
 from app.api.admission import AdmissionTicket, CallerAdmission
 from app.auth.identity import VerifiedIdentity
 from app.auth.tokens import TokenVerifier
 from app.content.backends import ContentBackends
+from app.core import tracing
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
 from app.database.session import tenant_transaction
 from app.services import callers as callers_service
+from app.services import idempotency as idempotency_service
 from app.services.actor import Actor
 
 __all__ = [
@@ -113,7 +116,10 @@ async def _streaming_actor(
     # The caller lookup's transaction ends here, before the handler streams a body in; the
     # admission slot is still held until the handler returns.
     async with _caller_transaction(request, admitted) as tenant_request:
-        return tenant_request.actor
+        actor = tenant_request.actor
+    # That transaction has committed: the handler's own transaction records the response.
+    idempotency.detach_claim(request)
+    return actor
 
 
 @asynccontextmanager
@@ -143,6 +149,13 @@ async def _caller_transaction(
             user_agent=user_agent[:_MAX_USER_AGENT_LENGTH] if user_agent else None,
         )
         request.state.context = actor  # the request log names the tenant and user
+        tracing.tag_tenant(request.app.state.settings, caller.tenant_id)
+        # Idempotency-Key: taken in this transaction, so its record commits with the write.
+        await idempotency.claim_key(
+            request,
+            session,
+            lambda key: idempotency_service.IdempotencyScope(caller.tenant_id, caller.user_id, key),
+        )
         yield _TenantRequest(session=session, actor=actor, caller=caller)
 
 

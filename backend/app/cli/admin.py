@@ -1,4 +1,5 @@
-"""Admin CLI: provision tenants (with their own keys) and users, and mint dev tokens.
+"""Admin CLI: provision tenants (with their own keys) and users, mint dev tokens, purge expired
+idempotency records.
 
 Runs as the provisioning role (`app_admin`, switched to from DATABASE_URL's login, or the
 embedded server's), writes one audit row per change (no user id: an operator acted), prints a
@@ -40,6 +41,7 @@ from app.models.user import normalise_email
 from app.schemas.tenant import RotationRecord, TenantCreate, TenantRecord
 from app.schemas.user import UserCreate, UserRecord
 from app.services import content_sweep as content_sweep_service
+from app.services import idempotency as idempotency_service
 from app.services import key_rotation as key_rotation_service
 from app.services import tenants as tenants_service
 from app.services import users as users_service
@@ -437,6 +439,15 @@ def sweep_orphan_content(
         )
 
 
+def purge_idempotency_keys(as_json: bool = JsonOption) -> None:
+    """Delete every tenant's expired Idempotency-Key records (run it on a schedule)."""
+    deleted = run_admin(idempotency_service.purge_expired)
+    if as_json:
+        typer.echo(json.dumps({"deleted": deleted}))
+    else:
+        typer.echo(f"deleted {deleted} expired idempotency records")
+
+
 def register(cli: typer.Typer) -> None:
     """Add the admin commands to the CLI."""
     commands: dict[str, Callable[..., None]] = {
@@ -454,6 +465,7 @@ def register(cli: typer.Typer) -> None:
         "delete-user": delete_user,
         "restore-user": restore_user,
         "dev-token": dev_token,
+        "purge-idempotency-keys": purge_idempotency_keys,
     }
     for name, command in commands.items():
         cli.command(name)(command)

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     # Outside production, an unset CURSOR_SECRET means a random one kept here (mode 0600).
     CURSOR_SECRET_FILE: Path = BACKEND_DIR / ".data" / "cursor-secret"
     AUDIT_DOCUMENT_READS: bool = False
+    # Idempotency-Key records (docs/OBSERVABILITY.md): how long a key replays its response;
+    # `tenantdocs purge-idempotency-keys` deletes expired ones.
+    IDEMPOTENCY_KEY_TTL_HOURS: int = Field(default=24, ge=1, le=24 * 30)
     # Vector search: a tenant with more searchable documents than this gets an HNSW index of
     # its own (`tenantdocs vector-indexes`); below it, an exact scan of its rows is as fast
     # (docs/VECTOR_SEARCH.md has the measurement). At least twice the search's exact-scan
@@ -172,6 +175,20 @@ class Settings(BaseSettings):
     OPENBAO_TOKEN: SecretStr | None = None
     EMBEDDED_OPENBAO_DIR: Path = BACKEND_DIR / ".data" / "openbao"
     KMS_KEY_DELETION_WINDOW_DAYS: int = Field(default=30, ge=7, le=30)
+
+    # Observability (docs/OBSERVABILITY.md). GET /metrics (Prometheus) answers only a bearer
+    # METRICS_TOKEN; unset, the endpoint is not served at all.
+    METRICS_TOKEN: SecretStr | None = None
+    # Several workers: an empty directory (wiped at start) where prometheus-client's
+    # multiprocess mode keeps each worker's values. The library reads it from the process
+    # environment itself, so set it there (not only in .env).
+    PROMETHEUS_MULTIPROC_DIR: Path | None = None
+    # Traces are exported over OTLP/HTTP only when this is set (the standard OTel variable);
+    # unset, no tracer is installed at all.
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
+    OTEL_SERVICE_NAME: str = Field(default="tenant-docs", min_length=1, max_length=100)
+    # Put the tenant id on request spans (a UUID, no PHI, but it links traces to a customer).
+    OTEL_SPAN_TENANT_ID: bool = False
 
     # Audit-chain anchors (docs/AUDIT_INTEGRITY.md): an Ed25519 key kept outside the database.
     AUDIT_ANCHOR_SIGNING_KEY: SecretStr | None = None

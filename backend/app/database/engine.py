@@ -6,9 +6,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.core import metrics
 from app.core.config import Settings, SettingsError
 from app.database.roles import RUNTIME_ROLE
 
@@ -108,7 +110,7 @@ def build_engine(
         "application_name": application_name,
         "options": session_options(settings, role=role, server_settings=server_settings),
     }
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.DB_POOL_SIZE if pool_size is None else pool_size,
         max_overflow=settings.DB_MAX_OVERFLOW if max_overflow is None else max_overflow,
@@ -117,8 +119,26 @@ def build_engine(
         # so the app recovers without a restart and without a ping round trip per checkout.
         pool_pre_ping=False,
         pool_recycle=1800,
+        # A database error's text names the statement; without its parameters (PHI) in it.
+        hide_parameters=True,
         connect_args=connect_args,
     )
+    _count_connections_in_use(engine)
+    return engine
+
+
+def _count_connections_in_use(engine: AsyncEngine) -> None:
+    """Keep the db_pool_connections_in_use gauge (app.core.metrics) in step with the pool."""
+
+    def checked_out(*_args: Any) -> None:
+        metrics.DB_POOL_IN_USE.inc()
+
+    def checked_in(*_args: Any) -> None:
+        # Also called for a connection invalidated while out (then it is None): it is back.
+        metrics.DB_POOL_IN_USE.dec()
+
+    event.listen(engine.sync_engine, "checkout", checked_out)
+    event.listen(engine.sync_engine, "checkin", checked_in)
 
 
 def build_runtime_engine(

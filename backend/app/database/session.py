@@ -8,6 +8,7 @@ error. Services receive the session and never touch the context.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.core import metrics
 from app.database.tenant_context import BoundOpening, become_admin, enter_tenant, tenant_parameter
 
 
@@ -48,6 +50,9 @@ class TenantTransaction:
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[AsyncSession]:
         async with self._sessions() as session, session.begin():
+            started = time.perf_counter()
+            await session.connection()  # checked out here: the pool's wait is measured alone
+            metrics.DB_POOL_ACQUIRE.observe(time.perf_counter() - started)
             self.opening_rows = await enter_tenant(session, self.tenant_id, self._opening)
             yield session
 

@@ -33,6 +33,8 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from app.core import metrics
+
 if TYPE_CHECKING:
     from sqlalchemy import Select
 
@@ -130,7 +132,7 @@ SEARCH_FUNCTION = (
 def _search_statement(model: type[Document]) -> Select[Any]:
     """The search as one statement, built once per process (a search only binds values)."""
     return (
-        select(model, SEARCH_FUNCTION.c.distance)
+        select(model, SEARCH_FUNCTION.c.distance, SEARCH_FUNCTION.c.strategy)
         .join(SEARCH_FUNCTION, model.id == SEARCH_FUNCTION.c.id)
         .order_by(SEARCH_FUNCTION.c.distance, SEARCH_FUNCTION.c.id)
         .options(defer(model.embedding_vector, raiseload=True))
@@ -171,6 +173,8 @@ async def similarity_search(
     k = validate_k(k)
     statement = _search_statement(model)
     rows = (await session.execute(statement, search_parameters(query, k, filters))).all()
+    # One strategy per search (the function picks it before scanning); none when nothing matched.
+    metrics.SEARCH_STRATEGY.labels(strategy=str(rows[0][2]) if rows else "no_hits").inc()
     return [SearchHit(document=row[0], distance=float(row[1])) for row in rows]
 
 

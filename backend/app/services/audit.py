@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import metrics
 from app.models import AuditLog, Tenant
 from app.services.actor import Actor
 
@@ -30,7 +32,8 @@ async def record(
     changed_fields = sorted(changed)
     if changed_fields:
         metadata["changed"] = changed_fields
-    return await AuditLog.create(
+    started = time.perf_counter()
+    row = await AuditLog.create(
         session,
         tenant_id=resource.id if isinstance(resource, Tenant) else resource.tenant_id,
         user_id=actor.user_id,
@@ -41,3 +44,5 @@ async def record(
         user_agent=actor.user_agent,
         metadata=metadata,
     )
+    metrics.AUDIT_INSERT.observe(time.perf_counter() - started)
+    return row

@@ -3,6 +3,7 @@ checked against what was registered, audited, and nothing stored when a request 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import uuid
@@ -376,3 +377,28 @@ async def test_openapi_documents_both_routes_with_examples(api: Api) -> None:
     assert ok["content"]["application/octet-stream"]["example"]
     assert {"Content-Disposition", "ETag"} <= set(ok["headers"])
     assert {"304", "404", "409", "503"} <= set(get["responses"])
+
+
+async def test_an_upload_retried_with_its_idempotency_key_replays_and_stores_once(
+    api: Api, keyed: Tenants, object_store: S3ObjectStore
+) -> None:
+    """Issue 21: the key covers the streamed body through its Content-Digest (RFC 9530)."""
+    caller = keyed.admin
+    document_id = await register(api, caller, PAYLOAD)
+    digest = f"sha-256=:{base64.b64encode(hashlib.sha256(PAYLOAD).digest()).decode()}:"
+    keyed_headers = {"Idempotency-Key": str(uuid.uuid4()), "Content-Digest": digest}
+    first = await upload(api, caller, document_id, PAYLOAD, **keyed_headers)
+    assert first.status_code == 200, first.text
+    again = await upload(api, caller, document_id, PAYLOAD, **keyed_headers)
+    assert again.status_code == 200, again.text  # without the key: 409, content is write-once
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    other = {**keyed_headers, "Content-Digest": "sha-256=:" + "A" * 43 + "=:"}
+    reused = await upload(api, caller, document_id, PAYLOAD, **other)
+    assert reused.status_code == 422, reused.text
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+    assert len(await stored_objects(object_store, caller.tenant.id, document_id)) == 1
+    actions = [
+        r.action for r in await api.audit_rows(caller.tenant.id, resource_id=uuid.UUID(document_id))
+    ]
+    assert actions.count("document.content_upload") == 1

@@ -19,7 +19,7 @@ from app.models import SYSTEM_TENANT_ID, AuditLog, Document, Tenant, User  # noq
 from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
-APP_TABLES = {"tenants", "users", "documents", "audit_logs"}
+APP_TABLES = {"tenants", "users", "documents", "audit_logs", "idempotency_keys"}
 APP_FUNCTIONS = {
     "set_updated_at",
     "prevent_audit_log_modification",
@@ -71,8 +71,9 @@ def _assert_at_head(url: URL, inspect_as: URL) -> None:
     assert facts["tables"] >= APP_TABLES
     assert facts["functions"] == APP_FUNCTIONS
     assert facts["system"] == ("System", "active")
-    # 5 app_runtime policies on the 4 tenant tables (2 on audit_logs) + audit_chain_heads. owner one
-    assert facts["policies"] == (6,)
+    # 6 app_runtime policies on the 5 tenant tables (2 on audit_logs) + audit_chain_heads' owner
+    # one.
+    assert facts["policies"] == (7,)
     # The shared HNSW index is gone (8b61c0d4e2f5): each large tenant gets its own, built by
     # the maintenance command, not by migrations (docs/VECTOR_SEARCH.md).
     assert facts["hnsw"] is None

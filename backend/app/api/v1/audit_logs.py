@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import AdminActor, CurrentActor, TenantSession
+from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS
 from app.schemas import audit_log as schemas
@@ -17,7 +18,9 @@ from app.schemas.common import Text
 from app.services import audit_integrity as audit_integrity_service
 from app.services import audit_logs as audit_logs_service
 
-router = APIRouter(prefix="/audit-logs", tags=["audit log"], responses=API_ERRORS)
+router = APIRouter(
+    route_class=IdempotentRoute, prefix="/audit-logs", tags=["audit log"], responses=API_ERRORS
+)
 
 
 @router.get(

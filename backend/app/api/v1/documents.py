@@ -20,6 +20,7 @@ from app.api.deps import (
     StreamingActor,
     TenantSession,
 )
+from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, metadata_filter
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
@@ -27,7 +28,9 @@ from app.schemas.common import FILTER_LIMITS_TEXT, FILTER_MAX_BYTES, Text
 from app.services import document_content as document_content_service
 from app.services import documents as documents_service
 
-router = APIRouter(prefix="/documents", tags=["documents"], responses=API_ERRORS)
+router = APIRouter(
+    route_class=IdempotentRoute, prefix="/documents", tags=["documents"], responses=API_ERRORS
+)
 
 _NOT_FOUND: Responses = {
     404: error_response("No such document in your tenant (the same for other tenants' ids).")

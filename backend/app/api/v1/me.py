@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import CurrentCaller
+from app.api.idempotency import IdempotentRoute
 from app.api.responses import AUTHENTICATED_ERRORS
 from app.schemas.me import Me
 from app.services import me as me_service
 
-router = APIRouter(tags=["me"])
+router = APIRouter(route_class=IdempotentRoute, tags=["me"])
 
 
 @router.get(

@@ -8,12 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import AdminActor, CurrentActor, TenantSession
+from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import user as schemas
 from app.services import users as users_service
 
-router = APIRouter(prefix="/users", tags=["users"], responses=API_ERRORS)
+router = APIRouter(
+    route_class=IdempotentRoute, prefix="/users", tags=["users"], responses=API_ERRORS
+)
 _NOT_FOUND: Responses = {
     404: error_response("No such user in your tenant (the same for other tenants' ids).")
 }
