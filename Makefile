@@ -79,8 +79,10 @@ bench-vector: install
 
 lock: | $(UV)
 	cd backend && $(UV) pip compile --quiet pyproject.toml --extra embedded --extra dev \
+		--excludes requirements/excludes.txt \
 		--python-version 3.11 -o requirements/dev.lock
 	cd backend && $(UV) pip compile --quiet pyproject.toml --generate-hashes \
+		--excludes requirements/excludes.txt \
 		--python-version 3.11 -o requirements/prod.lock
 
 # The corpus is built once (about a minute) into backend/bench/.cache/ and reused; pass flags

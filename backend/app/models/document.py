@@ -12,7 +12,9 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Index,
+    Integer,
     String,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -44,6 +46,9 @@ class Document(SoftDeleteMixin, Base):
         ),
         CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
         CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),
+        CheckConstraint("chunk_count >= 0", name="chunk_count_non_negative"),
+        # Lets document_chunks point at a document with a same-tenant composite key.
+        UniqueConstraint("tenant_id", "id", name="uq_documents_tenant_id_id"),
         Index(
             "idx_documents_tenant_created",
             "tenant_id",
@@ -91,6 +96,16 @@ class Document(SoftDeleteMixin, Base):
         JSONB,
         server_default=text("'{}'::jsonb"),
         comment="Free-form JSON metadata (GIN-indexed for containment queries).",
+    )
+    # What ingestion made of the content (app/services/ingest.py).
+    # sort_order: added by a later migration, so last in the table, after Base's columns.
+    status_reason: Mapped[str | None] = mapped_column(
+        String(1000),
+        sort_order=100,
+        comment="Why the status is what it is (a failure's reason, a truncation); no content.",
+    )
+    chunk_count: Mapped[int | None] = mapped_column(
+        Integer, sort_order=101, comment="Searchable chunks made of the content; NULL until processed."
     )
     # Deferred: a 1024-float vector is loaded only when asked for (search needs only distances,
     # listings only whether there is one).
