@@ -6,7 +6,7 @@ attempts exhausted), which the API shows. `(tenant_id, id)` becomes unique so th
 point at their document with a same-tenant composite foreign key.
 
 Revision ID: cf44a6b44d93
-Revises: 8b61c0d4e2f5
+Revises: 3f9c2a7d5e14
 Create Date: 2026-11-30 17:10:00
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "cf44a6b44d93"
-down_revision: str | None = "8b61c0d4e2f5"
+down_revision: str | None = "3f9c2a7d5e14"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -13,8 +13,8 @@ embedding with the provider, model and dimension that made it.
   (`... WHERE tenant_id = '<id>' AND deleted_at IS NULL`) need no join.
 - RLS forced; app_runtime may read, insert, and change only deleted_at (the trigger). It holds
   no DELETE: a re-run replaces a document's chunks through purge_document_chunks(), a
-  SECURITY DEFINER function that deletes only the current tenant's rows of one document (a
-  DELETE policy keyed on the tenant context binds the owner it runs as).
+  SECURITY DEFINER function that deletes only the current tenant's rows of one document (the
+  table's policy, keyed on the tenant context, binds the owner it runs as too).
 
 Revision ID: c0c865bd1acf
 Revises: cf44a6b44d93
@@ -162,16 +162,11 @@ def upgrade() -> None:
     op.execute("ALTER TABLE document_chunks ENABLE ROW LEVEL SECURITY")
     op.execute("ALTER TABLE document_chunks FORCE ROW LEVEL SECURITY")
     op.execute(
+        # CURRENT_USER, this migration's login (the table's owner, whom FORCE RLS binds too):
+        # purge_document_chunks() runs as it, and so deletes only the context tenant's rows.
         "CREATE POLICY document_chunk_isolation_policy ON document_chunks AS PERMISSIVE FOR ALL"
-        f" TO app_runtime USING (tenant_id = {CURRENT_TENANT})"
-        f" WITH CHECK (tenant_id = {CURRENT_TENANT})"
-    )
-    # The purge function runs as this migration's login (the table's owner), which FORCE RLS
-    # binds too: it may delete the context tenant's chunks, nothing else. (app_runtime is named
-    # so every policy of the table binds the runtime role; it holds no DELETE privilege.)
-    op.execute(
-        "CREATE POLICY document_chunk_purge_policy ON document_chunks AS PERMISSIVE FOR DELETE"
         f" TO app_runtime, CURRENT_USER USING (tenant_id = {CURRENT_TENANT})"
+        f" WITH CHECK (tenant_id = {CURRENT_TENANT})"
     )
     op.execute("GRANT SELECT ON document_chunks TO app_runtime")
     op.execute(

@@ -20,7 +20,9 @@ from pypdf.errors import PyPdfError
 PDF_TYPES = frozenset({"application/pdf"})
 MARKDOWN_TYPES = frozenset({"text/markdown", "text/x-markdown"})
 _REFUSED_TEXT_TYPES = frozenset({"text/html"})
-_MARKDOWN_MARKUP = re.compile(r"(^\s{0,3}#{1,6}\s+|^\s*[-*+]\s+|^\s*>\s?|[*_`~]{1,3}|!?\[|\]\([^)]*\))", re.M)
+_MARKDOWN_MARKUP = re.compile(
+    r"(^\s{0,3}#{1,6}\s+|^\s*[-*+]\s+|^\s*>\s?|[*_`~]{1,3}|!?\[|\]\([^)]*\))", re.M
+)
 
 # pypdf logs warnings for every oddity of a damaged file; the reason goes on the document.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -61,7 +63,9 @@ def _pdf_text(data: bytes, max_chars: int) -> ExtractedText:
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
-            raise ExtractionError("the PDF is encrypted (password-protected); its text can't be read")
+            raise ExtractionError(
+                "the PDF is encrypted (password-protected); its text can't be read"
+            )
         parts: list[str] = []
         total = 0
         for page in reader.pages:

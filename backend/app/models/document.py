@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pgvector.sqlalchemy import Vector
@@ -13,6 +14,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
     UniqueConstraint,
     text,
@@ -46,6 +48,20 @@ class Document(SoftDeleteMixin, Base):
         ),
         CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
         CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),
+        CheckConstraint(
+            "num_nulls(content_object_key, content_wrapped_key, content_key_ref, content_sha256,"
+            " content_uploaded_at) IN (0, 5)",
+            name="content_all_or_none",
+        ),
+        CheckConstraint("content_sha256 ~ '^[0-9a-f]{64}$'", name="content_sha256_hex"),
+        # One object per document; the orphan sweep looks objects up by key.
+        Index(
+            "uq_documents_tenant_content_object_key",
+            "tenant_id",
+            "content_object_key",
+            unique=True,
+            postgresql_where=text("content_object_key IS NOT NULL"),
+        ),
         CheckConstraint("chunk_count >= 0", name="chunk_count_non_negative"),
         # Lets document_chunks point at a document with a same-tenant composite key.
         UniqueConstraint("tenant_id", "id", name="uq_documents_tenant_id_id"),
@@ -97,6 +113,30 @@ class Document(SoftDeleteMixin, Base):
         server_default=text("'{}'::jsonb"),
         comment="Free-form JSON metadata (GIN-indexed for containment queries).",
     )
+    # The stored content (docs/ENCRYPTION.md): NULL until uploaded, then all set together.
+    content_object_key: Mapped[str | None] = mapped_column(
+        String(1024),
+        comment="Key of the encrypted content in the platform's bucket; NULL until uploaded.",
+    )
+    content_wrapped_key: Mapped[bytes | None] = mapped_column(
+        LargeBinary,
+        comment="The content's data key, wrapped by the tenant key (never the plain key).",
+    )
+    content_key_ref: Mapped[str | None] = mapped_column(
+        String(2048),
+        comment="The tenant key that wrapped the data key (tenants.kms_key_arn then).",
+    )
+    content_key_version: Mapped[int | None] = mapped_column(
+        Integer,
+        comment="Version of the tenant key that wrapped it (NULL when the KMS hides it).",
+    )
+    content_sha256: Mapped[str | None] = mapped_column(
+        String(64),
+        comment="SHA-256 of the plaintext content, lowercase hex (also the ETag).",
+    )
+    content_uploaded_at: Mapped[datetime | None] = mapped_column(
+        comment="When the content was stored (Last-Modified of a download).",
+    )
     # What ingestion made of the content (app/services/ingest.py).
     # sort_order: added by a later migration, so last in the table, after Base's columns.
     status_reason: Mapped[str | None] = mapped_column(
@@ -105,7 +145,9 @@ class Document(SoftDeleteMixin, Base):
         comment="Why the status is what it is (a failure's reason, a truncation); no content.",
     )
     chunk_count: Mapped[int | None] = mapped_column(
-        Integer, sort_order=101, comment="Searchable chunks made of the content; NULL until processed."
+        Integer,
+        sort_order=101,
+        comment="Searchable chunks made of the content; NULL until processed.",
     )
     # Deferred: a 1024-float vector is loaded only when asked for (search needs only distances,
     # listings only whether there is one).

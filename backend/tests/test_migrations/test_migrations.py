@@ -72,8 +72,8 @@ def _assert_at_head(url: URL, inspect_as: URL) -> None:
     assert facts["functions"] == APP_FUNCTIONS
     assert facts["system"] == ("System", "active")
     # 5 app_runtime policies on the 4 tenant tables (2 on audit_logs) + audit_chain_heads. owner one
-    # + document_chunks' isolation policy and its purge policy (runtime and owner).
-    assert facts["policies"] == (8,)
+    # + document_chunks' isolation policy (runtime and owner).
+    assert facts["policies"] == (7,)
     # The shared HNSW index is gone (8b61c0d4e2f5): each large tenant gets its own, built by
     # the maintenance command, not by migrations (docs/VECTOR_SEARCH.md).
     assert facts["hnsw"] is None

@@ -1,0 +1,212 @@
+"""The ingestion pipeline end to end on the real servers: PostgreSQL (procrastinate's queue,
+RLS), SeaweedFS, OpenBao, and the local MiniLM model."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import psycopg
+import pytest
+from pypdf import PdfWriter
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import undefer
+
+from app.content.backends import ContentBackends
+from app.content.chunk_text import ChunkCipher
+from app.content.key_manager import EncryptionContext
+from app.core.config import Settings
+from app.database.session import tenant_transaction
+from app.models import Document, DocumentChunk
+from app.services import ingest
+from testkit import database_harness as harness
+from testkit.factories import provision_tenant
+from testkit.ingest_helpers import drain_queue, ingest_context, store_content
+from tests.conftest import MigratedDatabase
+
+NOTE = (
+    "Patient is a 58-year-old man with crushing chest pain radiating to the left arm, "
+    "diaphoresis and nausea since this morning. ECG shows ST elevation in leads II, III, aVF. "
+) * 30
+
+
+@pytest.fixture
+def backends(settings: Settings, object_store: object, key_manager: object) -> ContentBackends:
+    return ContentBackends(settings, store=object_store, keys=key_manager, owned=False)  # type: ignore[arg-type]
+
+
+async def _document(sessions: async_sessionmaker[AsyncSession], tenant: uuid.UUID) -> Document:
+    async with tenant_transaction(sessions, tenant) as session:
+        return (
+            await session.execute(select(Document).where(Document.tenant_id == tenant))
+        ).scalar_one()
+
+
+async def _chunks(
+    sessions: async_sessionmaker[AsyncSession], tenant: uuid.UUID
+) -> list[DocumentChunk]:
+    async with tenant_transaction(sessions, tenant) as session:
+        rows = await session.execute(
+            select(DocumentChunk)
+            .where(DocumentChunk.tenant_id == tenant)
+            .order_by(DocumentChunk.ordinal)
+            .options(undefer(DocumentChunk.text_ciphertext))
+        )
+        return list(rows.scalars())
+
+
+async def test_stored_content_becomes_encrypted_searchable_chunks_and_reruns_are_idempotent(
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    admin_sessions: async_sessionmaker[AsyncSession],
+    backends: ContentBackends,
+) -> None:
+    tenant = await provision_tenant(admin_sessions, documents=1)
+    document_id = tenant.document_ids[0]
+    await store_content(
+        runtime_sessions, backends, tenant.tenant_id, document_id, NOTE.encode(), "text/plain"
+    )
+    context = ingest_context(runtime_sessions, backends, settings)
+    await drain_queue(settings, migrated_db.owner_url, context)
+
+    document = await _document(runtime_sessions, tenant.tenant_id)
+    chunks = await _chunks(runtime_sessions, tenant.tenant_id)
+    assert (document.status, document.status_reason) == ("completed", None)
+    assert document.chunk_count == len(chunks) > 1
+    assert {c.embedding_provider for c in chunks} == {"local"}
+    assert {c.embedding_dimensions for c in chunks} == {384}
+    # The text is sealed: nothing of it is in the row, and it opens with the content's key.
+    raw = b"".join(c.text_ciphertext for c in chunks)
+    assert b"chest pain" not in raw and b"Patient" not in raw
+    keys = await backends.key_manager()
+    async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
+        stored = await session.get(Document, document_id)
+        assert stored is not None and stored.content_wrapped_key is not None
+        data_key = await keys.unwrap(
+            stored.content_key_ref or "",
+            stored.content_wrapped_key,
+            EncryptionContext(tenant.tenant_id, document_id),
+        )
+    cipher = ChunkCipher(data_key, EncryptionContext(tenant.tenant_id, document_id))
+    assert "crushing chest pain" in cipher.open(0, chunks[0].text_ciphertext)
+
+    # A re-run replaces the chunks with the same ones.
+    assert await ingest.ingest_document(context, tenant.tenant_id, document_id) == "completed"
+    again = await _chunks(runtime_sessions, tenant.tenant_id)
+    assert [(c.ordinal, c.start_char, c.end_char) for c in again] == [
+        (c.ordinal, c.start_char, c.end_char) for c in chunks
+    ]
+    assert {c.id for c in again}.isdisjoint({c.id for c in chunks})
+
+
+def _pdf(text_lines: list[str]) -> bytes:
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})}
+    )
+    body = (
+        "BT /F1 12 Tf 72 720 Td " + " ".join(f"({line}) Tj 0 -16 Td" for line in text_lines) + " ET"
+    )
+    stream = DecodedStreamObject()
+    stream.set_data(body.encode())
+    page[NameObject("/Contents")] = writer._add_object(stream)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+async def test_bad_inputs_end_failed_or_empty_with_a_reason_never_a_crash_loop(
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    admin_sessions: async_sessionmaker[AsyncSession],
+    backends: ContentBackends,
+) -> None:
+    cases = {
+        "pdf": (
+            _pdf(["Discharge summary: community acquired pneumonia,", "treated with ceftriaxone."]),
+            "application/pdf",
+        ),
+        "corrupt": (b"%PDF-1.7\n1 0 obj << /Type /Catalog >> garbage" * 3, "application/pdf"),
+        "unsupported": (b"\x89PNG\r\n\x1a\n" + bytes(100), "image/png"),
+        "empty": (b"   \n\n  ", "text/plain"),
+        "markdown": (b"# Plan\n\n* **Start** metformin 500 mg\n", "text/markdown"),
+    }
+    tenants = {}
+    for name, (data, content_type) in cases.items():
+        tenant = await provision_tenant(admin_sessions, documents=1)
+        tenants[name] = tenant
+        await store_content(
+            runtime_sessions, backends, tenant.tenant_id, tenant.document_ids[0], data, content_type
+        )
+    await drain_queue(
+        settings, migrated_db.owner_url, ingest_context(runtime_sessions, backends, settings)
+    )
+
+    outcome = {}
+    for name, tenant in tenants.items():
+        document = await _document(runtime_sessions, tenant.tenant_id)
+        outcome[name] = (document.status, document.chunk_count, document.status_reason)
+    assert outcome["pdf"][:2] == ("completed", 1)
+    assert outcome["corrupt"][0] == "failed" and "PDF could not be read" in (
+        outcome["corrupt"][2] or ""
+    )
+    assert outcome["unsupported"][0] == "failed" and "image/png" in (
+        outcome["unsupported"][2] or ""
+    )
+    assert outcome["empty"] == ("completed", 0, "no text found: nothing to search")
+    assert outcome["markdown"][:2] == ("completed", 1)
+    # Every job ended (none left to retry): a permanent failure does not loop.
+    with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
+        statuses = conn.execute(
+            "SELECT status::text, count(*) FROM procrastinate_jobs"
+            " WHERE args ->> 'tenant_id' = ANY(%s) GROUP BY 1",
+            ([str(t.tenant_id) for t in tenants.values()],),
+        ).fetchall()
+    assert statuses == [("succeeded", len(cases))]
+
+
+async def test_a_worker_cannot_touch_another_tenants_rows(
+    settings: Settings,
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    admin_sessions: async_sessionmaker[AsyncSession],
+    backends: ContentBackends,
+) -> None:
+    owner = await provision_tenant(admin_sessions, documents=1)
+    other = await provision_tenant(admin_sessions, documents=1)
+    await store_content(
+        runtime_sessions,
+        backends,
+        owner.tenant_id,
+        owner.document_ids[0],
+        NOTE.encode(),
+        "text/plain",
+    )
+    context = ingest_context(runtime_sessions, backends, settings)
+    # A job naming the other tenant with this tenant's document finds nothing: RLS scopes the
+    # worker's reads and writes to the job's tenant.
+    assert (
+        await ingest.ingest_document(context, other.tenant_id, owner.document_ids[0]) == "skipped"
+    )
+    assert await _chunks(runtime_sessions, other.tenant_id) == []
+    assert await _chunks(runtime_sessions, owner.tenant_id) == []
+    # And inside the worker's tenant transaction, the other tenant's rows are invisible.
+    async with tenant_transaction(runtime_sessions, other.tenant_id) as session:
+        role = await session.scalar(text("SELECT current_user"))
+        seen = await session.scalar(select(Document.id).where(Document.id == owner.document_ids[0]))
+        purged = await session.scalar(
+            text("SELECT purge_document_chunks(:d)"), {"d": owner.document_ids[0]}
+        )
+    assert (role, seen, purged) == ("app_runtime", None, 0)
