@@ -169,3 +169,24 @@ async def open_embedder(settings: Settings) -> Embedder:
     if settings.EMBEDDING_PROVIDER is EmbeddingProvider.BEDROCK:
         return await BedrockEmbedder.open(settings)
     return LocalEmbedder()
+
+
+class EmbedderHolder:
+    """The process's embedder, opened on first use (a process that never embeds loads nothing)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._embedder: Embedder | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Embedder:
+        """The embedder EMBEDDING_PROVIDER names, opened once."""
+        async with self._lock:
+            if self._embedder is None:
+                self._embedder = await open_embedder(self._settings)
+            return self._embedder
+
+    async def close(self) -> None:
+        """Close it if it was opened."""
+        if self._embedder is not None:
+            await self._embedder.close()

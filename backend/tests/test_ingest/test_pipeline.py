@@ -17,11 +17,11 @@ from app.content.backends import ContentBackends
 from app.content.chunk_text import ChunkCipher
 from app.content.key_manager import EncryptionContext
 from app.core.config import Settings
-from app.database.session import tenant_transaction
+from app.database.session import admin_transaction, tenant_transaction
 from app.models import Document, DocumentChunk
 from app.services import ingest
 from testkit import database_harness as harness
-from testkit.factories import provision_tenant
+from testkit.factories import make_document, provision_tenant
 from testkit.ingest_helpers import drain_queue, ingest_context, store_content
 from tests.conftest import MigratedDatabase
 
@@ -79,11 +79,13 @@ async def test_stored_content_becomes_encrypted_searchable_chunks_and_reruns_are
     assert {c.embedding_dimensions for c in chunks} == {384}
     # The text is sealed: nothing of it is in the row, and it opens with the content's key.
     raw = b"".join(c.text_ciphertext for c in chunks)
-    assert b"chest pain" not in raw and b"Patient" not in raw
+    assert b"chest pain" not in raw
+    assert b"Patient" not in raw
     keys = await backends.key_manager()
     async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
         stored = await session.get(Document, document_id)
-        assert stored is not None and stored.content_wrapped_key is not None
+        assert stored is not None
+        assert stored.content_wrapped_key is not None
         data_key = await keys.unwrap(
             stored.content_key_ref or "",
             stored.content_wrapped_key,
@@ -160,12 +162,10 @@ async def test_bad_inputs_end_failed_or_empty_with_a_reason_never_a_crash_loop(
         document = await _document(runtime_sessions, tenant.tenant_id)
         outcome[name] = (document.status, document.chunk_count, document.status_reason)
     assert outcome["pdf"][:2] == ("completed", 1)
-    assert outcome["corrupt"][0] == "failed" and "PDF could not be read" in (
-        outcome["corrupt"][2] or ""
-    )
-    assert outcome["unsupported"][0] == "failed" and "image/png" in (
-        outcome["unsupported"][2] or ""
-    )
+    assert outcome["corrupt"][0] == "failed"
+    assert "PDF could not be read" in (outcome["corrupt"][2] or "")
+    assert outcome["unsupported"][0] == "failed"
+    assert "image/png" in (outcome["unsupported"][2] or "")
     assert outcome["empty"] == ("completed", 0, "no text found: nothing to search")
     assert outcome["markdown"][:2] == ("completed", 1)
     # Every job ended (none left to retry): a permanent failure does not loop.
@@ -210,3 +210,65 @@ async def test_a_worker_cannot_touch_another_tenants_rows(
             text("SELECT purge_document_chunks(:d)"), {"d": owner.document_ids[0]}
         )
     assert (role, seen, purged) == ("app_runtime", None, 0)
+
+
+async def test_text_search_over_http_finds_the_document_by_a_paraphrase_with_its_snippet(
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    admin_sessions: async_sessionmaker[AsyncSession],
+    backends: ContentBackends,
+    database: object,
+    make_caller: object,
+) -> None:
+    import httpx
+
+    from app.main import create_app
+
+    caller = await make_caller(role="admin")  # type: ignore[operator]
+    tenant_id = caller.tenant.id
+    notes = {
+        "cardiac": NOTE,
+        "skin": "Itchy red rash on both forearms after gardening; contact dermatitis, "
+        "hydrocortisone cream prescribed. " * 10,
+        "bone": "Fell from a ladder, swollen right wrist, X-ray shows distal radius fracture, "
+        "cast applied. " * 10,
+    }
+    ids = {}
+    async with admin_transaction(admin_sessions) as session:
+        for name in notes:
+            ids[name] = (await make_document(session, caller.user, filename=f"{name}.txt")).id
+    for name, body in notes.items():
+        await store_content(
+            runtime_sessions, backends, tenant_id, ids[name], body.encode(), "text/plain"
+        )
+    await drain_queue(
+        settings, migrated_db.owner_url, ingest_context(runtime_sessions, backends, settings)
+    )
+
+    app = create_app(settings, database, content=backends)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        found = await http.post(
+            "/api/v1/documents/search",
+            json={"query": "heart attack symptoms with pain going down the arm", "k": 2},
+            headers=caller.headers,
+        )
+        empty = await http.post(
+            "/api/v1/documents/search", json={"query": "  "}, headers=caller.headers
+        )
+        long = await http.post(
+            "/api/v1/documents/search", json={"query": "x" * 1001}, headers=caller.headers
+        )
+        both = await http.post(
+            "/api/v1/documents/search",
+            json={"query": "rash", "embedding": [0.0] * 1024},
+            headers=caller.headers,
+        )
+    assert found.status_code == 200, found.text
+    items = found.json()["items"]
+    assert [item["document"]["id"] for item in items][0] == str(ids["cardiac"])
+    assert len(items) == 2
+    assert "chest pain" in items[0]["snippet"]
+    assert items[0]["distance"] < items[1]["distance"]
+    assert (empty.status_code, long.status_code, both.status_code) == (422, 422, 422)
