@@ -9,10 +9,9 @@ from sqlalchemy import Connection, create_engine, text
 
 from alembic import context
 from app.core.config import settings_or_exit
-from app.database.base import Base
+from app.database.base import Base, is_outside_the_model
 from app.database.engine import resolve_targets
 from app.database.roles import RUNTIME_ROLE, scram_sha256_verifier
-from app.database.base import is_outside_the_model
 from app.models import AuditLog, Document, DocumentChunk, Tenant, User  # noqa: F401  (register)
 
 config = context.config

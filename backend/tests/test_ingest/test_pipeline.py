@@ -267,7 +267,7 @@ async def test_text_search_over_http_finds_the_document_by_a_paraphrase_with_its
         )
     assert found.status_code == 200, found.text
     items = found.json()["items"]
-    assert [item["document"]["id"] for item in items][0] == str(ids["cardiac"])
+    assert items[0]["document"]["id"] == str(ids["cardiac"])
     assert len(items) == 2
     assert "chest pain" in items[0]["snippet"]
     assert items[0]["distance"] < items[1]["distance"]
