@@ -46,12 +46,19 @@ def upgrade() -> None:
         op.f("ck_documents_chunk_count_non_negative"), "documents", "chunk_count >= 0"
     )
     op.create_unique_constraint("uq_documents_tenant_id_id", "documents", ["tenant_id", "id"])
-    op.execute("GRANT UPDATE (status_reason, chunk_count) ON documents TO app_runtime")
+    # INSERT too: the ORM writes every mapped column of a new row (NULL here).
+    op.execute(
+        "GRANT INSERT (status_reason, chunk_count), UPDATE (status_reason, chunk_count)"
+        " ON documents TO app_runtime"
+    )
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    op.execute("REVOKE UPDATE (status_reason, chunk_count) ON documents FROM app_runtime")
+    op.execute(
+        "REVOKE INSERT (status_reason, chunk_count), UPDATE (status_reason, chunk_count)"
+        " ON documents FROM app_runtime"
+    )
     op.drop_constraint("uq_documents_tenant_id_id", "documents", type_="unique")
     op.drop_constraint(op.f("ck_documents_chunk_count_non_negative"), "documents", type_="check")
     op.drop_column("documents", "chunk_count")

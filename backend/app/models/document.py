@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from app.models.user import User
 
 DOCUMENT_STATUSES = ("processing", "completed", "failed")
+_AFTER_INHERITED_COLUMNS = 1
 __all__ = ["DOCUMENT_STATUSES", "EMBEDDING_DIMENSIONS", "Document"]
 
 
@@ -48,6 +49,9 @@ class Document(SoftDeleteMixin, Base):
         ),
         CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
         CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),
+        CheckConstraint("chunk_count >= 0", name="chunk_count_non_negative"),
+        # Lets document_chunks point at a document with a same-tenant composite key.
+        UniqueConstraint("tenant_id", "id", name="uq_documents_tenant_id_id"),
         CheckConstraint(
             "num_nulls(content_object_key, content_wrapped_key, content_key_ref, content_sha256,"
             " content_uploaded_at) IN (0, 5)",
@@ -62,9 +66,6 @@ class Document(SoftDeleteMixin, Base):
             unique=True,
             postgresql_where=text("content_object_key IS NOT NULL"),
         ),
-        CheckConstraint("chunk_count >= 0", name="chunk_count_non_negative"),
-        # Lets document_chunks point at a document with a same-tenant composite key.
-        UniqueConstraint("tenant_id", "id", name="uq_documents_tenant_id_id"),
         Index(
             "idx_documents_tenant_created",
             "tenant_id",
@@ -114,39 +115,46 @@ class Document(SoftDeleteMixin, Base):
         comment="Free-form JSON metadata (GIN-indexed for containment queries).",
     )
     # The stored content (docs/ENCRYPTION.md): NULL until uploaded, then all set together.
+    # Added by a later migration, after the inherited columns: sort_order keeps that order, so
+    # the catalogs of models and migrations are identical.
     content_object_key: Mapped[str | None] = mapped_column(
         String(1024),
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Key of the encrypted content in the platform's bucket; NULL until uploaded.",
     )
     content_wrapped_key: Mapped[bytes | None] = mapped_column(
         LargeBinary,
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="The content's data key, wrapped by the tenant key (never the plain key).",
     )
     content_key_ref: Mapped[str | None] = mapped_column(
         String(2048),
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="The tenant key that wrapped the data key (tenants.kms_key_arn then).",
     )
     content_key_version: Mapped[int | None] = mapped_column(
         Integer,
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Version of the tenant key that wrapped it (NULL when the KMS hides it).",
     )
     content_sha256: Mapped[str | None] = mapped_column(
         String(64),
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="SHA-256 of the plaintext content, lowercase hex (also the ETag).",
     )
     content_uploaded_at: Mapped[datetime | None] = mapped_column(
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="When the content was stored (Last-Modified of a download).",
     )
-    # What ingestion made of the content (app/services/ingest.py).
-    # sort_order: added by a later migration, so last in the table, after Base's columns.
+    # What ingestion made of the content (app/services/ingest.py); after the content columns.
     status_reason: Mapped[str | None] = mapped_column(
         String(1000),
-        sort_order=100,
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Why the status is what it is (a failure's reason, a truncation); no content.",
     )
     chunk_count: Mapped[int | None] = mapped_column(
         Integer,
-        sort_order=101,
+        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Searchable chunks made of the content; NULL until processed.",
     )
     # Deferred: a 1024-float vector is loaded only when asked for (search needs only distances,
