@@ -96,6 +96,15 @@ class Document(ResponseModel):
     s3_bucket: str
     s3_key: str
     status: DocumentStatus
+    status_reason: str | None = Field(
+        default=None,
+        description="Why the status is what it is: a processing failure's reason (unsupported "
+        "type, unreadable PDF, attempts used up), no text found, or text cut at a limit.",
+    )
+    chunk_count: int | None = Field(
+        default=None,
+        description="Searchable chunks made of the content (0: no text); null until processed.",
+    )
     metadata: dict[str, Any] = Field(validation_alias="metadata_")
     has_embedding: bool
     created_at: datetime

@@ -36,11 +36,16 @@ def backends(settings: Settings, object_store: object, key_manager: object) -> C
     return ContentBackends(settings, store=object_store, keys=key_manager, owned=False)  # type: ignore[arg-type]
 
 
-async def _document(sessions: async_sessionmaker[AsyncSession], tenant: uuid.UUID) -> Document:
+async def _document(
+    sessions: async_sessionmaker[AsyncSession],
+    tenant: uuid.UUID,
+    document_id: uuid.UUID | None = None,
+) -> Document:
+    statement = select(Document).where(Document.tenant_id == tenant)
+    if document_id is not None:
+        statement = statement.where(Document.id == document_id)
     async with tenant_transaction(sessions, tenant) as session:
-        return (
-            await session.execute(select(Document).where(Document.tenant_id == tenant))
-        ).scalar_one()
+        return (await session.execute(statement)).scalar_one()
 
 
 async def _chunks(
@@ -272,3 +277,73 @@ async def test_text_search_over_http_finds_the_document_by_a_paraphrase_with_its
     assert "chest pain" in items[0]["snippet"]
     assert items[0]["distance"] < items[1]["distance"]
     assert (empty.status_code, long.status_code, both.status_code) == (422, 422, 422)
+
+
+async def test_a_passing_failure_is_retried_with_backoff_then_fails_visibly_to_admins(
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    admin_sessions: async_sessionmaker[AsyncSession],
+    backends: ContentBackends,
+    database: object,
+    make_caller: object,
+    owner_engine: object,
+) -> None:
+    import asyncio
+    import socket
+
+    import httpx
+
+    from app.content.openbao_transit import OpenBaoTransitKeyManager
+    from app.main import create_app
+    from app.services import jobs
+
+    caller = await make_caller(role="admin")  # type: ignore[operator]
+    async with admin_transaction(admin_sessions) as session:
+        document_id = (await make_document(session, caller.user)).id
+    await store_content(
+        runtime_sessions, backends, caller.tenant.id, document_id, NOTE.encode(), "text/plain"
+    )
+    # The KMS is down for the worker: a real client on a closed loopback port.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    keys_down = OpenBaoTransitKeyManager(f"http://127.0.0.1:{closed_port}", "token", timeout=1)
+    two_attempts = settings.model_copy(update={"INGEST_MAX_ATTEMPTS": 2})
+    context = ingest_context(
+        runtime_sessions,
+        ContentBackends(two_attempts, store=backends.store, keys=keys_down, owned=False),
+        two_attempts,
+    )
+    await drain_queue(two_attempts, migrated_db.owner_url, context)
+    first = await _document(runtime_sessions, caller.tenant.id, document_id)
+    assert first.status == "processing"  # waiting for its retry, 2 s later
+    await asyncio.sleep(jobs.BACKOFF_BASE_SECONDS + 0.5)
+    await drain_queue(two_attempts, migrated_db.owner_url, context)
+    await keys_down.close()
+
+    document = await _document(runtime_sessions, caller.tenant.id, document_id)
+    assert (document.status, document.status_reason) == (
+        "failed",
+        "processing failed 2 times; last error: KeyManagerUnavailableError",
+    )
+    app = create_app(settings, database, content=backends)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        listed = await http.get(
+            "/api/v1/ingest-jobs", params={"status": "failed"}, headers=caller.headers
+        )
+        shown = await http.get(f"/api/v1/documents/{document_id}", headers=caller.headers)
+    assert listed.status_code == 200, listed.text
+    assert [(j["document_id"], j["attempts"]) for j in listed.json()["items"]] == [
+        (str(document_id), 2)
+    ]
+    assert shown.json()["status_reason"] == document.status_reason
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from app.database.session import make_sessionmaker
+
+    assert isinstance(owner_engine, AsyncEngine)
+    async with make_sessionmaker(owner_engine)() as session:
+        every = await jobs.list_all_jobs(session, "failed", 1000)
+    assert str(document_id) in {row[2] for row in every}
