@@ -62,6 +62,10 @@ SMOKE_RUNS = {
         ),
         "| route | conc. |",
     ),
+    "bench-ingest": Smoke(
+        ("--docs", "3", "--repeat", "2", "--latency-docs", "2", "--small-docs", "2", "--queries", "3"),
+        "| tenant | chunks | chunk index |",
+    ),
     "bench-neighbours": Smoke(
         ("--seconds", "1", "--docs", "20", "--b-rate", "5", "--max-requests", "200"),
         "phase 3/3",
