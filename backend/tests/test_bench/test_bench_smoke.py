@@ -63,7 +63,10 @@ SMOKE_RUNS = {
         "| route | conc. |",
     ),
     "bench-ingest": Smoke(
-        ("--docs", "3", "--repeat", "2", "--latency-docs", "2", "--small-docs", "2", "--queries", "3"),
+        (
+            *("--docs", "3", "--repeat", "2", "--latency-docs", "2"),
+            *("--small-docs", "2", "--queries", "3"),
+        ),
         "| tenant | chunks | chunk index |",
     ),
     "bench-neighbours": Smoke(

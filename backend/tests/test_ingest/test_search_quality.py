@@ -20,7 +20,9 @@ def hits_at(k_values: tuple[int, ...]) -> dict[int, float]:
     notes = np.array(embedder.embed_sync([item.note for item in corpus]))
     questions = np.array(embedder.embed_sync([item.question for item in corpus]))
     similarity = questions @ notes.T
-    ranks = (similarity > similarity[np.arange(len(corpus)), np.arange(len(corpus))][:, None]).sum(1)
+    ranks = (similarity > similarity[np.arange(len(corpus)), np.arange(len(corpus))][:, None]).sum(
+        1
+    )
     return {k: float((ranks < k).mean()) for k in k_values}
 
 
