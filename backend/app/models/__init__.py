@@ -9,6 +9,7 @@ relationships never load implicitly (`lazy="raise"`): load what you need explici
 from app.models.audit_log import AuditLog, ImmutableAuditLogError
 from app.models.document import Document
 from app.models.idempotency_key import IdempotencyKey
+from app.models.document_chunk import DocumentChunk
 from app.models.tenant import SYSTEM_TENANT_ID, Tenant
 from app.models.user import User
 
@@ -17,6 +18,7 @@ __all__ = [
     "AuditLog",
     "Document",
     "IdempotencyKey",
+    "DocumentChunk",
     "ImmutableAuditLogError",
     "Tenant",
     "User",

@@ -99,9 +99,25 @@ async def list_documents(
     "/search", response_model=schemas.SearchResults, summary="Nearest documents to an embedding"
 )
 async def search_documents(
-    body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor
+    body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor, request: Request
 ) -> schemas.SearchResults:
-    """The tenant's `k` nearest active documents by cosine distance, nearest first."""
+    """The tenant's `k` nearest active documents by cosine distance, nearest first: to an
+    `embedding`, or to a text `query` (ranked by each document's best chunk, with its text)."""
+    if body.query is not None:
+        found = await documents_service.search_documents_by_text(
+            session,
+            actor,
+            request.app.state.content,
+            await request.app.state.embedder.get(),
+            body.query,
+            body.k,
+        )
+        return schemas.SearchResults(
+            items=[
+                schemas.SearchHit(document=_out(h.document), distance=h.distance, snippet=h.snippet)
+                for h in found
+            ]
+        )
     hits = await documents_service.search_documents(session, actor, body)
     return schemas.SearchResults(
         items=[schemas.SearchHit(document=_out(h.document), distance=h.distance) for h in hits]
