@@ -305,8 +305,9 @@ async def download_content(
 ) -> Response:
     """The document's bytes, decrypted with its data key and verified segment by segment.
     Every download is audited (`document.content_download`) in the same transaction as the
-    lookup, committed before the first byte is sent (a 304 sends no content and is not). Should the stored content fail its
-    integrity check after the first bytes, the response is cut short (never wrong bytes)."""
+    lookup, committed before the first byte is sent (a 304 sends no content and is not).
+    Should the stored content fail its integrity check after the first bytes, the response is
+    cut short (never wrong bytes)."""
     document = await document_content_service.get_document_with_content(session, actor, document_id)
     etag = f'"{document.content_sha256}"'
     if if_none_match is not None and _etag_matches(if_none_match, etag):
