@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from app.database import vector_search
-from app.database.base import Base, SoftDeleteMixin
+from app.database.base import Base, SoftDeleteMixin, TenantKeyed
 from app.database.vector_search import EMBEDDING_DIMENSIONS, SearchFilters, SearchHit
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ DOCUMENT_STATUSES = ("processing", "completed", "failed")
 __all__ = ["DOCUMENT_STATUSES", "EMBEDDING_DIMENSIONS", "Document"]
 
 
-class Document(SoftDeleteMixin, Base):
+class Document(TenantKeyed, SoftDeleteMixin, Base):
     """A document registered by a user of a tenant."""
 
     __tablename__ = "documents"
@@ -71,7 +71,9 @@ class Document(SoftDeleteMixin, Base):
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="RESTRICT"), comment="Owning tenant (RLS key)."
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
+        primary_key=True,
+        comment="Owning tenant (RLS key).",
     )
     user_id: Mapped[uuid.UUID] = mapped_column(
         comment="Uploader; references users(tenant_id, id) so it is always a same-tenant user."
