@@ -9,7 +9,7 @@ is either a reference table (copied to every node) or stays on the coordinator: 
 named in REFERENCE_TABLES or COORDINATOR_TABLES, so nobody adds one by accident.
 
 tests/test_database/test_citus_rules.py runs `rule_violations` on the migrated schema and
-fails on any table that breaks a rule.
+fails on any table that breaks a rule (async code: `await connection.run_sync(rule_violations)`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 TENANT_COLUMN = "tenant_id"
 # The tenants table is distributed by its own id, co-located with every tenant table.
@@ -99,9 +99,9 @@ _EXCLUSION_CONSTRAINTS = text(
 )
 
 
-async def distributed_tables(connection: AsyncConnection) -> dict[str, DistributedTable]:
+def distributed_tables(connection: Connection) -> dict[str, DistributedTable]:
     """The tables of the current schema Citus would distribute, by name."""
-    rows = (await connection.execute(_TABLES, {"tenant_column": TENANT_COLUMN})).all()
+    rows = (connection.execute(_TABLES, {"tenant_column": TENANT_COLUMN})).all()
     tables = {}
     for row in rows:
         if row.name == TENANTS_TABLE:
@@ -111,10 +111,10 @@ async def distributed_tables(connection: AsyncConnection) -> dict[str, Distribut
     return tables
 
 
-async def rule_violations(connection: AsyncConnection) -> list[str]:
+def rule_violations(connection: Connection) -> list[str]:
     """Every way the current schema breaks a Citus rule, one line each (empty: none)."""
-    rows = (await connection.execute(_TABLES, {"tenant_column": TENANT_COLUMN})).all()
-    distributed = await distributed_tables(connection)
+    rows = (connection.execute(_TABLES, {"tenant_column": TENANT_COLUMN})).all()
+    distributed = distributed_tables(connection)
     problems: list[str] = []
     for row in rows:
         if row.name in distributed:
@@ -125,17 +125,17 @@ async def rule_violations(connection: AsyncConnection) -> list[str]:
                 f"{row.name}: no {TENANT_COLUMN} column; add one (a tenant table) or name it in "
                 "REFERENCE_TABLES or COORDINATOR_TABLES (app/database/citus.py)"
             )
-    problems += await _unique_problems(connection, distributed)
-    problems += await _foreign_key_problems(connection, distributed)
+    problems += _unique_problems(connection, distributed)
+    problems += _foreign_key_problems(connection, distributed)
     return problems
 
 
-async def _unique_problems(
-    connection: AsyncConnection, distributed: dict[str, DistributedTable]
+def _unique_problems(
+    connection: Connection, distributed: dict[str, DistributedTable]
 ) -> list[str]:
     problems = []
     keyed = set()
-    for index in (await connection.execute(_UNIQUE_INDEXES)).all():
+    for index in (connection.execute(_UNIQUE_INDEXES)).all():
         table = distributed.get(index.table_name)
         if table is None:
             continue
@@ -147,7 +147,7 @@ async def _unique_problems(
                 f"{table.name}: {kind} {index.index_name} ({', '.join(map(str, index.columns))}) "
                 f"lacks the distribution column {table.column}"
             )
-    for exclusion in (await connection.execute(_EXCLUSION_CONSTRAINTS)).all():
+    for exclusion in (connection.execute(_EXCLUSION_CONSTRAINTS)).all():
         table = distributed.get(exclusion.table_name)
         if table is not None and table.column not in exclusion.columns:
             problems.append(
@@ -162,11 +162,11 @@ async def _unique_problems(
     return problems
 
 
-async def _foreign_key_problems(
-    connection: AsyncConnection, distributed: dict[str, DistributedTable]
+def _foreign_key_problems(
+    connection: Connection, distributed: dict[str, DistributedTable]
 ) -> list[str]:
     problems = []
-    for key in (await connection.execute(_FOREIGN_KEYS)).all():
+    for key in (connection.execute(_FOREIGN_KEYS)).all():
         source = distributed.get(key.table_name)
         target = distributed.get(key.referenced_table)
         if source is None and target is not None:

@@ -11,8 +11,8 @@ from app.database import citus
 
 async def test_the_migrated_schema_breaks_no_citus_rule(owner_engine: AsyncEngine) -> None:
     async with owner_engine.connect() as connection:
-        problems = await citus.rule_violations(connection)
-        tables = await citus.distributed_tables(connection)
+        problems = await connection.run_sync(citus.rule_violations)
+        tables = await connection.run_sync(citus.distributed_tables)
     assert problems == []
     assert tables["tenants"].column == "id"
     for name in ("users", "documents", "audit_logs", "audit_chain_heads"):
@@ -49,7 +49,7 @@ async def test_a_table_breaking_a_rule_is_named(owner_engine: AsyncEngine, ddl: 
         try:
             for statement in ddl.split("; "):
                 await connection.execute(text(statement))
-            problems = await citus.rule_violations(connection)
+            problems = await connection.run_sync(citus.rule_violations)
         finally:
             await transaction.rollback()
     assert any(BROKEN_TABLES[ddl] in problem for problem in problems), problems
