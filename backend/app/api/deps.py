@@ -14,20 +14,25 @@ rolled back if the handler raises.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.admission import AdmissionTicket, CallerAdmission
 from app.auth.identity import VerifiedIdentity
 from app.auth.tokens import TokenVerifier
+from app.core.config import Settings
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
-from app.database.session import tenant_transaction
+from app.database import replicas as replicas_module
+from app.database.session import TenantTransaction, tenant_transaction
 from app.services import callers as callers_service
 from app.services.actor import Actor
 
@@ -37,8 +42,38 @@ __all__ = [
     "CurrentCaller",
     "TenantSession",
     "authenticate",
+    "read_only",
     "require_admin",
 ]
+
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+# Route handlers that only read, and the setting (if any) under which one writes after all.
+_READ_ONLY_ENDPOINTS: dict[Callable[..., Any], Callable[[Settings], bool] | None] = {}
+
+
+def read_only(
+    *, unless: Callable[[Settings], bool] | None = None
+) -> Callable[[_Endpoint], _Endpoint]:
+    """Mark a route handler as read-only: a read replica may serve its transaction.
+
+    Put it under the route decorator. `unless`: a setting under which the handler writes
+    (e.g. an audit row per read), and so must run on the primary.
+    """
+
+    def mark(endpoint: _Endpoint) -> _Endpoint:
+        _READ_ONLY_ENDPOINTS[endpoint] = unless
+        return endpoint
+
+    return mark
+
+
+def _reads_only(request: Request, settings: Settings) -> bool:
+    endpoint = request.scope.get("endpoint")
+    if endpoint not in _READ_ONLY_ENDPOINTS:
+        return False
+    unless = _READ_ONLY_ENDPOINTS[endpoint]
+    return unless is None or not unless(settings)
+
 
 _MAX_USER_AGENT_LENGTH = 512
 
@@ -98,18 +133,54 @@ async def _tenant_request(
     admitted: Annotated[_Admitted, Depends(_admitted, scope="function")],
 ) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
+    settings: Settings = request.app.state.settings
     identity = admitted.identity
-    transaction = tenant_transaction(
-        database.sessions, identity.tenant_id, opening=callers_service.caller_lookup(identity)
+    reads = database.reads
+    reads_only = _reads_only(request, settings)
+    presented = request.headers.get(replicas_module.CONSISTENCY_HEADER)
+    # Checked whatever serves the request: a foreign or forged token is a client error.
+    min_position = (
+        replicas_module.read_token(settings.consistency_token_key, identity.tenant_id, presented)
+        if presented is not None
+        else None
     )
-    async with transaction as session:
+    replica = reads.choose(min_position) if reads is not None and reads_only else None
+
+    def open_on(sessions: Any, *, record: bool) -> TenantTransaction:
+        return tenant_transaction(
+            sessions,
+            identity.tenant_id,
+            opening=callers_service.caller_lookup(identity),
+            record_commit_position=record,
+        )
+
+    # A write on the primary records where its commit ends, for the client's next reads.
+    transaction = open_on(
+        replica.sessions if replica else database.sessions,
+        record=replica is None and reads is not None and not reads_only,
+    )
+    async with AsyncExitStack() as stack:
+        try:
+            session = await stack.enter_async_context(transaction)
+        except (OperationalError, PoolTimeoutError) as exc:
+            if replica is None or reads is None:
+                raise
+            reads.mark_down(replica, exc)  # down since the last check: the primary serves
+            replica = None
+            transaction = open_on(database.sessions, record=False)
+            session = await stack.enter_async_context(transaction)
         try:
             caller = await callers_service.resolve_caller(
-                session, identity, transaction.opening_rows
+                session, identity, transaction.opening_rows, stamp=replica is None
             )
         except ForbiddenError:
             admitted.ticket.refuse()  # charged back to the identity, not the tenant
             raise
+        if replica is not None and callers_service.stamp_due(transaction.opening_rows):
+            # A replica is read-only: the once-a-minute login stamp is the primary's to write.
+            async with tenant_transaction(database.sessions, identity.tenant_id) as primary:
+                await callers_service.stamp_last_login(primary, caller)
+        request.state.database_node = replica.name if replica else "primary"
         user_agent = request.headers.get("user-agent")
         actor = Actor.user(
             tenant_id=caller.tenant_id,
@@ -121,6 +192,10 @@ async def _tenant_request(
         )
         request.state.context = actor  # the request log names the tenant and user
         yield _TenantRequest(session=session, actor=actor, caller=caller)
+    if transaction.committed_position is not None:
+        request.state.consistency_token = replicas_module.issue_token(
+            settings.consistency_token_key, identity.tenant_id, transaction.committed_position
+        )
 
 
 # scope="function": the transaction ends when the handler returns, before the response is sent.

@@ -130,9 +130,7 @@ def rule_violations(connection: Connection) -> list[str]:
     return problems
 
 
-def _unique_problems(
-    connection: Connection, distributed: dict[str, DistributedTable]
-) -> list[str]:
+def _unique_problems(connection: Connection, distributed: dict[str, DistributedTable]) -> list[str]:
     problems = []
     keyed = set()
     for index in (connection.execute(_UNIQUE_INDEXES)).all():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ class DatabaseTargets:
     login_url: URL
     runtime_url: URL
     runtime_password: str | None
+    # Streaming replicas of the database, as login URLs (same roles and passwords).
+    replica_login_urls: tuple[URL, ...] = ()
 
     @property
     def runtime_logs_in(self) -> bool:
@@ -39,6 +42,7 @@ class DatabaseTargets:
 def resolve_targets(settings: Settings) -> DatabaseTargets:
     """Work out the database targets, starting the embedded server when DATABASE_URL is unset."""
     login_url = settings.database_url
+    replica_urls = settings.replica_urls
     password = (
         settings.APP_RUNTIME_PASSWORD.get_secret_value() if settings.APP_RUNTIME_PASSWORD else None
     )
@@ -50,16 +54,30 @@ def resolve_targets(settings: Settings) -> DatabaseTargets:
         server = embedded.start_embedded(settings.EMBEDDED_DB_DIR)
         login_url = server.superuser_url()
         password = password or embedded.runtime_password_for(settings.EMBEDDED_DB_DIR)
-    return targets_for(login_url, password)
+        if settings.EMBEDDED_DB_REPLICA:
+            replica_dir = settings.EMBEDDED_DB_DIR.with_name(
+                settings.EMBEDDED_DB_DIR.name + "-replica"
+            )
+            replica_urls = [embedded.start_embedded_replica(server, replica_dir).superuser_url()]
+    return targets_for(login_url, password, replica_urls)
 
 
-def targets_for(login_url: URL, runtime_password: str | None) -> DatabaseTargets:
-    """Targets for a known login URL and (optional) runtime password."""
+def targets_for(
+    login_url: URL, runtime_password: str | None, replica_login_urls: Sequence[URL] = ()
+) -> DatabaseTargets:
+    """Targets for a known login URL, (optional) runtime password and replicas."""
     if runtime_password:
         runtime_url = login_url.set(username=RUNTIME_ROLE, password=runtime_password)
     else:
         runtime_url = login_url
-    return DatabaseTargets(login_url, runtime_url, runtime_password or None)
+    return DatabaseTargets(
+        login_url, runtime_url, runtime_password or None, tuple(replica_login_urls)
+    )
+
+
+def replica_targets(targets: DatabaseTargets) -> list[DatabaseTargets]:
+    """Each replica's targets: the same logins as the primary's, on the replica's server."""
+    return [targets_for(url, targets.runtime_password) for url in targets.replica_login_urls]
 
 
 def session_options(

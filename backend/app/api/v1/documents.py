@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import AdminActor, CurrentActor, TenantSession
+from app.api.deps import AdminActor, CurrentActor, TenantSession, read_only
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, metadata_filter
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
@@ -46,6 +46,7 @@ async def create_document(
     responses=_ADMINS_FOR_DELETED,
     summary="List documents, newest first",
 )
+@read_only()
 async def list_documents(
     session: TenantSession,
     actor: CurrentActor,
@@ -83,6 +84,7 @@ async def list_documents(
 @router.post(
     "/search", response_model=schemas.SearchResults, summary="Nearest documents to an embedding"
 )
+@read_only()
 async def search_documents(
     body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor
 ) -> schemas.SearchResults:
@@ -99,6 +101,7 @@ async def search_documents(
     responses={**_NOT_FOUND, **_ADMINS_FOR_DELETED},
     summary="Get one document",
 )
+@read_only(unless=lambda settings: settings.AUDIT_DOCUMENT_READS)
 async def get_document(
     document_id: uuid.UUID,
     session: TenantSession,
