@@ -37,7 +37,9 @@ BROKEN_TABLES = {
     ),
     "CREATE TABLE citus_nullable_tenant (tenant_id uuid, id uuid, "
     "UNIQUE (tenant_id, id))": "citus_nullable_tenant: tenant_id must be NOT NULL",
-    "CREATE TABLE citus_no_key (tenant_id uuid NOT NULL, body text)": "citus_no_key: no primary key",
+    "CREATE TABLE citus_no_key (tenant_id uuid NOT NULL, body text)": (
+        "citus_no_key: no primary key"
+    ),
     "CREATE TABLE citus_global_table (id uuid PRIMARY KEY)": "citus_global_table: no tenant_id",
 }
 
