@@ -10,10 +10,11 @@ replay (`pause_replay`) and write as the superuser with `synchronous_commit = lo
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -83,8 +84,10 @@ def start_replica_pair(data_dir: Path) -> ReplicaPair:
     return ReplicaPair(server, replica)
 
 
-def write_without_waiting(pair: ReplicaPair, database: str, statement: str) -> None:
+def write_without_waiting(
+    pair: ReplicaPair, database: str, statement: LiteralString, parameters: Sequence[Any] = ()
+) -> None:
     """Run `statement` on the primary as the superuser, not waiting for the replica at all."""
     with psycopg.connect(harness.libpq(pair.primary.url(database)), autocommit=True) as conn:
         conn.execute("SET synchronous_commit = local")
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement, parameters)

@@ -21,7 +21,7 @@ from app.database.session import admin_transaction, make_sessionmaker
 from app.main import create_app
 from testkit import database_harness as harness
 from testkit.auth_helpers import AuthenticatedCaller, TestIssuer, create_caller
-from testkit.replication import write_without_waiting
+from testkit.replication import ReplicaPair, write_without_waiting
 from tests.replica_database import ReplicaDatabase
 from tests.test_api.conftest import document_body
 
@@ -51,12 +51,17 @@ async def _filenames(client: httpx.AsyncClient, headers: dict[str, str]) -> set[
     return {item["filename"] for item in response.json()["items"]}
 
 
-def _insert_document_sql(caller: AuthenticatedCaller, filename: str) -> str:
-    return (  # noqa: S608 (ids and names made by the test)
-        "INSERT INTO documents (tenant_id, user_id, s3_bucket, s3_key, filename, content_type,"
-        f" size_bytes) VALUES ('{caller.tenant.id}', '{caller.user.id}', 'b', '{uuid.uuid4()}',"
-        f" '{filename}', 'application/pdf', 1)"
-    )
+INSERT_DOCUMENT = (
+    "INSERT INTO documents (tenant_id, user_id, s3_bucket, s3_key, filename, content_type,"
+    " size_bytes) VALUES (%s, %s, 'b', gen_random_uuid()::text, %s, 'application/pdf', 1)"
+)
+
+
+def _insert_document(
+    pair: ReplicaPair, database: str, caller: AuthenticatedCaller, name: str
+) -> None:
+    """A document written on the primary as the superuser, not waiting for the replica."""
+    write_without_waiting(pair, database, INSERT_DOCUMENT, (caller.tenant.id, caller.user.id, name))
 
 
 async def test_a_client_reads_its_own_write_and_reads_go_to_the_replica(
@@ -100,7 +105,7 @@ async def test_a_replica_lagging_past_the_bound_is_skipped(
 ) -> None:
     pair, reads = replica_database.pair, replica_database.reads
     with pair.replay_paused():
-        write_without_waiting(pair, replica_database.name, _insert_document_sql(caller, "lag.pdf"))
+        _insert_document(pair, replica_database.name, caller, "lag.pdf")
         await reads.refresh()
         assert "lag.pdf" not in await _filenames(client, caller.headers)  # within the bound
         deadline = time.monotonic() + 10
