@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -92,9 +91,7 @@ async def test_a_client_reads_its_own_write_and_reads_go_to_the_replica(
     with pair.replay_paused():
         # A write the token does not cover, behind the paused replay: a read with the token is
         # now served by the replica (it has the token's write), so it does not see this one.
-        write_without_waiting(
-            pair, replica_database.name, _insert_document_sql(caller, "later.pdf")
-        )
+        _insert_document(pair, replica_database.name, caller, "later.pdf")
         seen = await _filenames(client, {**headers, CONSISTENCY_HEADER: token})
     assert "new.pdf" in seen
     assert "later.pdf" not in seen
