@@ -123,13 +123,18 @@ class Document(TenantKeyed, SoftDeleteMixin, Base):
         embedding: Any,
         k: int = 10,
         filters: SearchFilters | None = None,
+        *,
+        tenant_id: uuid.UUID | None = None,
     ) -> list[SearchHit]:
         """The current tenant's `k` nearest active documents by cosine distance, nearest first.
 
         Runs in the session's transaction, under its tenant context; raises ValueError for an
-        embedding that is not 1024 finite numbers or a `k` outside 1..100.
+        embedding that is not 1024 finite numbers or a `k` outside 1..100. `tenant_id` (the
+        context's tenant) adds the explicit filter that routes the query to one Citus shard.
         """
-        return await vector_search.similarity_search(cls, session, embedding, k, filters)
+        return await vector_search.similarity_search(
+            cls, session, embedding, k, filters, tenant_id=tenant_id
+        )
 
     def __repr__(self) -> str:
         return f"<Document id={self.id} tenant_id={self.tenant_id} status={self.status}>"

@@ -82,7 +82,12 @@ _STAMPABLE = (
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
-_STAMP = update(User).where(User.id == _STAMPABLE).values(last_login_at=func.now())
+# The tenant named in the UPDATE's own WHERE too: that routes it to one Citus shard.
+_STAMP = (
+    update(User)
+    .where(User.tenant_id == bindparam("caller_tenant"), User.id == _STAMPABLE)
+    .values(last_login_at=func.now())
+)
 
 
 def caller_lookup(identity: VerifiedIdentity) -> BoundOpening:

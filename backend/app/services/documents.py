@@ -149,4 +149,6 @@ async def search_documents(
             content_type=request.filters.content_type,
             metadata_contains=request.filters.metadata or {},
         )
-    return await Document.similarity_search(session, request.embedding, request.k, filters)
+    return await Document.similarity_search(
+        session, request.embedding, request.k, filters, tenant_id=actor.own_tenant()
+    )
