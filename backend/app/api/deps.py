@@ -163,7 +163,7 @@ async def _tenant_request(
         try:
             session = await stack.enter_async_context(transaction)
         except (OperationalError, PoolTimeoutError) as exc:
-            if replica is None or reads is None:
+            if replica is None or reads is None or not replicas_module.unreachable(exc):
                 raise
             reads.mark_down(replica, exc)  # down since the last check: the primary serves
             replica = None

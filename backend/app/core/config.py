@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     DATABASE_POOL_MODE: PoolMode = PoolMode.SESSION
     # `make run` with the embedded database: also start an embedded streaming replica of it.
     EMBEDDED_DB_REPLICA: bool = False
+    # The database is Citus (docs/SCALING.md): the tenant context is also set with SET LOCAL,
+    # which Citus passes on to the workers (citus.propagate_set_commands = 'local').
+    DATABASE_CITUS: bool = False
 
     # HTTP.
     ALLOWED_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.core.config import PoolMode, Settings, SettingsError
 from app.database.roles import RUNTIME_ROLE
+from app.database.tenant_context import CITUS_OPTION
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ def build_engine(
         connect_args["options"] = _as_options(values)
     engine = create_async_engine(
         url,
+        # Read by the tenant context (app/database/tenant_context.py): Citus needs SET LOCAL.
+        execution_options={CITUS_OPTION: settings.DATABASE_CITUS},
         pool_size=settings.DB_POOL_SIZE if pool_size is None else pool_size,
         max_overflow=settings.DB_MAX_OVERFLOW if max_overflow is None else max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from sqlalchemy import TextClause, text
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core import signing
@@ -45,6 +46,18 @@ _SAMPLES = 512
 _PRIMARY_POSITION = text("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
 # NULL on a server that is not in recovery (a "replica" URL that points at a primary).
 _REPLAYED_POSITION = text("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")
+
+
+def unreachable(error: BaseException) -> bool:
+    """True if `error` says the server could not be reached (not that a statement failed).
+
+    A connection failure has no SQLSTATE or one of class 08; a pool timeout means no
+    connection could be had in time.
+    """
+    if isinstance(error, PoolTimeoutError):
+        return True
+    state = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return state is None or state.startswith("08")
 
 
 class InvalidConsistencyTokenError(InvalidInputError):

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import event, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.core.config import Settings
 from app.database import citus
+from app.database.engine import build_runtime_engine, targets_for
+from app.database.session import make_sessionmaker, tenant_transaction
+from app.models import Document
+from testkit import database_harness as harness
+from testkit.factories import provision_tenant
+from tests.conftest import MigratedDatabase
 
 
 async def test_the_migrated_schema_breaks_no_citus_rule(owner_engine: AsyncEngine) -> None:
@@ -55,3 +62,26 @@ async def test_a_table_breaking_a_rule_is_named(owner_engine: AsyncEngine, ddl: 
         finally:
             await transaction.rollback()
     assert any(BROKEN_TABLES[ddl] in problem for problem in problems), problems
+
+
+async def test_citus_mode_also_sets_the_context_with_set_local(
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    admin_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    first = await provision_tenant(admin_sessions, documents=1)
+    await provision_tenant(admin_sessions, documents=1)  # another tenant's row, not seen
+    citus_settings = settings.model_copy(update={"DATABASE_CITUS": True})
+    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+    engine = build_runtime_engine(targets, citus_settings, pool_size=1, max_overflow=0)
+    sent: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    try:
+        async with tenant_transaction(make_sessionmaker(engine), first.tenant_id) as session:
+            seen = set((await session.scalars(select(Document.id))).all())
+            setting = await session.scalar(text("SHOW app.current_tenant_id"))
+    finally:
+        await engine.dispose()
+    assert sent[0] == f"SET LOCAL app.current_tenant_id = '{first.tenant_id}'"
+    assert setting == str(first.tenant_id)
+    assert seen == set(first.document_ids)
