@@ -175,9 +175,10 @@ async def test_leak_fuzz_through_pgbouncer_finds_no_leak(
 ) -> None:
     report = await fuzz(
         fuzz_through_pgbouncer,
-        seed=20261130,
+        # The bounded fuzz's seed and tenants (tests/fuzz/test_leak_fuzz.py), fewer operations.
+        seed=20261125,
         operations=300,
-        tenants=8,
+        tenants=20,
         concurrency=16,
         shrink_failures=False,
         strict_search=True,
