@@ -5,7 +5,7 @@ by `id` alone.
 
 Revision ID: 96f02aa3112f
 Revises: 8bfcdb5aef94
-Create Date: 2026-11-30 17:05:00
+Create Date: 2026-11-30 18:40:00
 """
 
 from collections.abc import Sequence

@@ -10,8 +10,8 @@ at a same-tenant user; the new primary key is that key, so the unique constraint
 two composite foreign keys are re-created against the primary key.
 
 Revision ID: 8bfcdb5aef94
-Revises: 8b61c0d4e2f5
-Create Date: 2026-11-30 17:00:00
+Revises: 3f9c2a7d5e14
+Create Date: 2026-11-30 18:35:00
 """
 
 from collections.abc import Sequence
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "8bfcdb5aef94"
-down_revision: str | None = "8b61c0d4e2f5"
+down_revision: str | None = "3f9c2a7d5e14"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -5,7 +5,7 @@ tenant, and so does its head table's (tenant_id). The API's ids do not change.
 
 Revision ID: f351686354cb
 Revises: 96f02aa3112f
-Create Date: 2026-11-30 17:10:00
+Create Date: 2026-11-30 18:45:00
 """
 
 from collections.abc import Sequence
