@@ -11,15 +11,25 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
+import pytest
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.content.openbao_transit import OpenBaoTransitKeyManager
 from app.database import citus
+from testkit.factories import give_tenant_key
 from testkit.tenant_filter import distribution_columns, unpinned_tables
 from tests.test_api.conftest import API, Api, Tenants, embedding_towards
 
 # Routes with no tenant (liveness, readiness, the dev issuer's keys).
 UNSCOPED_PREFIXES = (f"{API}/health", f"{API}/.well-known", f"{API}/jwks.json", f"{API}/dev")
+
+
+@pytest.fixture
+def api(content_client: httpx.AsyncClient, admin_sessions: async_sessionmaker[AsyncSession]) -> Api:
+    """The API helpers over an app that stores content (the content routes are driven too)."""
+    return Api(content_client, admin_sessions)
 
 
 async def _drive_every_route(api: Api, tenants: Tenants) -> set[tuple[str, str]]:
@@ -29,10 +39,12 @@ async def _drive_every_route(api: Api, tenants: Tenants) -> set[tuple[str, str]]
 
     async def call(method: str, template: str, expect: int, **kwargs: Any) -> Any:
         path = template.format(**kwargs.pop("ids", {}))
-        response = await client.request(method, f"{API}{path}", headers=admin, **kwargs)
+        headers = kwargs.pop("headers", admin)
+        response = await client.request(method, f"{API}{path}", headers=headers, **kwargs)
         assert response.status_code == expect, (method, path, response.text)
         called.add((method.lower(), f"{API}{template}"))
-        return response.json() if response.content else None
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        return response.json() if response.content and is_json else None
 
     document = await api.create_document(tenants.admin, embedding=embedding_towards(1))
     called.add(("post", f"{API}/documents"))
@@ -45,6 +57,19 @@ async def _drive_every_route(api: Api, tenants: Tenants) -> set[tuple[str, str]]
     await call("GET", "/documents/{document_id}", 200, ids=ids)
     await call("PATCH", "/documents/{document_id}", 200, ids=ids, json={"status": "completed"})
     await call("POST", "/documents/search", 200, json={"embedding": embedding_towards(1), "k": 3})
+    content = b"%PDF-1.7 tenant-filter flow"
+    stored = await api.create_document(tenants.admin, size_bytes=len(content))
+    called.add(("post", f"{API}/documents"))
+    stored_ids = {"document_id": stored["id"]}
+    await call(
+        "PUT",
+        "/documents/{document_id}/content",
+        200,
+        ids=stored_ids,
+        content=content,
+        headers={**admin, "Content-Type": "application/pdf"},
+    )
+    await call("GET", "/documents/{document_id}/content", 200, ids=stored_ids)
     await call("DELETE", "/documents/{document_id}", 204, ids=ids)
     await call("POST", "/documents/{document_id}/restore", 200, ids=ids)
     user = await call(
@@ -61,8 +86,14 @@ async def _drive_every_route(api: Api, tenants: Tenants) -> set[tuple[str, str]]
 
 
 async def test_every_request_path_query_names_its_tenant(
-    api: Api, tenants: Tenants, runtime_engine: AsyncEngine, owner_engine: AsyncEngine
+    api: Api,
+    tenants: Tenants,
+    runtime_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    admin_sessions: async_sessionmaker[AsyncSession],
+    key_manager: OpenBaoTransitKeyManager,
 ) -> None:
+    await give_tenant_key(admin_sessions, key_manager, tenants.admin.tenant.id)
     async with owner_engine.connect() as connection:
         distribution = distribution_columns(await connection.run_sync(citus.distributed_tables))
     statements: list[str] = []
