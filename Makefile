@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-ingest bench-http bench-neighbours bench-edge bench-content fuzz
+.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-ingest bench-http bench-neighbours bench-edge bench-content bench-replicas fuzz
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000 (PORT=8010 for another)"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench-edge  the edge's JSON nesting scan on pathological 1 MiB bodies vs a plain one"
 	@echo "make bench-content  document content MB/s encrypted vs plain (1 MB, 200 MB), peak RSS, KMS calls"
 	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
+	@echo "make bench-replicas  read throughput and search p95 with 0 and 1 read replica, CPU per node (~3 min)"
 	@echo "make fuzz     10,000-operation leak fuzz + schemathesis stateful run (ARGS='--seed 1 --ops 20000')"
 
 # uv installs the lock in seconds and prints what it does. It is pinned in the lock and put into
@@ -106,6 +107,10 @@ bench-http: install
 # make bench-neighbours ARGS="--seconds 15 --tenant-concurrency 2".
 bench-neighbours: install
 	cd backend && $(BIN)/python -m bench.noisy_neighbours $(ARGS)
+# Its own primary and streaming replica; flags through ARGS, e.g.
+# make bench-replicas ARGS="--tenants 8 --docs 8000 --seconds 15 --rounds 2 --concurrency 8".
+bench-replicas: install
+	cd backend && $(BIN)/python -m bench.read_replicas $(ARGS)
 # Leak fuzz (10,000 operations, 20 tenants, concurrency 16 over a pool of 5) on a throw-away
 # database, then schemathesis's stateful phase; flags through ARGS (--ops --seed --tenants
 # --concurrency --pool --strict-search --schemathesis-examples).

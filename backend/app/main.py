@@ -25,11 +25,13 @@ from app.core.logging import configure_logging
 from app.core.tracing import configure_tracing, instrument_engine
 from app.database import Database
 from app.database.engine import build_runtime_engine, resolve_targets
+from app.database.replicas import CONSISTENCY_HEADER, open_read_routing
 from app.database.safety import login_is_privileged, runtime_role_problems
 from app.database.session import make_sessionmaker
 from app.database.unavailable import describe_unavailable
 from app.ingest.embeddings import EmbedderHolder
 from app.middleware.client_address import TrustedProxyClientAddress
+from app.middleware.consistency_token import ConsistencyTokenHeader
 from app.middleware.edge_limits import EdgeLimits
 from app.middleware.metrics import RequestMetrics
 from app.middleware.no_store import PhiResponseHeaders
@@ -48,7 +50,12 @@ async def open_database(settings: Settings) -> Database:
     """Connect as the runtime role and refuse to go on if that role could bypass RLS."""
     targets = resolve_targets(settings)
     engine = build_runtime_engine(targets, settings)
-    database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
+    database = Database(
+        targets=targets,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        reads=open_read_routing(targets, settings, engine),
+    )
     try:
         async with engine.connect() as connection:
             problems = await runtime_role_problems(connection)
@@ -142,10 +149,17 @@ def create_app(
         allow_origins=settings.ALLOWED_ORIGINS,
         allow_credentials=False,
         allow_methods=["GET", "POST", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID", IDEMPOTENCY_KEY_HEADER],
-        expose_headers=["X-Request-ID", REPLAYED_HEADER],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "X-Request-ID",
+            IDEMPOTENCY_KEY_HEADER,
+            CONSISTENCY_HEADER,
+        ],
+        expose_headers=["X-Request-ID", REPLAYED_HEADER, CONSISTENCY_HEADER],
     )
     app.add_middleware(RequestMetrics)
+    app.add_middleware(ConsistencyTokenHeader)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(PhiResponseHeaders)
     # Outermost: every layer inside (rate limits, the request log, the audit rows) sees the

@@ -14,13 +14,15 @@ rolled back if the handler raises.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.api import idempotency
@@ -29,9 +31,11 @@ from app.auth.identity import VerifiedIdentity
 from app.auth.tokens import TokenVerifier
 from app.content.backends import ContentBackends
 from app.core import tracing
+from app.core.config import Settings
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
-from app.database.session import tenant_transaction
+from app.database import replicas as replicas_module
+from app.database.session import TenantTransaction, tenant_transaction
 from app.services import callers as callers_service
 from app.services import idempotency as idempotency_service
 from app.services.actor import Actor
@@ -45,8 +49,38 @@ __all__ = [
     "StreamingActor",
     "TenantSession",
     "authenticate",
+    "read_only",
     "require_admin",
 ]
+
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+# Route handlers that only read, and the setting (if any) under which one writes after all.
+_READ_ONLY_ENDPOINTS: dict[Callable[..., Any], Callable[[Settings], bool] | None] = {}
+
+
+def read_only(
+    *, unless: Callable[[Settings], bool] | None = None
+) -> Callable[[_Endpoint], _Endpoint]:
+    """Mark a route handler as read-only: a read replica may serve its transaction.
+
+    Put it under the route decorator. `unless`: a setting under which the handler writes
+    (e.g. an audit row per read), and so must run on the primary.
+    """
+
+    def mark(endpoint: _Endpoint) -> _Endpoint:
+        _READ_ONLY_ENDPOINTS[endpoint] = unless
+        return endpoint
+
+    return mark
+
+
+def _reads_only(request: Request, settings: Settings) -> bool:
+    endpoint = request.scope.get("endpoint")
+    if endpoint not in _READ_ONLY_ENDPOINTS:
+        return False
+    unless = _READ_ONLY_ENDPOINTS[endpoint]
+    return unless is None or not unless(settings)
+
 
 _MAX_USER_AGENT_LENGTH = 512
 
@@ -115,7 +149,8 @@ async def _streaming_actor(
 ) -> Actor:
     # The caller lookup's transaction ends here, before the handler streams a body in; the
     # admission slot is still held until the handler returns.
-    async with _caller_transaction(request, admitted) as tenant_request:
+    # No consistency token from this transaction: the handler's writes come after it.
+    async with _caller_transaction(request, admitted, issue_token=False) as tenant_request:
         actor = tenant_request.actor
     # That transaction has committed: the handler's own transaction records the response.
     idempotency.detach_claim(request)
@@ -124,21 +159,57 @@ async def _streaming_actor(
 
 @asynccontextmanager
 async def _caller_transaction(
-    request: Request, admitted: _Admitted
+    request: Request, admitted: _Admitted, *, issue_token: bool = True
 ) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
+    settings: Settings = request.app.state.settings
     identity = admitted.identity
-    transaction = tenant_transaction(
-        database.sessions, identity.tenant_id, opening=callers_service.caller_lookup(identity)
+    reads = database.reads
+    reads_only = _reads_only(request, settings)
+    presented = request.headers.get(replicas_module.CONSISTENCY_HEADER)
+    # Checked whatever serves the request: a foreign or forged token is a client error.
+    min_position = (
+        replicas_module.read_token(settings.consistency_token_key, identity.tenant_id, presented)
+        if presented is not None
+        else None
     )
-    async with transaction as session:
+    replica = reads.choose(min_position) if reads is not None and reads_only else None
+
+    def open_on(sessions: Any, *, record: bool) -> TenantTransaction:
+        return tenant_transaction(
+            sessions,
+            identity.tenant_id,
+            opening=callers_service.caller_lookup(identity),
+            record_commit_position=record,
+        )
+
+    # A write on the primary records where its commit ends, for the client's next reads.
+    transaction = open_on(
+        replica.sessions if replica else database.sessions,
+        record=replica is None and reads is not None and not reads_only and issue_token,
+    )
+    async with AsyncExitStack() as stack:
+        try:
+            session = await stack.enter_async_context(transaction)
+        except (OperationalError, PoolTimeoutError) as exc:
+            if replica is None or reads is None or not replicas_module.unreachable(exc):
+                raise
+            reads.mark_down(replica, exc)  # down since the last check: the primary serves
+            replica = None
+            transaction = open_on(database.sessions, record=False)
+            session = await stack.enter_async_context(transaction)
         try:
             caller = await callers_service.resolve_caller(
-                session, identity, transaction.opening_rows
+                session, identity, transaction.opening_rows, stamp=replica is None
             )
         except ForbiddenError:
             admitted.ticket.refuse()  # charged back to the identity, not the tenant
             raise
+        if replica is not None and callers_service.stamp_due(transaction.opening_rows):
+            # A replica is read-only: the once-a-minute login stamp is the primary's to write.
+            async with tenant_transaction(database.sessions, identity.tenant_id) as primary:
+                await callers_service.stamp_last_login(primary, caller)
+        request.state.database_node = replica.name if replica else "primary"
         user_agent = request.headers.get("user-agent")
         actor = Actor.user(
             tenant_id=caller.tenant_id,
@@ -157,6 +228,10 @@ async def _caller_transaction(
             lambda key: idempotency_service.IdempotencyScope(caller.tenant_id, caller.user_id, key),
         )
         yield _TenantRequest(session=session, actor=actor, caller=caller)
+    if transaction.committed_position is not None:
+        request.state.consistency_token = replicas_module.issue_token(
+            settings.consistency_token_key, identity.tenant_id, transaction.committed_position
+        )
 
 
 # scope="function": the transaction ends when the handler returns, before the response is sent.

@@ -52,6 +52,16 @@ class EmbeddingProvider(StrEnum):
     BEDROCK = "bedrock"
 
 
+class PoolMode(StrEnum):
+    """How the connections the app opens reach PostgreSQL (docs/SCALING.md)."""
+
+    # Directly, or through a pooler in session mode: one server connection per app connection.
+    SESSION = "session"
+    # Through pgbouncer in transaction mode: a server connection per transaction, so nothing
+    # may outlive a transaction (no prepared statements, no start-up options, no session SET).
+    TRANSACTION = "transaction"
+
+
 class ClientIpHeader(StrEnum):
     """The header a trusted proxy puts the client's address in."""
 
@@ -113,6 +123,19 @@ class Settings(BaseSettings):
     DB_CONNECT_TIMEOUT_SECONDS: int = Field(default=2, ge=1, le=60)
     DB_STATEMENT_TIMEOUT_MS: int = Field(default=5000, ge=100, le=600_000)
     EMBEDDED_DB_DIR: Path = BACKEND_DIR / ".data" / "postgres"
+    # Read replicas (docs/SCALING.md): comma-separated URLs of streaming replicas of
+    # DATABASE_URL (same logins). Read-only routes go to one that is up and replays within
+    # DATABASE_REPLICA_MAX_LAG_SECONDS; writes, and reads that must see a newer write (the
+    # X-Consistency-Token header), go to the primary.
+    DATABASE_REPLICA_URLS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    DATABASE_REPLICA_MAX_LAG_SECONDS: float = Field(default=5.0, gt=0, le=3600)
+    # `transaction` when pgbouncer in transaction mode sits between the app and PostgreSQL.
+    DATABASE_POOL_MODE: PoolMode = PoolMode.SESSION
+    # `make run` with the embedded database: also start an embedded streaming replica of it.
+    EMBEDDED_DB_REPLICA: bool = False
+    # The database is Citus (docs/SCALING.md): the tenant context is also set with SET LOCAL,
+    # which Citus passes on to the workers (citus.propagate_set_commands = 'local').
+    DATABASE_CITUS: bool = False
 
     # HTTP.
     ALLOWED_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -228,6 +251,16 @@ class Settings(BaseSettings):
         raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
         return normalise_database_url(raw)
 
+    @field_validator("DATABASE_REPLICA_URLS", mode="before")
+    @classmethod
+    def _split_replica_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [url.strip() for url in value.split(",") if url.strip()]
+        return [
+            normalise_database_url(url.get_secret_value() if isinstance(url, SecretStr) else url)
+            for url in value
+        ]
+
     @field_validator("AUDIT_ANCHOR_SIGNING_KEY")
     @classmethod
     def _check_anchor_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -334,6 +367,13 @@ class Settings(BaseSettings):
             problems.append("OIDC_CLIENT_ID: required when OIDC_ISSUER_URL is set")
         if (self.S3_ACCESS_KEY_ID is None) != (self.S3_SECRET_ACCESS_KEY is None):
             problems.append("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither")
+        if self.DATABASE_REPLICA_URLS and self.DATABASE_URL is None:
+            problems.append("DATABASE_REPLICA_URLS: requires DATABASE_URL (their primary)")
+        if self.EMBEDDED_DB_REPLICA and (self.DATABASE_URL is not None or self.is_production):
+            problems.append(
+                "EMBEDDED_DB_REPLICA: only with the embedded database (DATABASE_URL unset, "
+                "not production); set DATABASE_REPLICA_URLS for real replicas"
+            )
         if self.KMS_PROVIDER is KmsProvider.AWS_KMS and self.AWS_REGION is None:
             problems.append("AWS_REGION: required when KMS_PROVIDER=aws-kms")
         if self.EMBEDDING_PROVIDER is EmbeddingProvider.BEDROCK and self.AWS_REGION is None:
@@ -390,6 +430,16 @@ class Settings(BaseSettings):
         if self.DATABASE_URL is None:
             return None
         return make_url(self.DATABASE_URL.get_secret_value())
+
+    @property
+    def replica_urls(self) -> list[URL]:
+        """The configured read replicas as SQLAlchemy URLs (empty: none)."""
+        return [make_url(url.get_secret_value()) for url in self.DATABASE_REPLICA_URLS]
+
+    @property
+    def consistency_token_key(self) -> bytes:
+        """Key that signs consistency tokens: derived from the cursor secret, for this purpose."""
+        return signing.purpose_key(self.cursor_secret, "consistency-token")
 
     @property
     def dev_issuer_enabled(self) -> bool:

@@ -27,6 +27,10 @@ _SET_ADMIN_ROLE = text(f"SELECT set_config('role', '{ADMIN_ROLE}', true)")
 
 # The bound parameter the context-setting statements take the tenant in.
 CONTEXT_PARAMETER = "context_tenant_id"
+# Engine execution option (set from DATABASE_CITUS by the engine factory): on Citus, the context
+# is also set with SET LOCAL, the only form Citus passes on to the workers that hold the shards
+# (citus.propagate_set_commands = 'local'); set_config() calls are not propagated.
+CITUS_OPTION = "tenant_docs_citus"
 
 
 def scoped_to_tenant(query: Select[*tuple[Any, ...]]) -> Select[*tuple[Any, ...]]:
@@ -93,6 +97,9 @@ async def enter_tenant(
 ) -> Sequence[Row[Any]]:
     """Make the context this transaction's first statement; the opening query's rows, if any."""
     context = tenant_parameter(tenant_id)
+    if session.sync_session.get_bind().get_execution_options().get(CITUS_OPTION):
+        # SET takes no parameters: the tenant is a validated uuid.UUID, rendered by Python.
+        await session.execute(text(f"SET LOCAL app.current_tenant_id = '{tenant_id}'"))
     if opening is None:
         await session.execute(_SET_TENANT, context)
         return ()

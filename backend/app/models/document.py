@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from app.database import vector_search
-from app.database.base import Base, SoftDeleteMixin
+from app.database.base import Base, SoftDeleteMixin, TenantKeyed
 from app.database.vector_search import EMBEDDING_DIMENSIONS, SearchFilters, SearchHit
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ _AFTER_INHERITED_COLUMNS = 1
 __all__ = ["DOCUMENT_STATUSES", "EMBEDDING_DIMENSIONS", "Document"]
 
 
-class Document(SoftDeleteMixin, Base):
+class Document(TenantKeyed, SoftDeleteMixin, Base):
     """A document registered by a user of a tenant."""
 
     __tablename__ = "documents"
@@ -50,8 +50,6 @@ class Document(SoftDeleteMixin, Base):
         CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
         CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),
         CheckConstraint("chunk_count >= 0", name="chunk_count_non_negative"),
-        # Lets document_chunks point at a document with a same-tenant composite key.
-        UniqueConstraint("tenant_id", "id", name="uq_documents_tenant_id_id"),
         CheckConstraint(
             "num_nulls(content_object_key, content_wrapped_key, content_key_ref, content_sha256,"
             " content_uploaded_at) IN (0, 5)",
@@ -93,7 +91,9 @@ class Document(SoftDeleteMixin, Base):
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="RESTRICT"), comment="Owning tenant (RLS key)."
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
+        primary_key=True,
+        comment="Owning tenant (RLS key).",
     )
     user_id: Mapped[uuid.UUID] = mapped_column(
         comment="Uploader; references users(tenant_id, id) so it is always a same-tenant user."
@@ -186,13 +186,18 @@ class Document(SoftDeleteMixin, Base):
         embedding: Any,
         k: int = 10,
         filters: SearchFilters | None = None,
+        *,
+        tenant_id: uuid.UUID | None = None,
     ) -> list[SearchHit]:
         """The current tenant's `k` nearest active documents by cosine distance, nearest first.
 
         Runs in the session's transaction, under its tenant context; raises ValueError for an
-        embedding that is not 1024 finite numbers or a `k` outside 1..100.
+        embedding that is not 1024 finite numbers or a `k` outside 1..100. `tenant_id` (the
+        context's tenant) adds the explicit filter that routes the query to one Citus shard.
         """
-        return await vector_search.similarity_search(cls, session, embedding, k, filters)
+        return await vector_search.similarity_search(
+            cls, session, embedding, k, filters, tenant_id=tenant_id
+        )
 
     def __repr__(self) -> str:
         return f"<Document id={self.id} tenant_id={self.tenant_id} status={self.status}>"

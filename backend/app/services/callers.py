@@ -82,7 +82,12 @@ _STAMPABLE = (
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
-_STAMP = update(User).where(User.id == _STAMPABLE).values(last_login_at=func.now())
+# The tenant named in the UPDATE's own WHERE too: that routes it to one Citus shard.
+_STAMP = (
+    update(User)
+    .where(User.tenant_id == bindparam("caller_tenant"), User.id == _STAMPABLE)
+    .values(last_login_at=func.now())
+)
 
 
 def caller_lookup(identity: VerifiedIdentity) -> BoundOpening:
@@ -91,19 +96,36 @@ def caller_lookup(identity: VerifiedIdentity) -> BoundOpening:
 
 
 async def resolve_caller(
-    session: AsyncSession, identity: VerifiedIdentity, lookup_rows: Sequence[Row[Any]]
+    session: AsyncSession,
+    identity: VerifiedIdentity,
+    lookup_rows: Sequence[Row[Any]],
+    *,
+    stamp: bool = True,
 ) -> Caller:
     """The caller the opening lookup found; ForbiddenError unless tenant and user are active.
 
     `lookup_rows` are the `opening_rows` of a transaction opened with `caller_lookup(identity)`.
+    `stamp=False` (a read replica's read-only transaction): leave `last_login_at` alone; the
+    caller stamps it on the primary with `stamp_last_login` when `stamp_due(lookup_rows)`.
     """
     if not lookup_rows:
         raise ForbiddenError(NO_ACCESS_MESSAGE)
     row = lookup_rows[0]
-    if row.stamp_due:
-        # Re-checked in the UPDATE, so concurrent first requests stamp once.
-        await session.execute(_STAMP, {"caller_tenant": identity.tenant_id, "caller_id": row.id})
-    return caller_from_row(identity.tenant_id, row)
+    caller = caller_from_row(identity.tenant_id, row)
+    if stamp and row.stamp_due:
+        await stamp_last_login(session, caller)
+    return caller
+
+
+def stamp_due(lookup_rows: Sequence[Row[Any]]) -> bool:
+    """True when the caller's `last_login_at` is due a new stamp (at most once a minute)."""
+    return bool(lookup_rows and lookup_rows[0].stamp_due)
+
+
+async def stamp_last_login(session: AsyncSession, caller: Caller) -> None:
+    """Stamp the caller's `last_login_at` now, unless done within the last minute."""
+    # Re-checked in the UPDATE, so concurrent first requests stamp once.
+    await session.execute(_STAMP, {"caller_tenant": caller.tenant_id, "caller_id": caller.user_id})
 
 
 def caller_from_row(tenant_id: uuid.UUID, row: Row[Any]) -> Caller:

@@ -158,7 +158,9 @@ async def search_documents(
             metadata_contains=request.filters.metadata or {},
         )
     assert request.embedding is not None, "text queries go through search_documents_by_text"
-    return await Document.similarity_search(session, request.embedding, request.k, filters)
+    return await Document.similarity_search(
+        session, request.embedding, request.k, filters, tenant_id=actor.own_tenant()
+    )
 
 
 SEARCH_CHUNKS = text(

@@ -70,6 +70,10 @@ SMOKE_RUNS = {
         ),
         "| tenant | chunks | chunk index |",
     ),
+    "bench-replicas": Smoke(
+        ("--tenants", "2", "--docs", "20", "--seconds", "0.3", "--rounds", "1"),
+        "| 1 replica  |",
+    ),
     "bench-neighbours": Smoke(
         ("--seconds", "1", "--docs", "20", "--b-rate", "5", "--max-requests", "200"),
         "phase 3/3",

@@ -58,6 +58,21 @@ ALLOWED_INTERPOLATIONS: dict[tuple[str, str], str] = {
         "alembic/env.py",
         "f\"SET lock_timeout = '{LOCK_TIMEOUT}'\"",
     ): "LOCK_TIMEOUT is a module constant; the migration connection is never pooled for requests.",
+    (
+        "app/database/engine.py",
+        "set_locally",
+    ): "Built once per engine by _set_locally from session_settings: setting names and values "
+    "from the Settings object (validated ints, constants), each quoted with '' doubling.",
+    (
+        "app/database/tenant_context.py",
+        "f\"SET LOCAL app.current_tenant_id = '{tenant_id}'\"",
+    ): "SET takes no bind parameters; tenant_id has passed tenant_parameter (a uuid.UUID, "
+    "rendered by Python as hex digits and dashes) before any I/O.",
+    (
+        "app/services/audit_integrity.py",
+        "_ROWS_SQL.format(where=where)",
+    ): "Built once at import from module constants: the WHERE clause is '' or a fixed "
+    "'WHERE tenant_id = :tenant_id' (the tenant itself is a bind parameter).",
 }
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import AdminActor, CurrentActor, TenantSession
+from app.api.deps import AdminActor, CurrentActor, TenantSession, read_only
 from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS
@@ -28,6 +28,7 @@ router = APIRouter(
     response_model=AuditChainVerification,
     summary="Verify the tenant's audit hash chain (admins)",
 )
+@read_only()
 async def verify_audit_logs(session: TenantSession, actor: AdminActor) -> AuditChainVerification:
     """Recompute the tenant's chain: `ok` with the count and head hash, or the first broken link.
 
@@ -42,6 +43,7 @@ async def verify_audit_logs(session: TenantSession, actor: AdminActor) -> AuditC
     response_model=schemas.AuditLogPage,
     summary="Read the audit log, newest first (members: their own actions only)",
 )
+@read_only()
 async def list_audit_logs(
     session: TenantSession,
     actor: CurrentActor,

@@ -19,6 +19,7 @@ from app.api.deps import (
     Sessions,
     StreamingActor,
     TenantSession,
+    read_only,
 )
 from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, metadata_filter
@@ -61,6 +62,7 @@ async def create_document(
     responses=_ADMINS_FOR_DELETED,
     summary="List documents, newest first",
 )
+@read_only()
 async def list_documents(
     session: TenantSession,
     actor: CurrentActor,
@@ -98,6 +100,7 @@ async def list_documents(
 @router.post(
     "/search", response_model=schemas.SearchResults, summary="Nearest documents to an embedding"
 )
+@read_only()
 async def search_documents(
     body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor, request: Request
 ) -> schemas.SearchResults:
@@ -130,6 +133,7 @@ async def search_documents(
     responses={**_NOT_FOUND, **_ADMINS_FOR_DELETED},
     summary="Get one document",
 )
+@read_only(unless=lambda settings: settings.AUDIT_DOCUMENT_READS)
 async def get_document(
     document_id: uuid.UUID,
     session: TenantSession,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import AdminActor, CurrentActor, TenantSession
+from app.api.deps import AdminActor, CurrentActor, TenantSession, read_only
 from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS, Responses, error_response
@@ -28,6 +28,7 @@ _ADMIN: Responses = {
 @router.get(
     "", response_model=schemas.UserPage, responses=_ADMIN, summary="List the tenant's users"
 )
+@read_only()
 async def list_users(
     session: TenantSession,
     actor: CurrentActor,
@@ -49,6 +50,7 @@ async def list_users(
     responses={**_NOT_FOUND, **_ADMIN},
     summary="Get one user",
 )
+@read_only()
 async def get_user(
     user_id: uuid.UUID,
     session: TenantSession,
