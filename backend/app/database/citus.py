@@ -25,7 +25,18 @@ TENANTS_TABLE = "tenants"
 # Tables copied to every node (create_reference_table): none yet.
 REFERENCE_TABLES: frozenset[str] = frozenset()
 # Tables that stay on the coordinator only (never joined with tenant data on the request path).
-COORDINATOR_TABLES: frozenset[str] = frozenset({"alembic_version"})
+# procrastinate's job queue (docs/INGEST.md) is one of them: its rows hold only ids, workers
+# poll it with SKIP LOCKED and LISTEN/NOTIFY on one node, and the runtime role reaches it only
+# through `enqueue_document_ingest()` (docs/SCALING.md).
+COORDINATOR_TABLES: frozenset[str] = frozenset(
+    {
+        "alembic_version",
+        "procrastinate_events",
+        "procrastinate_jobs",
+        "procrastinate_periodic_defers",
+        "procrastinate_workers",
+    }
+)
 
 
 @dataclass(frozen=True)
