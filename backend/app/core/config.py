@@ -168,6 +168,15 @@ class Settings(BaseSettings):
     EMBEDDED_OPENBAO_DIR: Path = BACKEND_DIR / ".data" / "openbao"
     KMS_KEY_DELETION_WINDOW_DAYS: int = Field(default=30, ge=7, le=30)
 
+    # Tenant lifecycle (docs/TENANT_LIFECYCLE.md). Days between `offboard-tenant --schedule`
+    # (access revoked at once) and the earliest `--execute`; the tenant can be reactivated
+    # until then. Days a soft-deleted document or user is kept (restorable) before
+    # `purge-deleted` erases it with its content: an undo window, short enough that an
+    # erasure request is honoured within a month (the audit log, the record HIPAA's six
+    # years apply to, is never purged).
+    OFFBOARDING_GRACE_DAYS: int = Field(default=30, ge=0, le=365)
+    SOFT_DELETE_RETENTION_DAYS: int = Field(default=30, ge=1, le=3650)
+
     # Audit-chain anchors (docs/AUDIT_INTEGRITY.md): an Ed25519 key kept outside the database.
     AUDIT_ANCHOR_SIGNING_KEY: SecretStr | None = None
     AUDIT_ANCHOR_VERIFY_KEY: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import CheckConstraint, Index, String, text
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from app.models.user import User
 
 SYSTEM_TENANT_ID = "00000000-0000-0000-0000-000000000000"
-TENANT_STATUSES = ("active", "suspended")
+TENANT_STATUSES = ("active", "suspended", "offboarding", "offboarded")
 
 
 class Tenant(SoftDeleteMixin, Base):
@@ -23,7 +24,9 @@ class Tenant(SoftDeleteMixin, Base):
 
     __tablename__ = "tenants"
     __table_args__ = (
-        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        CheckConstraint(
+            "status IN ('active', 'suspended', 'offboarding', 'offboarded')", name="status"
+        ),
         Index("idx_tenants_status", "status", postgresql_where=text("deleted_at IS NULL")),
         Index(
             "idx_tenants_deleted_at", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL")
@@ -35,10 +38,21 @@ class Tenant(SoftDeleteMixin, Base):
     status: Mapped[str] = mapped_column(
         String(50),
         server_default=text("'active'"),
-        comment="Lifecycle status: active or suspended (suspended tenants cannot sign in).",
+        comment="Lifecycle status: active, suspended, offboarding (access revoked, grace period)"
+        " or offboarded (tombstone); only active tenants can sign in.",
     )
     kms_key_arn: Mapped[str | None] = mapped_column(
         String(2048), comment="AWS KMS key ARN for per-tenant encryption (Feature 4)."
+    )
+
+    offboard_scheduled_at: Mapped[datetime | None] = mapped_column(
+        comment="When `offboard-tenant --schedule` revoked access (NULL: never)."
+    )
+    offboard_after: Mapped[datetime | None] = mapped_column(
+        comment="End of the grace period: `--execute` is refused before it."
+    )
+    offboarded_at: Mapped[datetime | None] = mapped_column(
+        comment="When `offboard-tenant --execute` finished: the row is a tombstone."
     )
 
     users: Mapped[list[User]] = relationship(
