@@ -33,7 +33,7 @@ FORMAT = "tenant-export/1"
 ENCODING_VERSION = "audit_logs.v1"
 
 
-class Broken(Exception):
+class BrokenArchiveError(Exception):
     """The archive does not verify."""
 
 
@@ -65,7 +65,9 @@ def open_signed_anchor(document: dict[str, Any], key: Any) -> dict[str, Any]:
     try:
         key.verify(base64.b64decode(document["signature"]), signed)
     except (InvalidSignature, KeyError, ValueError):
-        raise Broken("the anchor's signature does not verify with the given key") from None
+        raise BrokenArchiveError(
+            "the anchor's signature does not verify with the given key"
+        ) from None
     anchor: dict[str, Any] = document["anchor"]
     return anchor
 
@@ -83,14 +85,20 @@ class Chain:
         seq = row["chain_seq"]
         fields = row["canonical"]
         if seq != self.next_seq:
-            raise Broken(f"audit chain: sequence {seq} where {self.next_seq} was expected")
+            raise BrokenArchiveError(
+                f"audit chain: sequence {seq} where {self.next_seq} was expected"
+            )
         if row["prev_hash"] != self.prev_hash:
-            raise Broken(f"audit chain: sequence {seq}: prev_hash is not the previous row's hash")
+            raise BrokenArchiveError(
+                f"audit chain: sequence {seq}: prev_hash is not the previous row's hash"
+            )
         if fields[0] != self.tenant_id:
-            raise Broken(f"audit chain: sequence {seq} belongs to tenant {fields[0]}")
+            raise BrokenArchiveError(f"audit chain: sequence {seq} belongs to tenant {fields[0]}")
         encoding = netstring(ENCODING_VERSION) + b"".join(map(netstring, fields))
         if hashlib.sha256(encoding).hexdigest() != row["row_hash"]:
-            raise Broken(f"audit chain: sequence {seq}: contents do not match its row_hash")
+            raise BrokenArchiveError(
+                f"audit chain: sequence {seq}: contents do not match its row_hash"
+            )
         self.next_seq, self.prev_hash = seq + 1, row["row_hash"]
 
     @property
@@ -99,7 +107,7 @@ class Chain:
 
 
 def verify(archive: Path, key: Any, external_anchor: dict[str, Any] | None) -> str:
-    """Check the archive; return the summary line, or raise Broken."""
+    """Check the archive; return the summary line, or raise BrokenArchiveError."""
     digests: dict[str, dict[str, Any]] = {}
     manifest: dict[str, Any] | None = None
     header: dict[str, Any] | None = None
@@ -111,9 +119,9 @@ def verify(archive: Path, key: Any, external_anchor: dict[str, Any] | None) -> s
     with tarfile.open(archive, mode="r|") as tar:
         for member in tar:
             if manifest is not None:
-                raise Broken(f"{member.name}: a member after manifest.json")
+                raise BrokenArchiveError(f"{member.name}: a member after manifest.json")
             if not member.isfile():
-                raise Broken(f"{member.name}: not a regular file")
+                raise BrokenArchiveError(f"{member.name}: not a regular file")
             stream = tar.extractfile(member)
             assert stream is not None
             if member.name == "manifest.json":
@@ -123,14 +131,16 @@ def verify(archive: Path, key: Any, external_anchor: dict[str, Any] | None) -> s
             size = 0
             if member.name.startswith("audit/chain/"):
                 if chain is None:
-                    raise Broken("the audit chain comes before archive.json")
+                    raise BrokenArchiveError("the audit chain comes before archive.json")
                 for line in stream:
                     digest.update(line)
                     size += len(line)
                     chain.add(json.loads(line))
                     seq, row_hash = chain.head
                     if seq in anchored_seqs and anchored_seqs.pop(seq) != row_hash:
-                        raise Broken(f"the external anchor's head at sequence {seq} differs")
+                        raise BrokenArchiveError(
+                            f"the external anchor's head at sequence {seq} differs"
+                        )
             else:
                 data = b""
                 small = member.name in ("archive.json", "audit/anchor.json")
@@ -142,7 +152,9 @@ def verify(archive: Path, key: Any, external_anchor: dict[str, Any] | None) -> s
                 if member.name == "archive.json":
                     header = json.loads(data)
                     if header.get("format") != FORMAT:
-                        raise Broken(f"format {header.get('format')!r}, expected {FORMAT}")
+                        raise BrokenArchiveError(
+                            f"format {header.get('format')!r}, expected {FORMAT}"
+                        )
                     chain = Chain(header["tenant_id"])
                     if external_anchor is not None:
                         anchored_seqs = {
@@ -155,40 +167,42 @@ def verify(archive: Path, key: Any, external_anchor: dict[str, Any] | None) -> s
             digests[member.name] = {"sha256": digest.hexdigest(), "bytes": size}
 
     if manifest is None or header is None or chain is None or anchor_document is None:
-        raise Broken("incomplete archive: manifest.json, archive.json or the anchor is missing")
+        raise BrokenArchiveError(
+            "incomplete archive: manifest.json, archive.json or the anchor is missing"
+        )
     if manifest.get("format") != FORMAT or manifest.get("tenant_id") != header["tenant_id"]:
-        raise Broken("manifest.json does not describe this archive")
+        raise BrokenArchiveError("manifest.json does not describe this archive")
     listed = manifest["files"]
     for name in sorted(set(listed) | set(digests)):
         if name not in digests:
-            raise Broken(f"{name}: listed in the manifest but missing")
+            raise BrokenArchiveError(f"{name}: listed in the manifest but missing")
         if name not in listed:
-            raise Broken(f"{name}: in the archive but not in the manifest")
+            raise BrokenArchiveError(f"{name}: in the archive but not in the manifest")
         if listed[name] != digests[name]:
-            raise Broken(f"{name}: SHA-256 or size differs from the manifest")
+            raise BrokenArchiveError(f"{name}: SHA-256 or size differs from the manifest")
     if anchored_seqs:
-        raise Broken(
+        raise BrokenArchiveError(
             f"the external anchor's head (sequence {min(anchored_seqs)}) is not in the chain"
         )
 
     seq, head_hash = chain.head
     if "signature" in anchor_document:
         if key is None:
-            raise Broken("the anchor is signed: give --public-key to check it")
+            raise BrokenArchiveError("the anchor is signed: give --public-key to check it")
         anchor = open_signed_anchor(anchor_document, key)
         heads = [h for h in anchor["heads"] if h["tenant_id"] == header["tenant_id"]]
         if heads != [] and (heads[0]["chain_seq"], heads[0]["row_hash"]) != (seq, head_hash):
-            raise Broken(
+            raise BrokenArchiveError(
                 f"the signed head is sequence {heads[0]['chain_seq']} but the archive's chain "
                 f"ends at {seq}: the archive does not hold the whole chain"
             )
         if heads == [] and seq != 0:
-            raise Broken("the signed anchor has no head for this tenant")
+            raise BrokenArchiveError("the signed anchor has no head for this tenant")
         signed = "signed head matches"
     else:
         unsigned = anchor_document["unsigned_head"]
         if (unsigned["chain_seq"] or 0, unsigned["row_hash"] or "0" * 64) != (seq, head_hash):
-            raise Broken("the archive's unsigned head is not the chain's last row")
+            raise BrokenArchiveError("the archive's unsigned head is not the chain's last row")
         signed = "UNSIGNED head (compare it with an anchor from audit-anchor)"
     return (
         f"OK archive of tenant {header['tenant_id']}: {len(digests)} files match the manifest; "
@@ -208,10 +222,10 @@ def main(argv: list[str]) -> int:
     try:
         if args.anchor is not None:
             if key is None:
-                raise Broken("--anchor needs --public-key")
+                raise BrokenArchiveError("--anchor needs --public-key")
             external = open_signed_anchor(json.loads(args.anchor.read_text()), key)
         print(verify(args.archive, key, external))
-    except Broken as problem:
+    except BrokenArchiveError as problem:
         print(f"BROKEN {args.archive}: {problem}")
         return 1
     except (OSError, tarfile.TarError, json.JSONDecodeError, KeyError, TypeError) as exc:

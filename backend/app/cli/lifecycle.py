@@ -33,11 +33,9 @@ from app.core.logging import configure_logging
 from app.database.engine import build_engine, resolve_targets
 from app.database.session import admin_transaction, make_sessionmaker
 from app.database.unavailable import EXIT_DATABASE_UNAVAILABLE
-from app.services import audit
 from app.services import audit_anchor as audit_anchor_service
 from app.services import tenant_export as export_service
 from app.services import tenant_lifecycle as lifecycle_service
-from app.services.tenants import get_tenant
 
 T = TypeVar("T")
 
@@ -122,13 +120,8 @@ async def write_export(
 ) -> export_service.ExportSummary:
     """Audit the export, then write the archive to `output` (via a temporary name)."""
     async with admin_transaction(lifecycle.sessions) as session:
-        tenant = await get_tenant(session, OPERATOR, tenant_id)
-        await audit.record(
-            session,
-            OPERATOR,
-            "tenant.export",
-            tenant,
-            details={"format": export_service.ARCHIVE_FORMAT, "signed": anchor_key is not None},
+        await export_service.audit_export(
+            session, OPERATOR, tenant_id, signed=anchor_key is not None
         )
     summary = export_service.ExportSummary(tenant_id)
     partial = output.with_name(output.name + ".partial")

@@ -36,8 +36,11 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Document, Tenant, User
+from app.services import audit
 from app.services import audit_anchor as audit_anchor_service
 from app.services import audit_integrity as audit_integrity_service
+from app.services.actor import Actor
+from app.services.tenants import TENANTS
 
 ARCHIVE_FORMAT = "tenant-export/1"
 PART_ROWS = 2000
@@ -180,6 +183,22 @@ class _Parts:
         self.buffer.clear()
         self.rows = 0
         yield from self.archive.member(f"{self.folder}/part-{self.number:06d}.jsonl", data)
+
+
+async def audit_export(
+    session: AsyncSession, actor: Actor, tenant_id: uuid.UUID, *, signed: bool
+) -> Tenant:
+    """Write the `tenant.export` audit row (before the archive's snapshot is taken)."""
+    actor.require_admin()
+    tenant = await TENANTS.get_or_404(session, actor, tenant_id, include_deleted=True)
+    await audit.record(
+        session,
+        actor,
+        "tenant.export",
+        tenant,
+        details={"format": ARCHIVE_FORMAT, "signed": signed},
+    )
+    return tenant
 
 
 async def stream_archive(

@@ -22,9 +22,13 @@ from app.content.key_manager import EncryptionContext, KeyManager
 from app.content.object_store import ObjectStore
 from app.database.session import admin_transaction
 from app.models import Document, Tenant, User
+from app.services import audit
+from app.services.actor import Actor
 from testkit.factories import make_document, make_tenant, make_user
 from tests.own_database import database_fixtures
 from tests.test_content.test_envelope import collect, stream
+
+OPERATOR = Actor.operator()
 
 (
     database_set,
@@ -66,7 +70,10 @@ async def seed_tenant(
         tenant = await make_tenant(session)
         key_ref = await keys.create_tenant_key(tenant.id)
         tenant.kms_key_arn = key_ref
+        await audit.record(session, OPERATOR, "tenant.create", tenant, changed=["name"])
         people = [await make_user(session, tenant) for _ in range(users)]
+        for person in people:
+            await audit.record(session, OPERATOR, "user.create", person, changed=["email"])
         files = [
             await make_document(
                 session,
@@ -77,6 +84,9 @@ async def seed_tenant(
             )
             for _ in range(documents)
         ]
+    async with admin_transaction(admin_sessions) as session:
+        for document in files:
+            await audit.record(session, OPERATOR, "document.create", document, changed=["s3_key"])
     seeded = SeededTenant(
         tenant.id,
         key_ref,
@@ -138,7 +148,5 @@ def public_key_text(key: Ed25519PrivateKey) -> str:
     """The public half as base64 of its 32 raw bytes (what the standalone verifier takes)."""
     from cryptography.hazmat.primitives import serialization
 
-    raw = key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()

@@ -70,7 +70,9 @@ async def _actions(
 ) -> list[str]:
     async with admin_transaction(admin_sessions) as session:
         rows = await session.scalars(
-            select(AuditLog.action).where(AuditLog.tenant_id == tenant_id).order_by(AuditLog.chain_seq)
+            select(AuditLog.action)
+            .where(AuditLog.tenant_id == tenant_id)
+            .order_by(AuditLog.chain_seq)
         )
         return list(rows)
 
@@ -105,7 +107,8 @@ async def test_schedule_revokes_access_at_once_and_cancel_restores_it(
 
     tenant = await _schedule(admin_sessions, caller.tenant.id, days=30)
     assert tenant.status == "offboarding"
-    assert tenant.offboard_after is not None and tenant.offboard_scheduled_at is not None
+    assert tenant.offboard_after is not None
+    assert tenant.offboard_scheduled_at is not None
     assert tenant.offboard_after - tenant.offboard_scheduled_at == timedelta(days=30)
     refused = await client.get("/api/v1/me", headers=caller.headers)
     assert refused.status_code == 403
@@ -153,12 +156,12 @@ async def test_execute_erases_rows_and_objects_shreds_copies_and_spares_other_te
     assert (report.key_destroyed, report.documents_deleted, report.users_deleted) == (True, 3, 2)
     assert report.objects_deleted == 3
     rows = await rows_of(admin_sessions, leaving.tenant_id)
-    assert rows["users"] == [] and rows["documents"] == []
+    assert rows["users"] == []
+    assert rows["documents"] == []
     (tombstone,) = rows["tenants"]
-    assert tombstone["status"] == "offboarded" and tombstone["offboarded_at"] is not None
-    assert await objects_of(object_store, leaving.object_keys) == dict.fromkeys(
-        leaving.object_keys
-    )
+    assert tombstone["status"] == "offboarded"
+    assert tombstone["offboarded_at"] is not None
+    assert await objects_of(object_store, leaving.object_keys) == dict.fromkeys(leaving.object_keys)
     assert [o async for o in object_store.list(f"tenants/{leaving.tenant_id}/")] == []
     await _assert_shredded(key_manager, leaving)
 
@@ -176,7 +179,8 @@ async def test_execute_erases_rows_and_objects_shreds_copies_and_spares_other_te
             .limit(1)
         )
     assert last is not None
-    assert last.metadata_["documents_deleted"] == 3 and last.metadata_["users_deleted"] == 2
+    assert last.metadata_["documents_deleted"] == 3
+    assert last.metadata_["users_deleted"] == 2
 
     # The other tenant: row for row, byte for byte, and its content still opens.
     assert await rows_of(admin_sessions, staying.tenant_id) == staying_rows
@@ -200,14 +204,14 @@ async def test_execute_erases_rows_and_objects_shreds_copies_and_spares_other_te
             await lifecycle_service.cancel_offboarding(session, OPERATOR, leaving.tenant_id)
 
 
-class Crash(Exception):
+class CrashError(Exception):
     """Stands for the process dying at that point."""
 
 
 def _crash_at(message_start: str) -> Any:
     def progress(message: str) -> None:
         if message.startswith(message_start):
-            raise Crash(message)
+            raise CrashError(message)
 
     return progress
 
@@ -221,7 +225,7 @@ async def test_a_crash_halfway_is_finished_by_running_again(
 ) -> None:
     seeded = await seed_tenant(admin_sessions, object_store, key_manager, documents=5)
     await _schedule(admin_sessions, seeded.tenant_id)
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         await _execute(
             admin_sessions,
             object_store,
@@ -247,7 +251,8 @@ async def test_a_crash_halfway_is_finished_by_running_again(
     assert set((await objects_of(object_store, seeded.object_keys)).values()) == {None}
     await _assert_shredded(key_manager, seeded)
     actions = await _actions(admin_sessions, seeded.tenant_id)
-    assert actions.count("tenant.key_destroy") == 1 and actions.count("tenant.offboard") == 1
+    assert actions.count("tenant.key_destroy") == 1
+    assert actions.count("tenant.offboard") == 1
 
 
 async def test_storage_or_kms_unavailable_stops_before_deleting_anything(
@@ -262,9 +267,7 @@ async def test_storage_or_kms_unavailable_stops_before_deleting_anything(
     objects_before = await objects_of(object_store, seeded.object_keys)
     (closed_port,) = free_ports(1)
     dead_store = await S3ObjectStore.open(
-        s3_location(
-            embedded_s3, endpoint_url=f"http://127.0.0.1:{closed_port}", max_attempts=1
-        )
+        s3_location(embedded_s3, endpoint_url=f"http://127.0.0.1:{closed_port}", max_attempts=1)
     )
     dead_keys = OpenBaoTransitKeyManager(f"http://127.0.0.1:{closed_port}", "no-token")
     try:
@@ -292,7 +295,8 @@ async def test_storage_or_kms_unavailable_stops_before_deleting_anything(
     )
     assert await collect(opened) == seeded.plaintexts[document_id]
     report = await _execute(admin_sessions, object_store, key_manager, seeded.tenant_id)
-    assert report.documents_deleted == 3 and report.key_destroyed
+    assert report.documents_deleted == 3
+    assert report.key_destroyed
 
 
 async def test_only_a_scheduled_tenant_whose_grace_is_over_can_be_executed(
