@@ -165,7 +165,6 @@ def export_tenant(
     settings = settings_or_exit()
     tenant_id = parse_uuid(tenant, "TENANT_ID")
     anchor_key = _anchor_key(settings, unsigned)
-    typer.echo(f"exporting tenant {tenant_id} to {output}", err=True)
     summary = run_lifecycle(lambda lc: write_export(lc, tenant_id, output, anchor_key))
     _print_export(output, summary)
 

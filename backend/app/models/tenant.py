@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from app.models.document import Document
     from app.models.user import User
 
+# The offboarding columns were added by a later migration, after the inherited ones: the model
+# keeps that column order so the catalogs of models and migrations are identical.
+_ADDED_LATER = 1
+
 SYSTEM_TENANT_ID = "00000000-0000-0000-0000-000000000000"
 TENANT_STATUSES = ("active", "suspended", "offboarding", "offboarded")
 
@@ -46,12 +50,15 @@ class Tenant(SoftDeleteMixin, Base):
     )
 
     offboard_scheduled_at: Mapped[datetime | None] = mapped_column(
+        sort_order=_ADDED_LATER,
         comment="When `offboard-tenant --schedule` revoked access (NULL: never)."
     )
     offboard_after: Mapped[datetime | None] = mapped_column(
+        sort_order=_ADDED_LATER,
         comment="End of the grace period: `--execute` is refused before it."
     )
     offboarded_at: Mapped[datetime | None] = mapped_column(
+        sort_order=_ADDED_LATER,
         comment="When `offboard-tenant --execute` finished: the row is a tombstone."
     )
 
