@@ -51,15 +51,15 @@ class Tenant(SoftDeleteMixin, Base):
 
     offboard_scheduled_at: Mapped[datetime | None] = mapped_column(
         sort_order=_ADDED_LATER,
-        comment="When `offboard-tenant --schedule` revoked access (NULL: never)."
+        comment="When `offboard-tenant --schedule` revoked access (NULL: never).",
     )
     offboard_after: Mapped[datetime | None] = mapped_column(
         sort_order=_ADDED_LATER,
-        comment="End of the grace period: `--execute` is refused before it."
+        comment="End of the grace period: `--execute` is refused before it.",
     )
     offboarded_at: Mapped[datetime | None] = mapped_column(
         sort_order=_ADDED_LATER,
-        comment="When `offboard-tenant --execute` finished: the row is a tombstone."
+        comment="When `offboard-tenant --execute` finished: the row is a tombstone.",
     )
 
     users: Mapped[list[User]] = relationship(

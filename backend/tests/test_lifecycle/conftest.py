@@ -150,3 +150,16 @@ def public_key_text(key: Ed25519PrivateKey) -> str:
 
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
+
+
+# A second, fresh database to restore exports into.
+(
+    restore_database_set,
+    restore_migrated_db,
+    restore_settings,
+    restore_runtime_engine,
+    restore_runtime_sessions,
+    restore_owner_engine,
+    restore_admin_sessions,
+    restore_database,
+) = database_fixtures("restore_")
