@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours bench-edge fuzz
+.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours bench-edge bench-lifecycle fuzz
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000 (PORT=8010 for another)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
 	@echo "make bench-http HTTP-level cost: the app under load, each route vs its no-auth baseline"
 	@echo "make bench-edge  the edge's JSON nesting scan on pathological 1 MiB bodies vs a plain one"
+	@echo "make bench-lifecycle  export MB/s and time to offboard a tenant of 10,000 documents (ARGS='--docs 1000')"
 	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
 	@echo "make fuzz     10,000-operation leak fuzz + schemathesis stateful run (ARGS='--seed 1 --ops 20000')"
 
@@ -74,6 +75,8 @@ bench-audit: install
 	cd backend && $(BIN)/python -m bench.audit_chain $(ARGS)
 bench-edge: install
 	cd backend && $(BIN)/python -m bench.edge_scan $(ARGS)
+bench-lifecycle: install
+	cd backend && $(BIN)/python -m bench.tenant_lifecycle $(ARGS)
 bench-vector: install
 	cd backend && $(BIN)/python bench/vector_search.py $(BENCH_ARGS)
 

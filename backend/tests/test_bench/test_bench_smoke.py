@@ -62,6 +62,7 @@ SMOKE_RUNS = {
         ),
         "| route | conc. |",
     ),
+    "bench-lifecycle": Smoke(("--docs", "5", "--doc-bytes", "1000"), "| offboard --execute"),
     "bench-neighbours": Smoke(
         ("--seconds", "1", "--docs", "20", "--b-rate", "5", "--max-requests", "200"),
         "phase 3/3",
