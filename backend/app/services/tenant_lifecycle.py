@@ -100,8 +100,8 @@ async def cancel_offboarding(session: AsyncSession, actor: Actor, tenant_id: uui
         )
     if await _offboarding_started(session, tenant_id):
         raise ConflictError(
-            f"tenant {tenant_id}: execution has started (its key is destroyed); run "
-            "`offboard-tenant --execute` again to finish it"
+            f"tenant {tenant_id}: execution has started (its key may be destroyed, its "
+            "content deleted); run `offboard-tenant --execute` again to finish it"
         )
     tenant.status = "active"
     tenant.offboard_scheduled_at = None
@@ -117,11 +117,14 @@ async def cancel_offboarding(session: AsyncSession, actor: Actor, tenant_id: uui
     return tenant
 
 
+async def _recorded(session: AsyncSession, tenant_id: uuid.UUID, action: str) -> bool:
+    """Whether the tenant's audit log already holds an `action` row (steps write theirs once)."""
+    found = select(AuditLog.id).where(AuditLog.tenant_id == tenant_id, AuditLog.action == action)
+    return bool(await session.scalar(select(exists(found))))
+
+
 async def _offboarding_started(session: AsyncSession, tenant_id: uuid.UUID) -> bool:
-    started = select(AuditLog.id).where(
-        AuditLog.tenant_id == tenant_id, AuditLog.action == "tenant.key_destroy"
-    )
-    return bool(await session.scalar(select(exists(started))))
+    return await _recorded(session, tenant_id, "tenant.offboard_start")
 
 
 # Execution -------------------------------------------------------------------------------
@@ -203,6 +206,10 @@ async def execute_offboarding(
         key_manager = await _opened("the key manager", "the pre-flight check", keys)
         await _checked("the key manager", "the pre-flight check", key_manager.check)
     progress("dependencies checked")
+    async with admin_transaction(sessions) as session:
+        if not await _offboarding_started(session, tenant_id):
+            tenant = await get_tenant(session, actor, tenant_id)
+            await audit.record(session, actor, "tenant.offboard_start", tenant)
 
     if key_manager is not None and key_ref is not None:
         await _destroy_key(sessions, key_manager, key_ref, actor, tenant_id, report)
@@ -259,9 +266,9 @@ async def _destroy_key(
     except KeyManagerError as exc:
         raise DependencyUnavailableError("the key manager", "the key destruction", exc) from exc
     async with admin_transaction(sessions) as session:
-        if not await _offboarding_started(session, tenant_id):
+        if not await _recorded(session, tenant_id, "tenant.key_destroy"):
             tenant = await get_tenant(session, actor, tenant_id)
-            await audit.record(session, actor, "tenant.key_destroy", tenant, changed=[])
+            await audit.record(session, actor, "tenant.key_destroy", tenant)
 
 
 async def _erase_documents(

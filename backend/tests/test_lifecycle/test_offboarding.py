@@ -170,7 +170,12 @@ async def test_execute_erases_rows_and_objects_shreds_copies_and_spares_other_te
         after = await audit_integrity_service.verify_chain(session, anchor=before.anchor)
     assert after.ok, after.first_break
     actions = await _actions(admin_sessions, leaving.tenant_id)
-    assert actions[-3:] == ["tenant.offboard_schedule", "tenant.key_destroy", "tenant.offboard"]
+    assert actions[-4:] == [
+        "tenant.offboard_schedule",
+        "tenant.offboard_start",
+        "tenant.key_destroy",
+        "tenant.offboard",
+    ]
     async with admin_transaction(admin_sessions) as session:
         last = await session.scalar(
             select(AuditLog)
@@ -251,6 +256,7 @@ async def test_a_crash_halfway_is_finished_by_running_again(
     assert set((await objects_of(object_store, seeded.object_keys)).values()) == {None}
     await _assert_shredded(key_manager, seeded)
     actions = await _actions(admin_sessions, seeded.tenant_id)
+    assert actions.count("tenant.offboard_start") == 1
     assert actions.count("tenant.key_destroy") == 1
     assert actions.count("tenant.offboard") == 1
 
