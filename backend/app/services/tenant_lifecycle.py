@@ -192,16 +192,12 @@ async def execute_offboarding(
                 f"{tenant.offboard_after.isoformat(timespec='seconds')}; cancel or wait"
             )
         key_ref = tenant.kms_key_arn
-        has_documents = bool(
-            await session.scalar(select(exists().where(Document.tenant_id == tenant_id)))
-        )
 
     # Check both dependencies before the first irreversible step.
-    object_store: ObjectStore | None = None
+    # Storage is always checked: a tenant without documents may still own orphaned objects.
     key_manager: KeyManager | None = None
-    if has_documents:
-        object_store = await _opened("object storage", "the pre-flight check", store)
-        await _checked("object storage", "the pre-flight check", object_store.check)
+    object_store: ObjectStore = await _opened("object storage", "the pre-flight check", store)
+    await _checked("object storage", "the pre-flight check", object_store.check)
     if key_ref is not None:
         key_manager = await _opened("the key manager", "the pre-flight check", keys)
         await _checked("the key manager", "the pre-flight check", key_manager.check)
@@ -215,8 +211,9 @@ async def execute_offboarding(
         await _destroy_key(sessions, key_manager, key_ref, actor, tenant_id, report)
         progress("tenant key destroyed" if report.key_destroyed else "tenant key already gone")
 
-    if object_store is not None:
-        await _erase_documents(sessions, object_store, tenant_id, report, progress, batch_rows)
+    await _erase_documents(sessions, object_store, tenant_id, report, progress, batch_rows)
+    await _sweep_prefix(object_store, tenant_id, report)
+    progress(f"{report.objects_deleted} objects deleted")
 
     async with admin_transaction(sessions) as session:
         tenant = await get_tenant(session, actor, tenant_id)
@@ -302,6 +299,23 @@ async def _erase_documents(
             )
         report.documents_deleted += len(batch)
         progress(f"{report.documents_deleted} documents erased")
+
+
+def tenant_object_prefix(tenant_id: uuid.UUID) -> str:
+    """Where every object of the tenant lives in the bucket."""
+    return f"tenants/{tenant_id}/"
+
+
+async def _sweep_prefix(
+    store: ObjectStore, tenant_id: uuid.UUID, report: OffboardingReport
+) -> None:
+    """Objects no row names any more (an upload killed midway, replaced content)."""
+    try:
+        async for info in store.list(tenant_object_prefix(tenant_id)):
+            await store.delete(info.key)
+            report.objects_deleted += 1
+    except ObjectStoreError as exc:
+        raise DependencyUnavailableError("object storage", "the object sweep", exc) from exc
 
 
 async def _delete_objects(store: ObjectStore, documents: Any, step: str) -> int:

@@ -150,11 +150,15 @@ async def test_execute_erases_rows_and_objects_shreds_copies_and_spares_other_te
         audit_anchor_service.anchor_from_verification(verification), anchor_key
     )
 
+    # An object no row names (an upload killed midway): swept with the tenant's prefix.
+    orphan = f"tenants/{leaving.tenant_id}/documents/{uuid.uuid4()}/orphan"
+    await object_store.put_stream(orphan, stream([b"ciphertext"]), content_type="x/y")
+
     await _schedule(admin_sessions, leaving.tenant_id)
     report = await _execute(admin_sessions, object_store, key_manager, leaving.tenant_id)
 
     assert (report.key_destroyed, report.documents_deleted, report.users_deleted) == (True, 3, 2)
-    assert report.objects_deleted == 3
+    assert report.objects_deleted == 4
     rows = await rows_of(admin_sessions, leaving.tenant_id)
     assert rows["users"] == []
     assert rows["documents"] == []
