@@ -23,6 +23,7 @@ and a row restored meanwhile is no longer a candidate when its lock is taken.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ BATCH_ROWS = 500
 """Documents erased per transaction: bounds row locks held and work lost to a crash."""
 
 OFFBOARDABLE = ("active", "suspended")
+DELETE_CONCURRENCY = 16
+"""Object deletions in flight at once (S3 answers each in one round trip)."""
 
 
 class DependencyUnavailableError(ServiceUnavailableError):
@@ -319,15 +322,22 @@ async def _sweep_prefix(
 
 
 async def _delete_objects(store: ObjectStore, documents: Any, step: str) -> int:
-    deleted = 0
-    for document in documents:
-        for key in document_object_keys(document):
-            try:
-                await store.delete(key)
-            except ObjectStoreError as exc:
-                raise DependencyUnavailableError("object storage", step, exc) from exc
-            deleted += 1
-    return deleted
+    """Delete the documents' objects, DELETE_CONCURRENCY at a time (one round trip each)."""
+    keys = [key for document in documents for key in document_object_keys(document)]
+    gate = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+    async def delete_one(key: str) -> None:
+        async with gate:
+            await store.delete(key)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for key in keys:
+                group.create_task(delete_one(key))
+    except* ObjectStoreError as failures:
+        first = failures.exceptions[0]
+        raise DependencyUnavailableError("object storage", step, first) from first
+    return len(keys)
 
 
 # Retention -------------------------------------------------------------------------------
