@@ -46,7 +46,8 @@ class Tenant(SoftDeleteMixin, Base):
         " or offboarded (tombstone); only active tenants can sign in.",
     )
     kms_key_arn: Mapped[str | None] = mapped_column(
-        String(2048), comment="AWS KMS key ARN for per-tenant encryption (Feature 4)."
+        String(2048),
+        comment="The tenant's own key: an AWS KMS key ARN or an OpenBao transit key name.",
     )
 
     offboard_scheduled_at: Mapped[datetime | None] = mapped_column(

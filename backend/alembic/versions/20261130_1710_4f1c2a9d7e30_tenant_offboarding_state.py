@@ -5,8 +5,8 @@ runs until `offboard_after`, and the tenant may still be reactivated. `offboarde
 objects, documents and users are gone; the row stays as the tombstone the audit chain names.
 
 Revision ID: 4f1c2a9d7e30
-Revises: 8b61c0d4e2f5
-Create Date: 2026-11-30 17:00:00
+Revises: 3f9c2a7d5e14
+Create Date: 2026-11-30 17:10:00
 """
 
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision: str = "4f1c2a9d7e30"
-down_revision: str | None = "8b61c0d4e2f5"
+down_revision: str | None = "3f9c2a7d5e14"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -11,7 +11,7 @@ make a validated one fail, and their history must not be rewritten to fit.
 
 Revision ID: 7a3e9b2c1d48
 Revises: 4f1c2a9d7e30
-Create Date: 2026-11-30 17:05:00
+Create Date: 2026-11-30 17:15:00
 """
 
 from collections.abc import Sequence
