@@ -133,7 +133,10 @@ async def write_export(
                     session,
                     tenant_id,
                     anchor_key=anchor_key,
-                    read_content=None,
+                    read_content=export_service.content_reader(
+                        await lifecycle.content.object_store(),
+                        await lifecycle.content.key_manager(),
+                    ),
                     progress=progress,
                     summary=summary,
                 ):

@@ -37,6 +37,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.content import envelope
+from app.content.key_manager import EncryptionContext, KeyManager
+from app.content.object_store import ObjectStore
 from app.models import Document, Tenant, User
 from app.services import audit
 from app.services import audit_anchor as audit_anchor_service
@@ -188,6 +191,22 @@ class _Parts:
         yield from self.archive.member(f"{self.folder}/part-{self.number:06d}.jsonl", data)
 
 
+def content_reader(store: ObjectStore, keys: KeyManager) -> ContentReader:
+    """Opens a document row's content decrypted: its data key unwrapped under its tenant's
+    key (bound to the tenant and document), its object verified segment by segment."""
+
+    async def read(document: Any) -> AsyncIterator[bytes] | None:
+        if document.content_object_key is None:
+            return None
+        context = EncryptionContext(tenant_id=document.tenant_id, document_id=document.id)
+        sealed = await store.get_stream(document.content_object_key)
+        return await envelope.unseal(
+            keys, document.content_key_ref, document.content_wrapped_key, context, sealed
+        )
+
+    return read
+
+
 async def _content_members(
     session: AsyncSession,
     tenant_id: uuid.UUID,
@@ -200,8 +219,16 @@ async def _content_members(
     and storage round trips dominate, and they overlap this way; memory stays a few segments
     per open document."""
     statement = (
-        select(Document.id, Document.size_bytes, Document.s3_key)
-        .where(Document.tenant_id == tenant_id)
+        select(
+            Document.id,
+            Document.tenant_id,
+            Document.size_bytes,
+            Document.content_object_key,
+            Document.content_wrapped_key,
+            Document.content_key_ref,
+            Document.content_sha256,
+        )
+        .where(Document.tenant_id == tenant_id, Document.content_object_key.is_not(None))
         .order_by(Document.id)
     )
     documents = await session.stream(statement.execution_options(yield_per=STREAM_ROWS))
@@ -214,6 +241,8 @@ async def _content_members(
         name = f"content/{document.id}"
         async for chunk in archive.streamed_member(name, document.size_bytes, chunks):
             yield chunk
+        if archive.files[name]["sha256"] != document.content_sha256:
+            raise ExportError(f"{name}: the content's SHA-256 is not the one recorded at upload")
         summary.documents_with_content += 1
         summary.content_bytes += document.size_bytes
 

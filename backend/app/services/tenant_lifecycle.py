@@ -38,7 +38,7 @@ from app.content.object_store import ObjectStore, ObjectStoreError
 from app.core.errors import ConflictError, ServiceUnavailableError
 from app.database.session import admin_transaction
 from app.models import AuditLog, Document, Tenant, User
-from app.services import audit
+from app.services import audit, document_content
 from app.services.actor import Actor
 from app.services.tenants import get_tenant
 
@@ -60,8 +60,9 @@ class DependencyUnavailableError(ServiceUnavailableError):
 
 
 def document_object_keys(document: Any) -> list[str]:
-    """The object-store keys that hold a document's content (one object per document)."""
-    return [document.s3_key]
+    """The object-store keys that hold a document's content (none before its upload)."""
+    key = document.content_object_key
+    return [] if key is None else [key]
 
 
 # Scheduling ------------------------------------------------------------------------------
@@ -194,14 +195,21 @@ async def execute_offboarding(
                 f"tenant {tenant_id}: the grace period runs until "
                 f"{tenant.offboard_after.isoformat(timespec='seconds')}; cancel or wait"
             )
-        key_ref = tenant.kms_key_arn
+        # The tenant's key, and any other key its documents' data keys were wrapped with (a
+        # key brought by the operator and replaced since): all of them are destroyed.
+        content_refs = await session.scalars(
+            select(Document.content_key_ref)
+            .where(Document.tenant_id == tenant_id, Document.content_key_ref.is_not(None))
+            .distinct()
+        )
+        key_refs = sorted({ref for ref in [tenant.kms_key_arn, *content_refs] if ref is not None})
 
     # Check both dependencies before the first irreversible step.
     # Storage is always checked: a tenant without documents may still own orphaned objects.
     key_manager: KeyManager | None = None
     object_store: ObjectStore = await _opened("object storage", "the pre-flight check", store)
     await _checked("object storage", "the pre-flight check", object_store.check)
-    if key_ref is not None:
+    if key_refs:
         key_manager = await _opened("the key manager", "the pre-flight check", keys)
         await _checked("the key manager", "the pre-flight check", key_manager.check)
     progress("dependencies checked")
@@ -210,8 +218,8 @@ async def execute_offboarding(
             tenant = await get_tenant(session, actor, tenant_id)
             await audit.record(session, actor, "tenant.offboard_start", tenant)
 
-    if key_manager is not None and key_ref is not None:
-        await _destroy_key(sessions, key_manager, key_ref, actor, tenant_id, report)
+    if key_manager is not None:
+        await _destroy_keys(sessions, key_manager, key_refs, actor, tenant_id, report)
         progress("tenant key destroyed" if report.key_destroyed else "tenant key already gone")
 
     await _erase_documents(sessions, object_store, tenant_id, report, progress, batch_rows)
@@ -250,21 +258,22 @@ async def _opened(dependency: str, step: str, opener: Callable[[], Any]) -> Any:
         raise DependencyUnavailableError(dependency, step, exc) from exc
 
 
-async def _destroy_key(
+async def _destroy_keys(
     sessions: async_sessionmaker[AsyncSession],
     key_manager: KeyManager,
-    key_ref: str,
+    key_refs: list[str],
     actor: Actor,
     tenant_id: uuid.UUID,
     report: OffboardingReport,
 ) -> None:
-    try:
-        await key_manager.destroy(key_ref)
-        report.key_destroyed = True
-    except KeyNotFoundError:
-        pass  # destroyed by an earlier run (or never created)
-    except KeyManagerError as exc:
-        raise DependencyUnavailableError("the key manager", "the key destruction", exc) from exc
+    for key_ref in key_refs:
+        try:
+            await key_manager.destroy(key_ref)
+            report.key_destroyed = True
+        except KeyNotFoundError:
+            pass  # destroyed by an earlier run (or never created)
+        except KeyManagerError as exc:
+            raise DependencyUnavailableError("the key manager", "the key destruction", exc) from exc
     async with admin_transaction(sessions) as session:
         if not await _recorded(session, tenant_id, "tenant.key_destroy"):
             tenant = await get_tenant(session, actor, tenant_id)
@@ -285,7 +294,7 @@ async def _erase_documents(
         async with admin_transaction(sessions) as session:
             batch = (
                 await session.execute(
-                    select(Document.id, Document.s3_key)
+                    select(Document.id, Document.content_object_key)
                     .where(Document.tenant_id == tenant_id)
                     .order_by(Document.id)
                     .limit(batch_rows)
@@ -306,7 +315,7 @@ async def _erase_documents(
 
 def tenant_object_prefix(tenant_id: uuid.UUID) -> str:
     """Where every object of the tenant lives in the bucket."""
-    return f"tenants/{tenant_id}/"
+    return f"{document_content.OBJECT_KEY_PREFIX}{tenant_id}/"
 
 
 async def _sweep_prefix(

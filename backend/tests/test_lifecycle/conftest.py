@@ -17,14 +17,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.content import envelope
-from app.content.key_manager import EncryptionContext, KeyManager
+from app.content.key_manager import KeyManager
 from app.content.object_store import ObjectStore
 from app.database.session import admin_transaction
 from app.models import Document, Tenant, User
-from app.services import audit
+from app.schemas.tenant import TenantCreate
+from app.services import audit, document_content
+from app.services import tenants as tenants_service
 from app.services.actor import Actor
-from testkit.factories import make_document, make_tenant, make_user
+from testkit.factories import make_document, make_user
 from tests.own_database import database_fixtures
 from tests.test_content.test_envelope import collect, stream
 
@@ -58,6 +59,7 @@ class SeededTenant:
 
 async def seed_tenant(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     store: ObjectStore,
     keys: KeyManager,
     *,
@@ -65,45 +67,44 @@ async def seed_tenant(
     documents: int = 3,
     content_bytes: int = 70_000,
 ) -> SeededTenant:
-    """Commit a tenant with a key, `users` users and `documents` documents with content."""
+    """Commit a tenant with its own key, `users` users and `documents` documents whose content
+    is uploaded through the content service (sealed, stored, recorded, audited)."""
     async with admin_transaction(admin_sessions) as session:
-        tenant = await make_tenant(session)
-        key_ref = await keys.create_tenant_key(tenant.id)
-        tenant.kms_key_arn = key_ref
-        await audit.record(session, OPERATOR, "tenant.create", tenant, changed=["name"])
+        tenant = await tenants_service.create_tenant(
+            session, OPERATOR, TenantCreate(name=f"tenant-{uuid.uuid4().hex[:8]}"), keys
+        )
         people = [await make_user(session, tenant) for _ in range(users)]
         for person in people:
             await audit.record(session, OPERATOR, "user.create", person, changed=["email"])
         files = [
-            await make_document(
-                session,
-                people[0],
-                s3_key=f"tenants/{tenant.id}/documents/{uuid.uuid4()}",
-                size_bytes=content_bytes,
-                status="completed",
-            )
+            await make_document(session, people[0], size_bytes=content_bytes, status="processing")
             for _ in range(documents)
         ]
-    async with admin_transaction(admin_sessions) as session:
         for document in files:
             await audit.record(session, OPERATOR, "document.create", document, changed=["s3_key"])
-    seeded = SeededTenant(
-        tenant.id,
-        key_ref,
-        [p.id for p in people],
-        [f.id for f in files],
-        [f.s3_key for f in files],
-    )
+    assert tenant.kms_key_arn is not None
+    seeded = SeededTenant(tenant.id, tenant.kms_key_arn, [p.id for p in people], [], [])
+    uploader = Actor.operator(tenant.id)
     for number, document in enumerate(files):
         plaintext = (f"document {number} of {tenant.id}: ".encode() * 4000)[:content_bytes]
-        context = EncryptionContext(tenant.id, document.id)
-        sealed = await envelope.seal(keys, key_ref, context, stream([plaintext]))
-        ciphertext = await collect(sealed.chunks)
-        await store.put_stream(
-            document.s3_key, stream([ciphertext]), content_type="application/octet-stream"
+        stored = await document_content.upload_content(
+            runtime_sessions,
+            uploader,
+            document.id,
+            stream([plaintext]),
+            declared_type=document.content_type,
+            declared_length=len(plaintext),
+            max_bytes=len(plaintext),
+            store=store,
+            keys=keys,
         )
+        assert stored.content_object_key is not None
+        assert stored.content_wrapped_key is not None
+        ciphertext = await collect(await store.get_stream(stored.content_object_key))
+        seeded.document_ids.append(document.id)
+        seeded.object_keys.append(stored.content_object_key)
         seeded.plaintexts[document.id] = plaintext
-        seeded.stolen[document.id] = (ciphertext, sealed.wrapped_key)
+        seeded.stolen[document.id] = (ciphertext, stored.content_wrapped_key)
     return seeded
 
 

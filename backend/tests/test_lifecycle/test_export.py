@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.content.object_store import S3ObjectStore
+from app.content.key_manager import KeyManager
+from app.content.object_store import ObjectStore, S3ObjectStore
 from app.content.openbao_transit import OpenBaoTransitKeyManager
 from app.core.config import BACKEND_DIR
 from app.database.session import admin_transaction, make_sessionmaker
@@ -54,6 +55,8 @@ async def export_to(
     tenant_id: uuid.UUID,
     path: Path,
     anchor_key: Ed25519PrivateKey | None,
+    store: ObjectStore,
+    keys: KeyManager,
 ) -> export_service.ExportSummary:
     """Audit and export the tenant as the CLI does: one REPEATABLE READ snapshot."""
     async with admin_transaction(admin_sessions) as session:
@@ -66,7 +69,11 @@ async def export_to(
     with path.open("wb") as out:
         async with admin_transaction(snapshots) as session:
             async for chunk in export_service.stream_archive(
-                session, tenant_id, anchor_key=anchor_key, summary=summary
+                session,
+                tenant_id,
+                anchor_key=anchor_key,
+                read_content=export_service.content_reader(store, keys),
+                summary=summary,
             ):
                 out.write(chunk)
     return summary
@@ -110,13 +117,16 @@ def jsonl(data: bytes) -> list[dict[str, Any]]:
 
 async def test_archive_holds_every_row_and_the_whole_chain_and_verifies(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
     anchor_key: Ed25519PrivateKey,
     tmp_path: Path,
     monkeypatch: Any,
 ) -> None:
-    seeded = await seed_tenant(admin_sessions, object_store, key_manager, users=3, documents=5)
+    seeded = await seed_tenant(
+        admin_sessions, runtime_sessions, object_store, key_manager, users=3, documents=5
+    )
     async with admin_transaction(admin_sessions) as session:
         earlier = audit_anchor_service.sign_anchor(
             audit_anchor_service.anchor_from_verification(
@@ -129,7 +139,9 @@ async def test_archive_holds_every_row_and_the_whole_chain_and_verifies(
     monkeypatch.setattr(export_service, "PART_ROWS", 2)  # several parts per table
     archive = tmp_path / "export.tar"
 
-    summary = await export_to(admin_sessions, seeded.tenant_id, archive, anchor_key)
+    summary = await export_to(
+        admin_sessions, seeded.tenant_id, archive, anchor_key, object_store, key_manager
+    )
 
     key = public_key_text(anchor_key)
     result = verify_archive(archive, "--public-key", key, "--anchor", str(anchor_file))
@@ -156,6 +168,13 @@ async def test_archive_holds_every_row_and_the_whole_chain_and_verifies(
             json.loads(json.dumps(row, default=export_service.json_value)) for row in rows
         ]
     assert summary.rows == {"tenants": 1, "users": 3, "documents": 5}
+    # Every document's content, decrypted, with the SHA-256 recorded at upload.
+    manifest = json.loads(files["manifest.json"])
+    for document in expected["documents"]:
+        name = f"content/{document['id']}"
+        assert files[name] == seeded.plaintexts[document["id"]]
+        assert manifest["files"][name]["sha256"] == document["content_sha256"]
+    assert summary.documents_with_content == 5
     # The chain ends with the export's own audit row, and the signed head is its last row.
     chain = [row for n in names if n.startswith("audit/chain/") for row in jsonl(files[n])]
     assert chain[-1]["canonical"][6] == "tenant.export"
@@ -216,7 +235,7 @@ async def test_archive_holds_every_row_and_the_whole_chain_and_verifies(
 
 async def test_admins_export_over_the_api_and_members_are_refused(
     admin_sessions: async_sessionmaker[AsyncSession],
-    client: httpx.AsyncClient,
+    content_client: httpx.AsyncClient,
     make_caller: MakeCaller,
     tmp_path: Path,
 ) -> None:
@@ -224,6 +243,7 @@ async def test_admins_export_over_the_api_and_members_are_refused(
     member = await make_caller(role="member", tenant=admin.tenant)
     other = await make_caller(role="admin")
 
+    client = content_client
     refused = await client.get("/api/v1/tenant/export", headers=member.headers)
     assert refused.status_code == 403
     answer = await client.get("/api/v1/tenant/export", headers=admin.headers)

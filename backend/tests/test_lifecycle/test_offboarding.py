@@ -136,12 +136,13 @@ async def test_schedule_revokes_access_at_once_and_cancel_restores_it(
 
 async def test_execute_erases_rows_and_objects_shreds_copies_and_spares_other_tenants(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
     anchor_key: Any,
 ) -> None:
-    leaving = await seed_tenant(admin_sessions, object_store, key_manager)
-    staying = await seed_tenant(admin_sessions, object_store, key_manager)
+    leaving = await seed_tenant(admin_sessions, runtime_sessions, object_store, key_manager)
+    staying = await seed_tenant(admin_sessions, runtime_sessions, object_store, key_manager)
     staying_rows = await rows_of(admin_sessions, staying.tenant_id)
     staying_objects = await objects_of(object_store, staying.object_keys)
     async with admin_transaction(admin_sessions) as session:
@@ -228,11 +229,14 @@ def _crash_at(message_start: str) -> Any:
 @pytest.mark.parametrize("crash_at", ["tenant key destroyed", "2 documents erased"])
 async def test_a_crash_halfway_is_finished_by_running_again(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
     crash_at: str,
 ) -> None:
-    seeded = await seed_tenant(admin_sessions, object_store, key_manager, documents=5)
+    seeded = await seed_tenant(
+        admin_sessions, runtime_sessions, object_store, key_manager, documents=5
+    )
     await _schedule(admin_sessions, seeded.tenant_id)
     with pytest.raises(CrashError):
         await _execute(
@@ -267,11 +271,12 @@ async def test_a_crash_halfway_is_finished_by_running_again(
 
 async def test_storage_or_kms_unavailable_stops_before_deleting_anything(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
     embedded_s3: Any,
 ) -> None:
-    seeded = await seed_tenant(admin_sessions, object_store, key_manager)
+    seeded = await seed_tenant(admin_sessions, runtime_sessions, object_store, key_manager)
     await _schedule(admin_sessions, seeded.tenant_id)
     rows_before = await rows_of(admin_sessions, seeded.tenant_id)
     objects_before = await objects_of(object_store, seeded.object_keys)
@@ -311,10 +316,13 @@ async def test_storage_or_kms_unavailable_stops_before_deleting_anything(
 
 async def test_only_a_scheduled_tenant_whose_grace_is_over_can_be_executed(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
 ) -> None:
-    seeded = await seed_tenant(admin_sessions, object_store, key_manager, documents=1)
+    seeded = await seed_tenant(
+        admin_sessions, runtime_sessions, object_store, key_manager, documents=1
+    )
     with pytest.raises(ConflictError, match="schedule its offboarding first"):
         await _execute(admin_sessions, object_store, key_manager, seeded.tenant_id)
     await _schedule(admin_sessions, seeded.tenant_id, days=1)

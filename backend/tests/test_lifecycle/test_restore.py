@@ -42,15 +42,20 @@ async def _chain(sessions: async_sessionmaker[AsyncSession], tenant_id: object) 
 
 async def test_a_tenant_restores_into_a_fresh_database_with_its_chain_verifiable(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     restore_admin_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
     anchor_key: Ed25519PrivateKey,
     tmp_path: Path,
 ) -> None:
-    seeded = await seed_tenant(admin_sessions, object_store, key_manager, users=2, documents=3)
+    seeded = await seed_tenant(
+        admin_sessions, runtime_sessions, object_store, key_manager, users=2, documents=3
+    )
     archive = tmp_path / "export.tar"
-    await export_to(admin_sessions, seeded.tenant_id, archive, anchor_key)
+    await export_to(
+        admin_sessions, seeded.tenant_id, archive, anchor_key, object_store, key_manager
+    )
     original_rows = await rows_of(admin_sessions, seeded.tenant_id)
     original_chain = await _chain(admin_sessions, seeded.tenant_id)
 
@@ -85,15 +90,20 @@ async def test_a_tenant_restores_into_a_fresh_database_with_its_chain_verifiable
 
 async def test_a_tampered_archive_restores_nothing(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     restore_admin_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
     anchor_key: Ed25519PrivateKey,
     tmp_path: Path,
 ) -> None:
-    seeded = await seed_tenant(admin_sessions, object_store, key_manager, users=1, documents=1)
+    seeded = await seed_tenant(
+        admin_sessions, runtime_sessions, object_store, key_manager, users=1, documents=1
+    )
     archive = tmp_path / "export.tar"
-    await export_to(admin_sessions, seeded.tenant_id, archive, anchor_key)
+    await export_to(
+        admin_sessions, seeded.tenant_id, archive, anchor_key, object_store, key_manager
+    )
     files = members(archive)
     chain_part = "audit/chain/part-000001.jsonl"
     forged = files[chain_part].replace(b"document.create", b"document.delete", 1)

@@ -63,10 +63,13 @@ async def _purge_audits(
 
 async def test_purge_erases_only_what_is_past_retention_with_its_objects(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
 ) -> None:
-    seeded = await seed_tenant(admin_sessions, object_store, key_manager, users=3, documents=4)
+    seeded = await seed_tenant(
+        admin_sessions, runtime_sessions, object_store, key_manager, users=3, documents=4
+    )
     old_doc, recent_doc, _active_doc, kept_doc = seeded.document_ids
     owner, old_user, recent_user = seeded.user_ids
     await _deleted_ago(admin_sessions, Document, [old_doc], days=31)
@@ -96,11 +99,18 @@ async def test_purge_erases_only_what_is_past_retention_with_its_objects(
 
 async def test_concurrent_purges_erase_each_row_exactly_once(
     admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
 ) -> None:
     seeded = await seed_tenant(
-        admin_sessions, object_store, key_manager, users=1, documents=12, content_bytes=100
+        admin_sessions,
+        runtime_sessions,
+        object_store,
+        key_manager,
+        users=1,
+        documents=12,
+        content_bytes=100,
     )
     await _deleted_ago(admin_sessions, Document, seeded.document_ids, days=90)
 

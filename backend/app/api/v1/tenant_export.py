@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from app.api.deps import AdminActor, TenantSession
 from app.api.responses import API_ERRORS
+from app.content.backends import ContentBackends
 from app.core.config import Settings
 from app.database import Database
 from app.database.session import make_sessionmaker, tenant_transaction
@@ -53,6 +54,10 @@ async def export_tenant(
     signing = settings.AUDIT_ANCHOR_SIGNING_KEY is not None
     anchor_key = audit_anchor_service.signing_key(settings) if signing else None
     await export_service.audit_export(session, actor, tenant_id, signed=signing)
+    content: ContentBackends = request.app.state.content
+    read_content = export_service.content_reader(
+        await content.object_store(), await content.key_manager()
+    )
     database: Database = request.app.state.database
     snapshots = make_sessionmaker(
         database.engine.execution_options(isolation_level="REPEATABLE READ")
@@ -62,7 +67,7 @@ async def export_tenant(
         async with tenant_transaction(snapshots, tenant_id) as snapshot:
             await snapshot.execute(_IDLE_WHILE_STREAMING)
             async for chunk in export_service.stream_archive(
-                snapshot, tenant_id, anchor_key=anchor_key
+                snapshot, tenant_id, anchor_key=anchor_key, read_content=read_content
             ):
                 yield chunk
 
