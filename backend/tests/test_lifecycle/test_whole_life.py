@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,11 +36,12 @@ from app.content.object_store import S3ObjectStore
 from app.content.openbao_transit import OpenBaoTransitKeyManager
 from app.core.config import BACKEND_DIR, get_settings
 from app.database.session import admin_transaction
-from app.models import Tenant, User
+from app.models import Document, Tenant, User
 from app.services import audit_anchor as audit_anchor_service
 from app.services import audit_integrity as audit_integrity_service
 from app.services import tenant_lifecycle as lifecycle_service
 from app.services.actor import Actor
+from testkit.auth_helpers import TestIssuer
 from testkit.factories import make_document, make_tenant, make_user
 from tests.conftest import MigratedDatabase
 from tests.test_cli.conftest import cli_environment
@@ -139,6 +141,8 @@ def _one_line_error(
 
 async def test_a_tenant_from_creation_to_tombstone(
     run_cli: RunCli,
+    content_client: httpx.AsyncClient,
+    test_issuer: TestIssuer,
     admin_sessions: async_sessionmaker[AsyncSession],
     object_store: S3ObjectStore,
     key_manager: OpenBaoTransitKeyManager,
@@ -158,34 +162,56 @@ async def test_a_tenant_from_creation_to_tombstone(
         "--json",
     )
     owner_id = uuid.UUID(json.loads(_ok(created))["id"])
-    # Use: documents whose content is sealed under the tenant's own key.
-    key_ref = await key_manager.create_tenant_key(tenant_id)
-    stolen: dict[uuid.UUID, tuple[bytes, bytes]] = {}
-    plaintext = b"chart note: " * 20_000
+    # The tenant's own key was provisioned by create-tenant.
     async with admin_transaction(admin_sessions) as session:
         tenant = await session.get(Tenant, tenant_id)
         assert tenant is not None
-        tenant.kms_key_arn = key_ref
+        assert tenant.kms_key_arn is not None
+        key_ref = tenant.kms_key_arn
         await make_user(session, tenant_id)
         owner = await session.get(User, owner_id)
         assert owner is not None
-        documents = [
-            await make_document(
-                session,
-                owner,
-                s3_key=f"tenants/{tenant_id}/documents/{uuid.uuid4()}",
-                size_bytes=len(plaintext),
-                status="completed",
-            )
-            for _ in range(3)
-        ]
-    for document in documents:
-        sealed = await envelope.seal(
-            key_manager, key_ref, EncryptionContext(tenant_id, document.id), stream([plaintext])
+    # Use: the owner registers documents and uploads their content through the API.
+    headers = test_issuer.headers_for(owner)
+    plaintext = b"chart note: " * 20_000
+    document_ids = []
+    for number in range(3):
+        registered = await content_client.post(
+            "/api/v1/documents",
+            json={
+                "filename": f"note-{number}.txt",
+                "content_type": "text/plain",
+                "size_bytes": len(plaintext),
+                "s3_bucket": "unused",
+                "s3_key": f"unused/{number}",
+            },
+            headers=headers,
         )
-        ciphertext = await collect(sealed.chunks)
-        await object_store.put_stream(document.s3_key, stream([ciphertext]), content_type="x/y")
-        stolen[document.id] = (ciphertext, sealed.wrapped_key)
+        assert registered.status_code == 201, registered.text
+        document_id = uuid.UUID(registered.json()["id"])
+        uploaded = await content_client.put(
+            f"/api/v1/documents/{document_id}/content",
+            content=plaintext,
+            headers={**headers, "Content-Type": "text/plain"},
+        )
+        assert uploaded.status_code in (200, 201), uploaded.text
+        document_ids.append(document_id)
+    downloaded = await content_client.get(
+        f"/api/v1/documents/{document_ids[0]}/content", headers=headers
+    )
+    assert downloaded.content == plaintext
+    # What a thief or a backup holds from now on: each object and its wrapped data key.
+    stolen: dict[uuid.UUID, tuple[bytes, bytes]] = {}
+    object_keys = []
+    async with admin_transaction(admin_sessions) as session:
+        for document_id in document_ids:
+            document = await session.get(Document, document_id)
+            assert document is not None
+            assert document.content_object_key is not None
+            assert document.content_wrapped_key is not None
+            object_keys.append(document.content_object_key)
+            ciphertext = await collect(await object_store.get_stream(document.content_object_key))
+            stolen[document_id] = (ciphertext, document.content_wrapped_key)
 
     # Export (progress on stderr), anchor, schedule, execute.
     archive = tmp_path / "clinic.tar"
@@ -211,6 +237,8 @@ async def test_a_tenant_from_creation_to_tombstone(
     assert result.returncode == 0, result.stdout
     files = members(archive)
     assert len([n for n in files if n.startswith("rows/users/")]) == 1
+    for document_id in document_ids:
+        assert files[f"content/{document_id}"] == plaintext  # the content, decrypted
     # The database: nothing left but the tombstone, the chain verifies against the anchor.
     rows = await rows_of(admin_sessions, tenant_id)
     assert (rows["users"], rows["documents"], rows["tenants"][0]["status"]) == (
@@ -218,7 +246,8 @@ async def test_a_tenant_from_creation_to_tombstone(
         [],
         "offboarded",
     )
-    assert set((await objects_of(object_store, [d.s3_key for d in documents])).values()) == {None}
+    assert set((await objects_of(object_store, object_keys)).values()) == {None}
+    assert [o async for o in object_store.list(f"tenants/{tenant_id}/")] == []
     async with admin_transaction(admin_sessions) as session:
         verified = await audit_integrity_service.verify_chain(
             session, tenant_id=tenant_id, anchor=before
