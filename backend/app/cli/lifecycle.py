@@ -305,7 +305,14 @@ async def _import(
     lifecycle: Lifecycle, archive: Path, verify_key: Ed25519PublicKey | None
 ) -> import_service.ImportSummary:
     async with admin_transaction(lifecycle.sessions) as session:
-        return await import_service.import_archive(session, OPERATOR, archive, verify_key)
+        return await import_service.import_archive(
+            session,
+            OPERATOR,
+            archive,
+            verify_key,
+            await lifecycle.content.object_store(),
+            await lifecycle.content.key_manager(),
+        )
 
 
 def import_tenant(
@@ -322,6 +329,7 @@ def import_tenant(
     typer.echo(
         f"restored tenant {summary.tenant_id}: {rows}; audit chain of {summary.audit_rows} rows "
         f"rebuilt, head {summary.audit_head_hash} "
+        f"({summary.documents_with_content} documents' content sealed under a new key) "
         f"({'matches the signed anchor' if summary.anchor_checked else 'archive unsigned'})"
     )
 

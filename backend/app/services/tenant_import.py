@@ -18,7 +18,7 @@ import hashlib
 import json
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,19 +26,22 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import LargeBinary, Table, Uuid, insert, select
+from sqlalchemy import LargeBinary, Table, Uuid, insert, select, update
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.content.key_manager import KeyManager
+from app.content.object_store import ObjectStore
 from app.core.errors import ConflictError, InvalidInputError
-from app.models import AuditLog, Tenant
+from app.models import AuditLog, Document, Tenant
 from app.models.audit_log import audit_chain_heads
-from app.services import audit
+from app.services import audit, document_content
 from app.services import audit_anchor as audit_anchor_service
 from app.services.actor import Actor
 from app.services.tenant_export import ARCHIVE_FORMAT, EXPORTED_TABLES
 
 INSERT_BATCH = 500
+CHUNK_BYTES = 256 * 1024
 AUDIT_LOGS: Table = AuditLog.__table__  # type: ignore[assignment]
 # The canonical fields of an exported audit row (docs/AUDIT_INTEGRITY.md), by position.
 _AUDIT_FIELDS = (
@@ -70,6 +73,7 @@ class ImportSummary:
     audit_rows: int = 0
     audit_head_hash: str | None = None
     anchor_checked: bool = False
+    documents_with_content: int = 0
 
 
 def _converter(column: Any) -> Any:
@@ -135,16 +139,50 @@ def _batches(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield batch
 
 
+async def _member_chunks(stream: IO[bytes], digest: Any) -> AsyncIterator[bytes]:
+    while chunk := stream.read(CHUNK_BYTES):
+        digest.update(chunk)
+        yield chunk
+
+
 async def import_archive(
     session: AsyncSession,
     actor: Actor,
     archive: Path,
     verify_key: Ed25519PublicKey | None,
+    store: ObjectStore,
+    keys: KeyManager,
 ) -> ImportSummary:
     """Restore the archive's tenant in `session` (an admin transaction); ArchiveError if it
-    does not check out, ConflictError if the tenant is already there."""
+    does not check out, ConflictError if the tenant is already there.
+
+    Content is sealed anew under the tenant's key in this environment (created here) and
+    stored in `store`; each document's SHA-256 must be the one recorded at its upload. On
+    failure the objects stored so far are deleted again.
+    """
     actor.require_admin()
+    stored_keys: list[str] = []
+    try:
+        return await _import(session, actor, archive, verify_key, store, keys, stored_keys)
+    except BaseException:
+        for key in stored_keys:
+            await store.delete(key)
+        raise
+
+
+async def _import(
+    session: AsyncSession,
+    actor: Actor,
+    archive: Path,
+    verify_key: Ed25519PublicKey | None,
+    store: ObjectStore,
+    keys: KeyManager,
+    stored_keys: list[str],
+) -> ImportSummary:
     summary = ImportSummary()
+    key_ref: str | None = None
+    # What each document's content must hash to, and when it was uploaded (from its row).
+    uploads: dict[uuid.UUID, tuple[str, Any]] = {}
     digests: dict[str, dict[str, Any]] = {}
     manifest: dict[str, Any] | None = None
     anchor_document: dict[str, Any] | None = None
@@ -180,8 +218,19 @@ async def import_archive(
                 for batch in _batches(_lines(stream, digest)):
                     values = [_row_values(table, row) for row in batch]
                     if table_name == "tenants":
-                        for row in values:  # its key belongs to the old environment
-                            row["kms_key_arn"] = None
+                        # Its key belongs to the old environment: a new one, made here.
+                        key_ref = await keys.create_tenant_key(summary.tenant_id)
+                        for row in values:
+                            row["kms_key_arn"] = key_ref
+                    if table_name == "documents":
+                        for row in values:  # re-sealed below, under the new key
+                            if row["content_sha256"] is not None:
+                                uploads[row["id"]] = (
+                                    row["content_sha256"],
+                                    row["content_uploaded_at"],
+                                )
+                            for column in document_content.CONTENT_COLUMNS:
+                                row[column] = None
                     await session.execute(insert(table), values)
                     summary.rows[table_name] = summary.rows.get(table_name, 0) + len(batch)
             elif name.startswith("audit/chain/"):
@@ -192,6 +241,37 @@ async def import_archive(
                     )
                     summary.audit_rows += len(batch)
                     last_chain_row = batch[-1]
+            elif name.startswith("content/"):
+                document_id = uuid.UUID(name.removeprefix("content/"))
+                if document_id not in uploads or key_ref is None or summary.tenant_id is None:
+                    raise ArchiveError(f"{name}: no document of the archive has content there")
+                target = document_content.UploadTarget(
+                    tenant_id=summary.tenant_id,
+                    document_id=document_id,
+                    key_ref=key_ref,
+                    size_bytes=member.size,
+                    object_key=document_content.object_key(summary.tenant_id, document_id),
+                )
+                stored_keys.append(target.object_key)
+                stored = await document_content.store_content(
+                    target, _member_chunks(stream, digest), store, keys
+                )
+                sha256, uploaded_at = uploads.pop(document_id)
+                if stored.sha256 != sha256:
+                    raise ArchiveError(f"{name}: not the content recorded at its upload")
+                await session.execute(
+                    update(Document)
+                    .where(Document.tenant_id == summary.tenant_id, Document.id == document_id)
+                    .values(
+                        content_object_key=stored.object_key,
+                        content_wrapped_key=stored.wrapped_key,
+                        content_key_ref=key_ref,
+                        content_key_version=stored.key_version,
+                        content_sha256=stored.sha256,
+                        content_uploaded_at=uploaded_at,
+                    )
+                )
+                summary.documents_with_content += 1
             elif name == "audit/anchor.json":
                 data = stream.read()
                 digest.update(data)
@@ -206,6 +286,8 @@ async def import_archive(
         )
     if manifest.get("files") != digests:
         raise ArchiveError("the archive's files do not match its manifest")
+    if uploads:
+        raise ArchiveError(f"the content of {len(uploads)} documents is missing from the archive")
     await _check_chain(session, summary, last_chain_row, anchor_document, verify_key)
     tenant = await session.get(Tenant, summary.tenant_id)
     assert tenant is not None

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.content import envelope
+from app.content.key_manager import EncryptionContext
 from app.content.object_store import S3ObjectStore
 from app.content.openbao_transit import OpenBaoTransitKeyManager
 from app.core.errors import ConflictError
@@ -24,6 +26,7 @@ from app.services import audit_anchor as audit_anchor_service
 from app.services import audit_integrity as audit_integrity_service
 from app.services import tenant_import as import_service
 from app.services.actor import Actor
+from tests.test_content.test_envelope import collect
 from tests.test_lifecycle.conftest import rows_of, seed_tenant
 from tests.test_lifecycle.test_export import export_to, members, rewrite
 
@@ -61,14 +64,32 @@ async def test_a_tenant_restores_into_a_fresh_database_with_its_chain_verifiable
 
     async with admin_transaction(restore_admin_sessions) as session:
         summary = await import_service.import_archive(
-            session, OPERATOR, archive, anchor_key.public_key()
+            session, OPERATOR, archive, anchor_key.public_key(), object_store, key_manager
         )
 
     assert summary.anchor_checked
     assert summary.rows == {"tenants": 1, "users": 2, "documents": 3}
+    assert summary.documents_with_content == 3
     restored = await rows_of(restore_admin_sessions, seeded.tenant_id)
-    original_rows["tenants"][0]["kms_key_arn"] = None  # the old environment's key
-    assert restored == original_rows  # every id, every column
+    # Every id and column; the content sealed anew (new object, new wrapped data key), with
+    # the same SHA-256 and upload time (updated_at: the restore's, set by the row's trigger).
+    resealed = ("content_object_key", "content_wrapped_key", "content_key_version", "updated_at")
+    for table in ("tenants", "users"):
+        assert restored[table] == original_rows[table]
+    for before, after in zip(original_rows["documents"], restored["documents"], strict=True):
+        assert {k: v for k, v in after.items() if k not in resealed} == {
+            k: v for k, v in before.items() if k not in resealed
+        }
+        assert after["content_wrapped_key"] != before["content_wrapped_key"]
+        document_id = after["id"]
+        opened = await envelope.unseal(
+            key_manager,
+            after["content_key_ref"],
+            after["content_wrapped_key"],
+            EncryptionContext(seeded.tenant_id, document_id),
+            await object_store.get_stream(after["content_object_key"]),
+        )
+        assert await collect(opened) == seeded.plaintexts[document_id]
     # The chain: the same rows with the same hashes, then the restore's own row.
     restored_chain = await _chain(restore_admin_sessions, seeded.tenant_id)
     assert restored_chain[: len(original_chain)] == original_chain
@@ -85,7 +106,9 @@ async def test_a_tenant_restores_into_a_fresh_database_with_its_chain_verifiable
     # Restoring again is refused; nothing changes.
     async with admin_transaction(restore_admin_sessions) as session:
         with pytest.raises(ConflictError, match="already exists"):
-            await import_service.import_archive(session, OPERATOR, archive, anchor_key.public_key())
+            await import_service.import_archive(
+                session, OPERATOR, archive, anchor_key.public_key(), object_store, key_manager
+            )
 
 
 async def test_a_tampered_archive_restores_nothing(
@@ -118,7 +141,7 @@ async def test_a_tampered_archive_restores_nothing(
         with pytest.raises(import_service.ArchiveError, match=problem):
             async with admin_transaction(restore_admin_sessions) as session:
                 await import_service.import_archive(
-                    session, OPERATOR, tampered, anchor_key.public_key()
+                    session, OPERATOR, tampered, anchor_key.public_key(), object_store, key_manager
                 )
         assert await rows_of(restore_admin_sessions, seeded.tenant_id) == {
             "tenants": [],
