@@ -89,7 +89,7 @@ class OpenBaoTransitKeyManager:
         if unwrapping:
             # Wrong context, tampered, retired version, destroyed key: all "not yours".
             raise UnwrapError(f"the data key did not unwrap: {errors}")
-        if "not found" in errors:
+        if "not found" in errors or "no existing key" in errors:  # the latter: key config
             raise KeyNotFoundError(errors)
         raise KeyManagerError(f"OpenBao refused {path}: {errors}")
 

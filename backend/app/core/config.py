@@ -238,6 +238,14 @@ class Settings(BaseSettings):
     INGEST_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=50)
     # Jobs one worker process runs at once (`python -m app worker`; `make run` starts one).
     INGEST_WORKER_CONCURRENCY: int = Field(default=1, ge=1, le=64)
+    # Tenant lifecycle (docs/TENANT_LIFECYCLE.md). Days between `offboard-tenant --schedule`
+    # (access revoked at once) and the earliest `--execute`; the tenant can be reactivated
+    # until then. Days a soft-deleted document or user is kept (restorable) before
+    # `purge-deleted` erases it with its content: an undo window, short enough that an
+    # erasure request is honoured within a month (the audit log, the record HIPAA's six
+    # years apply to, is never purged).
+    OFFBOARDING_GRACE_DAYS: int = Field(default=30, ge=0, le=365)
+    SOFT_DELETE_RETENTION_DAYS: int = Field(default=30, ge=1, le=3650)
 
     # Audit-chain anchors (docs/AUDIT_INTEGRITY.md): an Ed25519 key kept outside the database.
     AUDIT_ANCHOR_SIGNING_KEY: SecretStr | None = None

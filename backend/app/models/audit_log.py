@@ -11,7 +11,6 @@ from sqlalchemy import (
     Column,
     FetchedValue,
     ForeignKey,
-    ForeignKeyConstraint,
     Index,
     LargeBinary,
     String,
@@ -47,12 +46,8 @@ class AuditLog(TenantKeyed, Base):
 
     __tablename__ = "audit_logs"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["tenant_id", "user_id"],
-            ["users.tenant_id", "users.id"],
-            name="fk_audit_logs_tenant_id_user_id_users",
-            ondelete="RESTRICT",
-        ),
+        # No foreign key to users: audit rows outlive the users they name (offboarding and the
+        # retention purge erase users; the append-only trail keeps their bare ids).
         Index(
             "idx_audit_logs_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")
         ),

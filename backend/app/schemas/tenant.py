@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-TenantStatus = Literal["active", "suspended"]
+TenantStatus = Literal["active", "suspended", "offboarding", "offboarded"]
 
 
 class Tenant(BaseModel):

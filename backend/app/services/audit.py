@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,11 +20,13 @@ async def record(
     resource: Any,
     *,
     changed: Iterable[str] = (),
+    details: Mapping[str, int | str | bool] | None = None,
 ) -> AuditLog:
     """Append the audit row for `action` (`<resource_type>.<verb>`) on the row `resource`.
 
     The row lands in the resource's tenant's trail (a tenant's own rows in its own). Only the
-    names of the changed fields are recorded, never their contents.
+    names of the changed fields are recorded, never their contents; `details` adds counts and
+    flags (what an erasure removed, what an export holds), never contents either.
     """
     metadata: dict[str, Any] = {"source": actor.source}
     if actor.request_id:
@@ -32,6 +34,8 @@ async def record(
     changed_fields = sorted(changed)
     if changed_fields:
         metadata["changed"] = changed_fields
+    if details:
+        metadata.update(details)
     started = time.perf_counter()
     row = await AuditLog.create(
         session,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -73,6 +73,18 @@ _CHAIN_HEADS = {
 }
 _CAN_READ_CHAIN_HEADS = text("SELECT has_table_privilege('public.audit_chain_heads', 'SELECT')")
 _VISIBLE_TENANTS = text("SELECT id FROM tenants")
+
+
+def canonical_fields(row: Any) -> list[str | None]:
+    """The canonical text fields of a `canonical_rows` row, in encoding order."""
+    return list(row[_FIRST_CANONICAL_COLUMN:])
+
+
+async def canonical_rows(session: AsyncSession, tenant_id: uuid.UUID) -> AsyncIterator[Any]:
+    """One tenant's audit rows in chain order, with their canonical fields (streamed)."""
+    rows = await session.stream(_ROWS, {"tenant_id": tenant_id})
+    async for row in rows:
+        yield row
 
 
 def netstring(value: str | None) -> bytes:

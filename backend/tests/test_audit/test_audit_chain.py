@@ -163,9 +163,11 @@ async def test_a_rolled_back_insert_leaves_no_gap(
             await AuditLog.create(
                 session,
                 tenant_id=tenant_id,
-                user_id=uuid.uuid4(),  # no such user: the foreign key fails after the trigger
                 action="doc.view",
-                resource_type="document",
+                # NOT NULL is checked after the BEFORE triggers (the chain trigger has run).
+                # (The audit log's foreign key to users, used here before, was dropped: audit
+                # rows outlive the users they name, docs/TENANT_LIFECYCLE.md.)
+                resource_type=None,  # type: ignore[arg-type]
             )
     after = await _append(runtime_sessions, tenant_id)
 

@@ -74,6 +74,7 @@ SMOKE_RUNS = {
         ("--tenants", "2", "--docs", "20", "--seconds", "0.3", "--rounds", "1"),
         "| 1 replica  |",
     ),
+    "bench-lifecycle": Smoke(("--docs", "5", "--doc-bytes", "1000"), "| offboard --execute"),
     "bench-neighbours": Smoke(
         ("--seconds", "1", "--docs", "20", "--b-rate", "5", "--max-requests", "200"),
         "phase 3/3",

@@ -168,3 +168,29 @@ def test_runtime_commands_per_table_are_exactly_the_intended_ones(
         ).fetchall()
     assert granted == expected
     assert updatable_tenant_column == []  # keys and ownership are never rewritten by requests
+
+
+def test_only_the_provisioning_role_hard_deletes_and_only_users_and_documents(
+    migrated_db: MigratedDatabase,
+) -> None:
+    """Offboarding and the retention purge erase users and documents as app_admin; nothing
+    else is ever deleted (the audit log and its heads are append-only, tenants stay as
+    tombstones), and app_runtime deletes nothing at all."""
+    with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
+        deletable = {
+            role: {
+                table
+                for table in (*_tenant_tables(), "alembic_version")
+                for privilege in ("DELETE", "TRUNCATE")
+                if conn.execute(
+                    "SELECT has_table_privilege(%s, %s, %s)", (role, table, privilege)
+                ).fetchone()
+                == (True,)
+            }
+            for role in ("app_runtime", "app_admin")
+        }
+        truncatable_by_admin = conn.execute(
+            "SELECT has_table_privilege('app_admin', 'documents', 'TRUNCATE')"
+        ).fetchone()
+    assert deletable == {"app_runtime": set(), "app_admin": {"users", "documents"}}
+    assert truncatable_by_admin == (False,)
