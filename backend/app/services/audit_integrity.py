@@ -82,7 +82,7 @@ def canonical_fields(row: Any) -> list[str | None]:
 
 async def canonical_rows(session: AsyncSession, tenant_id: uuid.UUID) -> AsyncIterator[Any]:
     """One tenant's audit rows in chain order, with their canonical fields (streamed)."""
-    rows = await session.stream(_ROWS, {"tenant_id": tenant_id})
+    rows = await session.stream(_ROWS[True], {"tenant_id": tenant_id})
     async for row in rows:
         yield row
 
