@@ -17,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.content.backends import ContentBackends
 from app.content.key_manager import KeyManager
 from app.content.object_store import ObjectStore
+from app.core.config import get_settings
 from app.database.session import admin_transaction
 from app.models import Document, Tenant, User
 from app.schemas.tenant import TenantCreate
@@ -95,8 +97,7 @@ async def seed_tenant(
             declared_type=document.content_type,
             declared_length=len(plaintext),
             max_bytes=len(plaintext),
-            store=store,
-            keys=keys,
+            content=ContentBackends(get_settings(), store=store, keys=keys, owned=False),
         )
         assert stored.content_object_key is not None
         assert stored.content_wrapped_key is not None

@@ -197,7 +197,8 @@ async def test_archive_holds_every_row_and_the_whole_chain_and_verifies(
 
     # What the verifier catches.
     part = "rows/documents/part-000001.jsonl"
-    flipped = files[part].replace(b'"completed"', b'"Completed"', 1)
+    flipped = files[part].replace(b'"tenant_id"', b'"tenant_iD"', 1)
+    assert flipped != files[part]
     last_part = [n for n in names if n.startswith("audit/chain/")][-1]
     cases = {
         "SHA-256 or size differs": rewrite(archive, {part: flipped}, fix_manifest=False),

@@ -170,12 +170,13 @@ def test_runtime_commands_per_table_are_exactly_the_intended_ones(
     assert updatable_tenant_column == []  # keys and ownership are never rewritten by requests
 
 
-def test_only_the_provisioning_role_hard_deletes_and_only_users_and_documents(
+def test_only_the_provisioning_role_hard_deletes_and_only_what_erasure_needs(
     migrated_db: MigratedDatabase,
 ) -> None:
-    """Offboarding and the retention purge erase users and documents as app_admin; nothing
-    else is ever deleted (the audit log and its heads are append-only, tenants stay as
-    tombstones), and app_runtime deletes nothing at all."""
+    """Offboarding and the retention purge erase users and documents (with their chunks) as
+    app_admin, and the expiry purge removes Idempotency-Key records; nothing else is ever
+    deleted (the audit log and its heads are append-only, tenants stay as tombstones), and
+    app_runtime deletes nothing at all (a re-ingest replaces chunks through a function)."""
     with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
         deletable = {
             role: {
@@ -192,5 +193,8 @@ def test_only_the_provisioning_role_hard_deletes_and_only_users_and_documents(
         truncatable_by_admin = conn.execute(
             "SELECT has_table_privilege('app_admin', 'documents', 'TRUNCATE')"
         ).fetchone()
-    assert deletable == {"app_runtime": set(), "app_admin": {"users", "documents"}}
+    assert deletable == {
+        "app_runtime": set(),
+        "app_admin": {"users", "documents", "document_chunks", "idempotency_keys"},
+    }
     assert truncatable_by_admin == (False,)
