@@ -13,6 +13,7 @@ from types import FrameType
 import typer
 
 from app.cli.database_errors import database_unavailable_exits
+from app.cli.vector_indexes import start_background_maintenance
 from app.core.config import Settings, settings_or_exit
 from app.core.logging import configure_logging
 from app.database.engine import DatabaseTargets, build_engine, resolve_targets
@@ -99,6 +100,8 @@ def run(
         )
         if demo:
             typer.echo(demo, nl=True)
+        # Per-tenant vector indexes are kept in line without anyone running the command.
+        maintenance = start_background_maintenance(settings, targets)
         # Forwarded headers are the app's job (TRUSTED_PROXIES), never uvicorn's own guess.
         config = uvicorn.Config(
             "app.main:create_app",
@@ -112,7 +115,11 @@ def run(
         # uvicorn stops gracefully on SIGINT and SIGTERM, then re-raises the signal (which our
         # handler turns into an exit); it ignores SIGHUP, so a hang-up is handed to it as SIGTERM.
         signal.signal(signal.SIGHUP, lambda _sig, frame: server.handle_exit(signal.SIGTERM, frame))
-        server.run(sockets=[listener])
+        try:
+            server.run(sockets=[listener])
+        finally:
+            if maintenance is not None:
+                maintenance.stop(timeout=0)  # a build cut short is repaired by the next run
 
 
 def demo_instructions(

@@ -13,8 +13,11 @@ and the next one tried; only bad configuration exits).
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import typer
 from sqlalchemy.exc import DBAPIError
@@ -22,8 +25,10 @@ from sqlalchemy.exc import DBAPIError
 from app.cli.admin import EXIT_BAD_INPUT, EXIT_REFUSED, fail, parse_uuid
 from app.core.config import Settings, SettingsError, settings_or_exit
 from app.core.logging import configure_logging
-from app.database.engine import resolve_targets
+from app.database.engine import DatabaseTargets, resolve_targets
 from app.services import vector_indexes as vector_indexes_service
+
+logger = logging.getLogger(__name__)
 
 
 def _describe(result: vector_indexes_service.IndexResult) -> str:
@@ -58,6 +63,54 @@ def maintain_once(
             on_done=None if dry_run else lambda result: typer.echo(_describe(result)),
         )
     )
+
+
+@dataclass(frozen=True)
+class BackgroundMaintenance:
+    """The thread `make run` keeps the indexes in line with, and how to stop it."""
+
+    thread: threading.Thread
+    stopping: threading.Event
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to end after its current run; wait up to `timeout` s (None: until then)."""
+        self.stopping.set()
+        self.thread.join(timeout)
+
+
+def start_background_maintenance(
+    settings: Settings, targets: DatabaseTargets
+) -> BackgroundMaintenance | None:
+    """For `make run`: keep the per-tenant indexes in line every VECTOR_INDEX_INTERVAL_SECONDS.
+
+    A daemon thread runs the same maintenance as the command (first right away, then on the
+    interval) and logs what it changed. A build cut short by the process exiting leaves an
+    INVALID index, which searches ignore and the next run rebuilds. None when the interval is 0.
+    """
+    interval = settings.VECTOR_INDEX_INTERVAL_SECONDS
+    if not interval:
+        return None
+    stopping = threading.Event()
+
+    def log(result: vector_indexes_service.IndexResult) -> None:
+        if result.plan.action is not vector_indexes_service.Action.KEEP:
+            logger.info("vector-indexes: %s", _describe(result))
+
+    def loop() -> None:
+        while not stopping.is_set():
+            try:
+                asyncio.run(
+                    vector_indexes_service.run_maintenance(
+                        targets, settings, settings.VECTOR_INDEX_MIN_ROWS, on_done=log
+                    )
+                )
+            except Exception:  # a failed run is logged; the next one tries again
+                logger.exception("vector-indexes: the background run failed")
+            stopping.wait(interval)
+
+    thread = threading.Thread(target=loop, name="vector-indexes", daemon=True)
+    thread.start()
+    return BackgroundMaintenance(thread, stopping)
 
 
 def vector_indexes(

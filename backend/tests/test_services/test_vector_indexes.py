@@ -12,7 +12,10 @@ import psycopg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.cli.vector_indexes import start_background_maintenance
+from app.core.config import Settings
 from app.database import vector_search as vector_search_service
+from app.database.engine import targets_for
 from app.database.session import admin_transaction, tenant_transaction
 from app.models import Document
 from app.services import vector_indexes as vector_indexes_service
@@ -230,3 +233,50 @@ async def test_a_build_whose_probe_misses_is_dropped_and_the_tenant_stays_exact(
     assert mine.probe_recall is not None
     assert mine.probe_recall >= 0.99
     assert (await search(runtime_sessions, tenant, query))[1] == {"hnsw"}
+
+
+async def test_make_run_builds_a_new_large_tenants_index_without_anyone_running_the_command(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    migrated_db: MigratedDatabase,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop `make run` starts (VECTOR_INDEX_INTERVAL_SECONDS) indexes a tenant that grew."""
+    monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", THRESHOLD // 2)
+    vectors = unit_vectors(THRESHOLD + 20)
+    tenant = await make_tenant_with_vectors(admin_sessions, vectors)
+    name = vector_indexes_service.index_name(tenant)
+    off = settings.model_copy(update={"VECTOR_INDEX_INTERVAL_SECONDS": 0})
+    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+    assert start_background_maintenance(off, targets) is None
+    scheduled = settings.model_copy(
+        update={"VECTOR_INDEX_MIN_ROWS": THRESHOLD, "VECTOR_INDEX_INTERVAL_SECONDS": 1}
+    )
+    maintenance = start_background_maintenance(scheduled, targets)
+    assert maintenance is not None
+    try:
+        valid = False
+        for _ in range(600):  # up to 60 s on a loaded machine
+            async with await psycopg.AsyncConnection.connect(
+                harness.libpq(migrated_db.superuser_url), autocommit=True
+            ) as conn:
+                row = await (
+                    await conn.execute(
+                        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c"
+                        " ON c.oid = i.indexrelid WHERE c.relname = %s",
+                        (name,),
+                    )
+                ).fetchone()
+            valid = bool(row and row[0])
+            if valid:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        maintenance.stop(timeout=120)
+    assert valid, "the background maintenance never built the tenant's index"
+    assert not maintenance.thread.is_alive()
+    ids, stored = await tenant_ids_and_vectors(admin_sessions, tenant)
+    found, strategies = await search(runtime_sessions, tenant, vectors[0])
+    assert strategies == {"hnsw"}
+    assert found == exact_top(stored, ids, vectors[0], 10)
