@@ -542,38 +542,67 @@ async def exact_scan(session: AsyncSession, query: list[float], tenant: uuid.UUI
     return [row[0].id for row in await session.execute(_EXACT, {"query": query})]
 
 
+# The tenant's own index walked directly, in one round trip like ours (a function whose SET
+# clauses apply the walk's settings): without the catalog lookup and the count search_documents()
+# adds, so it is the floor ours is held to on the HNSW path. The tenant id is a literal, as
+# search_documents() writes it: the partial index's predicate must be implied by the WHERE.
+OWN_WALK_FUNCTION = """
+CREATE OR REPLACE FUNCTION bench.own_walk(query vector, tenant uuid, k integer, ef integer)
+RETURNS TABLE (id uuid, distance double precision)
+LANGUAGE plpgsql VOLATILE ROWS 10
+SET search_path = pg_catalog, public
+SET enable_sort = off
+SET hnsw.iterative_scan = relaxed_order
+SET hnsw.ef_search = 100
+AS $function$
+BEGIN
+    PERFORM set_config('hnsw.ef_search', ef::text, true);
+    RETURN QUERY EXECUTE format($walk$
+        SELECT d.id, d.embedding_vector <=> $1 AS distance
+        FROM public.documents d
+        WHERE d.tenant_id = %L AND d.embedding_vector IS NOT NULL AND d.deleted_at IS NULL
+        ORDER BY d.embedding_vector <=> $1
+        LIMIT $2
+    $walk$, tenant) USING query, k;
+END
+$function$
+"""
+
+
+def install_own_walk(url: URL) -> None:
+    """(Re)create bench.own_walk for app_runtime (cached databases get the current version)."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
+        conn.execute("SELECT '[0]'::vector")  # loads pgvector, whose hnsw.* settings it names
+        conn.execute(OWN_WALK_FUNCTION)
+        conn.execute("GRANT USAGE ON SCHEMA bench TO app_runtime")
+        conn.execute("GRANT EXECUTE ON FUNCTION bench.own_walk TO app_runtime")
+
+
 def own_index(ef_search: int) -> Strategy:
-    """The tenant's own HNSW index, walked directly (iterative scan, re-sorted)."""
+    """The tenant's own HNSW index, walked directly (iterative scan, re-sorted), one round trip."""
+    walked = (
+        select(literal_column("w.id").label("id"), literal_column("w.distance").label("distance"))
+        .select_from(
+            text("bench.own_walk(CAST(:query AS vector), CAST(:tenant AS uuid), :k, :ef) AS w")
+        )
+        .subquery()
+    )
+    statement = (
+        select(Document, walked.c.distance)
+        .join(walked, Document.id == walked.c.id)
+        .order_by(walked.c.distance, Document.id)
+        .options(defer(Document.embedding_vector, raiseload=True))
+    )
 
     async def walk(session: AsyncSession, query: list[float], tenant: uuid.UUID) -> list[Any]:
-        await session.execute(
-            text(
-                "SELECT set_config('enable_sort', 'off', true),"
-                " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-                " set_config('hnsw.ef_search', :ef, true)"
-            ),
-            {"ef": str(ef_search)},
-        )
-        # The tenant id as a literal, as search_documents() writes it: the partial index's
-        # predicate must be implied by the WHERE clause.
-        found = (
-            select(Document.id, _DISTANCE.label("distance"))
-            .where(
-                text(f"documents.tenant_id = '{tenant}'"),
-                Document.embedding_vector.is_not(None),
-                Document.deleted_at.is_(None),
-            )
-            .order_by(_DISTANCE)
-            .limit(K)
-            .subquery()
-        )
-        statement = (
-            select(Document, found.c.distance)
-            .join(found, Document.id == found.c.id)
-            .order_by(found.c.distance, Document.id)
-            .options(defer(Document.embedding_vector, raiseload=True))
-        )
-        return [row[0].id for row in await session.execute(statement, {"query": query})]
+        parameters = {
+            "query": "[" + ",".join(map(repr, query)) + "]",
+            "tenant": str(tenant),
+            "k": K,
+            "ef": ef_search,
+        }
+        return [row[0].id for row in await session.execute(statement, parameters)]
 
     return walk
 
@@ -1000,6 +1029,7 @@ async def run_corpus(kind: str, args: argparse.Namespace) -> None:
     ours_indexed = {uuid.UUID(i["tenant"]) for i in build["indexes"] if i.get("kept", True)}
     indexed = ours_indexed | {uuid.UUID(i["tenant"]) for i in build["alternatives"]}
     probes = make_probes(corpus, tenants, indexed, ours_indexed, args)
+    install_own_walk(url)
     named = strategies(args.ef)
     settings = bench_settings(url)
     load_before = os.getloadavg()
