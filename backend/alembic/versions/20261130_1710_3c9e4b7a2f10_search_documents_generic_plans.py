@@ -19,8 +19,8 @@ the index, and the count (up to 5 % of the index) cost a walk's worth of time ag
 one still counts, to scan exactly when the filters keep few rows.
 
 Revision ID: 3c9e4b7a2f10
-Revises: 8b61c0d4e2f5
-Create Date: 2026-11-30 17:00:00
+Revises: 3f9c2a7d5e14
+Create Date: 2026-11-30 17:10:00
 """
 
 import runpy
@@ -30,7 +30,7 @@ from pathlib import Path
 from alembic import op
 
 revision: str = "3c9e4b7a2f10"
-down_revision: str | None = "8b61c0d4e2f5"
+down_revision: str | None = "3f9c2a7d5e14"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
