@@ -15,6 +15,7 @@ from types import FrameType
 import typer
 
 from app.cli.database_errors import database_unavailable_exits
+from app.cli.vector_indexes import start_background_maintenance
 from app.content.backends import ContentBackends
 from app.core.config import Settings, settings_or_exit
 from app.core.logging import configure_logging
@@ -106,6 +107,8 @@ def run(
         )
         if demo:
             typer.echo(demo, nl=True)
+        # Per-tenant vector indexes are kept in line without anyone running the command.
+        maintenance = start_background_maintenance(settings, targets)
         # Forwarded headers are the app's job (TRUSTED_PROXIES), never uvicorn's own guess.
         config = uvicorn.Config(
             "app.main:create_app",
@@ -125,6 +128,8 @@ def run(
         try:
             server.run(sockets=[listener])
         finally:
+            if maintenance is not None:
+                maintenance.stop(timeout=0)  # a build cut short is repaired by the next run
             worker.terminate()
             try:
                 worker.wait(timeout=WORKER_STOP_SECONDS)

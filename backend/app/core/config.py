@@ -176,10 +176,14 @@ class Settings(BaseSettings):
     # `tenantdocs purge-idempotency-keys` deletes expired ones.
     IDEMPOTENCY_KEY_TTL_HOURS: int = Field(default=24, ge=1, le=24 * 30)
     # Vector search: a tenant with more searchable documents than this gets an HNSW index of
-    # its own (`tenantdocs vector-indexes`); below it, an exact scan of its rows is as fast
-    # (docs/VECTOR_SEARCH.md has the measurement). At least twice the search's exact-scan
-    # floor (EXACT_SCAN_MIN_ROWS, 200), so an indexed tenant's unfiltered search walks it.
-    VECTOR_INDEX_MIN_ROWS: int = Field(default=500, ge=400, le=10_000_000)
+    # its own (`tenantdocs vector-indexes`); below it, an exact scan of its rows is within
+    # ~1.2x of walking an index (docs/VECTOR_SEARCH.md, "The threshold"). At least twice the
+    # search's exact-scan floor (EXACT_SCAN_MIN_ROWS, 100), so an indexed tenant's unfiltered
+    # search walks it.
+    VECTOR_INDEX_MIN_ROWS: int = Field(default=250, ge=200, le=10_000_000)
+    # How often `make run` runs the index maintenance in the background (0: never). Deployed,
+    # the compose `vector-indexes` service and the Railway cron service run it instead.
+    VECTOR_INDEX_INTERVAL_SECONDS: int = Field(default=900, ge=0, le=7 * 86_400)
 
     # AWS (KMS for per-tenant keys, Bedrock for embeddings: used by later features).
     AWS_REGION: str | None = None

@@ -49,7 +49,7 @@ _PLAIN_NUMBERS = frozenset({float, int})
 # most this many rows (under half of VECTOR_INDEX_MIN_ROWS, so an unfiltered search of an
 # indexed tenant always walks its index), or HNSW_MIN_SHARE of the index: pgvector's
 # iterative scan loses recall when the matching rows are a small share of the graph.
-EXACT_SCAN_MIN_ROWS = 200
+EXACT_SCAN_MIN_ROWS = 100
 HNSW_MIN_SHARE = 0.05
 # The HNSW candidate list (never below k): the walk's recall on dense clusters
 # (docs/VECTOR_SEARCH.md, "Why these settings").

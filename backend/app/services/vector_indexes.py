@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -34,7 +34,9 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import TextClause, TextualSelect, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.core.config import Settings
 from app.database import vector_search
+from app.database.engine import DatabaseTargets, build_engine, build_runtime_engine
 from app.database.session import admin_transaction, make_sessionmaker, tenant_transaction
 
 # The graph's parameters. On a tenant whose documents sit in a few tight clusters, m=16 /
@@ -48,6 +50,9 @@ HNSW_EF_CONSTRUCTION = 256
 # the index is dropped and the tenant stays on the exact scan (slower, never wrong).
 RECALL_PROBES = 20
 MIN_PROBE_RECALL = 0.99
+# Building a graph in memory is several times faster than spilling it; 512 MB holds a
+# ~60k-document tenant's graph (1024 dims).
+DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
 # Any fixed 64-bit key, the same for every run of the command.
 _ADVISORY_LOCK_KEY = 0x7665_6374_6F72_6978  # "vectorix"
 
@@ -315,12 +320,14 @@ async def maintain_indexes(
     on_done: Callable[[IndexResult], None] | None = None,
     probe_sessions: async_sessionmaker[AsyncSession] | None = None,
     min_recall: float = MIN_PROBE_RECALL,
+    tenants: Collection[uuid.UUID] | None = None,
 ) -> list[IndexResult]:
     """Bring every tenant's own index in line with `min_rows`, under an advisory lock.
 
     `engine` logs in as the table's owner (DATABASE_URL's login) and has room for two
     connections: one in AUTOCOMMIT for the lock and CREATE INDEX CONCURRENTLY, one for the
     admin transaction that plans. `probe_sessions` (app_runtime) probe each new index.
+    `tenants`, if given, limits the run to those tenants (the others are left as they are).
     """
     async with engine.connect() as connection:
         ddl = await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -328,6 +335,8 @@ async def maintain_indexes(
         try:
             async with admin_transaction(make_sessionmaker(engine)) as session:
                 plans = await plan_indexes(session, min_rows)
+            if tenants is not None:
+                plans = [plan for plan in plans if plan.tenant_id in tenants]
             if dry_run:
                 return [IndexResult(plan, 0.0, 0) for plan in plans]
             return await apply_plan(
@@ -335,3 +344,56 @@ async def maintain_indexes(
             )
         finally:
             await ddl.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+
+
+def build_maintenance_engine(
+    targets: DatabaseTargets, settings: Settings, maintenance_work_mem: str
+) -> AsyncEngine:
+    """The table owner's engine for index builds: two connections, no statement timeout."""
+    return build_engine(
+        targets.login_url,
+        settings,
+        application_name="tenant-docs-vector-indexes",
+        pool_size=2,
+        max_overflow=0,
+        # An index build takes minutes: not bounded by the API's statement timeout.
+        server_settings={"statement_timeout": "0", "maintenance_work_mem": maintenance_work_mem},
+    )
+
+
+async def run_maintenance(
+    targets: DatabaseTargets,
+    settings: Settings,
+    min_rows: int,
+    *,
+    dry_run: bool = False,
+    maintenance_work_mem: str = DEFAULT_MAINTENANCE_WORK_MEM,
+    tenants: Collection[uuid.UUID] | None = None,
+    on_done: Callable[[IndexResult], None] | None = None,
+) -> list[IndexResult]:
+    """What `tenantdocs vector-indexes` does: maintain_indexes as the owner, probing as app_runtime.
+
+    The one entry point for the command, its scheduled runs and the benchmark, so each builds
+    and probes the indexes the same way.
+    """
+    engine = build_maintenance_engine(targets, settings, maintenance_work_mem)
+    # Each new index is probed the way requests search: as app_runtime, in a tenant transaction.
+    runtime = build_runtime_engine(
+        targets,
+        settings,
+        pool_size=1,
+        max_overflow=0,
+        server_settings={"statement_timeout": "0"},  # the probe's exact scans of a big tenant
+    )
+    try:
+        return await maintain_indexes(
+            engine,
+            min_rows,
+            dry_run=dry_run,
+            on_done=on_done,
+            probe_sessions=make_sessionmaker(runtime),
+            tenants=tenants,
+        )
+    finally:
+        await runtime.dispose()
+        await engine.dispose()
