@@ -112,12 +112,18 @@ async def test_readme_content_quick_start_uploads_downloads_and_shows_the_audit_
         stdout, stderr = await asyncio.wait_for(shell.communicate(), timeout=180)
         assert shell.returncode == 0, stderr.decode()
 
-    uploaded, same, audited = json_outputs(stdout.decode())
-    assert uploaded["status"] == "completed", uploaded
+    uploaded, searchable, found, same, audited = json_outputs(stdout.decode())
+    # Stored and queued: the worker `python -m app run` starts beside the server indexes it.
+    assert uploaded["status"] == "processing", uploaded
     assert len(uploaded["content_sha256"]) == 64
+    assert searchable == {"status": "completed"}
+    # The paraphrased question finds the PDF first, with a snippet of its own text.
+    assert found["items"][0]["document"]["id"] == uploaded["id"], found
+    assert "follow up in clinic" in found["items"][0]["snippet"], found
     assert same == {"same_bytes": True}
     assert [item["action"] for item in audited["items"]] == [
         "document.content_download",
+        "document.ingest",
         "document.content_upload",
         "document.create",
     ]
