@@ -84,6 +84,7 @@ async def _drive_every_route(api: Api, tenants: Tenants) -> set[tuple[str, str]]
     await call("POST", "/users/{user_id}/restore", 200, ids=user_ids)
     await call("GET", "/audit-logs", 200, params={"action": "document.update"})
     await call("GET", "/audit-logs/verify", 200)
+    await call("GET", "/tenant/export", 200)  # everything the tenant owns, streamed
     return called
 
 
