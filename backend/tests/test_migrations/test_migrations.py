@@ -27,6 +27,7 @@ APP_FUNCTIONS = {
     "audit_log_row_hash",
     "guard_audit_log_tenant",
     "chain_audit_log",
+    "audit_log_user_of_tenant",
 }
 
 
