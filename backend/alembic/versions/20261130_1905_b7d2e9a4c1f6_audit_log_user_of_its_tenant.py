@@ -4,7 +4,8 @@ Migration 7a3e9b2c1d48 dropped the audit log's foreign key to users, because off
 the retention purge erase users while the append-only trail keeps their bare ids. That also
 dropped the database's own refusal of an audit row naming another tenant's user. This puts it
 back where it belongs, at insert time only: a `BEFORE INSERT` trigger refuses, with the
-foreign key's SQLSTATE 23503 and one message for a foreign and a made-up id alike, a row whose
+foreign key's SQLSTATE 23503, name, message and detail (one for a foreign and a made-up id
+alike), a row whose
 `user_id` is not a user of the row's tenant. Erasing a user later leaves its audit rows alone.
 `app_admin` is exempt: the restore of a tenant from its export replays audit rows that name
 users a retention purge erased before the export.
@@ -34,8 +35,14 @@ BEGIN
     IF NOT EXISTS (
         SELECT 1 FROM public.users WHERE tenant_id = NEW.tenant_id AND id = NEW.user_id
     ) THEN
-        RAISE EXCEPTION 'audit_logs.user_id is not a user of the row''s tenant'
-            USING ERRCODE = 'foreign_key_violation';
+        -- Word for word what the dropped foreign key said, so callers see no change.
+        RAISE USING
+            MESSAGE = 'insert or update on table "audit_logs" violates foreign key constraint '
+                      || '"fk_audit_logs_tenant_id_user_id_users"',
+            ERRCODE = 'foreign_key_violation',
+            CONSTRAINT = 'fk_audit_logs_tenant_id_user_id_users',
+            TABLE = 'audit_logs',
+            DETAIL = 'Key is not present in table "users".';
     END IF;
     RETURN NEW;
 END
