@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import signal
 import socket
@@ -124,7 +125,9 @@ def run(
         signal.signal(signal.SIGHUP, lambda _sig, frame: server.handle_exit(signal.SIGTERM, frame))
         # The ingestion worker beside the server (its own process: embedding is CPU-bound and
         # must not stall requests). It attaches to the same embedded servers.
-        worker = subprocess.Popen([sys.executable, "-m", "app", "worker"])
+        # It stops with this process even if this one is killed outright (--parent-pid).
+        argv = [sys.executable, "-m", "app", "worker", "--parent-pid", str(os.getpid())]
+        worker = subprocess.Popen(argv)  # noqa: S603 (our own interpreter and a fixed command)
         try:
             server.run(sockets=[listener])
         finally:

@@ -10,6 +10,10 @@ Exit status: 0 done, 1 the database refused or is unavailable, 2 bad configurati
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
+import signal
+import sys
 from typing import Any
 
 import typer
@@ -49,13 +53,31 @@ async def _work(settings: Settings, concurrency: int, once: bool) -> None:
         await runtime.dispose()
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM when `parent_pid` dies, even by SIGKILL (Linux), so no worker outlives
+    the `run` that started it; exit at once if it is already gone."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        raise typer.Exit(0)
+
+
 def worker(
     concurrency: int | None = typer.Option(
         None, min=1, max=64, help="Jobs at once (INGEST_WORKER_CONCURRENCY)."
     ),
     once: bool = typer.Option(False, help="Stop when the queue is empty instead of waiting."),
+    parent_pid: int | None = typer.Option(
+        None, help="Stop when this process (the `run` that started the worker) dies."
+    ),
 ) -> None:
     """Run ingestion jobs: extract, chunk and embed stored content, as each job's tenant."""
+    if parent_pid is not None:
+        _stop_with_parent(parent_pid)
     settings = settings_or_exit()
     configure_logging(settings.LOG_LEVEL, json=settings.is_production)
     try:

@@ -65,7 +65,8 @@ ALLOWED_INTERPOLATIONS: dict[tuple[str, str], str] = {
         "app/services/vector_indexes.py",
         'f"SELECT id FROM (SELECT id, {table.column} <=> CAST(:query AS vector) AS distance"'
         "  # noqa: S608\n"
-        '        f" FROM {table.table} WHERE tenant_id = :tenant AND {table.searchable} OFFSET 0)"\n'
+        '        f" FROM {table.table} WHERE tenant_id = :tenant AND {table.searchable}'
+        ' OFFSET 0)"\n'
         '        " AS scored ORDER BY distance, id LIMIT 10"',
     ): "table is a constant IndexedTable spec; the query vector and the tenant are bound.",
     (
