@@ -268,15 +268,19 @@ def _print(results: dict[str, list[Round]], args: argparse.Namespace) -> None:
     print("\nestimate on separate machines (each database node alone on 2 cores; app scaled out):")
     for label, cpu in summary.items():
         busiest = max(cpu["primary"], cpu["replica"])
+        if busiest <= 0:  # a run too short for the kernel's CPU clock to tick on the nodes
+            print(f"  {label}: not measurable (no database CPU time recorded; run longer)")
+            continue
         print(
             f"  {label}: database-bound at ~{2000 / busiest:,.0f} req/s"
             f" (the busiest node spends {busiest:.2f} CPU ms per request of this mix)"
         )
     one = summary["1 replica"]
-    print(
-        f"  each more replica adds ~{2000 / max(one['replica'], 1e-9) * 0.9:,.0f} req/s of reads"
-        " (reads are 90 % of the mix; writes stay on the primary)"
-    )
+    if one["replica"] > 0:
+        print(
+            f"  each more replica adds ~{2000 / one['replica'] * 0.9:,.0f} req/s of reads"
+            " (reads are 90 % of the mix; writes stay on the primary)"
+        )
 
 
 def main() -> None:
