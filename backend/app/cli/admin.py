@@ -196,20 +196,28 @@ KmsKeyOption = typer.Option(
 def create_tenant(
     name: str = typer.Argument(..., help="Display name of the organisation."),
     kms_key_ref: str | None = KmsKeyOption,
+    without_key: bool = typer.Option(
+        False,
+        "--without-key",
+        help="No KMS configured yet: create the tenant without a key; its document content"
+        " uploads answer 409 until `provision-tenant-key` gives it one.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create an active tenant and its own encryption key (recorded as kms_key_arn)."""
+    if without_key and kms_key_ref is not None:
+        fail("--without-key and --kms-key-ref exclude each other", EXIT_BAD_INPUT)
     data = _validated(TenantCreate, name=name, kms_key_ref=kms_key_ref)
     tenant = run_admin_with_content(
-        lambda s, content: _create_tenant(s, content, data),
+        lambda s, content: _create_tenant(s, content, data, with_key=not without_key),
     )
     _emit_tenant(tenant, as_json)
 
 
 async def _create_tenant(
-    session: AsyncSession, content: ContentBackends, data: TenantCreate
+    session: AsyncSession, content: ContentBackends, data: TenantCreate, *, with_key: bool
 ) -> Tenant:
-    keys = await content.key_manager()
+    keys = await content.key_manager() if with_key else None
     return await tenants_service.create_tenant(session, OPERATOR, data, keys)
 
 

@@ -33,21 +33,23 @@ SettableStatus = Literal["active", "suspended"]
 
 
 async def create_tenant(
-    session: AsyncSession, actor: Actor, data: TenantCreate, keys: KeyManager
+    session: AsyncSession, actor: Actor, data: TenantCreate, keys: KeyManager | None
 ) -> Tenant:
     """Insert a new active tenant with its own key (a new one, or `data.kms_key_ref` verified).
 
     The key is made before the transaction commits: if the key manager fails, no tenant exists.
+    `keys=None` creates the tenant without a key (no KMS configured yet): its content uploads
+    are refused (409) until `provision_tenant_key` gives it one.
     """
     actor.require_admin()
     tenant = Tenant(name=data.name)
     session.add(tenant)
     await session.flush()
-    tenant.kms_key_arn = await _provision_key(keys, tenant.id, data.kms_key_ref)
-    await session.flush()
-    await audit.record(
-        session, actor, "tenant.create", tenant, changed=["name", "status", "kms_key_arn"]
-    )
+    if keys is not None:
+        tenant.kms_key_arn = await _provision_key(keys, tenant.id, data.kms_key_ref)
+        await session.flush()
+    changed = ["name", "status", "kms_key_arn"] if keys is not None else ["name", "status"]
+    await audit.record(session, actor, "tenant.create", tenant, changed=changed)
     return tenant
 
 

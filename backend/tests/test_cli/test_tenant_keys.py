@@ -105,3 +105,17 @@ async def test_rotate_tenant_key_from_the_cli(run_cli: RunCli) -> None:
         "key_version": 2,
         "rewrapped": 0,
     }
+
+
+async def test_a_tenant_created_without_a_key_has_none_until_it_is_provisioned(
+    run_cli: RunCli, key_manager: OpenBaoTransitKeyManager
+) -> None:
+    """--without-key (no KMS configured yet) records no key; provision-tenant-key adds one."""
+    created = _ok(await run_cli("create-tenant", "Keyless Clinic", "--without-key", "--json"))
+    assert created["kms_key_arn"] is None
+    keyed = _ok(await run_cli("provision-tenant-key", "--tenant", created["id"], "--json"))
+    context = EncryptionContext(uuid.UUID(created["id"]), uuid.uuid4())
+    data_key = await key_manager.generate_data_key(keyed["kms_key_arn"], context)
+    assert await key_manager.unwrap(keyed["kms_key_arn"], data_key.wrapped, context) == (
+        data_key.plaintext
+    )
