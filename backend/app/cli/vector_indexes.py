@@ -39,7 +39,9 @@ def _describe(result: vector_indexes_service.IndexResult) -> str:
     if result.seconds:
         line += f"  {result.seconds:7.1f} s"
     if result.probe_recall is not None:
-        line += f"  probe recall@10 {result.probe_recall:.2f}"
+        line += f"  probe min recall@10 {result.probe_recall:.2f}"
+        if result.ef_search is not None:
+            line += f" at ef_search {result.ef_search}"
     return line
 
 

@@ -51,9 +51,10 @@ _PLAIN_NUMBERS = frozenset({float, int})
 # iterative scan loses recall when the matching rows are a small share of the graph.
 EXACT_SCAN_MIN_ROWS = 100
 HNSW_MIN_SHARE = 0.05
-# The HNSW candidate list (never below k): the walk's recall on dense clusters
-# (docs/VECTOR_SEARCH.md, "Why these settings").
-HNSW_EF_SEARCH = 100
+# The HNSW candidate list is per tenant: the maintenance command's recall probe records the
+# smallest ef_search that finds the true top 10 of every probe query on that tenant's graph
+# (app/services/vector_indexes.py), and the search function walks with it (never below k). A
+# search passes NULL; only the probe passes a value, to walk an index before it is recorded.
 # How many index tuples an iterative scan may visit (pgvector's default); if the scan gives
 # up short of k rows, the search falls back to exact.
 HNSW_MAX_SCAN_TUPLES = 20_000
@@ -147,8 +148,13 @@ def _search_statement(model: type[Document], filter_tenant: bool) -> Select[Any]
     return statement
 
 
-def search_parameters(query: list[float], k: int, filters: SearchFilters | None) -> dict[str, Any]:
-    """The values SEARCH_FUNCTION binds, thresholds included (read per call)."""
+def search_parameters(
+    query: list[float], k: int, filters: SearchFilters | None, *, ef_search: int | None = None
+) -> dict[str, Any]:
+    """The values SEARCH_FUNCTION (and the chunks' search) binds, thresholds included.
+
+    `ef_search` overrides the tenant index's recorded one: for the recall probe only.
+    """
     filters = filters or SearchFilters()
     return {
         # pgvector's text form, made once; repr round-trips every float exactly.
@@ -159,7 +165,7 @@ def search_parameters(query: list[float], k: int, filters: SearchFilters | None)
         "metadata": filters.metadata_contains or None,
         "exact_min_rows": EXACT_SCAN_MIN_ROWS,
         "hnsw_min_share": HNSW_MIN_SHARE,
-        "ef_search": HNSW_EF_SEARCH,
+        "ef_search": ef_search,
         "max_scan_tuples": HNSW_MAX_SCAN_TUPLES,
     }
 

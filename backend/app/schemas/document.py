@@ -178,11 +178,8 @@ class SearchRequest(RequestModel):
     def _one_query(self) -> SearchRequest:
         if (self.embedding is None) == (self.query is None):
             raise ValueError("send exactly one of `query` (text) and `embedding` (a vector)")
-        if self.query is not None:
-            if not self.query.strip():
-                raise ValueError("`query` must contain some text")
-            if self.filters is not None:
-                raise ValueError("`filters` apply to an `embedding` search only")
+        if self.query is not None and not self.query.strip():
+            raise ValueError("`query` must contain some text")
         return self
 
 

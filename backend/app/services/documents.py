@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -146,27 +147,38 @@ async def restore_document(session: AsyncSession, actor: Actor, document_id: uui
     return document
 
 
+def search_filters(request: SearchRequest) -> SearchFilters | None:
+    """The request's filters, as both searches (embedding and text) take them."""
+    if request.filters is None:
+        return None
+    return SearchFilters(
+        status=request.filters.status,
+        content_type=request.filters.content_type,
+        metadata_contains=request.filters.metadata or {},
+    )
+
+
 async def search_documents(
     session: AsyncSession, actor: Actor, request: SearchRequest
 ) -> list[SearchHit]:
     """The actor's tenant's nearest active documents (Document.similarity_search; RLS scopes it)."""
-    filters = None
-    if request.filters is not None:
-        filters = SearchFilters(
-            status=request.filters.status,
-            content_type=request.filters.content_type,
-            metadata_contains=request.filters.metadata or {},
-        )
     assert request.embedding is not None, "text queries go through search_documents_by_text"
     return await Document.similarity_search(
-        session, request.embedding, request.k, filters, tenant_id=actor.own_tenant()
+        session,
+        request.embedding,
+        request.k,
+        search_filters(request),
+        tenant_id=actor.own_tenant(),
     )
 
 
+# The same template as search_documents() (migration a9e3c5d7f1b2): a chunk passes the filters
+# when its document does.
 SEARCH_CHUNKS = text(
-    "SELECT id, document_id, distance FROM search_document_chunks("
-    "CAST(:query AS vector), :k, :exact_min_rows, :hnsw_min_share, :ef_search, :max_scan_tuples)"
-)
+    "SELECT id, document_id, distance FROM search_document_chunks(CAST(:query AS vector), :k,"
+    " :status, :content_type, :metadata, :exact_min_rows, :hnsw_min_share, :ef_search,"
+    " :max_scan_tuples)"
+).bindparams(bindparam("metadata", type_=JSONB(none_as_null=True)))
 # Chunks fetched per document wanted: a document's best chunk ranks it, and its other chunks
 # crowd the list; bounded by the search function's reach.
 CHUNKS_PER_RESULT = 5
@@ -189,8 +201,10 @@ async def search_documents_by_text(
     embedder: Embedder,
     query: str,
     k: int,
+    filters: SearchFilters | None = None,
 ) -> list[TextHit]:
-    """The tenant's `k` active documents whose best chunk is nearest `query`, nearest first.
+    """The tenant's `k` active documents whose best chunk is nearest `query`, nearest first,
+    among those that pass `filters` (the filters an embedding search takes).
 
     The query is embedded by the same model as the chunks; snippets are opened with each hit
     document's content key (one unwrap per hit, concurrently). A key manager or embedding
@@ -201,7 +215,7 @@ async def search_documents_by_text(
     except EmbeddingUnavailableError as exc:
         raise ServiceUnavailableError("embedding service unavailable") from exc
     parameters = {
-        **search_parameters(vector, min(k * CHUNKS_PER_RESULT, MAX_CHUNKS_FETCHED), None),
+        **search_parameters(vector, min(k * CHUNKS_PER_RESULT, MAX_CHUNKS_FETCHED), filters),
     }
     best: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}
     for chunk_id, document_id, distance in (await session.execute(SEARCH_CHUNKS, parameters)).all():

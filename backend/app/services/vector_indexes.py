@@ -23,13 +23,14 @@ Only the maintenance command runs this (`tenantdocs vector-indexes`), never a re
 
 from __future__ import annotations
 
-import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+import numpy as np
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import TextClause, TextualSelect, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -42,14 +43,25 @@ from app.database.session import admin_transaction, make_sessionmaker, tenant_tr
 # The graph's parameters. On a tenant whose documents sit in a few tight clusters, m=16 /
 # ef_construction=128 built graphs in which whole regions were unreachable (recall@10 0 for
 # some queries whatever ef_search); m=32 / ef_construction=256 reached every neighbour
-# (docs/VECTOR_SEARCH.md). Every build is checked anyway (RECALL_PROBES).
+# (docs/VECTOR_SEARCH.md). Every build is probed anyway (PROBE_QUERIES).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 256
-# After a build, this many of the tenant's own documents (perturbed slightly) are searched
-# through the new index and exactly; if any finds under MIN_PROBE_RECALL of its true top 10,
-# the index is dropped and the tenant stays on the exact scan (slower, never wrong).
-RECALL_PROBES = 20
+# After a build, the tenant's graph is probed with PROBE_QUERIES searches drawn like real ones
+# (near its rows, between two of them, at the centre of a few, and displaced from one by the
+# difference of two others: the places real queries land, between clusters included), at each
+# ef_search of EF_SEARCH_LADDER in turn. The smallest at which every probe finds at least
+# MIN_PROBE_RECALL of its true top 10 (the minimum over queries, not the mean) is recorded as
+# the index's comment, and the search walks with it; until then the index is not used. If none
+# reaches it, the index is dropped and the tenant stays on the exact scan (slower, never wrong).
+# Issue 16: a 16,861-row dense tenant passed the old 20-query probe (perturbed rows only) at
+# ef_search 100 and still missed one of ten on some real queries.
+PROBE_QUERIES = 60
+EF_SEARCH_LADDER = (40, 80, 160, 320, 640)
 MIN_PROBE_RECALL = 0.99
+# The probe is redone when the tenant has grown to this many times the rows it was probed at.
+RECALIBRATE_GROWTH = 2.0
+_PROBE_SAMPLE_ROWS = 4 * PROBE_QUERIES
+_CENTRE_ROWS = 8
 # Building a graph in memory is several times faster than spilling it; 512 MB holds a
 # ~60k-document tenant's graph (1024 dims).
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
@@ -85,7 +97,8 @@ CHUNKS = VectorTable(
     index_prefix="idx_chunks_hnsw_tenant_",
     searchable="deleted_at IS NULL",
     search_sql="SELECT id, strategy FROM search_document_chunks(CAST(:query AS vector), :k,"
-    " :exact_min_rows, :hnsw_min_share, :ef_search, :max_scan_tuples)",
+    " :status, :content_type, :metadata, :exact_min_rows, :hnsw_min_share, :ef_search,"
+    " :max_scan_tuples)",
 )
 VECTOR_TABLES = (DOCUMENTS, CHUNKS)
 INDEX_PREFIX = DOCUMENTS.index_prefix
@@ -101,7 +114,7 @@ def _searchable_counts(table: VectorTable) -> TextClause:
 def _tenant_indexes(table: VectorTable) -> TextClause:
     return text(
         "SELECT c.relname, i.indisvalid AND i.indisready AND i.indislive AS valid,"
-        " pg_relation_size(c.oid) AS size"
+        " obj_description(c.oid, 'pg_class') AS probed"
         " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
         " WHERE i.indrelid = CAST(:table AS regclass) AND c.relname LIKE :pattern"
     ).bindparams(
@@ -117,6 +130,9 @@ class Action(StrEnum):
     DROP = "drop"
     DROP_INVALID = "drop-invalid"
     KEEP = "keep"
+    # A valid index never probed (built before probes recorded their ef_search) or probed at
+    # under half its tenant's rows today: probed again, kept with the ef_search found, or dropped.
+    CALIBRATE = "calibrate"
     FAILED_PROBE = "exact-only"
 
 
@@ -135,12 +151,41 @@ class IndexPlan:
 
 @dataclass(frozen=True)
 class IndexResult:
-    """What a run did for one tenant, and what it cost (and, for a build, the probe's recall)."""
+    """What a run did for one tenant, and what it cost (and, for a probe, what it found)."""
 
     plan: IndexPlan
     seconds: float
     index_bytes: int
     probe_recall: float | None = None
+    ef_search: int | None = None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """A graph's probe: the smallest ef_search of the ladder that found the true top 10 of
+    every query (None if none did), and the lowest recall@10 over the queries at that one (at
+    the last one tried, if none passed)."""
+
+    ef_search: int | None
+    min_recall: float
+    queries: int
+
+
+_PROBED = re.compile(r"ef_search=(\d+) .*rows=(\d+)")
+
+
+def probed_rows(comment: str | None) -> int | None:
+    """The tenant's rows when its index was probed, from the comment the probe recorded."""
+    found = _PROBED.search(comment or "")
+    return int(found.group(2)) if found else None
+
+
+def probe_comment(probe: ProbeResult, rows: int) -> str:
+    """What a passed probe records on the index; search functions read `ef_search=<n>`."""
+    return (
+        f"ef_search={probe.ef_search} min_recall@10={probe.min_recall:.2f}"
+        f" probe_queries={probe.queries} rows={rows}"
+    )
 
 
 def index_name(tenant_id: uuid.UUID, table: VectorTable = DOCUMENTS) -> str:
@@ -174,6 +219,15 @@ def create_index_sql(tenant_id: uuid.UUID, table: VectorTable = DOCUMENTS) -> st
     )
 
 
+def comment_index_sql(name: str, comment: str) -> str:
+    """COMMENT ON INDEX for one of our per-tenant indexes (what its probe found)."""
+    if all(tenant_of_index(name, table) is None for table in VECTOR_TABLES):
+        raise ValueError(f"{name!r} is not a per-tenant vector index")
+    if not re.fullmatch(r"[\w@.= ]+", comment):
+        raise ValueError(f"{comment!r} is not a probe comment")
+    return f"COMMENT ON INDEX {name} IS '{comment}'"
+
+
 def drop_index_sql(name: str) -> str:
     """DROP INDEX CONCURRENTLY for one of our per-tenant indexes (refuses any other name)."""
     if all(tenant_of_index(name, table) is None for table in VECTOR_TABLES):
@@ -186,8 +240,13 @@ def decide(
     indexes: dict[str, bool],
     min_rows: int,
     table: VectorTable = DOCUMENTS,
+    probed: dict[str, int | None] | None = None,
 ) -> list[IndexPlan]:
-    """Plan every tenant that has searchable rows or an index; biggest tenants first."""
+    """Plan every tenant that has searchable rows or an index; biggest tenants first.
+
+    `probed`: per index, the tenant's rows when its probe passed (None: never probed); an
+    index missing from it counts as probed and current.
+    """
     tenants: dict[uuid.UUID, int] = dict(counts)
     for name in indexes:
         tenant = tenant_of_index(name, table)
@@ -201,6 +260,9 @@ def decide(
         wanted = rows > min_rows or (exists and valid and rows >= min_rows // 2)
         if wanted:
             action = Action.KEEP if valid else Action.REBUILD_INVALID if exists else Action.BUILD
+            at = (probed or {}).get(name, rows)
+            if action is Action.KEEP and (at is None or rows > RECALIBRATE_GROWTH * at):
+                action = Action.CALIBRATE
         elif exists:
             action = Action.DROP if valid else Action.DROP_INVALID
         else:
@@ -218,8 +280,10 @@ async def plan_indexes(session: AsyncSession, min_rows: int) -> list[IndexPlan]:
     plans = []
     for table in VECTOR_TABLES:
         counts = {row[0]: int(row[1]) for row in await session.execute(_searchable_counts(table))}
-        indexes = {row[0]: bool(row[1]) for row in await session.execute(_tenant_indexes(table))}
-        plans += decide(counts, indexes, min_rows, table)
+        found = (await session.execute(_tenant_indexes(table))).all()
+        indexes = {row[0]: bool(row[1]) for row in found}
+        probed = {row[0]: probed_rows(row[2]) for row in found}
+        plans += decide(counts, indexes, min_rows, table, probed)
     return plans
 
 
@@ -231,10 +295,10 @@ async def index_size(connection: AsyncConnection, name: str) -> int:
     return int(size.scalar() or 0)
 
 
-def _probe_queries(table: VectorTable) -> TextualSelect:
+def _probe_sample(table: VectorTable) -> TextualSelect:
     return text(
         f"SELECT {table.column} FROM {table.table} WHERE tenant_id = :tenant"  # noqa: S608
-        f" AND {table.searchable} ORDER BY random() LIMIT :probes"
+        f" AND {table.searchable} ORDER BY random() LIMIT :rows"
     ).columns(**{table.column: Vector(vector_search.EMBEDDING_DIMENSIONS)})
 
 
@@ -246,35 +310,76 @@ def _probe_exact(table: VectorTable) -> TextClause:
     )
 
 
-async def probe_recall(
-    session: AsyncSession, tenant_id: uuid.UUID, table: VectorTable = DOCUMENTS
-) -> float:
-    """The lowest recall@10 of RECALL_PROBES searches near the tenant's own rows of `table`.
+def probe_queries(sample: np.ndarray, count: int, seed: int) -> list[list[float]]:
+    """`count` unit query vectors drawn like real queries from a sample of a tenant's vectors.
 
-    `session` is a tenant transaction as app_runtime, like a request's. Each probe is one of
-    the tenant's vectors, slightly perturbed, so a region of the graph the walk cannot reach
-    shows up. The search is the table's search function itself; a probe that did not walk the
-    index at all counts as a miss.
+    A quarter each: one row slightly perturbed; the midpoint of two rows; the centre of a few
+    (a cluster's middle, or between clusters when they differ); one row displaced by half the
+    difference of two others (a new point of the same spread, off the stored ones).
     """
-    vectors = (
-        await session.execute(_probe_queries(table), {"tenant": tenant_id, "probes": RECALL_PROBES})
-    ).scalars()
-    noise = random.Random(tenant_id.int)  # noqa: S311  (perturbation, not a secret)
-    lowest = 1.0
-    for vector in vectors:
-        query = [float(x) + noise.gauss(0, 1e-3) for x in vector]
-        # No exact-scan floor: the probe tests the graph, whatever the tenant's size.
-        parameters = {**vector_search.search_parameters(query, 10, None), "exact_min_rows": 0}
-        truth = set(
-            (
-                await session.execute(_probe_exact(table), {"tenant": tenant_id, **parameters})
-            ).scalars()
-        )
-        rows = (await session.execute(text(table.search_sql), parameters)).all()
-        walked = {row[1] for row in rows} == {"hnsw"}
-        recall = len(truth & {row[0] for row in rows}) / len(truth) if truth else 1.0
-        lowest = min(lowest, recall if walked else 0.0)
-    return lowest
+    rng = np.random.default_rng(seed)
+    rows = len(sample)
+    queries = []
+    for number in range(count):
+        i, j, m = rng.integers(0, rows, 3)
+        kind = number % 4
+        if kind == 0:
+            vector = sample[i] + rng.normal(0, 1e-3, sample.shape[1])
+        elif kind == 1:
+            vector = sample[i] + sample[j]
+        elif kind == 2:
+            vector = sample[rng.integers(0, rows, _CENTRE_ROWS)].sum(axis=0)
+        else:
+            vector = sample[i] + 0.5 * (sample[j] - sample[m])
+        norm = float(np.linalg.norm(vector))
+        queries.append((vector / norm if norm else sample[i]).tolist())
+    return queries
+
+
+async def probe_recall(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    table: VectorTable = DOCUMENTS,
+    *,
+    min_recall: float = MIN_PROBE_RECALL,
+    ladder: tuple[int, ...] = EF_SEARCH_LADDER,
+) -> ProbeResult:
+    """Probe the tenant's new graph on `table`: the smallest ef_search of `ladder` at which
+    each of PROBE_QUERIES searches finds at least `min_recall` of its true top 10.
+
+    `session` is a tenant transaction as app_runtime, like a request's. The search is the
+    table's search function itself, with the ef_search to try passed in; a query that did not
+    walk the index counts as a miss. Each ef_search stops at its first miss.
+    """
+    found = await session.execute(
+        _probe_sample(table), {"tenant": tenant_id, "rows": _PROBE_SAMPLE_ROWS}
+    )
+    sample = np.array([np.asarray(vector) for vector in found.scalars()], dtype=np.float64)
+    if not len(sample):
+        return ProbeResult(None, 0.0, 0)
+    queries = probe_queries(sample, PROBE_QUERIES, tenant_id.int % 2**32)
+    truths = []
+    for query in queries:
+        exact = {**vector_search.search_parameters(query, 10, None), "tenant": tenant_id}
+        truths.append(set((await session.execute(_probe_exact(table), exact)).scalars()))
+    lowest = 0.0
+    for ef_search in ladder:
+        lowest = 1.0
+        for query, truth in zip(queries, truths, strict=True):
+            # No exact-scan floor: the probe tests the graph, whatever the tenant's size.
+            parameters = {
+                **vector_search.search_parameters(query, 10, None, ef_search=ef_search),
+                "exact_min_rows": 0,
+            }
+            rows = (await session.execute(text(table.search_sql), parameters)).all()
+            walked = {row[1] for row in rows} == {"hnsw"}
+            recall = len(truth & {row[0] for row in rows}) / len(truth) if truth else 1.0
+            lowest = min(lowest, recall if walked else 0.0)
+            if lowest < min_recall:
+                break
+        if lowest >= min_recall:
+            return ProbeResult(ef_search, lowest, len(queries))
+    return ProbeResult(None, lowest, len(queries))
 
 
 async def apply_plan(
@@ -282,30 +387,43 @@ async def apply_plan(
     plans: list[IndexPlan],
     on_done: Callable[[IndexResult], None] | None = None,
     *,
-    probe_sessions: async_sessionmaker[AsyncSession] | None = None,
+    probe_sessions: async_sessionmaker[AsyncSession],
     min_recall: float = MIN_PROBE_RECALL,
 ) -> list[IndexResult]:
     """Carry out `plans` on an AUTOCOMMIT connection of the table's owner, one index at a time.
 
-    With `probe_sessions` (app_runtime's, as requests use), every new index is probed
-    (probe_recall) and dropped again if it misses: that tenant keeps the exact scan.
+    Every new (or uncalibrated) index is probed through `probe_sessions` (app_runtime's, as
+    requests search): the ef_search found is recorded as its comment, which is what lets the
+    search walk it; if none is found, the index is dropped and that tenant keeps the exact scan.
     """
     results = []
     for plan in plans:
         started = time.perf_counter()
-        recall = None
+        probe = None
         if plan.action in (Action.DROP, Action.DROP_INVALID, Action.REBUILD_INVALID):
             await connection.exec_driver_sql(drop_index_sql(plan.index_name))
         if plan.action in (Action.BUILD, Action.REBUILD_INVALID):
             await connection.exec_driver_sql(create_index_sql(plan.tenant_id, plan.table))
-            if probe_sessions is not None:
-                async with tenant_transaction(probe_sessions, plan.tenant_id) as session:
-                    recall = await probe_recall(session, plan.tenant_id, plan.table)
+        if plan.action in (Action.BUILD, Action.REBUILD_INVALID, Action.CALIBRATE):
+            async with tenant_transaction(probe_sessions, plan.tenant_id) as session:
+                probe = await probe_recall(
+                    session, plan.tenant_id, plan.table, min_recall=min_recall
+                )
         size = await index_size(connection, plan.index_name)
-        if recall is not None and recall < min_recall:
+        if probe is not None and probe.ef_search is None:
             await connection.exec_driver_sql(drop_index_sql(plan.index_name))
             plan = replace(plan, action=Action.FAILED_PROBE)
-        result = IndexResult(plan, time.perf_counter() - started, size, recall)
+        elif probe is not None:
+            await connection.exec_driver_sql(
+                comment_index_sql(plan.index_name, probe_comment(probe, plan.searchable_rows))
+            )
+        result = IndexResult(
+            plan,
+            time.perf_counter() - started,
+            size,
+            None if probe is None else probe.min_recall,
+            None if probe is None else probe.ef_search,
+        )
         results.append(result)
         if on_done is not None:
             on_done(result)
@@ -318,7 +436,7 @@ async def maintain_indexes(
     *,
     dry_run: bool = False,
     on_done: Callable[[IndexResult], None] | None = None,
-    probe_sessions: async_sessionmaker[AsyncSession] | None = None,
+    probe_sessions: async_sessionmaker[AsyncSession],
     min_recall: float = MIN_PROBE_RECALL,
     tenants: Collection[uuid.UUID] | None = None,
 ) -> list[IndexResult]:

@@ -114,6 +114,7 @@ async def search_documents(
             await request.app.state.embedder.get(),
             body.query,
             body.k,
+            documents_service.search_filters(body),
         )
         return schemas.SearchResults(
             items=[
