@@ -67,6 +67,7 @@ from app.database.engine import build_runtime_engine, targets_for  # noqa: E402
 from app.database.session import make_sessionmaker, tenant_transaction  # noqa: E402
 from app.models import Document  # noqa: E402
 from app.services import vector_indexes as vector_indexes_service  # noqa: E402
+from bench import chunk_recall  # noqa: E402
 
 CACHE_DIR = BACKEND_DIR / "bench" / ".cache"
 MAX_SHARED_BUFFERS_MB = 4096
@@ -98,6 +99,8 @@ PROBES = (0.5, 0.9, 0.97, 1.03, 1.1, 2.0)
 # app_runtime (roles are server-wide: a new password would lock the server's other users out).
 RUNTIME_PASSWORD = None
 K = 10
+# The fixed ef_search ours used before each tenant's was probed: a strategy to compare with.
+COMPARED_EF_SEARCH = 100
 CORPUS_VERSION = 3  # bump when the generator changes: cached databases are then rebuilt
 DEFAULT_THRESHOLD = Settings.model_fields["VECTOR_INDEX_MIN_ROWS"].default
 
@@ -240,8 +243,12 @@ def server_superuser_url(args: argparse.Namespace) -> tuple[URL, bool]:
 
 
 def fingerprint(kind: str, args: argparse.Namespace) -> str:
-    """Identifies a corpus and schema: a cached database is reused only when it matches."""
-    versions = sorted(p.name for p in (BACKEND_DIR / "alembic" / "versions").glob("*.py"))
+    """Identifies a corpus: a cached database is reused only when it matches.
+
+    Not the schema: a cached database is migrated forward and the maintenance runs on it again
+    (which probes any index built before the current probe), so a new migration does not cost
+    a reload of the corpus and a rebuild of every index.
+    """
     raw = json.dumps(
         [
             kind,
@@ -249,7 +256,6 @@ def fingerprint(kind: str, args: argparse.Namespace) -> str:
             args.tenants,
             args.seed,
             args.threshold,
-            versions,
             CORPUS_VERSION,
             args.index_only_ladder,
         ]
@@ -273,7 +279,14 @@ async def prepare_database(
                 row = conn.execute("SELECT value FROM bench.meta WHERE key = 'build'").fetchone()
             if row is not None and row[0]["fingerprint"] == fingerprint(corpus.kind, args):
                 migrations.upgrade(url, RUNTIME_PASSWORD)
-                return url, {**row[0], "cached": True}
+                # Indexes from before the current probe are probed now (or dropped).
+                now = await build_tenant_indexes(
+                    url,
+                    args.threshold,
+                    ladder_ids if args.index_only_ladder else None,
+                    args.maintenance_work_mem,
+                )
+                return url, {**row[0], "cached": True, "maintenance_now": now}
         except psycopg.Error:
             pass
     with psycopg.connect(libpq(superuser), autocommit=True) as conn:
@@ -437,12 +450,40 @@ async def build_tenant_indexes(
             "seconds": round(r.seconds, 2),
             "bytes": r.index_bytes,
             "probe_recall": r.probe_recall,
-            "kept": r.plan.action is vector_indexes_service.Action.BUILD,
+            "ef_search": r.ef_search,
+            "action": r.plan.action.value,
+            "kept": r.plan.action is not vector_indexes_service.Action.FAILED_PROBE,
         }
         for r in results
-        if r.plan.action
-        in (vector_indexes_service.Action.BUILD, vector_indexes_service.Action.FAILED_PROBE)
+        if r.plan.action in PROBED_ACTIONS and r.plan.table is vector_indexes_service.DOCUMENTS
     ]
+
+
+PROBED_ACTIONS = (
+    vector_indexes_service.Action.BUILD,
+    vector_indexes_service.Action.REBUILD_INVALID,
+    vector_indexes_service.Action.CALIBRATE,
+    vector_indexes_service.Action.FAILED_PROBE,
+)
+
+
+def recorded_ef_search(url: URL) -> dict[uuid.UUID, int]:
+    """Per tenant with a probed index of its own on documents: the ef_search its probe recorded
+    (what search_documents() walks with)."""
+    with psycopg.connect(libpq(url)) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, substring(obj_description(c.oid, 'pg_class')"
+            " FROM 'ef_search=([0-9]+)')::integer FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = 'public.documents'::regclass AND c.relname LIKE %s",
+            (vector_indexes_service.DOCUMENTS.index_prefix.replace("_", r"\_") + "%",),
+        ).fetchall()
+    found = {}
+    for name, ef_search in rows:
+        tenant = vector_indexes_service.tenant_of_index(name)
+        if tenant is not None and ef_search is not None:
+            found[tenant] = int(ef_search)
+    return found
 
 
 ALTERNATIVE_PREFIX = "bench_hnsw_"
@@ -636,6 +677,7 @@ class Probe:
     rows: int
     indexed: bool  # has an index the own-index strategies can walk
     ours_path: str  # "index" if search_documents() walks its own index, else "exact"
+    ours_ef: int | None  # the ef_search its index's probe recorded (None: exact)
     size_class: str
     vectors: list[np.ndarray]
     truths: list[set[uuid.UUID]]
@@ -678,7 +720,7 @@ def make_probes(
     corpus: Corpus,
     tenants: list[int],
     indexed: set[uuid.UUID],
-    ours_indexed: set[uuid.UUID],
+    ours_indexed: dict[uuid.UUID, int],
     args: argparse.Namespace,
 ) -> list[Probe]:
     """`args.queries` queries per tenant, from the corpus's own distribution, with answers."""
@@ -702,6 +744,7 @@ def make_probes(
                 count,
                 corpus.tenant_ids[tenant] in indexed,
                 "index" if corpus.tenant_ids[tenant] in ours_indexed else "exact",
+                ours_indexed.get(corpus.tenant_ids[tenant]),
                 size_class(count, args.threshold, largest),
                 list(vectors),
                 truths,
@@ -796,7 +839,8 @@ def print_ladder(
         ratio = p95 / stats[best][3] if best else float("nan")
         ratios.append(ratio)
         print(
-            f"{probe.rows:>7} {probe.size_class:<10} {probe.ours_path:<6} "
+            f"{probe.rows:>7} {probe.size_class:<10}"
+            f" {'exact' if probe.ours_ef is None else f'ef {probe.ours_ef}':<6} "
             + " ".join(columns)
             + f" {p95:>9.2f} {mean:>5.3f}/{low:>5.3f} {ratio:>8.2f}x"
         )
@@ -836,6 +880,18 @@ def print_classes(
             )
 
 
+def _index_line(index: dict[str, Any], kind: str) -> str:
+    probe = index.get("probe_recall")
+    ef_search = index.get("ef_search")
+    verdict = "" if index.get("kept", True) else " dropped: exact-only"
+    per_row = index["bytes"] / 1024 / max(1, index["rows"])
+    return (
+        f"{index['rows']:>7} {kind:<8} {index['seconds']:>8.1f}"
+        f" {index['bytes'] / 2**20:>7.1f} {per_row:>8.2f}"
+        f" {'-' if probe is None else f'{probe:.2f}':>9} {ef_search or '-':>4}{verdict}"
+    )
+
+
 def print_builds(build: dict[str, Any], inserts: dict[str, float]) -> None:
     """Per-tenant index builds (time, size, probe), and the cost of an insert."""
     print(
@@ -845,16 +901,13 @@ def print_builds(build: dict[str, Any], inserts: dict[str, float]) -> None:
     )
     rows = [(i, "ours") for i in build["indexes"]] + [(i, "compare") for i in build["alternatives"]]
     if rows:
-        print(f"{'rows':>7} {'index':<8} {'build s':>8} {'MiB':>7} {'KiB/row':>8} {'probe min':>9}")
+        print(
+            f"{'rows':>7} {'index':<8} {'build s':>8} {'MiB':>7} {'KiB/row':>8} {'probe min':>9}"
+            f" {'ef':>4}"
+        )
         for index, kind in sorted(rows, key=lambda r: r[0]["rows"]):
-            probe = index.get("probe_recall")
-            verdict = "" if index.get("kept", True) else " dropped: exact-only"
-            per_row = index["bytes"] / 1024 / max(1, index["rows"])
-            print(
-                f"{index['rows']:>7} {kind:<8} {index['seconds']:>8.1f}"
-                f" {index['bytes'] / 2**20:>7.1f} {per_row:>8.2f}"
-                f" {'-' if probe is None else f'{probe:.2f}':>9}{verdict}"
-            )
+            print(_index_line(index, kind))
+
         ours = build["indexes"]
         total_rows = sum(i["rows"] for i in ours)
         total_seconds = sum(i["seconds"] for i in ours)
@@ -864,6 +917,15 @@ def print_builds(build: dict[str, Any], inserts: dict[str, float]) -> None:
             f" {total_bytes / 2**20:.1f} MiB"
             + (f" ({total_seconds * 1000 / total_rows:.2f} ms per row)" if total_rows else "")
         )
+    if build.get("maintenance_now"):
+        now = build["maintenance_now"]
+        print(
+            f"\nThis run's maintenance on the cached database: {len(now)} indexes probed (or"
+            f" built) again, {sum(i['seconds'] for i in now):.1f} s (build/probe s, MiB, probe"
+            " minimum recall@10 over its queries at the ef_search it chose)"
+        )
+        for index in sorted(now, key=lambda i: i["rows"]):
+            print(_index_line(index, index.get("action", "ours")))
     print(
         f"Planning a documents listing: {build['planning_ms_before']:.3f} ms before the"
         f" per-tenant indexes, {build['planning_ms_after']:.3f} ms with them (median)"
@@ -1026,8 +1088,8 @@ async def run_corpus(kind: str, args: argparse.Namespace) -> None:
     url, build = await prepare_database(
         args, corpus, below, [corpus.tenant_ids[t] for t in tenants]
     )
-    ours_indexed = {uuid.UUID(i["tenant"]) for i in build["indexes"] if i.get("kept", True)}
-    indexed = ours_indexed | {uuid.UUID(i["tenant"]) for i in build["alternatives"]}
+    ours_indexed = recorded_ef_search(url)
+    indexed = set(ours_indexed) | {uuid.UUID(i["tenant"]) for i in build["alternatives"]}
     probes = make_probes(corpus, tenants, indexed, ours_indexed, args)
     install_own_walk(url)
     named = strategies(args.ef)
@@ -1047,8 +1109,8 @@ async def run_corpus(kind: str, args: argparse.Namespace) -> None:
     cached = " (cached database: build numbers from its first run)" if build["cached"] else ""
     print(
         f"\n=== {kind} corpus: {len(corpus.ids)} documents ({searchable} active and embedded),"
-        f" {len(corpus.tenant_ids)} tenants, threshold {args.threshold} rows, ours ef_search"
-        f" {vector_search_service.HNSW_EF_SEARCH}, {args.queries} queries per tenant x"
+        f" {len(corpus.tenant_ids)} tenants, threshold {args.threshold} rows, ours at each"
+        f" tenant's probed ef_search, {args.queries} queries per tenant x"
         f" {args.runs} runs, k={K}{cached}"
     )
     print(
@@ -1069,14 +1131,106 @@ async def run_corpus(kind: str, args: argparse.Namespace) -> None:
     if args.shared_index:
         inserts.update(shared_index_costs(url, corpus, sample, rng))
     print_builds(build, inserts)
+    if args.chunks_per_doc:
+        await measure_chunks(url, corpus, tenants, args)
     if args.partitions:
         compare_partitions(
-            url, corpus, probes, build["indexes"], vector_search_service.HNSW_EF_SEARCH, args.runs
+            url, corpus, probes, build["indexes"], COMPARED_EF_SEARCH, args.runs
         )
     worst = max((r for r in ratios if r == r), default=float("nan"))
     print(f"\nworst ours/best over the ladder: {worst:.2f}x")
     if not args.keep_database:
         drop_database(url)
+
+
+async def measure_chunks(
+    url: URL, corpus: Corpus, tenants: list[int], args: argparse.Namespace
+) -> None:
+    """Chunk search recall and latency on the ladder tenants (bench/chunk_recall.py)."""
+    with psycopg.connect(libpq(url)) as conn:
+        row = conn.execute("SELECT value FROM bench.meta WHERE key = 'chunks'").fetchone()
+    meta = row[0] if row is not None else None
+    if meta is None or meta["per_document"] != args.chunks_per_doc:
+        with psycopg.connect(libpq(url), autocommit=True) as conn:
+            conn.execute("TRUNCATE document_chunks")
+            conn.execute("DELETE FROM bench.meta WHERE key = 'chunks'")
+        print(f"loading {args.chunks_per_doc} chunks per document of the ladder tenants", flush=True)
+        _loaded, seconds = chunk_recall.load_chunks(
+            libpq(url),
+            [
+                (
+                    corpus.tenant_ids[t],
+                    [corpus.ids[r] for r in corpus.searchable(t)],
+                    corpus.vectors[corpus.searchable(t)],
+                )
+                for t in tenants
+            ],
+            args.chunks_per_doc,
+            corpus.basis,
+            SHAPES[corpus.kind].spread,
+            NOISE,
+            args.seed + 4,
+        )
+        builds: dict[str, Any] = {}
+
+        def progress(result: vector_indexes_service.IndexResult) -> None:
+            if result.plan.table is not vector_indexes_service.CHUNKS:
+                return
+            builds[str(result.plan.tenant_id)] = {
+                "seconds": round(result.seconds, 1),
+                "bytes": result.index_bytes,
+                "ef_search": result.ef_search,
+                "probe_recall": result.probe_recall,
+                "action": result.plan.action.value,
+            }
+            print(
+                f"  chunks {result.plan.action.value:<10} {result.plan.searchable_rows:>7} rows"
+                f" {result.seconds:>8.1f} s {result.index_bytes / 2**20:>8.1f} MiB"
+                f" probe {result.probe_recall} ef_search {result.ef_search}",
+                flush=True,
+            )
+
+        await vector_indexes_service.run_maintenance(
+            targets_for(url, RUNTIME_PASSWORD),
+            bench_settings(url),
+            args.threshold,
+            maintenance_work_mem=args.maintenance_work_mem,
+            tenants={corpus.tenant_ids[t] for t in tenants},
+            on_done=progress,
+        )
+        meta = {
+            "per_document": args.chunks_per_doc,
+            "load_seconds": round(seconds, 1),
+            "builds": builds,
+        }
+        with psycopg.connect(libpq(url), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO bench.meta VALUES ('chunks', %s)", (psycopg.types.json.Jsonb(meta),)
+            )
+    chunk_tenants = chunk_recall.read_chunks(libpq(url), [corpus.tenant_ids[t] for t in tenants])
+    rng = np.random.default_rng(args.seed + 5)
+    queries = {
+        t.tenant_id: sample_vectors(
+            rng, SHAPES[corpus.kind], corpus.basis, corpus.centres, args.queries
+        )
+        for t in chunk_tenants
+    }
+    settings = bench_settings(url)
+    load_before = os.getloadavg()
+    engine = build_runtime_engine(targets_for(url, RUNTIME_PASSWORD), settings)
+    try:
+        cells = await chunk_recall.measure(make_sessionmaker(engine), chunk_tenants, queries, args.runs)
+    finally:
+        await engine.dispose()
+    largest = max(len(t.ids) for t in chunk_tenants)
+    chunk_recall.print_chunk_table(
+        chunk_tenants,
+        cells,
+        lambda rows: size_class(rows, args.threshold, largest),
+        {uuid.UUID(tenant): build for tenant, build in meta["builds"].items()},
+        args.chunks_per_doc,
+        (load_before[0], os.getloadavg()[0]),
+    )
 
 
 def drop_database(url: URL) -> None:
@@ -1099,7 +1253,7 @@ def main() -> None:
     parser.add_argument(
         "--ef",
         type=lambda v: [int(x) for x in v.split(",")],
-        default=[40, vector_search_service.HNSW_EF_SEARCH],
+        default=[40, COMPARED_EF_SEARCH],
         help="ef_search values to walk the own index with (comma-separated)",
     )
     parser.add_argument("--seed", type=int, default=42)
@@ -1124,6 +1278,13 @@ def main() -> None:
         "--maintenance-work-mem",
         default=vector_indexes_service.DEFAULT_MAINTENANCE_WORK_MEM,
         help="maintenance_work_mem of the builds (the largest tenant's graph should fit)",
+    )
+    parser.add_argument(
+        "--chunks-per-doc",
+        type=int,
+        default=0,
+        help="also measure chunk search: this many synthetic chunks per document of the ladder"
+        " tenants (issue 19; e.g. 8)",
     )
     parser.add_argument("--partitions", action="store_true", help="compare list partitions")
     parser.add_argument("--shared-index", action="store_true", help="cost of the old index")

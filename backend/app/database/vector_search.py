@@ -108,6 +108,9 @@ def validate_k(k: Any) -> int:
     return k
 
 
+# No metadata filter is SQL NULL, not the JSON value null (both search functions take it).
+METADATA_FILTER = bindparam("metadata", type_=JSONB(none_as_null=True))
+
 # Built once: a search only binds values (building and caching-keying the statement per call
 # would cost more than a small tenant's whole search).
 SEARCH_FUNCTION = (
@@ -116,8 +119,7 @@ SEARCH_FUNCTION = (
         bindparam("k", type_=Integer),
         bindparam("status", type_=String),
         bindparam("content_type", type_=String),
-        # none_as_null: no filter is SQL NULL, not the JSON value null.
-        bindparam("metadata", type_=JSONB(none_as_null=True)),
+        METADATA_FILTER,
         bindparam("exact_min_rows", type_=Integer),
         bindparam("hnsw_min_share", type_=Float),
         bindparam("ef_search", type_=Integer),

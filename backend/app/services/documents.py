@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -23,7 +22,12 @@ from app.content.backends import ContentBackends
 from app.content.chunk_text import ChunkCipher
 from app.content.key_manager import EncryptionContext, KeyManagerUnavailableError
 from app.core.errors import ServiceUnavailableError
-from app.database.vector_search import SearchFilters, SearchHit, search_parameters
+from app.database.vector_search import (
+    METADATA_FILTER,
+    SearchFilters,
+    SearchHit,
+    search_parameters,
+)
 from app.ingest.embeddings import Embedder, EmbeddingUnavailableError
 from app.models import Document, DocumentChunk
 from app.schemas.document import DocumentCreate, DocumentUpdate, SearchRequest
@@ -178,7 +182,7 @@ SEARCH_CHUNKS = text(
     "SELECT id, document_id, distance FROM search_document_chunks(CAST(:query AS vector), :k,"
     " :status, :content_type, :metadata, :exact_min_rows, :hnsw_min_share, :ef_search,"
     " :max_scan_tuples)"
-).bindparams(bindparam("metadata", type_=JSONB(none_as_null=True)))
+).bindparams(METADATA_FILTER)
 # Chunks fetched per document wanted: a document's best chunk ranks it, and its other chunks
 # crowd the list; bounded by the search function's reach.
 CHUNKS_PER_RESULT = 5

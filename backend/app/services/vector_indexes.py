@@ -47,9 +47,9 @@ from app.database.session import admin_transaction, make_sessionmaker, tenant_tr
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 256
 # After a build, the tenant's graph is probed with PROBE_QUERIES searches drawn like real ones
-# (near its rows, between two of them, at the centre of a few, and displaced from one by the
-# difference of two others: the places real queries land, between clusters included), at each
-# ef_search of EF_SEARCH_LADDER in turn. The smallest at which every probe finds at least
+# (near a row, between it and a neighbour, at the centre of its neighbourhood, and displaced
+# from it as far as its neighbours lie from each other: new points of the tenant's own
+# distribution, off the stored rows), at each ef_search of EF_SEARCH_LADDER in turn. The smallest at which every probe finds at least
 # MIN_PROBE_RECALL of its true top 10 (the minimum over queries, not the mean) is recorded as
 # the index's comment, and the search walks with it; until then the index is not used. If none
 # reaches it, the index is dropped and the tenant stays on the exact scan (slower, never wrong).
@@ -58,10 +58,14 @@ HNSW_EF_CONSTRUCTION = 256
 PROBE_QUERIES = 60
 EF_SEARCH_LADDER = (40, 80, 160, 320, 640)
 MIN_PROBE_RECALL = 0.99
+# Recorded with the ef_search: an index probed by an older version of the probe is probed again.
+PROBE_VERSION = 2
 # The probe is redone when the tenant has grown to this many times the rows it was probed at.
 RECALIBRATE_GROWTH = 2.0
-_PROBE_SAMPLE_ROWS = 4 * PROBE_QUERIES
-_CENTRE_ROWS = 8
+# Rows drawn to make the queries from: enough that a row's nearest few in the sample are its
+# own cluster's (a few hundred clusters' worth).
+_PROBE_SAMPLE_ROWS = 1000
+_NEIGHBOURS = 8
 # Building a graph in memory is several times faster than spilling it; 512 MB holds a
 # ~60k-document tenant's graph (1024 dims).
 DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
@@ -171,20 +175,23 @@ class ProbeResult:
     queries: int
 
 
-_PROBED = re.compile(r"ef_search=(\d+) .*rows=(\d+)")
+_PROBED = re.compile(r"ef_search=(\d+) .*probe=(\d+) rows=(\d+)")
 
 
 def probed_rows(comment: str | None) -> int | None:
-    """The tenant's rows when its index was probed, from the comment the probe recorded."""
+    """The tenant's rows when the current probe (PROBE_VERSION) passed its index, from the
+    comment it recorded; None if never probed, or probed by an older probe."""
     found = _PROBED.search(comment or "")
-    return int(found.group(2)) if found else None
+    if found is None or int(found.group(2)) != PROBE_VERSION:
+        return None
+    return int(found.group(3))
 
 
 def probe_comment(probe: ProbeResult, rows: int) -> str:
     """What a passed probe records on the index; search functions read `ef_search=<n>`."""
     return (
         f"ef_search={probe.ef_search} min_recall@10={probe.min_recall:.2f}"
-        f" probe_queries={probe.queries} rows={rows}"
+        f" probe_queries={probe.queries} probe={PROBE_VERSION} rows={rows}"
     )
 
 
@@ -313,24 +320,32 @@ def _probe_exact(table: VectorTable) -> TextClause:
 def probe_queries(sample: np.ndarray, count: int, seed: int) -> list[list[float]]:
     """`count` unit query vectors drawn like real queries from a sample of a tenant's vectors.
 
-    A quarter each: one row slightly perturbed; the midpoint of two rows; the centre of a few
-    (a cluster's middle, or between clusters when they differ); one row displaced by half the
-    difference of two others (a new point of the same spread, off the stored ones).
+    Around a random row and its nearest rows in the sample (its neighbourhood), a quarter
+    each: the row slightly perturbed; the midpoint of the row and a neighbour; the centre of
+    the neighbourhood; the row displaced by the difference of two neighbours over sqrt(2) (a new
+    point as far from the row as its neighbours are from each other). Not between far-apart
+    clusters: no real query lands where no document is, and there every row is nearly as near
+    as every other, so "the true top 10" is an arbitrary set.
     """
     rng = np.random.default_rng(seed)
     rows = len(sample)
+    similarity = sample @ sample.T
     queries = []
     for number in range(count):
-        i, j, m = rng.integers(0, rows, 3)
+        i = int(rng.integers(0, rows))
+        neighbours = np.argsort(-similarity[i])[1 : _NEIGHBOURS + 1]
+        if not len(neighbours):
+            neighbours = np.array([i])
+        j, m = rng.choice(neighbours, 2)
         kind = number % 4
         if kind == 0:
             vector = sample[i] + rng.normal(0, 1e-3, sample.shape[1])
         elif kind == 1:
             vector = sample[i] + sample[j]
         elif kind == 2:
-            vector = sample[rng.integers(0, rows, _CENTRE_ROWS)].sum(axis=0)
+            vector = sample[i] + sample[neighbours].sum(axis=0)
         else:
-            vector = sample[i] + 0.5 * (sample[j] - sample[m])
+            vector = sample[i] + (sample[j] - sample[m]) / np.sqrt(2)
         norm = float(np.linalg.norm(vector))
         queries.append((vector / norm if norm else sample[i]).tolist())
     return queries
@@ -371,7 +386,8 @@ async def probe_recall(
                 **vector_search.search_parameters(query, 10, None, ef_search=ef_search),
                 "exact_min_rows": 0,
             }
-            rows = (await session.execute(text(table.search_sql), parameters)).all()
+            search = text(table.search_sql).bindparams(vector_search.METADATA_FILTER)
+            rows = (await session.execute(search, parameters)).all()
             walked = {row[1] for row in rows} == {"hnsw"}
             recall = len(truth & {row[0] for row in rows}) / len(truth) if truth else 1.0
             lowest = min(lowest, recall if walked else 0.0)

@@ -72,6 +72,13 @@ async def _drive_every_route(api: Api, tenants: Tenants) -> set[tuple[str, str]]
     await call("GET", "/documents/{document_id}/content", 200, ids=stored_ids)
     await call("GET", "/ingest-jobs", 200)  # the upload queued one
     await call("POST", "/documents/search", 200, json={"query": "tenant filter flow", "k": 3})
+    # Text search takes the embedding search's filters (a chunk passes when its document does).
+    await call(
+        "POST",
+        "/documents/search",
+        200,
+        json={"query": "tenant filter flow", "k": 3, "filters": {"status": "processing"}},
+    )
     await call("DELETE", "/documents/{document_id}", 204, ids=ids)
     await call("POST", "/documents/{document_id}/restore", 200, ids=ids)
     user = await call(

@@ -242,7 +242,11 @@ async def test_text_search_over_http_finds_the_document_by_a_paraphrase_with_its
     ids = {}
     async with admin_transaction(admin_sessions) as session:
         for name in notes:
-            ids[name] = (await make_document(session, caller.user, filename=f"{name}.txt")).id
+            ids[name] = (
+                await make_document(
+                    session, caller.user, filename=f"{name}.txt", metadata_={"note": name}
+                )
+            ).id
     for name, body in notes.items():
         await store_content(
             runtime_sessions, backends, tenant_id, ids[name], body.encode(), "text/plain"
@@ -270,6 +274,25 @@ async def test_text_search_over_http_finds_the_document_by_a_paraphrase_with_its
             json={"query": "rash", "embedding": [0.0] * 1024},
             headers=caller.headers,
         )
+        # The filters an embedding search takes: the nearest note among those that pass them.
+        filtered = {
+            name: await http.post(
+                "/api/v1/documents/search",
+                json={
+                    "query": "heart attack symptoms with pain going down the arm",
+                    "k": 3,
+                    "filters": filters,
+                },
+                headers=caller.headers,
+            )
+            for name, filters in {
+                "skin only": {"metadata": {"note": "skin"}},
+                "completed": {"status": "completed"},
+                "processing": {"status": "processing"},
+                "another type": {"content_type": "application/pdf"},
+                "bad filter": {"metadata": {"note": "skin"}, "color": "red"},
+            }.items()
+        }
     assert found.status_code == 200, found.text
     items = found.json()["items"]
     assert items[0]["document"]["id"] == str(ids["cardiac"])
@@ -277,6 +300,17 @@ async def test_text_search_over_http_finds_the_document_by_a_paraphrase_with_its
     assert "chest pain" in items[0]["snippet"]
     assert items[0]["distance"] < items[1]["distance"]
     assert (empty.status_code, long.status_code, both.status_code) == (422, 422, 422)
+    assert filtered["skin only"].status_code == 200, filtered["skin only"].text
+    skin = filtered["skin only"].json()["items"]
+    assert [hit["document"]["id"] for hit in skin] == [str(ids["skin"])]
+    assert "rash" in skin[0]["snippet"]
+    completed = filtered["completed"].json()["items"]
+    assert [hit["document"]["id"] for hit in completed][0] == str(ids["cardiac"])
+    assert len(completed) == 3
+    assert filtered["processing"].json()["items"] == []  # all three were ingested
+    # The notes are stored as text/plain: a filter on another type keeps none.
+    assert filtered["another type"].json()["items"] == []
+    assert filtered["bad filter"].status_code == 422
 
 
 async def test_a_passing_failure_is_retried_with_backoff_then_fails_visibly_to_admins(

@@ -340,3 +340,91 @@ async def test_a_small_tenants_exact_scan_reads_its_rows_through_the_tenant_inde
         assert "(tenant_id = $" in plan  # a generic plan: the tenant id is a parameter
     assert vector_indexes_service.INDEX_PREFIX not in "".join(scans)
     assert vector_indexes_service.index_name(large) not in "".join(plans)
+
+
+def test_an_index_never_probed_or_probed_at_under_half_its_rows_is_calibrated_again() -> None:
+    probed, unprobed, grown, broken = (uuid.uuid4() for _ in range(4))
+    name = vector_indexes_service.index_name
+    counts = {probed: 5000, unprobed: 5000, grown: 5000, broken: 5000}
+    indexes = {name(t): t is not broken for t in counts}
+    at = {name(probed): 3000, name(unprobed): None, name(grown): 2000, name(broken): None}
+    plans = {p.tenant_id: p.action for p in vector_indexes_service.decide(counts, indexes, 1000, probed=at)}
+    assert plans == {
+        probed: Action.KEEP,
+        unprobed: Action.CALIBRATE,  # built before probes recorded an ef_search
+        grown: Action.CALIBRATE,  # 2.5x the rows it was probed at
+        broken: Action.REBUILD_INVALID,
+    }
+    comment = vector_indexes_service.probe_comment(
+        vector_indexes_service.ProbeResult(ef_search=160, min_recall=1.0, queries=60), 5000
+    )
+    assert vector_indexes_service.probed_rows(comment) == 5000
+    # An index probed by an older probe counts as never probed.
+    assert vector_indexes_service.probed_rows(comment.replace("probe=", "probe=1")) is None
+    assert vector_indexes_service.comment_index_sql(name(probed), comment) == (
+        f"COMMENT ON INDEX {name(probed)} IS '{comment}'"
+    )
+    with pytest.raises(ValueError, match="not a probe comment"):
+        vector_indexes_service.comment_index_sql(name(probed), "x'; DROP TABLE documents; --")
+
+
+def test_probe_queries_land_near_and_between_the_tenants_rows_never_in_empty_space() -> None:
+    """Real queries are not copies of stored rows: the probe also draws them between a row and
+    its neighbours and at their centre, but never between far-apart clusters, where no document
+    is and the true top 10 is an arbitrary set."""
+    centres = unit_vectors(2)
+    sample = np.repeat(centres, 30, axis=0) + 0.01 * RNG.standard_normal((60, 1024))
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+    queries = np.array(vector_indexes_service.probe_queries(sample, 60, seed=1))
+    assert queries.shape == (60, 1024)
+    assert np.allclose(np.linalg.norm(queries, axis=1), 1.0)
+    nearest_row = (queries @ sample.T).max(axis=1)
+    # A quarter are (almost) stored rows; the rest sit off every stored row.
+    assert (nearest_row > 0.999).sum() >= 15
+    assert (nearest_row < 0.99).sum() >= 30
+    # Each sits in one cluster: near one centre, as far from the other as its rows are.
+    to_centres = np.sort(queries @ centres.T, axis=1)
+    assert (to_centres[:, 1] > 0.8).all()
+    assert (to_centres[:, 0] < 0.2).all()
+
+
+async def test_an_index_is_walked_only_at_the_ef_search_its_probe_recorded(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    owner_engine: AsyncEngine,
+    maintain_vector_indexes: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An index built but not probed (as every index built before this rule) is not walked:
+    the tenant is scanned exactly until the next maintenance run probes it and records the
+    smallest ef_search at which every probe query found its true top 10."""
+    monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", THRESHOLD // 2)
+    tenant = await make_tenant_with_vectors(admin_sessions, unit_vectors(THRESHOLD + 30))
+    ids, vectors = await tenant_ids_and_vectors(admin_sessions, tenant)
+    query = unit_vectors(1)[0]
+    expected = exact_top(vectors, ids, query, 10)
+    name = vector_indexes_service.index_name(tenant)
+    async with owner_engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.exec_driver_sql(vector_indexes_service.create_index_sql(tenant))
+    assert await search(runtime_sessions, tenant, query) == (expected, {"exact"})
+
+    results = await maintain_vector_indexes(THRESHOLD)
+    mine = next(r for r in results if r.plan.tenant_id == tenant)
+    assert mine.plan.action is Action.CALIBRATE
+    assert mine.ef_search in vector_indexes_service.EF_SEARCH_LADDER
+    assert mine.probe_recall is not None
+    assert mine.probe_recall >= vector_indexes_service.MIN_PROBE_RECALL
+    async with owner_engine.connect() as connection:
+        comment = (
+            await connection.exec_driver_sql(
+                f"SELECT obj_description('{name}'::regclass, 'pg_class')"
+            )
+        ).scalar()
+    assert comment is not None
+    assert comment.startswith(f"ef_search={mine.ef_search} ")
+    assert vector_indexes_service.probed_rows(comment) == THRESHOLD + 30
+    assert await search(runtime_sessions, tenant, query) == (expected, {"hnsw"})
+    # Probed and current: the next run leaves it alone.
+    again = await maintain_vector_indexes(THRESHOLD)
+    assert next(r for r in again if r.plan.tenant_id == tenant).plan.action is Action.KEEP
