@@ -95,8 +95,10 @@ def load_chunks(
             ) as copy,
         ):
             copy.set_types(
-                ["uuid", "uuid", "uuid", "int4", "int4", "int4", "bytea", "vector"]
-                + ["text", "text", "int4"]
+                [
+                    *("uuid", "uuid", "uuid", "int4", "int4", "int4"),
+                    *("bytea", "vector", "text", "text", "int4"),
+                ]
             )
             for tenant_id, document_ids, document_vectors in tenants:
                 ids: list[uuid.UUID] = []

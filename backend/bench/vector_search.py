@@ -62,7 +62,6 @@ sys.path.insert(0, str(BACKEND_DIR))
 
 from app.core.config import Settings, load_settings, normalise_database_url  # noqa: E402
 from app.database import migrations  # noqa: E402
-from app.database import vector_search as vector_search_service  # noqa: E402
 from app.database.engine import build_runtime_engine, targets_for  # noqa: E402
 from app.database.session import make_sessionmaker, tenant_transaction  # noqa: E402
 from app.models import Document  # noqa: E402
@@ -1134,9 +1133,7 @@ async def run_corpus(kind: str, args: argparse.Namespace) -> None:
     if args.chunks_per_doc:
         await measure_chunks(url, corpus, tenants, args)
     if args.partitions:
-        compare_partitions(
-            url, corpus, probes, build["indexes"], COMPARED_EF_SEARCH, args.runs
-        )
+        compare_partitions(url, corpus, probes, build["indexes"], COMPARED_EF_SEARCH, args.runs)
     worst = max((r for r in ratios if r == r), default=float("nan"))
     print(f"\nworst ours/best over the ladder: {worst:.2f}x")
     if not args.keep_database:
@@ -1154,7 +1151,9 @@ async def measure_chunks(
         with psycopg.connect(libpq(url), autocommit=True) as conn:
             conn.execute("TRUNCATE document_chunks")
             conn.execute("DELETE FROM bench.meta WHERE key = 'chunks'")
-        print(f"loading {args.chunks_per_doc} chunks per document of the ladder tenants", flush=True)
+        print(
+            f"loading {args.chunks_per_doc} chunks per document of the ladder tenants", flush=True
+        )
         _loaded, seconds = chunk_recall.load_chunks(
             libpq(url),
             [
@@ -1219,7 +1218,9 @@ async def measure_chunks(
     load_before = os.getloadavg()
     engine = build_runtime_engine(targets_for(url, RUNTIME_PASSWORD), settings)
     try:
-        cells = await chunk_recall.measure(make_sessionmaker(engine), chunk_tenants, queries, args.runs)
+        cells = await chunk_recall.measure(
+            make_sessionmaker(engine), chunk_tenants, queries, args.runs
+        )
     finally:
         await engine.dispose()
     largest = max(len(t.ids) for t in chunk_tenants)

@@ -44,9 +44,7 @@ depends_on: str | Sequence[str] | None = None
 PREVIOUS_DOCUMENTS_MIGRATION = "20261130_1900_3c9e4b7a2f10_search_documents_generic_plans.py"
 PREVIOUS_CHUNKS_MIGRATION = "20261130_1720_70f96b4acd31_search_document_chunks.py"
 
-ARGUMENTS = (
-    "vector, integer, text, text, jsonb, integer, double precision, integer, integer"
-)
+ARGUMENTS = "vector, integer, text, text, jsonb, integer, double precision, integer, integer"
 
 
 @dataclass(frozen=True)
@@ -116,6 +114,7 @@ def render(table: SearchTable) -> str:
         f"                       array_agg(found.{name} ORDER BY found.distance, found.id),\n"
         for name, _ in table.carried
     )
+    distances = "array_agg(found.distance ORDER BY found.distance, found.id)"
     carried_into = "".join(f"found_{name}s, " for name, _ in table.carried)
     carried_unnest = "".join(f"found_{name}s, " for name, _ in table.carried)
     carried_hit = "".join(f"hit.{name}, " for name, _ in table.carried)
@@ -194,7 +193,7 @@ BEGIN
             -- relaxed_order may return rows slightly out of order: sorted again here.
             EXECUTE format($walk$
                 SELECT array_agg(found.id ORDER BY found.distance, found.id),
-{carried_aggregates}                       array_agg(found.distance ORDER BY found.distance, found.id)
+{carried_aggregates}                       {distances}
                 FROM (
                     SELECT r.id, {carried_select}r.{table.column} <=> $1 AS distance
                     FROM public.{table.table} r

@@ -49,10 +49,11 @@ HNSW_EF_CONSTRUCTION = 256
 # After a build, the tenant's graph is probed with PROBE_QUERIES searches drawn like real ones
 # (near a row, between it and a neighbour, at the centre of its neighbourhood, and displaced
 # from it as far as its neighbours lie from each other: new points of the tenant's own
-# distribution, off the stored rows), at each ef_search of EF_SEARCH_LADDER in turn. The smallest at which every probe finds at least
-# MIN_PROBE_RECALL of its true top 10 (the minimum over queries, not the mean) is recorded as
-# the index's comment, and the search walks with it; until then the index is not used. If none
-# reaches it, the index is dropped and the tenant stays on the exact scan (slower, never wrong).
+# distribution, off the stored rows), at each ef_search of EF_SEARCH_LADDER in turn. The
+# smallest at which every probe finds at least MIN_PROBE_RECALL of its true top 10 (the
+# minimum over queries, not the mean) is recorded as the index's comment, and the search walks
+# with it; until then the index is not used. If none reaches it, the index is dropped and the
+# tenant stays on the exact scan (slower, never wrong).
 # Issue 16: a 16,861-row dense tenant passed the old 20-query probe (perturbed rows only) at
 # ef_search 100 and still missed one of ten on some real queries.
 PROBE_QUERIES = 60

@@ -348,7 +348,10 @@ def test_an_index_never_probed_or_probed_at_under_half_its_rows_is_calibrated_ag
     counts = {probed: 5000, unprobed: 5000, grown: 5000, broken: 5000}
     indexes = {name(t): t is not broken for t in counts}
     at = {name(probed): 3000, name(unprobed): None, name(grown): 2000, name(broken): None}
-    plans = {p.tenant_id: p.action for p in vector_indexes_service.decide(counts, indexes, 1000, probed=at)}
+    plans = {
+        p.tenant_id: p.action
+        for p in vector_indexes_service.decide(counts, indexes, 1000, probed=at)
+    }
     assert plans == {
         probed: Action.KEEP,
         unprobed: Action.CALIBRATE,  # built before probes recorded an ef_search
