@@ -59,8 +59,14 @@ ALLOWED_INTERPOLATIONS: dict[tuple[str, str], str] = {
     (
         "app/services/vector_indexes.py",
         'f"SELECT {table.column} FROM {table.table} WHERE tenant_id = :tenant"  # noqa: S608\n'
-        '        f" AND {table.searchable} ORDER BY random() LIMIT :probes"',
+        '        f" AND {table.searchable} ORDER BY random() LIMIT :rows"',
     ): "table is a constant IndexedTable spec; the tenant and the count are bound.",
+    (
+        "app/services/vector_indexes.py",
+        "comment_index_sql(plan.index_name, probe_comment(probe, plan.searchable_rows))",
+    ): "DDL takes no bind parameters; comment_index_sql refuses any name but one of our "
+    "per-tenant index names and any comment but letters, digits, '_', '@', '.', '=' and spaces "
+    "(probe_comment writes ints and a float), so no quote can reach the statement.",
     (
         "app/services/vector_indexes.py",
         'f"SELECT id FROM (SELECT id, {table.column} <=> CAST(:query AS vector) AS distance"'
