@@ -1,10 +1,13 @@
-"""Vector search migrations (be3034b43ca6, c41f7a9e2b6d, 5d2e8f1a9c37, 8b61c0d4e2f5): up, down,
-up, as the migrator."""
+"""Vector search migrations (be3034b43ca6, c41f7a9e2b6d, 5d2e8f1a9c37, 8b61c0d4e2f5,
+a9e3c5d7f1b2): up, down, up, as the migrator."""
 
 from __future__ import annotations
 
+import runpy
+
 import psycopg
 
+from app.core.config import BACKEND_DIR
 from app.database import migrations
 from testkit import database_harness as harness
 
@@ -78,5 +81,55 @@ def test_vector_search_migration_up_down_up(test_server: harness.TestServer) -> 
         assert _state(superuser) == (True, True, True)
         assert _ef_construction(superuser) is None
         assert _walks_own_index(superuser)
+    finally:
+        harness.drop_database(test_server, name)
+
+
+TEMPLATE = "a9e3c5d7f1b2"
+BEFORE_TEMPLATE = "d4a8c3e1f927"
+TEMPLATE_MIGRATION = (
+    BACKEND_DIR
+    / "alembic"
+    / "versions"
+    / "20261130_2015_a9e3c5d7f1b2_search_functions_from_one_template.py"
+)
+
+
+def _bodies(url: object) -> dict[str, tuple[str, str]]:
+    """Each search function's body and arguments, as the server holds them."""
+    with psycopg.connect(harness.libpq(url)) as conn:  # type: ignore[arg-type]
+        rows = conn.execute(
+            "SELECT proname, prosrc, pg_get_function_identity_arguments(oid) FROM pg_proc"
+            " WHERE proname IN ('search_documents', 'search_document_chunks')"
+        ).fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def test_both_search_functions_are_the_one_template_and_the_migration_reverses(
+    test_server: harness.TestServer,
+) -> None:
+    """search_documents() and search_document_chunks() are rendered from one template (their
+    bodies on the server are the template's); the downgrade restores both earlier bodies (the
+    chunks' one without filters or generic plans), and the upgrade the template's again."""
+    rendered = runpy.run_path(str(TEMPLATE_MIGRATION))["FUNCTIONS"]
+    name = harness.create_database(test_server, owner=harness.MIGRATOR_ROLE)
+    harness.bootstrap_least_privilege(test_server, name)
+    url = test_server.url(name, username=harness.MIGRATOR_ROLE, password=harness.MIGRATOR_PASSWORD)
+    try:
+        superuser = test_server.url(name)
+        migrations.upgrade(url, harness.RUNTIME_PASSWORD, TEMPLATE)
+        for _ in range(2):
+            bodies = _bodies(superuser)
+            for function, sql in rendered.items():
+                body = sql.split("AS $function$", 1)[1].rsplit("$function$", 1)[0]
+                assert bodies[function][0] == body
+                assert "force_generic_plan" in sql and "ef_search=" in body
+            assert bodies["search_document_chunks"][1].count("jsonb") == 1  # the filters
+            migrations.downgrade(url, BEFORE_TEMPLATE)
+            before = _bodies(superuser)
+            assert "ef_search=" not in before["search_documents"][0]
+            assert "jsonb" not in before["search_document_chunks"][1]
+            assert "to_regclass" not in before["search_document_chunks"][0]
+            migrations.upgrade(url, harness.RUNTIME_PASSWORD, TEMPLATE)
     finally:
         harness.drop_database(test_server, name)
