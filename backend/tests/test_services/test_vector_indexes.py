@@ -376,15 +376,15 @@ def test_probe_queries_land_near_and_between_the_tenants_rows_never_in_empty_spa
     its neighbours and at their centre, but never between far-apart clusters, where no document
     is and the true top 10 is an arbitrary set."""
     centres = unit_vectors(2)
-    sample = np.repeat(centres, 30, axis=0) + 0.01 * RNG.standard_normal((60, 1024))
+    sample = np.repeat(centres, 100, axis=0) + 0.01 * RNG.standard_normal((200, 1024))
     sample /= np.linalg.norm(sample, axis=1, keepdims=True)
-    queries = np.array(vector_indexes_service.probe_queries(sample, 60, seed=1))
-    assert queries.shape == (60, 1024)
+    queries = np.array(vector_indexes_service.probe_queries(sample, 80, seed=1))
+    assert queries.shape == (80, 1024)
     assert np.allclose(np.linalg.norm(queries, axis=1), 1.0)
     nearest_row = (queries @ sample.T).max(axis=1)
-    # A quarter are (almost) stored rows; the rest sit off every stored row.
-    assert (nearest_row > 0.999).sum() >= 15
-    assert (nearest_row < 0.99).sum() >= 30
+    # One in eight are (almost) stored rows; most sit off every stored row.
+    assert (nearest_row > 0.999).sum() >= 10
+    assert (nearest_row < 0.99).sum() >= 60
     # Each sits in one cluster: near one centre, as far from the other as its rows are.
     to_centres = np.sort(queries @ centres.T, axis=1)
     assert (to_centres[:, 1] > 0.8).all()
@@ -415,7 +415,7 @@ async def test_an_index_is_walked_only_at_the_ef_search_its_probe_recorded(
     results = await maintain_vector_indexes(THRESHOLD)
     mine = next(r for r in results if r.plan.tenant_id == tenant)
     assert mine.plan.action is Action.CALIBRATE
-    assert mine.ef_search in vector_indexes_service.EF_SEARCH_LADDER
+    assert mine.ef_search in vector_indexes_service.EF_SEARCH_LADDER[1:]  # one rung of headroom
     assert mine.probe_recall is not None
     assert mine.probe_recall >= vector_indexes_service.MIN_PROBE_RECALL
     async with owner_engine.connect() as connection:
