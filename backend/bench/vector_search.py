@@ -466,20 +466,22 @@ PROBED_ACTIONS = (
 )
 
 
-def recorded_ef_search(url: URL) -> dict[uuid.UUID, int]:
-    """Per tenant with a probed index of its own on documents: the ef_search its probe recorded
-    (what search_documents() walks with)."""
+def recorded_ef_search(
+    url: URL, table: vector_indexes_service.VectorTable = vector_indexes_service.DOCUMENTS
+) -> dict[uuid.UUID, int]:
+    """Per tenant with a probed index of its own on `table`: the ef_search its probe recorded
+    (what the search function walks with)."""
     with psycopg.connect(libpq(url)) as conn:
         rows = conn.execute(
             "SELECT c.relname, substring(obj_description(c.oid, 'pg_class')"
             " FROM 'ef_search=([0-9]+)')::integer FROM pg_index i"
             " JOIN pg_class c ON c.oid = i.indexrelid"
-            " WHERE i.indrelid = 'public.documents'::regclass AND c.relname LIKE %s",
-            (vector_indexes_service.DOCUMENTS.index_prefix.replace("_", r"\_") + "%",),
+            " WHERE i.indrelid = %s::regclass AND c.relname LIKE %s",
+            (f"public.{table.table}", table.index_prefix.replace("_", r"\_") + "%"),
         ).fetchall()
     found = {}
     for name, ef_search in rows:
-        tenant = vector_indexes_service.tenant_of_index(name)
+        tenant = vector_indexes_service.tenant_of_index(name, table)
         if tenant is not None and ef_search is not None:
             found[tenant] = int(ef_search)
     return found
@@ -1206,6 +1208,10 @@ async def measure_chunks(
             conn.execute(
                 "INSERT INTO bench.meta VALUES ('chunks', %s)", (psycopg.types.json.Jsonb(meta),)
             )
+    # What the chunk search walks with now (a cached database's indexes were probed again).
+    recorded = recorded_ef_search(url, vector_indexes_service.CHUNKS)
+    for tenant, build in meta["builds"].items():
+        build["ef_search"] = recorded.get(uuid.UUID(tenant))
     chunk_tenants = chunk_recall.read_chunks(libpq(url), [corpus.tenant_ids[t] for t in tenants])
     rng = np.random.default_rng(args.seed + 5)
     queries = {

@@ -5,11 +5,13 @@ Every search reads only the current tenant's structures (issue 16; docs/VECTOR_S
 - A tenant past `VECTOR_INDEX_MIN_ROWS` searchable documents gets an HNSW index of its own, a
   partial index built and dropped by the maintenance command (app/services/vector_indexes.py,
   `tenantdocs vector-indexes`), never by a request.
-- The database function `search_documents()` (migration 5d2e8f1a9c37) walks that index when
-  it exists and is valid (iterative scan, re-sorted), unless the filters keep too few rows for
-  the walk to find them (at most max(EXACT_SCAN_MIN_ROWS, HNSW_MIN_SHARE of the index)): then,
-  and for every tenant without a valid index of its own (small, or being indexed right now),
-  it scans the tenant's rows exactly through the tenant index.
+- The database function `search_documents()` (migration a9e3c5d7f1b2: one template with the
+  chunks' `search_document_chunks()`) walks that index when it exists, is valid and its recall
+  probe recorded the ef_search to walk it with (iterative scan, re-sorted), unless the filters
+  keep too few rows for the walk to find them (at most max(EXACT_SCAN_MIN_ROWS, HNSW_MIN_SHARE
+  of the index)): then, and for every tenant without a valid, probed index of its own (small,
+  or being indexed or probed right now), it scans the tenant's rows exactly through the tenant
+  index.
 
 No search walks a structure holding other tenants' vectors, so neither what it finds nor how
 long it takes depends on their data. All in one round trip; the function's settings are SET
