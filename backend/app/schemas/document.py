@@ -169,7 +169,8 @@ class SearchRequest(RequestModel):
         min_length=1,
         max_length=QUERY_MAX_CHARS,
         description="A question or phrase: embedded server-side, matched against the chunks of"
-        " the documents' content; each hit carries its best chunk's text as `snippet`.",
+        " the documents' content; each hit carries its best chunk's text as `snippet`. `filters`"
+        " apply as to an embedding search (a chunk counts when its document passes them).",
     )
     k: int = Field(default=10, ge=1, le=100)
     filters: SearchFilters | None = None
