@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours bench-edge bench-content fuzz
+.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-ingest bench-http bench-neighbours bench-edge bench-content fuzz
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000 (PORT=8010 for another)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint     ruff check, ruff format --check, mypy (strict on app/)"
 	@echo "make migrate  alembic upgrade head"
 	@echo "make bench-vector  vector search strategies per tenant size (BENCH_ARGS='--docs 200000 --tenants 500')"
+	@echo "make bench-ingest  ingestion docs/s (1 and 2 workers), upload->searchable, text vs raw search"
 	@echo "make lock     re-resolve backend/requirements/*.lock from backend/pyproject.toml"
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
@@ -79,11 +80,17 @@ bench-content: install
 	cd backend && $(BIN)/python -m bench.content $(ARGS)
 bench-vector: install
 	cd backend && $(BIN)/python bench/vector_search.py $(BENCH_ARGS)
+# The ingestion pipeline: documents/s at worker concurrency 1 and 2, upload -> searchable,
+# text search beside raw-embedding search per tenant class; e.g. ARGS="--docs 200".
+bench-ingest: install
+	cd backend && $(BIN)/python -m bench.ingest $(ARGS)
 
 lock: | $(UV)
 	cd backend && $(UV) pip compile --quiet pyproject.toml --extra embedded --extra dev \
+		--excludes requirements/excludes.txt \
 		--python-version 3.11 -o requirements/dev.lock
 	cd backend && $(UV) pip compile --quiet pyproject.toml --generate-hashes \
+		--excludes requirements/excludes.txt \
 		--python-version 3.11 -o requirements/prod.lock
 
 # The corpus is built once (about a minute) into backend/bench/.cache/ and reused; pass flags

@@ -28,6 +28,7 @@ from app.database.engine import build_runtime_engine, resolve_targets
 from app.database.safety import login_is_privileged, runtime_role_problems
 from app.database.session import make_sessionmaker
 from app.database.unavailable import describe_unavailable
+from app.ingest.embeddings import EmbedderHolder
 from app.middleware.client_address import TrustedProxyClientAddress
 from app.middleware.edge_limits import EdgeLimits
 from app.middleware.metrics import RequestMetrics
@@ -100,6 +101,7 @@ def create_app(
             yield
         finally:
             await app.state.content.close()
+            await app.state.embedder.close()
             if owned:
                 await app.state.database.dispose()
 
@@ -124,6 +126,7 @@ def create_app(
     app.state.readiness_probe = health_service.ReadinessProbe()
     # Opened on first use: a process that never touches content starts no embedded server.
     app.state.content = content or ContentBackends(settings)
+    app.state.embedder = EmbedderHolder(settings)  # text search embeds its query (issue 19)
     install_error_handlers(app)
     # Innermost of the middlewares (added first), so their 4xx carry CORS and request id; the
     # Authorization guard (outside the edge limits) answers before any body is read.

@@ -1,7 +1,7 @@
 """Create the idempotency_keys table: tenant-scoped, same-tenant caller, RLS forced (issue 21).
 
 Revision ID: e1d3a7c5b9f2
-Revises: 3f9c2a7d5e14
+Revises: 0eaf8fec84b4
 Create Date: 2026-11-30 18:00:00
 """
 
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision: str = "e1d3a7c5b9f2"
-down_revision: str | None = "3f9c2a7d5e14"
+down_revision: str | None = "0eaf8fec84b4"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

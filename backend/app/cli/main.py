@@ -7,6 +7,7 @@ import typer
 from app.cli import admin, serve
 from app.cli.audit import audit_anchor, verify_audit
 from app.cli.vector_indexes import vector_indexes
+from app.cli.worker import list_jobs, worker
 
 cli = typer.Typer(
     help="Tenant Docs backend: run the API, migrate the database, provision tenants and users.",
@@ -20,6 +21,8 @@ admin.register(cli)
 cli.command("verify-audit")(verify_audit)
 cli.command("audit-anchor")(audit_anchor)
 cli.command("vector-indexes")(vector_indexes)
+cli.command("worker")(worker)
+cli.command("jobs")(list_jobs)
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ import asyncio
 import shlex
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -30,6 +32,10 @@ EXIT_PORT_UNAVAILABLE = 4
 
 # The signals that end `run` and `migrate`: Ctrl-C, `kill`/an IDE's stop button, a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+# A worker finishes the job in hand when stopped; after this long it is killed.
+WORKER_STOP_SECONDS = 30
 
 
 @contextmanager
@@ -113,7 +119,17 @@ def run(
         # uvicorn stops gracefully on SIGINT and SIGTERM, then re-raises the signal (which our
         # handler turns into an exit); it ignores SIGHUP, so a hang-up is handed to it as SIGTERM.
         signal.signal(signal.SIGHUP, lambda _sig, frame: server.handle_exit(signal.SIGTERM, frame))
-        server.run(sockets=[listener])
+        # The ingestion worker beside the server (its own process: embedding is CPU-bound and
+        # must not stall requests). It attaches to the same embedded servers.
+        worker = subprocess.Popen([sys.executable, "-m", "app", "worker"])
+        try:
+            server.run(sockets=[listener])
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
 
 def demo_instructions(

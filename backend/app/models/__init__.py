@@ -8,6 +8,7 @@ relationships never load implicitly (`lazy="raise"`): load what you need explici
 
 from app.models.audit_log import AuditLog, ImmutableAuditLogError
 from app.models.document import Document
+from app.models.document_chunk import DocumentChunk
 from app.models.idempotency_key import IdempotencyKey
 from app.models.tenant import SYSTEM_TENANT_ID, Tenant
 from app.models.user import User
@@ -16,6 +17,7 @@ __all__ = [
     "SYSTEM_TENANT_ID",
     "AuditLog",
     "Document",
+    "DocumentChunk",
     "IdempotencyKey",
     "ImmutableAuditLogError",
     "Tenant",

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -48,6 +49,9 @@ class Document(SoftDeleteMixin, Base):
         ),
         CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
         CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),
+        CheckConstraint("chunk_count >= 0", name="chunk_count_non_negative"),
+        # Lets document_chunks point at a document with a same-tenant composite key.
+        UniqueConstraint("tenant_id", "id", name="uq_documents_tenant_id_id"),
         CheckConstraint(
             "num_nulls(content_object_key, content_wrapped_key, content_key_ref, content_sha256,"
             " content_uploaded_at) IN (0, 5)",
@@ -141,6 +145,17 @@ class Document(SoftDeleteMixin, Base):
     content_uploaded_at: Mapped[datetime | None] = mapped_column(
         sort_order=_AFTER_INHERITED_COLUMNS,
         comment="When the content was stored (Last-Modified of a download).",
+    )
+    # What ingestion made of the content (app/services/ingest.py); after the content columns.
+    status_reason: Mapped[str | None] = mapped_column(
+        String(1000),
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="Why the status is what it is (a failure's reason, a truncation); no content.",
+    )
+    chunk_count: Mapped[int | None] = mapped_column(
+        Integer,
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="Searchable chunks made of the content; NULL until processed.",
     )
     # Deferred: a 1024-float vector is loaded only when asked for (search needs only distances,
     # listings only whether there is one).

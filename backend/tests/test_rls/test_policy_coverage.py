@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from app.database.base import Base
-from app.models import AuditLog, Document, Tenant, User  # noqa: F401  (register the tables)
+from app.models import AuditLog, Document, DocumentChunk, Tenant, User  # noqa: F401  (register the tables)
 from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
@@ -144,6 +144,7 @@ def test_runtime_commands_per_table_are_exactly_the_intended_ones(
         "documents": {"SELECT", "INSERT", "UPDATE"},
         "audit_logs": {"SELECT", "INSERT"},
         "audit_chain_heads": set(),
+        "document_chunks": {"SELECT", "INSERT", "UPDATE"},
     }
     with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
         granted = {

@@ -99,9 +99,25 @@ async def list_documents(
     "/search", response_model=schemas.SearchResults, summary="Nearest documents to an embedding"
 )
 async def search_documents(
-    body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor
+    body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor, request: Request
 ) -> schemas.SearchResults:
-    """The tenant's `k` nearest active documents by cosine distance, nearest first."""
+    """The tenant's `k` nearest active documents by cosine distance, nearest first: to an
+    `embedding`, or to a text `query` (ranked by each document's best chunk, with its text)."""
+    if body.query is not None:
+        found = await documents_service.search_documents_by_text(
+            session,
+            actor,
+            request.app.state.content,
+            await request.app.state.embedder.get(),
+            body.query,
+            body.k,
+        )
+        return schemas.SearchResults(
+            items=[
+                schemas.SearchHit(document=_out(h.document), distance=h.distance, snippet=h.snippet)
+                for h in found
+            ]
+        )
     hits = await documents_service.search_documents(session, actor, body)
     return schemas.SearchResults(
         items=[schemas.SearchHit(document=_out(h.document), distance=h.distance) for h in hits]
@@ -289,8 +305,9 @@ async def download_content(
 ) -> Response:
     """The document's bytes, decrypted with its data key and verified segment by segment.
     Every download is audited (`document.content_download`) in the same transaction as the
-    lookup, committed before the first byte is sent (a 304 sends no content and is not). Should the stored content fail its
-    integrity check after the first bytes, the response is cut short (never wrong bytes)."""
+    lookup, committed before the first byte is sent (a 304 sends no content and is not).
+    Should the stored content fail its integrity check after the first bytes, the response is
+    cut short (never wrong bytes)."""
     document = await document_content_service.get_document_with_content(session, actor, document_id)
     etag = f'"{document.content_sha256}"'
     if if_none_match is not None and _etag_matches(if_none_match, etag):
