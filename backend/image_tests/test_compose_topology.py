@@ -41,6 +41,10 @@ def filled_env_file(directory: Path) -> Path:
         "CURSOR_SECRET": random_secret(),
         "OIDC_ISSUER_URL": ISSUER_URL,
         "OIDC_CLIENT_ID": CLIENT_ID,
+        # Production starts with these; this pod has no AWS, so the quick start stores no content.
+        "S3_BUCKET": "tenant-docs-compose",
+        "AWS_REGION": "eu-west-1",
+        "KMS_PROVIDER": "aws-kms",
     }
     required = env_example_section(REQUIRED_SECTION)
     unknown = set(required) - set(values)

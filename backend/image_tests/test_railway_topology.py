@@ -36,6 +36,11 @@ PLACEHOLDER_VALUES = {
     "OIDC_ISSUER_URL": ISSUER_URL,
     "OIDC_CLIENT_ID": "tenant-docs-railway",
     "ALLOWED_ORIGINS": "https://app.example.org",
+    # Production starts with these; this pod has no AWS, so no document content is stored.
+    "S3_BUCKET": "tenant-docs-railway",
+    "AWS_REGION": "eu-west-1",
+    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLERAILWAY01",
+    "AWS_SECRET_ACCESS_KEY": random_secret(),
 }
 
 

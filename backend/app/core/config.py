@@ -334,11 +334,17 @@ class Settings(BaseSettings):
         "S3_ENDPOINT_URL",
         "S3_REGION",
         "OPENBAO_ADDR",
+        "AWS_REGION",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("KMS_PROVIDER", mode="before")
+    @classmethod
+    def _empty_is_the_default_provider(cls, value: Any) -> Any:
+        return KmsProvider.OPENBAO if value == "" else value
 
     @field_validator("OIDC_ISSUER_URL")
     @classmethod
@@ -419,6 +425,34 @@ class Settings(BaseSettings):
             problems.append("S3_ENDPOINT_URL: must be https:// when ENVIRONMENT=production")
         if self.OPENBAO_ADDR is not None and not _is_secure_url(self.OPENBAO_ADDR):
             problems.append("OPENBAO_ADDR: must be https:// when ENVIRONMENT=production")
+        return problems + self._production_content_problems()
+
+    def _production_content_problems(self) -> list[str]:
+        # Document content is PHI: production refuses the embedded SeaweedFS and OpenBao at
+        # start-up, not at the first upload, so a deploy without storage or keys never serves.
+        problems = []
+        if self.S3_BUCKET is None:
+            problems.append(
+                "S3_BUCKET: required when ENVIRONMENT=production"
+                " (the embedded SeaweedFS is refused in production)"
+            )
+        region_reported = self.KMS_PROVIDER is KmsProvider.AWS_KMS and self.AWS_REGION is None
+        if self.s3_region is None and not region_reported:
+            problems.append(
+                "AWS_REGION: required when ENVIRONMENT=production"
+                " (the bucket's region; S3_REGION overrides it for the bucket)"
+            )
+        if self.KMS_PROVIDER is KmsProvider.OPENBAO and self.OPENBAO_ADDR is None:
+            if "KMS_PROVIDER" in self.model_fields_set:
+                problems.append(
+                    "OPENBAO_ADDR: required when KMS_PROVIDER=openbao and ENVIRONMENT=production"
+                    " (the embedded OpenBao is refused; or KMS_PROVIDER=aws-kms with AWS_REGION)"
+                )
+            else:
+                problems.append(
+                    "KMS_PROVIDER: required when ENVIRONMENT=production: aws-kms (with"
+                    " AWS_REGION) or openbao (with OPENBAO_ADDR and OPENBAO_TOKEN)"
+                )
         return problems
 
     @property

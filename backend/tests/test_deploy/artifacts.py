@@ -153,6 +153,7 @@ DEPLOY_REQUIRED: dict[str, str] = {
 _SATISFYING_VALUES = {
     "DATABASE_URL": "postgresql://user:password@db.internal:5432/app",
     "OIDC_ISSUER_URL": "https://login.example.org/realms/app",
+    "KMS_PROVIDER": "aws-kms",
 }
 
 
