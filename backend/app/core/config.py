@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     S3_REGION: str | None = None
     S3_ACCESS_KEY_ID: SecretStr | None = None
     S3_SECRET_ACCESS_KEY: SecretStr | None = None
+    # A PEM file of the certificates trusted for S3_ENDPOINT_URL's https, instead of the system's
+    # (a self-hosted S3 with its own CA: docker compose's SeaweedFS). Unset: the system's.
+    S3_CA_BUNDLE: Path | None = None
     EMBEDDED_S3_DIR: Path = BACKEND_DIR / ".data" / "seaweedfs"
     # Largest document content accepted by PUT /documents/{id}/content (413 above it). That
     # route streams its body (memory stays flat), so MAX_REQUEST_BODY_BYTES does not apply.
@@ -209,6 +212,8 @@ class Settings(BaseSettings):
     KMS_PROVIDER: KmsProvider = KmsProvider.OPENBAO
     OPENBAO_ADDR: str | None = None
     OPENBAO_TOKEN: SecretStr | None = None
+    # Like S3_CA_BUNDLE, for OPENBAO_ADDR's https (docker compose's OpenBao). Unset: the system's.
+    OPENBAO_CA_CERT: Path | None = None
     EMBEDDED_OPENBAO_DIR: Path = BACKEND_DIR / ".data" / "openbao"
     KMS_KEY_DELETION_WINDOW_DAYS: int = Field(default=30, ge=7, le=30)
 
@@ -335,6 +340,8 @@ class Settings(BaseSettings):
         "S3_REGION",
         "OPENBAO_ADDR",
         "AWS_REGION",
+        "S3_CA_BUNDLE",
+        "OPENBAO_CA_CERT",
         mode="before",
     )
     @classmethod
