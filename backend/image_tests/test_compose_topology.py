@@ -39,6 +39,26 @@ from tests.test_deploy.artifacts import (
 )
 
 CLIENT_ID = "tenant-docs-compose"
+# Run in the api container: the app's OpenBao client checks the server with the given CA file.
+OPENBAO_TLS_PROBE = """
+import asyncio, os, pathlib, sys
+from app.content.key_manager import KeyManagerUnavailableError
+from app.content.openbao_transit import OpenBaoTransitKeyManager
+
+async def probe(ca_cert):
+    keys = OpenBaoTransitKeyManager(
+        os.environ["OPENBAO_ADDR"], os.environ["OPENBAO_TOKEN"], ca_cert=pathlib.Path(ca_cert)
+    )
+    try:
+        await keys.check()
+        return "ok"
+    except KeyManagerUnavailableError as error:
+        return str(error)
+    finally:
+        await keys.close()
+
+print(asyncio.run(probe(sys.argv[1])))
+"""
 
 
 def filled_env_file(directory: Path) -> Path:
@@ -147,6 +167,15 @@ def test_migrate_then_api_serve_ready_and_the_readme_quick_start(
     assert pm.podman("exec", f"{pod.name}-api", "id", "-u").strip() == "10001"
     changed = pm.podman("diff", f"{pod.name}-api").split()
     assert not [path for path in changed if path.startswith("/app")], changed
+
+    # TLS to OpenBao is checked for real: its own certificate passes, another one does not.
+    def openbao_with(ca_cert: str) -> str:
+        api = f"{pod.name}-api"
+        return pm.podman("exec", api, "python", "-c", OPENBAO_TLS_PROBE, ca_cert).strip()
+
+    assert openbao_with(api_env["OPENBAO_CA_CERT"]) == "ok"
+    refused = openbao_with(api_env["S3_CA_BUNDLE"])
+    assert refused == "OpenBao unreachable: ConnectError", refused
 
     # The first tenant and admin, with the admin CLI inside the service (README step 7).
     def cli(*args: str) -> Any:

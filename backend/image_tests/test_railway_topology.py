@@ -31,7 +31,8 @@ from tests.test_deploy.artifacts import (
 )
 
 PRIVATE_DOMAIN = "postgres.railway.internal"
-RAILWAY_PORT = 8080  # Railway picks the port and injects it; not the image's default 8000.
+RAILWAY_PORT = 8090  # Railway picks the port and injects it; not the image's default 8000.
+# (Nor 8080: SeaweedFS's volume server listens there on the pod's shared loopback.)
 
 # What the user types for each `<...>` placeholder of the README's Railway steps.
 PLACEHOLDER_VALUES = {

@@ -342,6 +342,9 @@ class Settings(BaseSettings):
         "AWS_REGION",
         "S3_CA_BUNDLE",
         "OPENBAO_CA_CERT",
+        "S3_ACCESS_KEY_ID",
+        "S3_SECRET_ACCESS_KEY",
+        "OPENBAO_TOKEN",
         mode="before",
     )
     @classmethod

@@ -250,11 +250,26 @@ def test_production_starts_with_a_bucket_and_either_kms() -> None:
 
 
 def test_empty_dot_env_lines_leave_the_content_settings_unset() -> None:
-    # .env.example's Required section has them empty; outside production that means embedded.
-    settings = load_settings(S3_BUCKET="", AWS_REGION="", KMS_PROVIDER="")
+    # .env.example's Required section has compose's keys empty; outside production that means
+    # embedded servers with their own keys, not an empty key or token.
+    settings = load_settings(
+        S3_BUCKET="",
+        AWS_REGION="",
+        KMS_PROVIDER="",
+        S3_ACCESS_KEY_ID="",
+        S3_SECRET_ACCESS_KEY="",
+        OPENBAO_TOKEN="",
+        S3_CA_BUNDLE="",
+        OPENBAO_CA_CERT="",
+    )
     assert settings.embedded_object_store
     assert settings.embedded_key_manager
     assert settings.AWS_REGION is None
+    assert settings.S3_ACCESS_KEY_ID is None
+    assert settings.S3_SECRET_ACCESS_KEY is None
+    assert settings.OPENBAO_TOKEN is None
+    assert settings.S3_CA_BUNDLE is None
+    assert settings.OPENBAO_CA_CERT is None
 
 
 def test_development_defaults_to_the_embedded_servers() -> None:
