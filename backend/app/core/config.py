@@ -228,6 +228,11 @@ class Settings(BaseSettings):
     # unset, no tracer is installed at all.
     OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
     OTEL_SERVICE_NAME: str = Field(default="tenant-docs", min_length=1, max_length=100)
+    # The share of new traces recorded (sampler parentbased_traceidratio, the standard OTel
+    # variable's meaning): 1.0 records every request; below it, an unsampled request's spans
+    # are non-recording (close to free), and a request whose caller sent a sampled
+    # traceparent is recorded whatever the ratio, so cross-service traces stay whole.
+    OTEL_TRACES_SAMPLER_ARG: float = Field(default=1.0, ge=0.0, le=1.0)
     # Put the tenant id on request spans (a UUID, no PHI, but it links traces to a customer).
     OTEL_SPAN_TENANT_ID: bool = False
     # The ingestion pipeline (docs/INGEST.md): extract, chunk, embed in background jobs.
