@@ -81,6 +81,15 @@ def test_worker_runs_the_ingest_jobs_from_the_same_image_once_content_is_reachab
     assert "ports" not in worker
 
 
+def test_services_without_an_http_port_do_not_inherit_the_images_http_health_check() -> None:
+    # The backend image's HEALTHCHECK calls /api/v1/health/live; the worker and the index
+    # maintainer serve no HTTP, so it would mark them unhealthy while they work.
+    services = _compose()["services"]
+    for name in ("worker", "vector-indexes"):
+        assert services[name]["healthcheck"] == {"test": ["NONE"]}, name
+    assert "healthcheck" not in services["api"]
+
+
 def test_content_points_at_compose_own_seaweedfs_and_openbao_over_https() -> None:
     compose = _compose()
     services = compose["services"]
