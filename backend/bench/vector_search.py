@@ -22,6 +22,7 @@ clinical notes all sit near each other: the hard case for HNSW.
     make bench-vector BENCH_ARGS='--docs 200000 --tenants 500'
     ... --partitions      # also list partitions per large tenant, side by side (modest sizes)
     ... --shared-index    # also the old shared index's build and insert cost
+    ... --chunks-per-doc 8   # also chunk search recall (bench/chunk_recall.py, issue 19)
 
 The database is the bench's own embedded server under bench/.cache/postgres-vector (kept
 between runs, so a second run with the same corpus skips the load and reports the first

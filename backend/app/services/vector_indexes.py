@@ -177,13 +177,16 @@ class ProbeResult:
     queries: int
 
 
-_PROBED = re.compile(r"ef_search=(\d+) .*probe=(\d+) rows=(\d+)")
+# What probe_comment writes (the search functions read only its leading `ef_search=<n>`).
+_PROBED = re.compile(
+    r"ef_search=(\d+) min_recall@10=[\d.]+ probe_queries=\d+ probe=(\d+) rows=(\d+)"
+)
 
 
 def probed_rows(comment: str | None) -> int | None:
     """The tenant's rows when the current probe (PROBE_VERSION) passed its index, from the
     comment it recorded; None if never probed, or probed by an older probe."""
-    found = _PROBED.search(comment or "")
+    found = _PROBED.fullmatch(comment or "")
     if found is None or int(found.group(2)) != PROBE_VERSION:
         return None
     return int(found.group(3))
