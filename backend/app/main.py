@@ -20,6 +20,7 @@ from app.core.config import Settings, settings_or_exit
 from app.core.logging import configure_logging
 from app.database import Database
 from app.database.engine import build_runtime_engine, resolve_targets
+from app.database.notifications import NotificationListener, listener_conninfo
 from app.database.safety import login_is_privileged, runtime_role_problems
 from app.database.session import make_sessionmaker
 from app.database.unavailable import describe_unavailable
@@ -28,6 +29,7 @@ from app.middleware.edge_limits import EdgeLimits
 from app.middleware.no_store import PhiResponseHeaders
 from app.middleware.request_id import RequestIdMiddleware
 from app.middleware.tenant_context import AuthorizationHeaderGuard
+from app.services import caller_cache
 from app.services import health as health_service
 
 logger = logging.getLogger(__name__)
@@ -85,9 +87,18 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = database is None
         app.state.database = database or await open_database(settings)
+        # Until it is up, and whenever it is down, the caller cache serves nothing.
+        listener = NotificationListener(
+            listener_conninfo(app.state.database.targets, settings),
+            caller_cache.CHANNEL,
+            app.state.caller_cache,
+        )
+        app.state.caller_listener = listener
+        listener.start()
         try:
             yield
         finally:
+            await listener.stop()
             await app.state.content.close()
             if owned:
                 await app.state.database.dispose()
@@ -109,6 +120,7 @@ def create_app(
     app.state.tenant_limiter = TenantLimiter.from_settings(settings)
     app.state.caller_admission = CallerAdmission(app.state.tenant_limiter)
     app.state.readiness_probe = health_service.ReadinessProbe()
+    app.state.caller_cache = caller_cache.CallerCache()
     # Opened on first use: a process that never touches content starts no embedded server.
     app.state.content = content or ContentBackends(settings)
     install_error_handlers(app)

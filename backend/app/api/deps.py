@@ -5,8 +5,10 @@ Use them as annotated parameters in routers:
     async def handler(session: TenantSession, actor: CurrentActor) -> ...
 
 Both come from the same per-request transaction, opened by
-`app.database.session.tenant_transaction` with the caller lookup folded into the statement
-that sets the tenant context (one round trip). It runs as `app_runtime`, is committed when
+`app.database.session.tenant_transaction` (BEGIN and the tenant context in one round trip),
+then the caller lookup, skipped while `app.services.caller_cache` holds the answer. Every
+dependency here is `async def`: a plain `def` dependency costs a thread-pool hand-off per
+request (issue 20's profile). It runs as `app_runtime`, is committed when
 the handler returns and *before* the response is sent (the dependency has
 `scope="function"`, so a failed commit becomes an error response, never a success), and is
 rolled back if the handler raises.
@@ -30,6 +32,7 @@ from app.database import Database
 from app.database.session import tenant_transaction
 from app.services import callers as callers_service
 from app.services.actor import Actor
+from app.services.caller_cache import CallerCache
 
 __all__ = [
     "AdminActor",
@@ -98,18 +101,20 @@ async def _tenant_request(
     admitted: Annotated[_Admitted, Depends(_admitted, scope="function")],
 ) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
+    callers: CallerCache = request.app.state.caller_cache
     identity = admitted.identity
-    transaction = tenant_transaction(
-        database.sessions, identity.tenant_id, opening=callers_service.caller_lookup(identity)
-    )
-    async with transaction as session:
-        try:
-            caller = await callers_service.resolve_caller(
-                session, identity, transaction.opening_rows
-            )
-        except ForbiddenError:
-            admitted.ticket.refuse()  # charged back to the identity, not the tenant
-            raise
+    async with tenant_transaction(database.sessions, identity.tenant_id) as session:
+        # Asked after the transaction's first round trip, so a change committed before this
+        # request began has had that long to reach the listener (docs/PERFORMANCE.md).
+        caller = callers.get(identity.tenant_id, identity.subject)
+        if caller is None:
+            generation = callers.generation
+            try:
+                caller = await callers_service.resolve_caller(session, identity)
+            except ForbiddenError:
+                admitted.ticket.refuse()  # charged back to the identity, not the tenant
+                raise
+            callers.store(identity.subject, caller, generation)
         user_agent = request.headers.get("user-agent")
         actor = Actor.user(
             tenant_id=caller.tenant_id,
@@ -127,15 +132,15 @@ async def _tenant_request(
 _TenantRequestDep = Annotated[_TenantRequest, Depends(_tenant_request, scope="function")]
 
 
-def _session(tenant_request: _TenantRequestDep) -> AsyncSession:
+async def _session(tenant_request: _TenantRequestDep) -> AsyncSession:
     return tenant_request.session
 
 
-def _actor(tenant_request: _TenantRequestDep) -> Actor:
+async def _actor(tenant_request: _TenantRequestDep) -> Actor:
     return tenant_request.actor
 
 
-def _caller(tenant_request: _TenantRequestDep) -> callers_service.Caller:
+async def _caller(tenant_request: _TenantRequestDep) -> callers_service.Caller:
     return tenant_request.caller
 
 
@@ -149,7 +154,7 @@ CurrentCaller = Annotated[callers_service.Caller, Depends(_caller)]
 """The caller lookup's row (user and tenant as GET /me shows them), same transaction."""
 
 
-def require_admin(actor: CurrentActor) -> Actor:
+async def require_admin(actor: CurrentActor) -> Actor:
     """The caller if their role is admin; 403 otherwise (before the body is even read)."""
     actor.require_admin()
     return actor

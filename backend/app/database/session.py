@@ -1,23 +1,20 @@
 """Sessions and transactions: the tenant-scoped one, and the admin one for provisioning.
 
 `tenant_transaction` is the only way any code (requests, the CLI, workers, tests, benchmarks)
-gets a tenant-scoped session: it begins, sets the tenant context and runs the opening query
-(for a request, the caller lookup) in one round trip, commits on success and rolls back on
-error. Services receive the session and never touch the context.
+gets a tenant-scoped session: it begins and sets the tenant context in one round trip,
+commits on success and rolls back on error. Services receive the session and never touch the
+context.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from types import TracebackType
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.database.tenant_context import BoundOpening, become_admin, enter_tenant, tenant_parameter
+from app.database.tenant_context import become_admin, begin_in_tenant_sql, enter_tenant
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -25,58 +22,19 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-class TenantTransaction:
-    """One transaction as the sessions' role, scoped to one tenant from its first statement.
-
-    Use it through `tenant_transaction(...)`; after entering, `opening_rows` holds the rows of
-    the opening query (empty without one).
-    """
-
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        tenant_id: uuid.UUID,
-        opening: BoundOpening | None = None,
-    ) -> None:
-        tenant_parameter(tenant_id)  # refuses anything but a UUID before any I/O
-        self.tenant_id = tenant_id
-        self.opening_rows: Sequence[Row[Any]] = ()
-        self._sessions = sessions
-        self._opening = opening
-        self._scope: AbstractAsyncContextManager[AsyncSession] | None = None
-
-    @asynccontextmanager
-    async def _open(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session, session.begin():
-            self.opening_rows = await enter_tenant(session, self.tenant_id, self._opening)
-            yield session
-
-    async def __aenter__(self) -> AsyncSession:
-        self._scope = self._open()
-        return await self._scope.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        assert self._scope is not None
-        return await self._scope.__aexit__(exc_type, exc, traceback)
-
-
-def tenant_transaction(
-    sessions: async_sessionmaker[AsyncSession],
-    tenant_id: uuid.UUID,
-    *,
-    opening: BoundOpening | None = None,
-) -> TenantTransaction:
+@asynccontextmanager
+async def tenant_transaction(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID
+) -> AsyncIterator[AsyncSession]:
     """One transaction scoped to `tenant_id`: committed on success, rolled back on error.
 
-    `opening`: a query (`OpeningQuery.bind(...)`) folded into the statement that sets the
-    context, so the first read costs no extra round trip; its rows are `.opening_rows`.
+    `BEGIN` and the tenant context go to the server as one round trip, so the transaction
+    costs no more round trips than an unscoped one (`enter_tenant`).
     """
-    return TenantTransaction(sessions, tenant_id, opening)
+    begin_in_tenant_sql(tenant_id)  # refuses anything but a UUID before any I/O
+    async with sessions() as session, session.begin():
+        await enter_tenant(session, tenant_id)
+        yield session
 
 
 @asynccontextmanager

@@ -3,101 +3,48 @@
 The setting is transaction-local (`set_config(..., true)`), so it disappears at COMMIT or
 ROLLBACK and a pooled connection never carries one request's tenant into the next. Nothing
 outside app/database/ calls into this module: code gets a tenant-scoped session from
-`app.database.session.tenant_transaction`, which sets the context with the statements built
-here, as the transaction's first statement.
+`app.database.session.tenant_transaction`, which opens the transaction with `enter_tenant`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import Row, Select, String, bindparam, func, select, text, true
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import Executable
 
 from app.database.roles import ADMIN_ROLE
 
 TENANT_SETTING = "app.current_tenant_id"
 
-_SET_TENANT = text("SELECT set_config('app.current_tenant_id', :context_tenant_id, true)")
 _SET_ADMIN_ROLE = text(f"SELECT set_config('role', '{ADMIN_ROLE}', true)")
 
-# The bound parameter the context-setting statements take the tenant in.
-CONTEXT_PARAMETER = "context_tenant_id"
 
+def begin_in_tenant_sql(tenant_id: uuid.UUID) -> str:
+    """`BEGIN` and the tenant context as one simple query (one round trip, no parameters).
 
-def scoped_to_tenant(query: Select[*tuple[Any, ...]]) -> Select[*tuple[Any, ...]]:
-    """`query` as one statement that first sets the tenant context: no round trip of its own.
-
-    The setting is made in a MATERIALIZED CTE, and `query` runs as a LATERAL subquery that
-    refers to it, so PostgreSQL must produce the CTE's row (running `set_config`) before it
-    starts `query` at all. That order matters: each RLS policy reads the setting through an
-    InitPlan, evaluated once, when its scan first needs it, and the planner may hoist a
-    policy's check into a one-time filter at the top of the query level it appears in. Inside
-    the LATERAL subquery (kept a query level of its own by `OFFSET 0`), both happen after the
-    setting is made; without either fence a join reads no rows at all.
-    tests/test_rls/test_context_in_first_statement.py proves the order on the real server.
-    `query` should select plain columns (rows come back with its column names) and keep its
-    own explicit tenant filter.
+    A simple query may hold several statements but no bound parameters, so the tenant id is a
+    literal: only a `uuid.UUID` is accepted, whose text is 36 hex digits and dashes.
     """
-    tenant = bindparam(CONTEXT_PARAMETER, type_=String)
-    context = (
-        select(func.set_config(TENANT_SETTING, tenant, True).label("tenant_id"))
-        .cte("tenant_context")
-        .prefix_with("MATERIALIZED")
-    )
-    # The reference to the CTE is what makes the subquery LATERAL, i.e. run after the CTE.
-    scoped = query.where(context.c.tenant_id == tenant).offset(0).lateral("scoped")
-    return select(*scoped.c).select_from(context).join(scoped, true())
-
-
-@dataclass(frozen=True)
-class OpeningQuery:
-    """A query a tenant transaction runs as its first statement, folded into the context.
-
-    Build it once at module level (building a statement costs more than running it) and give
-    `bind(...)` of it to `tenant_transaction(..., opening=...)`.
-    """
-
-    query: Select[*tuple[Any, ...]]
-    statement: Select[*tuple[Any, ...]] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", scoped_to_tenant(self.query))
-
-    def bind(self, **parameters: Any) -> BoundOpening:
-        """This query with its own parameters (the tenant is added by the transaction)."""
-        return BoundOpening(self.statement, parameters)
-
-
-@dataclass(frozen=True)
-class BoundOpening:
-    """An `OpeningQuery`'s statement with the values of its parameters."""
-
-    statement: Executable
-    parameters: Mapping[str, Any]
-
-
-def tenant_parameter(tenant_id: uuid.UUID) -> dict[str, str]:
-    """The parameter that gives a context-setting statement its tenant (a UUID, nothing else)."""
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
-    return {CONTEXT_PARAMETER: str(tenant_id)}
+    return f"BEGIN; SELECT set_config('{TENANT_SETTING}', '{tenant_id}', true)"
 
 
-async def enter_tenant(
-    session: AsyncSession, tenant_id: uuid.UUID, opening: BoundOpening | None
-) -> Sequence[Row[Any]]:
-    """Make the context this transaction's first statement; the opening query's rows, if any."""
-    context = tenant_parameter(tenant_id)
-    if opening is None:
-        await session.execute(_SET_TENANT, context)
-        return ()
-    result = await session.execute(opening.statement, {**opening.parameters, **context})
-    return result.all()
+async def enter_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """Begin `session`'s transaction with the tenant context set, in one round trip.
+
+    psycopg sends its own `BEGIN` as a round trip before a transaction's first statement
+    (`Connection._start_query`). Here the connection is in autocommit mode for this checkout
+    (SQLAlchemy restores the mode when the connection goes back to the pool), so psycopg sends
+    no BEGIN of its own, and the transaction is opened by our `BEGIN`, in the same message as
+    the context. Every later statement runs inside it; SQLAlchemy's commit and rollback reach
+    psycopg, which sends COMMIT or ROLLBACK whenever the server says a transaction is open
+    (it looks at the server's transaction status, not at the autocommit flag).
+    """
+    begin = begin_in_tenant_sql(tenant_id)  # refuses anything but a UUID before any I/O
+    connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    await connection.exec_driver_sql(begin)
 
 
 async def become_admin(session: AsyncSession) -> None:
