@@ -92,6 +92,7 @@ def create_app(
             listener_conninfo(app.state.database.targets, settings),
             caller_cache.CHANNEL,
             app.state.caller_cache,
+            heartbeat_sql=caller_cache.SYNC_SQL,
         )
         app.state.caller_listener = listener
         listener.start()

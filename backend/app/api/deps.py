@@ -29,7 +29,7 @@ from app.auth.identity import VerifiedIdentity
 from app.auth.tokens import TokenVerifier
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
-from app.database.session import tenant_transaction
+from app.database.session import CALLER_CHANGES, tenant_transaction
 from app.services import callers as callers_service
 from app.services.actor import Actor
 from app.services.caller_cache import CallerCache
@@ -104,9 +104,10 @@ async def _tenant_request(
     callers: CallerCache = request.app.state.caller_cache
     identity = admitted.identity
     async with tenant_transaction(database.sessions, identity.tenant_id) as session:
-        # Asked after the transaction's first round trip, so a change committed before this
-        # request began has had that long to reach the listener (docs/PERFORMANCE.md).
-        caller = callers.get(identity.tenant_id, identity.subject)
+        # Served only if the listener has heard every change committed before this transaction
+        # began (the counter its first round trip read).
+        changes = session.info[CALLER_CHANGES]
+        caller = callers.get(identity.tenant_id, identity.subject, changes)
         if caller is None:
             generation = callers.generation
             try:

@@ -6,7 +6,8 @@ listening connection is up: so it is told when listening starts (after `LISTEN` 
 succeeded: from then on no commit is missed) and when it stops (the connection failed or the
 listener was stopped: from then on anything may have been missed). The listener reconnects
 after `retry_seconds`, and checks its connection with a query every `heartbeat_seconds` of
-silence, so a connection that died without a word is noticed within about that time.
+silence (`heartbeat_sql`, also run right after LISTEN), so a connection that died without a
+word is noticed within about that time.
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ class NotificationListener:
         channel: str,
         subscriber: NotificationSubscriber,
         *,
+        heartbeat_sql: str = "SELECT 1",
         retry_seconds: float = 1.0,
         heartbeat_seconds: float = 5.0,
     ) -> None:
         self._conninfo = conninfo
+        self._heartbeat_sql = heartbeat_sql
         self._channel = channel
         self._subscriber = subscriber
         self.retry_seconds = retry_seconds
@@ -110,7 +113,10 @@ class NotificationListener:
             self.backend_pid = connection.info.backend_pid
             self._subscriber.listening_started()
             while True:
+                # At once, then after every heartbeat of silence: proves the connection still
+                # answers (and may send the subscriber a mark of its own).
+                await asyncio.wait_for(
+                    connection.execute(self._heartbeat_sql), self._heartbeat_seconds
+                )
                 async for notification in connection.notifies(timeout=self._heartbeat_seconds):
                     self._subscriber.notified(notification.payload)
-                # Silence for a heartbeat: prove the connection still answers.
-                await asyncio.wait_for(connection.execute("SELECT 1"), self._heartbeat_seconds)

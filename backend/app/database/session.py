@@ -16,6 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.database.tenant_context import become_admin, begin_in_tenant_sql, enter_tenant
 
+CALLER_CHANGES = "caller_changes"
+"""`session.info` key: caller_change_seq's value as the tenant transaction began."""
+
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded objects usable after commit (no implicit refresh I/O)."""
@@ -29,11 +32,12 @@ async def tenant_transaction(
     """One transaction scoped to `tenant_id`: committed on success, rolled back on error.
 
     `BEGIN` and the tenant context go to the server as one round trip, so the transaction
-    costs no more round trips than an unscoped one (`enter_tenant`).
+    costs no more round trips than an unscoped one (`enter_tenant`). The caller-change
+    counter read in that round trip is `session.info[CALLER_CHANGES]`.
     """
     begin_in_tenant_sql(tenant_id)  # refuses anything but a UUID before any I/O
     async with sessions() as session, session.begin():
-        await enter_tenant(session, tenant_id)
+        session.info[CALLER_CHANGES] = await enter_tenant(session, tenant_id)
         yield session
 
 

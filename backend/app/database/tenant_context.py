@@ -16,35 +16,49 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.database.roles import ADMIN_ROLE
 
 TENANT_SETTING = "app.current_tenant_id"
+# Numbers changes to tenants and users in commit order (migration 3c9e1f5a7b20).
+CALLER_CHANGE_SEQUENCE = "caller_change_seq"
 
 _SET_ADMIN_ROLE = text(f"SELECT set_config('role', '{ADMIN_ROLE}', true)")
 
 
 def begin_in_tenant_sql(tenant_id: uuid.UUID) -> str:
-    """`BEGIN` and the tenant context as one simple query (one round trip, no parameters).
+    """The tenant context, the change counter and `BEGIN` as one simple query (one round trip).
 
     A simple query may hold several statements but no bound parameters, so the tenant id is a
-    literal: only a `uuid.UUID` is accepted, whose text is 36 hex digits and dashes.
+    literal: only a `uuid.UUID` is accepted, whose text is 36 hex digits and dashes. The SELECT
+    comes first so that its row is the query's first result (the one the driver returns);
+    statements of one simple query share an implicit transaction, which the `BEGIN` after them
+    turns into an explicit one, so the transaction-local setting stays for what follows
+    (https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-MULTI-STATEMENT).
     """
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
-    return f"BEGIN; SELECT set_config('{TENANT_SETTING}', '{tenant_id}', true)"
+    return (  # the only value spliced in is a uuid.UUID's text (checked above)
+        f"SELECT set_config('{TENANT_SETTING}', '{tenant_id}', true),"  # noqa: S608
+        f" (SELECT last_value FROM public.{CALLER_CHANGE_SEQUENCE}); BEGIN"
+    )
 
 
-async def enter_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+async def enter_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> int:
     """Begin `session`'s transaction with the tenant context set, in one round trip.
+
+    Returns the caller-change counter as the transaction began (`caller_change_seq`, numbered
+    in commit order by the triggers on tenants and users): app.services.caller_cache serves a
+    cached caller only if its listener has heard that number.
 
     psycopg sends its own `BEGIN` as a round trip before a transaction's first statement
     (`Connection._start_query`). Here the connection is in autocommit mode for this checkout
     (SQLAlchemy restores the mode when the connection goes back to the pool), so psycopg sends
-    no BEGIN of its own, and the transaction is opened by our `BEGIN`, in the same message as
-    the context. Every later statement runs inside it; SQLAlchemy's commit and rollback reach
+    no BEGIN of its own, and the transaction is opened by ours, in the same message as the
+    context. Every later statement runs inside it; SQLAlchemy's commit and rollback reach
     psycopg, which sends COMMIT or ROLLBACK whenever the server says a transaction is open
     (it looks at the server's transaction status, not at the autocommit flag).
     """
     begin = begin_in_tenant_sql(tenant_id)  # refuses anything but a UUID before any I/O
     connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    await connection.exec_driver_sql(begin)
+    _context, changes = tuple((await connection.exec_driver_sql(begin)).one())
+    return int(changes)
 
 
 async def become_admin(session: AsyncSession) -> None:

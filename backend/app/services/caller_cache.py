@@ -3,10 +3,18 @@
 The caller lookup (app.services.callers) costs a statement per request, as much as a
 single-row read (issue 20). This cache lets a request skip it, on these terms:
 
-- **Pushed invalidation.** Triggers on `tenants` and `users` (migration 3c9e1f5a7b20) send the
-  tenant's id on the `caller_changes` channel when a row changes, at commit; every worker
-  LISTENs on a connection of its own (app.database.notifications) and drops that tenant's
-  entries on arrival.
+- **Pushed invalidation.** Triggers on `tenants` and `users` (migration 3c9e1f5a7b20) send
+  `<tenant id>:<number>` on the `caller_changes` channel when a row changes, at commit, the
+  numbers from `caller_change_seq` in commit order; every worker LISTENs on a connection of
+  its own (app.database.notifications) and drops that tenant's entries on arrival.
+- **Never behind the request.** A notification reaches the listener a little after the
+  commit. So each request reads the sequence in its transaction's first round trip
+  (app.database.tenant_context.enter_tenant) and gets a cached caller only if the listener
+  has heard that number: a change committed before the request began is always either
+  heard (its entries gone) or makes the request look its caller up. The listener also sends
+  its own numbered mark (`caller_changes_sync()`, at start and every heartbeat), so a number
+  taken by a transaction that then failed to commit holds the cache back one heartbeat at
+  most.
 - **Fails closed.** Entries are served only while the listener is up. When it goes down the
   cache is emptied and bypassed (every request looks its caller up), and it starts empty when
   the listener is back, since notifications may have been missed meanwhile.
@@ -31,6 +39,8 @@ from dataclasses import dataclass
 from app.services.callers import LAST_LOGIN_RESOLUTION, Caller
 
 CHANNEL = "caller_changes"
+SYNC_SQL = "SELECT caller_changes_sync()"
+_SYNC_PREFIX = "sync:"
 MAX_ENTRIES = 10_000
 
 
@@ -57,6 +67,7 @@ class CallerCache:
         self._clock = clock
         self._entries: OrderedDict[tuple[uuid.UUID, str], _Entry] = OrderedDict()
         self._listening = False
+        self._heard = 0  # the highest caller_change_seq number the listener has delivered
         self.generation = 0
         """Moves on every eviction and listener start or stop (read it before a lookup)."""
 
@@ -68,9 +79,12 @@ class CallerCache:
         """True while the listener is up, i.e. while entries may be served."""
         return self._listening
 
-    def get(self, tenant_id: uuid.UUID, subject: str) -> Caller | None:
-        """The cached caller, or None (not cached, lapsed, or the listener is down)."""
-        if not self._listening:
+    def get(self, tenant_id: uuid.UUID, subject: str, changes: int) -> Caller | None:
+        """The cached caller, or None (not cached, lapsed, the listener down or behind).
+
+        `changes`: caller_change_seq as the request's transaction began.
+        """
+        if not self._listening or changes > self._heard:
             return None
         key = (tenant_id, subject)
         entry = self._entries.get(key)
@@ -101,8 +115,9 @@ class CallerCache:
             del self._entries[key]
 
     def listening_started(self) -> None:
-        """The listener is up: serve entries again, starting from none."""
+        """The listener is up: serve entries again, from none, once its first mark is heard."""
         self.evict_tenant(None)
+        self._heard = 0
         self._listening = True
 
     def listening_stopped(self) -> None:
@@ -111,9 +126,18 @@ class CallerCache:
         self.evict_tenant(None)
 
     def notified(self, payload: str) -> None:
-        """A `caller_changes` notification: the tenant whose rows changed (else drop all)."""
+        """A `caller_changes` notification: `<tenant id>:<number>` or `sync:<number>`.
+
+        Anything else drops every entry (it can't be told whose it is) and counts as heard
+        nothing.
+        """
+        subject, _, number = payload.rpartition(":")
         try:
-            tenant_id: uuid.UUID | None = uuid.UUID(payload)
+            heard = int(number)
+            tenant_id = None if subject == _SYNC_PREFIX[:-1] else uuid.UUID(subject)
         except ValueError:
-            tenant_id = None
-        self.evict_tenant(tenant_id)
+            self.evict_tenant(None)
+            return
+        if tenant_id is not None:
+            self.evict_tenant(tenant_id)
+        self._heard = max(self._heard, heard)

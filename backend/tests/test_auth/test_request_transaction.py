@@ -206,7 +206,8 @@ async def test_me_uncached_costs_the_caller_lookup_after_begin_with_context(
     # shows, so /me sends nothing of its own. (With the cache warm, only the first:
     # tests/test_auth/test_caller_cache.py.)
     assert len(statements) == 2, statements
-    assert statements[0].startswith("BEGIN; SELECT set_config('app.current_tenant_id'")
+    assert statements[0].startswith("SELECT set_config('app.current_tenant_id'")
+    assert statements[0].endswith("; BEGIN")
     assert "FROM users JOIN tenants" in statements[1]
     assert len(transactions) == 1
 
@@ -252,11 +253,11 @@ async def test_me_uncached_costs_three_round_trips_begin_with_context_caller_com
         trace_file.close()
     assert response.status_code == 200
     trips = _round_trips(trace_path.read_text())
-    # BEGIN and the tenant context as one simple query (psycopg's own BEGIN would be a round
+    # The tenant context and BEGIN as one simple query (psycopg's own BEGIN would be a round
     # trip of its own: app.database.tenant_context.enter_tenant), the caller lookup with /me's
     # columns, COMMIT. No SET ROLE: the role is the login (or a start-up parameter).
     assert len(trips) == 3, trips
-    assert re.search(r"Query\t \"BEGIN; SELECT set_config\('app.current_tenant_id'", trips[0])
+    assert re.search(r"Query\t \"SELECT set_config\('app.current_tenant_id'.*; BEGIN\"", trips[0])
     assert trips[1].endswith("Sync")
     assert trips[-1].endswith('Query\t "COMMIT"')
 
