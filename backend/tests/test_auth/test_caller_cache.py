@@ -8,6 +8,8 @@ its caller up). Deactivations are committed on another connection, as an operato
 from __future__ import annotations
 
 import asyncio
+import statistics
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,6 +31,8 @@ from app.services.callers import Caller
 from testkit import database_harness as harness
 from tests.conftest import MakeCaller, MigratedDatabase
 
+TRIALS = 20
+HAMMERS = 4
 WAIT_SECONDS = 30.0  # for the listener to come up or notice it is down (never a timing check)
 
 
@@ -265,3 +269,76 @@ def test_entries_lapse_and_the_cache_is_bounded() -> None:
     assert cache.get(tenant, "c", 1) is not None
     now[0] = 60.0
     assert cache.get(tenant, "c", 1) is None
+
+
+async def _hammer(
+    http: httpx.AsyncClient,
+    headers: dict[str, str],
+    answers: list[tuple[float, float, int]],
+    deactivated: asyncio.Event,
+) -> None:
+    """GET /me until refused after `deactivated` is set; records every answer.
+
+    (After its first 403 the identity is charged to a small budget of its own, app.api.
+    admission: 429s follow, so each hammer stops at its first non-200 after the commit.)
+    """
+    while True:
+        began = time.perf_counter()
+        status = (await http.get("/api/v1/me", headers=headers)).status_code
+        answers.append((began, time.perf_counter(), status))
+        if status != 200 and deactivated.is_set():
+            return
+
+
+async def test_nothing_begun_after_a_deactivation_is_served_and_the_delay_is_printed(
+    http: httpx.AsyncClient,
+    listening_app: FastAPI,
+    make_caller: MakeCaller,
+    admin_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Requests in flight around the commit; prints the delay (run with -s to read it).
+
+    Asserts behaviour only: every request that began after the deactivation's COMMIT returned
+    is refused. The delays are printed, never asserted (docs/PERFORMANCE.md quotes them).
+    """
+    cache: CallerCache = listening_app.state.caller_cache
+    heard_at: dict[str, float] = {}
+    deliver = cache.notified
+
+    def timed(payload: str) -> None:
+        heard_at.setdefault(payload.split(":")[0], time.perf_counter())
+        deliver(payload)
+
+    cache.notified = timed  # type: ignore[method-assign]
+    to_refusal: list[float] = []
+    to_heard: list[float] = []
+    for _ in range(TRIALS):
+        caller = await make_caller()
+        assert (await http.get("/api/v1/me", headers=caller.headers)).status_code == 200
+        answers: list[tuple[float, float, int]] = []  # began, ended, status
+        deactivated = asyncio.Event()
+        hammers = [
+            asyncio.create_task(_hammer(http, caller.headers, answers, deactivated))
+            for _ in range(HAMMERS)
+        ]
+        await asyncio.sleep(0.05)
+        await _set(
+            admin_sessions,
+            update(User).where(User.id == caller.user.id).values(deleted_at=User.created_at),
+        )
+        committed = time.perf_counter()
+        deactivated.set()
+        await asyncio.gather(*hammers)
+        served = [a for a in answers if a[0] >= committed and a[2] == 200]
+        assert served == [], "a request begun after the commit was served from the cache"
+        first_refusal = min(ended for _, ended, status in answers if status == 403)
+        to_refusal.append((first_refusal - committed) * 1000)
+        to_heard.append((heard_at[str(caller.tenant.id)] - committed) * 1000)
+    print(
+        f"\ndeactivation -> caller cache, {TRIALS} trials, {HAMMERS} requests in flight"
+        " (ms after the deactivating COMMIT returned; negative: before it returned)"
+        f"\n  first 403 answered: median {statistics.median(to_refusal):.2f},"
+        f" worst {max(to_refusal):.2f}"
+        f"\n  notification heard by the listener: median {statistics.median(to_heard):.2f},"
+        f" worst {max(to_heard):.2f}"
+    )

@@ -135,13 +135,17 @@ async def test_a_rollback_undoes_the_transactions_writes_and_autocommit_is_resto
     two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
 ) -> None:
     tenant = two_tenants[0]
-    with pytest.raises(RuntimeError, match="handler failed"):
+
+    async def write_then_fail() -> None:
         async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
             await session.execute(
                 text("UPDATE documents SET filename = 'rolled back' WHERE tenant_id = :t"),
                 {"t": tenant.tenant_id},
             )
             raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError, match="handler failed"):
+        await write_then_fail()
     async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
         names = set((await session.scalars(text("SELECT filename FROM documents"))).all())
     assert "rolled back" not in names
