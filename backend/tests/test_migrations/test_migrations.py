@@ -27,6 +27,8 @@ APP_FUNCTIONS = {
     "audit_log_row_hash",
     "guard_audit_log_tenant",
     "chain_audit_log",
+    "notify_caller_change",
+    "caller_changes_sync",
 }
 
 
@@ -189,6 +191,8 @@ _CATALOG = {
         FROM pg_constraint
         WHERE connamespace = 'public'::regnamespace AND conrelid <> 0
           AND conrelid::regclass::text <> 'alembic_version'
+          -- Constraint triggers (contype t) are triggers, migration-only like every trigger.
+          AND contype <> 't'
     """,
     "tables": """
         SELECT relname, obj_description(oid, 'pg_class') FROM pg_class
