@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.admission import CallerAdmission, TenantLimiter
 from app.api.errors import install_error_handlers
+from app.api.v1.documents import CONTENT_UPLOAD_PATH
 from app.api.v1.router import api_router, dev_router
 from app.auth.dev_issuer import dev_issuer_for
 from app.auth.tokens import TokenVerifier, build_token_verifier
@@ -131,6 +132,7 @@ def create_app(
         EdgeLimits,
         max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
         max_json_depth=settings.MAX_JSON_DEPTH,
+        streamed_bodies=[("PUT", CONTENT_UPLOAD_PATH)],
     )
     app.add_middleware(AuthorizationHeaderGuard)
     app.add_middleware(

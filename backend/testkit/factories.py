@@ -9,9 +9,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.content.key_manager import KeyManager
 from app.database.base import Base
 from app.database.session import admin_transaction, tenant_transaction
 from app.models import Document, Tenant, User
+from app.services import tenants as tenants_service
+from app.services.actor import Actor
 
 
 async def make_tenant(session: AsyncSession, name: str | None = None, **fields: Any) -> Tenant:
@@ -113,3 +116,15 @@ async def insert_row(
     async with tenant_transaction(sessions, tenant_id) as session:
         session.add(row)
         await session.flush()
+
+
+async def give_tenant_key(
+    admin_sessions: async_sessionmaker[AsyncSession], keys: KeyManager, tenant_id: uuid.UUID
+) -> str:
+    """Provision the tenant's own key (as `create-tenant` does) and return its reference."""
+    async with admin_transaction(admin_sessions) as session:
+        tenant = await tenants_service.provision_tenant_key(
+            session, Actor.operator(source="test"), tenant_id, keys
+        )
+    assert tenant.kms_key_arn is not None
+    return tenant.kms_key_arn

@@ -15,7 +15,9 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.content.backends import ContentBackends
 from app.content.embedded_openbao import EmbeddedOpenBao, start_openbao
+from app.content.embedded_process import free_ports
 from app.content.embedded_seaweedfs import EmbeddedS3, start_seaweedfs
 from app.content.object_store import S3Location, S3ObjectStore
 from app.content.openbao_transit import OpenBaoTransitKeyManager
@@ -143,5 +145,46 @@ async def key_manager(
 ) -> AsyncIterator[OpenBaoTransitKeyManager]:
     """Per-tenant keys in the embedded OpenBao's transit engine."""
     keys = OpenBaoTransitKeyManager(embedded_openbao.address, embedded_openbao.token)
+    yield keys
+    await keys.close()
+
+
+@pytest.fixture
+def content_backends(
+    settings: Settings, object_store: S3ObjectStore, key_manager: OpenBaoTransitKeyManager
+) -> ContentBackends:
+    """The app's object store and key manager: the run's SeaweedFS and OpenBao."""
+    return ContentBackends(settings, store=object_store, keys=key_manager, owned=False)
+
+
+@pytest.fixture
+async def content_client(
+    settings: Settings, database: Database, content_backends: ContentBackends
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Like `client`, for an app that stores document content (SeaweedFS, OpenBao)."""
+    app = create_app(settings, database, content=content_backends)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+async def unreachable_store(embedded_s3: EmbeddedS3) -> AsyncIterator[S3ObjectStore]:
+    """An object store whose endpoint nothing listens on."""
+    (port,) = free_ports(1)
+    store = await S3ObjectStore.open(
+        s3_location(embedded_s3, endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)
+    )
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def unreachable_keys(
+    embedded_openbao: EmbeddedOpenBao,
+) -> AsyncIterator[OpenBaoTransitKeyManager]:
+    """A key manager whose address nothing listens on."""
+    (port,) = free_ports(1)
+    keys = OpenBaoTransitKeyManager(f"http://127.0.0.1:{port}", embedded_openbao.token)
     yield keys
     await keys.close()

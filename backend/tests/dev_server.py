@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from app.content.embedded_openbao import EmbeddedOpenBao
 from app.core.config import BACKEND_DIR
 from tests.conftest import MigratedDatabase
 from tests.test_cli.conftest import cli_environment
@@ -53,11 +54,22 @@ async def _wait_until_live(port: int, server: asyncio.subprocess.Process) -> Non
 
 
 @asynccontextmanager
-async def dev_server(migrated_db: MigratedDatabase, tmp_path: Path) -> AsyncIterator[DevServer]:
-    """Start `python -m app run` on a free port against the test database; stop it after."""
+async def dev_server(
+    migrated_db: MigratedDatabase,
+    tmp_path: Path,
+    openbao: EmbeddedOpenBao,
+    **extra: str,
+) -> AsyncIterator[DevServer]:
+    """Start `python -m app run` on a free port against the test database and `openbao`; stop
+    it after."""
     port = free_port()
     env = cli_environment(
-        migrated_db, tmp_path / "dev-key.pem", ENVIRONMENT="development", LOG_LEVEL="WARNING"
+        migrated_db,
+        tmp_path / "dev-key.pem",
+        openbao,
+        ENVIRONMENT="development",
+        LOG_LEVEL="WARNING",
+        **extra,
     )
     server = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -17,16 +17,18 @@ rolled back if the handler raises.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.api.admission import AdmissionTicket, CallerAdmission
 from app.auth.identity import VerifiedIdentity
 from app.auth.tokens import TokenVerifier
+from app.content.backends import ContentBackends
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
 from app.database.session import CALLER_CHANGES, tenant_transaction
@@ -36,8 +38,11 @@ from app.services.caller_cache import CallerCache
 
 __all__ = [
     "AdminActor",
+    "Content",
     "CurrentActor",
     "CurrentCaller",
+    "Sessions",
+    "StreamingActor",
     "TenantSession",
     "authenticate",
     "require_admin",
@@ -100,6 +105,24 @@ async def _tenant_request(
     # Admitted before the transaction opens, released after it ends (scope="function").
     admitted: Annotated[_Admitted, Depends(_admitted, scope="function")],
 ) -> AsyncIterator[_TenantRequest]:
+    async with _caller_transaction(request, admitted) as tenant_request:
+        yield tenant_request
+
+
+async def _streaming_actor(
+    request: Request,
+    admitted: Annotated[_Admitted, Depends(_admitted, scope="function")],
+) -> Actor:
+    # The caller lookup's transaction ends here, before the handler streams a body in; the
+    # admission slot is still held until the handler returns.
+    async with _caller_transaction(request, admitted) as tenant_request:
+        return tenant_request.actor
+
+
+@asynccontextmanager
+async def _caller_transaction(
+    request: Request, admitted: _Admitted
+) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
     callers: CallerCache = request.app.state.caller_cache
     identity = admitted.identity
@@ -153,6 +176,30 @@ CurrentActor = Annotated[Actor, Depends(_actor)]
 
 CurrentCaller = Annotated[callers_service.Caller, Depends(_caller)]
 """The caller lookup's row (user and tenant as GET /me shows them), same transaction."""
+
+
+StreamingActor = Annotated[Actor, Depends(_streaming_actor)]
+"""The authenticated caller, looked up in a transaction already committed: for handlers that
+stream a request body and open their own short transactions (`tenant_transaction`), so no
+transaction stays open while bytes arrive."""
+
+
+async def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    database: Database = request.app.state.database
+    return database.sessions
+
+
+Sessions = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
+"""The runtime role's sessionmaker, for `tenant_transaction` in streaming handlers."""
+
+
+async def _content(request: Request) -> ContentBackends:
+    content: ContentBackends = request.app.state.content
+    return content
+
+
+Content = Annotated[ContentBackends, Depends(_content)]
+"""The object store and key manager (opened on first use)."""
 
 
 async def require_admin(actor: CurrentActor) -> Actor:

@@ -3,7 +3,9 @@
 Every 4xx/5xx answer has the shape {"error": {code, message, request_id, ...}}: domain errors
 (`app.core.errors.AppError`) with their own status, request validation as 422, database
 failures as a generic 500 or a 503 naming the database (never the driver's text, which can
-carry SQL and other tenants' values), anything else as a 500.
+carry SQL and other tenants' values), the object store or the KMS being unavailable as a 503
+naming it, stored content failing its integrity check as a 500 (never its bytes), anything
+else as a 500.
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from app.content.envelope import ContentIntegrityError
+from app.content.key_manager import KeyManagerUnavailableError, UnwrapError
+from app.content.object_store import StorageUnavailableError
 from app.core.errors import (
+    CONTENT_INTEGRITY_MESSAGE,
     DATABASE_TIMEOUT_MESSAGE,
     DATABASE_UNAVAILABLE_MESSAGE,
     INTERNAL_ERROR_MESSAGE,
+    KMS_UNAVAILABLE_MESSAGE,
+    STORAGE_UNAVAILABLE_MESSAGE,
     AppError,
 )
 from app.middleware.no_store import PHI_RESPONSE_HEADERS
@@ -74,6 +82,28 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
         details.append({"field": ".".join(location) or "body", "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
     return f"invalid request: {summary}", details
+
+
+def _dependency_unavailable(
+    request: Request, exc: Exception, dependency: str, message: str
+) -> JSONResponse:
+    # The client gets a fixed text naming the dependency; its own (endpoints, keys) is logged.
+    logger.warning(
+        "dependency unavailable", extra={"dependency": dependency, "error": str(exc)[:500]}
+    )
+    return JSONResponse(
+        error_body(503, "service_unavailable", message, request, dependency=dependency),
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
+
+
+def _integrity_failure(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("document content failed its integrity check", extra={"error": str(exc)[:500]})
+    return JSONResponse(
+        error_body(500, "content_integrity_error", CONTENT_INTEGRITY_MESSAGE, request),
+        status_code=500,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -143,6 +173,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(500, "internal_error", INTERNAL_ERROR_MESSAGE, request), status_code=500
         )
+
+    @app.exception_handler(StorageUnavailableError)
+    async def _storage_unavailable(request: Request, exc: StorageUnavailableError) -> JSONResponse:
+        return _dependency_unavailable(request, exc, "object_storage", STORAGE_UNAVAILABLE_MESSAGE)
+
+    @app.exception_handler(KeyManagerUnavailableError)
+    async def _kms_unavailable(request: Request, exc: KeyManagerUnavailableError) -> JSONResponse:
+        return _dependency_unavailable(request, exc, "kms", KMS_UNAVAILABLE_MESSAGE)
+
+    @app.exception_handler(ContentIntegrityError)
+    async def _content_integrity(request: Request, exc: ContentIntegrityError) -> JSONResponse:
+        return _integrity_failure(request, exc)
+
+    @app.exception_handler(UnwrapError)
+    async def _unwrap_failed(request: Request, exc: UnwrapError) -> JSONResponse:
+        return _integrity_failure(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,10 +1,11 @@
-"""Admin CLI: provision tenants and users, and mint dev tokens.
+"""Admin CLI: provision tenants (with their own keys) and users, and mint dev tokens.
 
 Runs as the provisioning role (`app_admin`, switched to from DATABASE_URL's login, or the
 embedded server's), writes one audit row per change (no user id: an operator acted), prints a
 table or `--json`, and on bad input prints one `error: …` line and exits non-zero: 2 for
 malformed input (bad UUID, invalid email), 1 when the database says no (unknown tenant,
-duplicate email), 3 when the database cannot be reached (the line names host:port and why).
+duplicate email, a key the key manager refuses), 3 when the database, the key manager or the
+object store cannot be reached (the line names which and why).
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cli.database_errors import exit_if_unavailable
+from app.content.backends import ContentBackends
+from app.content.key_manager import KeyManagerError, KeyManagerUnavailableError
+from app.content.object_store import ObjectStoreError, StorageUnavailableError
 from app.core.config import Settings, SettingsError, describe_validation_error, settings_or_exit
 from app.core.errors import AppError, ConflictError, NotFoundError
 from app.core.logging import configure_logging
 from app.database.engine import build_engine, resolve_targets
 from app.database.session import admin_transaction, make_sessionmaker
+from app.database.unavailable import EXIT_DATABASE_UNAVAILABLE
 from app.models import Tenant, User
 from app.models.user import normalise_email
 from app.schemas.tenant import TenantCreate, TenantRecord
@@ -42,7 +47,7 @@ T = TypeVar("T")
 EXIT_BAD_INPUT = 2
 EXIT_REFUSED = 1
 
-TENANT_COLUMNS = ["id", "name", "status", "created_at", "deleted_at"]
+TENANT_COLUMNS = ["id", "name", "status", "kms_key_arn", "created_at", "deleted_at"]
 USER_COLUMNS = ["id", "tenant_id", "email", "role", "full_name", "external_idp_id", "deleted_at"]
 
 # The CLI's operator: no user, every tenant (it runs as app_admin).
@@ -91,6 +96,12 @@ async def _admin_session(settings: Settings) -> AsyncIterator[AsyncSession]:
 
 def run_admin(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `work` in one admin transaction; turn refusals into one line and an exit code."""
+    return run_admin_with_content(lambda session, _content: work(session))
+
+
+def run_admin_with_content(work: Callable[[AsyncSession, ContentBackends], Awaitable[T]]) -> T:
+    """`run_admin` for work that also needs the key manager or the object store (opened on
+    first use, closed at the end); either being unavailable exits 3 like the database."""
     settings = settings_or_exit()
     configure_logging(
         "WARNING" if settings.LOG_LEVEL == "INFO" else settings.LOG_LEVEL,
@@ -98,11 +109,19 @@ def run_admin(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     )
 
     async def main() -> T:
-        async with _admin_session(settings) as session:
-            return await work(session)
+        content = ContentBackends(settings)
+        try:
+            async with _admin_session(settings) as session:
+                return await work(session, content)
+        finally:
+            await content.close()
 
     try:
         return asyncio.run(main())
+    except (KeyManagerUnavailableError, StorageUnavailableError) as exc:
+        fail(str(exc), EXIT_DATABASE_UNAVAILABLE)
+    except (KeyManagerError, ObjectStoreError) as exc:
+        fail(str(exc), EXIT_REFUSED)
     except AppError as exc:
         fail(exc.message, EXIT_REFUSED)
     except SettingsError as exc:
@@ -147,14 +166,49 @@ def _emit_user(user: User, as_json: bool) -> None:
 # Tenants ----------------------------------------------------------------------------------
 
 
+KmsKeyOption = typer.Option(
+    None,
+    "--kms-key-ref",
+    help="Bring an existing key (AWS KMS key ARN, or OpenBao transit key name) instead of"
+    " creating one; it is checked by wrapping and unwrapping a probe data key.",
+)
+
+
 def create_tenant(
     name: str = typer.Argument(..., help="Display name of the organisation."),
+    kms_key_ref: str | None = KmsKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Create an active tenant."""
-    data = _validated(TenantCreate, name=name)
-    tenant = run_admin(lambda s: tenants_service.create_tenant(s, OPERATOR, data))
+    """Create an active tenant and its own encryption key (recorded as kms_key_arn)."""
+    data = _validated(TenantCreate, name=name, kms_key_ref=kms_key_ref)
+    tenant = run_admin_with_content(
+        lambda s, content: _create_tenant(s, content, data),
+    )
     _emit_tenant(tenant, as_json)
+
+
+async def _create_tenant(
+    session: AsyncSession, content: ContentBackends, data: TenantCreate
+) -> Tenant:
+    keys = await content.key_manager()
+    return await tenants_service.create_tenant(session, OPERATOR, data, keys)
+
+
+def provision_tenant_key(
+    tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
+    kms_key_ref: str | None = KmsKeyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Give a tenant created without one its own key (a tenant with a key keeps it)."""
+    tid = parse_uuid(tenant, "--tenant")
+    if kms_key_ref is not None and not 1 <= len(kms_key_ref) <= 2048:
+        fail("--kms-key-ref must be 1 to 2048 characters", EXIT_BAD_INPUT)
+
+    async def provision(session: AsyncSession, content: ContentBackends) -> Tenant:
+        keys = await content.key_manager()
+        return await tenants_service.provision_tenant_key(session, OPERATOR, tid, keys, kms_key_ref)
+
+    _emit_tenant(run_admin_with_content(provision), as_json)
 
 
 def list_tenants(
@@ -316,6 +370,7 @@ def register(cli: typer.Typer) -> None:
     """Add the admin commands to the CLI."""
     commands: dict[str, Callable[..., None]] = {
         "create-tenant": create_tenant,
+        "provision-tenant-key": provision_tenant_key,
         "list-tenants": list_tenants,
         "suspend-tenant": suspend_tenant,
         "activate-tenant": activate_tenant,

@@ -13,6 +13,7 @@ from types import FrameType
 import typer
 
 from app.cli.database_errors import database_unavailable_exits
+from app.content.backends import ContentBackends
 from app.core.config import Settings, settings_or_exit
 from app.core.logging import configure_logging
 from app.database.engine import DatabaseTargets, build_engine, resolve_targets
@@ -146,8 +147,14 @@ async def _ensure_demo_user(settings: Settings, targets: DatabaseTargets) -> tup
     engine = build_engine(
         targets.login_url, settings, application_name="tenant-docs-admin", pool_size=1
     )
+    # The demo tenant has its own key: this starts (or attaches to) the embedded OpenBao.
+    content = ContentBackends(settings)
     try:
+        keys = await content.key_manager()
         async with admin_transaction(make_sessionmaker(engine)) as session:
-            return await demo_service.ensure_demo_user(session, Actor.operator(source="make-run"))
+            return await demo_service.ensure_demo_user(
+                session, Actor.operator(source="make-run"), keys
+            )
     finally:
+        await content.close()
         await engine.dispose()

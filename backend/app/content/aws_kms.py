@@ -171,6 +171,10 @@ class AwsKmsKeyManager:
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc) from exc
 
+    def key_version(self, wrapped: bytes) -> int | None:
+        """None: a KMS ciphertext blob does not say which backing key made it."""
+        return None
+
     async def check(self) -> None:
         """ListKeys (one): KMS answers and accepts our credentials."""
         try:

@@ -1,7 +1,7 @@
 """The object store and the key manager the app uses, opened on first use.
 
 From Settings: a configured S3 bucket and KMS are used as they are; without them (development
-and tests only, production refuses it) the embedded SeaweedFS and OpenBao are started the first
+and tests only; production refuses it) the embedded SeaweedFS and OpenBao are started the first
 time content is stored or read, so a process that never touches content never starts them.
 Readiness checks a dependency only when it is configured or has been opened.
 """
@@ -16,8 +16,14 @@ from typing import Protocol
 
 from app.content.aws_kms import AwsKmsKeyManager
 from app.content.embedded_process import EmbeddedServerError
-from app.content.key_manager import KeyManager, KeyManagerError
-from app.content.object_store import ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
+from app.content.key_manager import KeyManager, KeyManagerError, KeyManagerUnavailableError
+from app.content.object_store import (
+    ObjectStore,
+    ObjectStoreError,
+    S3Location,
+    S3ObjectStore,
+    StorageUnavailableError,
+)
 from app.content.openbao_transit import OpenBaoTransitKeyManager
 from app.core.config import KmsProvider, Settings
 
@@ -33,8 +39,8 @@ def _secret(value: object) -> str | None:
 
 
 def _refuse_embedded_in_production(settings: Settings, setting: str, what: str) -> None:
-    # Not (yet) a start-up requirement: the deploy files gain S3 and KMS with the content
-    # routes (issue 17); until then a production process refuses at first use instead.
+    # Not (yet) a start-up requirement: that comes with the deploy files (compose, Railway)
+    # providing S3 and a KMS; until then a production process refuses at first use instead.
     if settings.is_production:
         raise EmbeddedServerError(
             f"{setting}: required when ENVIRONMENT=production (the embedded {what} is for"
@@ -55,10 +61,13 @@ async def open_object_store(settings: Settings) -> S3ObjectStore:
                 secret_access_key=_secret(settings.S3_SECRET_ACCESS_KEY),
             )
         )
-    _refuse_embedded_in_production(settings, "S3_BUCKET", "object store")
     from app.content.embedded_seaweedfs import start_seaweedfs
 
-    embedded = await asyncio.to_thread(start_seaweedfs, settings.EMBEDDED_S3_DIR)
+    try:
+        _refuse_embedded_in_production(settings, "S3_BUCKET", "object store")
+        embedded = await asyncio.to_thread(start_seaweedfs, settings.EMBEDDED_S3_DIR)
+    except EmbeddedServerError as exc:
+        raise StorageUnavailableError(f"embedded SeaweedFS: {exc}") from exc
     store = await S3ObjectStore.open(
         S3Location(
             bucket=embedded.bucket,
@@ -86,10 +95,13 @@ async def open_key_manager(settings: Settings) -> OpenBaoTransitKeyManager | Aws
         return OpenBaoTransitKeyManager(
             settings.OPENBAO_ADDR, _secret(settings.OPENBAO_TOKEN) or ""
         )
-    _refuse_embedded_in_production(settings, "KMS_PROVIDER=aws-kms or OPENBAO_ADDR", "OpenBao")
     from app.content.embedded_openbao import start_openbao
 
-    embedded = await asyncio.to_thread(start_openbao, settings.EMBEDDED_OPENBAO_DIR)
+    try:
+        _refuse_embedded_in_production(settings, "KMS_PROVIDER=aws-kms or OPENBAO_ADDR", "OpenBao")
+        embedded = await asyncio.to_thread(start_openbao, settings.EMBEDDED_OPENBAO_DIR)
+    except EmbeddedServerError as exc:
+        raise KeyManagerUnavailableError(f"embedded OpenBao: {exc}") from exc
     return OpenBaoTransitKeyManager(embedded.address, embedded.token)
 
 

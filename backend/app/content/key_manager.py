@@ -90,6 +90,23 @@ class KeyManager(Protocol):
         """Destroy the tenant's key: nothing it wrapped can be unwrapped any more."""
         ...
 
+    def key_version(self, wrapped: bytes) -> int | None:
+        """The tenant-key version `wrapped` was made under, when the key manager shows it."""
+        ...
+
     async def check(self) -> None:
         """Raise KeyManagerUnavailableError unless the key manager answers (readiness)."""
         ...
+
+
+# The context of the probe data key that proves a tenant's key works (no document has it).
+_PROBE_DOCUMENT = UUID(int=0)
+
+
+async def verify_tenant_key(keys: KeyManager, key_ref: str, tenant_id: UUID) -> None:
+    """Wrap and unwrap a throw-away data key under `key_ref` for this tenant: the key exists
+    and this app may use it both ways (KeyNotFoundError or another KeyManagerError if not)."""
+    context = EncryptionContext(tenant_id=tenant_id, document_id=_PROBE_DOCUMENT)
+    probe = await keys.generate_data_key(key_ref, context)
+    if await keys.unwrap(key_ref, probe.wrapped, context) != probe.plaintext:
+        raise UnwrapError(f"the key {key_ref} did not give back the probe data key")

@@ -159,6 +159,10 @@ class OpenBaoTransitKeyManager:
         await self._call("POST", f"{self._mount}/keys/{key_ref}/config", {"deletion_allowed": True})
         await self._call("DELETE", f"{self._mount}/keys/{key_ref}")
 
+    def key_version(self, wrapped: bytes) -> int | None:
+        """The `N` of `vault:vN:...`."""
+        return wrapped_key_version(wrapped)
+
     async def check(self) -> None:
         """The server is unsealed, active, and accepts our token."""
         await self._call("GET", "auth/token/lookup-self")

@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     S3_ACCESS_KEY_ID: SecretStr | None = None
     S3_SECRET_ACCESS_KEY: SecretStr | None = None
     EMBEDDED_S3_DIR: Path = BACKEND_DIR / ".data" / "seaweedfs"
+    # Largest document content accepted by PUT /documents/{id}/content (413 above it). That
+    # route streams its body (memory stays flat), so MAX_REQUEST_BODY_BYTES does not apply.
+    MAX_DOCUMENT_CONTENT_BYTES: int = Field(
+        default=1024 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024 * 1024 * 1024
+    )
     # Per-tenant keys: OpenBao transit (OPENBAO_ADDR unset outside production starts an
     # embedded one) or AWS KMS (AWS_REGION and the AWS_* credentials or the default chain).
     KMS_PROVIDER: KmsProvider = KmsProvider.OPENBAO
@@ -288,6 +293,8 @@ class Settings(BaseSettings):
             problems.append("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither")
         if self.KMS_PROVIDER is KmsProvider.AWS_KMS and self.AWS_REGION is None:
             problems.append("AWS_REGION: required when KMS_PROVIDER=aws-kms")
+        if self.OPENBAO_ADDR is not None and self.OPENBAO_TOKEN is None:
+            problems.append("OPENBAO_TOKEN: required when OPENBAO_ADDR is set")
         if self.ENVIRONMENT is Environment.PRODUCTION:
             problems += self._production_problems()
         if problems:

@@ -11,6 +11,16 @@ from typing import Any
 # The fixed texts a client may see for database failures: never the driver's own message.
 INTERNAL_ERROR_MESSAGE = "internal error"
 DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable"
+STORAGE_UNAVAILABLE_MESSAGE = (
+    "object storage is unavailable (nothing was stored or changed); retry shortly"
+)
+KMS_UNAVAILABLE_MESSAGE = (
+    "the key management service (KMS) is unavailable (nothing was stored or changed); retry shortly"
+)
+CONTENT_INTEGRITY_MESSAGE = (
+    "the stored content failed its integrity check (it is not this document's content as"
+    " uploaded); no bytes were sent"
+)
 DATABASE_TIMEOUT_MESSAGE = (
     "the request's database work ran past the time limit and was cancelled"
     " (nothing was saved); retry shortly or narrow the request"

@@ -15,11 +15,16 @@ All of this runs before the token is checked, so none of it may cost more than a
 per byte read (docs/SECURITY.md, "pre-authentication work superlinear in its input").
 
 Bodies within the limits are buffered (FastAPI reads them whole anyway) and replayed to the app.
+
+The routes named in `streamed_bodies` (document content uploads) are the exception: their body
+is not JSON and may be large, so it is passed through unread; the route streams it and enforces
+its own limit (MAX_DOCUMENT_CONTENT_BYTES). Their headers are still checked here.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -139,10 +144,26 @@ def _check_content_type(content_type: bytes | None) -> None:
 class EdgeLimits:
     """Refuse oversized headers and bodies, non-JSON bodies and deep JSON before the app runs."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_json_depth: int,
+        streamed_bodies: Sequence[tuple[str, re.Pattern[str]]] = (),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
+        self.streamed_bodies = tuple(streamed_bodies)
+
+    def _streams_its_body(self, scope: Scope) -> bool:
+        """True for a request to a route that streams its (non-JSON) body itself."""
+        method, path = scope.get("method"), scope.get("path", "")
+        return any(
+            method == allowed and pattern.fullmatch(path)
+            for allowed, pattern in self.streamed_bodies
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI call."""
@@ -150,7 +171,11 @@ class EdgeLimits:
             await self.app(scope, receive, send)
             return
         try:
-            body = await self._checked_body(scope, receive)
+            if self._streams_its_body(scope):
+                _check_headers(scope.get("headers", []))
+                body = None  # passed through unread
+            else:
+                body = await self._checked_body(scope, receive)
         except AppError as error:
             await send_app_error(scope, receive, send, error)
             return

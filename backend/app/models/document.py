@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pgvector.sqlalchemy import Vector
@@ -12,6 +13,8 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Index,
+    Integer,
+    LargeBinary,
     String,
     text,
 )
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from app.models.user import User
 
 DOCUMENT_STATUSES = ("processing", "completed", "failed")
+_AFTER_INHERITED_COLUMNS = 1
 __all__ = ["DOCUMENT_STATUSES", "EMBEDDING_DIMENSIONS", "Document"]
 
 
@@ -44,6 +48,20 @@ class Document(SoftDeleteMixin, Base):
         ),
         CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
         CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),
+        CheckConstraint(
+            "num_nulls(content_object_key, content_wrapped_key, content_key_ref, content_sha256,"
+            " content_uploaded_at) IN (0, 5)",
+            name="content_all_or_none",
+        ),
+        CheckConstraint("content_sha256 ~ '^[0-9a-f]{64}$'", name="content_sha256_hex"),
+        # One object per document; the orphan sweep looks objects up by key.
+        Index(
+            "uq_documents_tenant_content_object_key",
+            "tenant_id",
+            "content_object_key",
+            unique=True,
+            postgresql_where=text("content_object_key IS NOT NULL"),
+        ),
         Index(
             "idx_documents_tenant_created",
             "tenant_id",
@@ -91,6 +109,38 @@ class Document(SoftDeleteMixin, Base):
         JSONB,
         server_default=text("'{}'::jsonb"),
         comment="Free-form JSON metadata (GIN-indexed for containment queries).",
+    )
+    # The stored content (docs/ENCRYPTION.md): NULL until uploaded, then all set together.
+    # Added by a later migration, after the inherited columns: sort_order keeps that order, so
+    # the catalogs of models and migrations are identical.
+    content_object_key: Mapped[str | None] = mapped_column(
+        String(1024),
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="Key of the encrypted content in the platform's bucket; NULL until uploaded.",
+    )
+    content_wrapped_key: Mapped[bytes | None] = mapped_column(
+        LargeBinary,
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="The content's data key, wrapped by the tenant key (never the plain key).",
+    )
+    content_key_ref: Mapped[str | None] = mapped_column(
+        String(2048),
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="The tenant key that wrapped the data key (tenants.kms_key_arn then).",
+    )
+    content_key_version: Mapped[int | None] = mapped_column(
+        Integer,
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="Version of the tenant key that wrapped it (NULL when the KMS hides it).",
+    )
+    content_sha256: Mapped[str | None] = mapped_column(
+        String(64),
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="SHA-256 of the plaintext content, lowercase hex (also the ETag).",
+    )
+    content_uploaded_at: Mapped[datetime | None] = mapped_column(
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="When the content was stored (Last-Modified of a download).",
     )
     # Deferred: a 1024-float vector is loaded only when asked for (search needs only distances,
     # listings only whether there is one).

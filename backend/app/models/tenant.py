@@ -38,7 +38,8 @@ class Tenant(SoftDeleteMixin, Base):
         comment="Lifecycle status: active or suspended (suspended tenants cannot sign in).",
     )
     kms_key_arn: Mapped[str | None] = mapped_column(
-        String(2048), comment="AWS KMS key ARN for per-tenant encryption (Feature 4)."
+        String(2048),
+        comment="The tenant's own key: an AWS KMS key ARN or an OpenBao transit key name.",
     )
 
     users: Mapped[list[User]] = relationship(

@@ -98,6 +98,11 @@ class Document(ResponseModel):
     status: DocumentStatus
     metadata: dict[str, Any] = Field(validation_alias="metadata_")
     has_embedding: bool
+    content_sha256: str | None = Field(
+        description="SHA-256 of the uploaded content (hex; the download's ETag); null until"
+        " `PUT /documents/{id}/content`."
+    )
+    content_uploaded_at: datetime | None
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None

@@ -24,6 +24,7 @@ class Tenant(BaseModel):
 class TenantRecord(Tenant):
     """A tenant as the operator sees it (admin CLI)."""
 
+    kms_key_arn: str | None
     created_at: datetime
     deleted_at: datetime | None
 
@@ -34,6 +35,13 @@ class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=255)
+    kms_key_ref: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="An existing key to use (AWS KMS key ARN or OpenBao transit key name);"
+        " unset: a new key is created for the tenant.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.content.key_manager import KeyManager
 from app.models import Tenant, User
 from app.schemas.tenant import TenantCreate
 from app.schemas.user import UserCreate
@@ -17,8 +18,11 @@ DEMO_EMAIL = "demo-admin@example.com"
 DEMO_SUBJECT = "dev|demo-admin"
 
 
-async def ensure_demo_user(session: AsyncSession, actor: Actor) -> tuple[Tenant, User]:
-    """The active demo admin and their active tenant, created (with audit rows) if missing."""
+async def ensure_demo_user(
+    session: AsyncSession, actor: Actor, keys: KeyManager
+) -> tuple[Tenant, User]:
+    """The active demo admin and their active tenant with its key, created (with audit rows)
+    if missing."""
     statement = (
         select(User, Tenant)
         .join(Tenant, Tenant.id == User.tenant_id)
@@ -34,9 +38,11 @@ async def ensure_demo_user(session: AsyncSession, actor: Actor) -> tuple[Tenant,
     row = (await session.execute(statement)).first()
     if row is not None:
         user, tenant = row
+        # A demo tenant made before tenants had keys gets one now.
+        tenant = await tenants_service.provision_tenant_key(session, actor, tenant.id, keys)
         return tenant, user
     tenant = await tenants_service.create_tenant(
-        session, actor, TenantCreate(name=DEMO_TENANT_NAME)
+        session, actor, TenantCreate(name=DEMO_TENANT_NAME), keys
     )
     user = await users_service.create_user(
         session,

@@ -1,4 +1,5 @@
-"""Tenant provisioning (admin CLI, as app_admin): create, list, suspend/activate, delete/restore.
+"""Tenant provisioning (admin CLI, as app_admin): create, list, suspend/activate, delete/restore,
+and each tenant's own key in the key manager (docs/ENCRYPTION.md).
 
 Every change writes one audit row in the tenant it concerns, in the same transaction; asking
 for the state a tenant is already in changes nothing and writes nothing.
@@ -10,7 +11,13 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import ConflictError, NotFoundError
+from app.content.key_manager import (
+    KeyManager,
+    KeyManagerError,
+    KeyManagerUnavailableError,
+    verify_tenant_key,
+)
+from app.core.errors import ConflictError, InvalidInputError, NotFoundError
 from app.models import SYSTEM_TENANT_ID, Tenant
 from app.schemas.tenant import TenantCreate, TenantStatus
 from app.services import audit
@@ -22,14 +29,64 @@ TENANTS = TenantScoped(Tenant, "tenant", tenant_column=Tenant.id)
 _SYSTEM_TENANT = uuid.UUID(SYSTEM_TENANT_ID)
 
 
-async def create_tenant(session: AsyncSession, actor: Actor, data: TenantCreate) -> Tenant:
-    """Insert a new active tenant."""
+async def create_tenant(
+    session: AsyncSession, actor: Actor, data: TenantCreate, keys: KeyManager
+) -> Tenant:
+    """Insert a new active tenant with its own key (a new one, or `data.kms_key_ref` verified).
+
+    The key is made before the transaction commits: if the key manager fails, no tenant exists.
+    """
     actor.require_admin()
     tenant = Tenant(name=data.name)
     session.add(tenant)
     await session.flush()
-    await audit.record(session, actor, "tenant.create", tenant, changed=["name", "status"])
+    tenant.kms_key_arn = await _provision_key(keys, tenant.id, data.kms_key_ref)
+    await session.flush()
+    await audit.record(
+        session, actor, "tenant.create", tenant, changed=["name", "status", "kms_key_arn"]
+    )
     return tenant
+
+
+async def provision_tenant_key(
+    session: AsyncSession,
+    actor: Actor,
+    tenant_id: uuid.UUID,
+    keys: KeyManager,
+    key_ref: str | None = None,
+) -> Tenant:
+    """Give a tenant that has none its own key (a new one, or `key_ref` verified).
+
+    A tenant that has a key keeps it (asking again changes nothing): replacing it would leave
+    its content's data keys wrapped under a key no longer recorded; `rotate-tenant-key` is the
+    way to new key material.
+    """
+    actor.require_admin()
+    tenant = await get_tenant(session, actor, tenant_id)
+    if tenant.kms_key_arn is not None:
+        if key_ref is not None and key_ref != tenant.kms_key_arn:
+            raise ConflictError(
+                f"tenant {tenant_id} already has the key {tenant.kms_key_arn};"
+                " use rotate-tenant-key for new key material"
+            )
+        return tenant
+    tenant.kms_key_arn = await _provision_key(keys, tenant.id, key_ref)
+    await session.flush()
+    await audit.record(session, actor, "tenant.provision_key", tenant, changed=["kms_key_arn"])
+    return tenant
+
+
+async def _provision_key(keys: KeyManager, tenant_id: uuid.UUID, key_ref: str | None) -> str:
+    """A new key for the tenant, or the operator's `key_ref` once it proved usable."""
+    if key_ref is None:
+        return await keys.create_tenant_key(tenant_id)
+    try:
+        await verify_tenant_key(keys, key_ref, tenant_id)
+    except KeyManagerUnavailableError:
+        raise  # a 503 / "unavailable", not the operator's mistake
+    except KeyManagerError as exc:
+        raise InvalidInputError(f"the key {key_ref} is not usable by this app: {exc}") from exc
+    return key_ref
 
 
 async def list_tenants(

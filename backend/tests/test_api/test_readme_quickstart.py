@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from app.content.embedded_openbao import EmbeddedOpenBao
 from app.core.config import BACKEND_DIR
 from tests.conftest import MigratedDatabase
 from tests.dev_server import dev_server
@@ -52,9 +53,9 @@ def test_the_quick_start_block_sets_only_the_token_and_the_base_url() -> None:
 
 
 async def test_readme_quick_start_commands_work_as_printed(
-    migrated_db: MigratedDatabase, tmp_path: Path
+    migrated_db: MigratedDatabase, tmp_path: Path, embedded_openbao: EmbeddedOpenBao
 ) -> None:
-    async with dev_server(migrated_db, tmp_path) as server:
+    async with dev_server(migrated_db, tmp_path, embedded_openbao) as server:
         words = shlex.split(server.curl)
         header = words[words.index("-H") + 1]
         token = header.removeprefix("Authorization: Bearer ")

@@ -15,6 +15,7 @@ import jwt
 import pytest
 
 from app.auth.dev_issuer import DEV_ISSUER, dev_issuer_for
+from app.content.embedded_openbao import EmbeddedOpenBao
 from app.core.config import BACKEND_DIR, Settings, SettingsError, load_settings
 from app.database import Database
 from app.main import create_app
@@ -145,9 +146,9 @@ async def test_production_rejects_dev_tokens_and_hides_dev_routes(
 
 
 async def test_make_run_prints_a_curl_that_returns_the_demo_user(
-    migrated_db: MigratedDatabase, tmp_path: Path
+    migrated_db: MigratedDatabase, tmp_path: Path, embedded_openbao: EmbeddedOpenBao
 ) -> None:
-    async with dev_server(migrated_db, tmp_path) as server:
+    async with dev_server(migrated_db, tmp_path, embedded_openbao) as server:
         curl = server.curl
         assert f"http://127.0.0.1:{server.port}/api/v1/me" in curl
         # Run the printed line exactly as a developer would paste it into a shell.

@@ -14,21 +14,43 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from app.cli.main import cli
+from app.content.embedded_openbao import EmbeddedOpenBao
 from app.core.config import BACKEND_DIR, get_settings
 from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
 # Settings the parent test process may have: never let them leak into the CLI's environment.
-_APP_VARIABLES = ("DATABASE_URL", "APP_RUNTIME_PASSWORD", "OIDC_", "DEV_ISSUER_", "ENVIRONMENT")
+_APP_VARIABLES = (
+    "DATABASE_URL",
+    "APP_RUNTIME_PASSWORD",
+    "OIDC_",
+    "DEV_ISSUER_",
+    "ENVIRONMENT",
+    "EMBEDDED_",
+    "OPENBAO_",
+    "S3_",
+    "KMS_",
+)
 
 RunCli = Callable[..., Coroutine[Any, Any, subprocess.CompletedProcess[str]]]
 
 
 def cli_environment(
-    migrated_db: MigratedDatabase, dev_key_file: Path, **extra: str
+    migrated_db: MigratedDatabase,
+    dev_key_file: Path,
+    openbao: EmbeddedOpenBao | None = None,
+    **extra: str,
 ) -> dict[str, str]:
-    """The environment for a CLI subprocess: the test database via its migrating login."""
+    """The environment for a CLI subprocess: the test database via its migrating login, and
+    the run's OpenBao for tenant keys (embedded servers, if any start, beside `dev_key_file`,
+    never in backend/.data)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_APP_VARIABLES)}
+    if openbao is not None:
+        env.update(OPENBAO_ADDR=openbao.address, OPENBAO_TOKEN=openbao.token)
+    env.update(
+        EMBEDDED_OPENBAO_DIR=str(dev_key_file.parent / "openbao"),
+        EMBEDDED_S3_DIR=str(dev_key_file.parent / "seaweedfs"),
+    )
     env.update(
         ENVIRONMENT="test",
         DATABASE_URL=migrated_db.owner_url.render_as_string(hide_password=False),
@@ -44,7 +66,9 @@ def cli_environment(
 
 
 @pytest.fixture
-def run_cli(migrated_db: MigratedDatabase, dev_key_file: Path) -> RunCli:
+def run_cli(
+    migrated_db: MigratedDatabase, dev_key_file: Path, embedded_openbao: EmbeddedOpenBao
+) -> RunCli:
     """`result = await run_cli("create-tenant", "Acme", "--json", ENVIRONMENT=...)`."""
 
     async def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +76,7 @@ def run_cli(migrated_db: MigratedDatabase, dev_key_file: Path) -> RunCli:
             subprocess.run,
             [sys.executable, "-m", "app", *args],
             cwd=BACKEND_DIR,
-            env=cli_environment(migrated_db, dev_key_file, **env),
+            env=cli_environment(migrated_db, dev_key_file, embedded_openbao, **env),
             capture_output=True,
             text=True,
             timeout=60,
@@ -66,7 +90,9 @@ InvokeCli = Callable[..., Result]
 
 
 @pytest.fixture
-def invoke_cli(migrated_db: MigratedDatabase, dev_key_file: Path) -> InvokeCli:
+def invoke_cli(
+    migrated_db: MigratedDatabase, dev_key_file: Path, embedded_openbao: EmbeddedOpenBao
+) -> InvokeCli:
     """The same CLI in-process (typer's CliRunner): fast, for the many bad-input cases.
 
     Must be called from a synchronous test: the command runs its own event loop.
@@ -77,7 +103,9 @@ def invoke_cli(migrated_db: MigratedDatabase, dev_key_file: Path) -> InvokeCli:
         get_settings.cache_clear()
         try:
             return runner.invoke(
-                cli, list(args), env=cli_environment(migrated_db, dev_key_file, **env)
+                cli,
+                list(args),
+                env=cli_environment(migrated_db, dev_key_file, embedded_openbao, **env),
             )
         finally:
             get_settings.cache_clear()

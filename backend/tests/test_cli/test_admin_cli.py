@@ -79,6 +79,7 @@ async def _tenant_lifecycle_with_an_audit_row_per_change(
     assert created["name"] == "Acme Health"
     assert created["status"] == "active"
     assert created["deleted_at"] is None
+    assert created["kms_key_arn"] == f"tenant-{tenant_id}"  # its own key, made in OpenBao
 
     assert _ok(await run_cli("suspend-tenant", tenant_id, "--json"))["status"] == "suspended"
     assert _ok(await run_cli("suspend-tenant", tenant_id, "--json"))["status"] == "suspended"
@@ -95,7 +96,7 @@ async def _tenant_lifecycle_with_an_audit_row_per_change(
     table = await run_cli("list-tenants")
     assert table.returncode == 0
     header, *rows = table.stdout.splitlines()
-    assert header.split() == ["ID", "NAME", "STATUS", "CREATED_AT", "DELETED_AT"]
+    assert header.split() == ["ID", "NAME", "STATUS", "KMS_KEY_ARN", "CREATED_AT", "DELETED_AT"]
     assert any(row.startswith(tenant_id) and "Acme Health" in row for row in rows)
 
     actions = await _audit_actions(admin_sessions, uuid.UUID(tenant_id))

@@ -23,11 +23,22 @@ import psutil
 import pytest
 
 from app.cli.serve import EXIT_PORT_UNAVAILABLE
+from app.content.embedded_process import STATE_FILE
 from app.core.config import BACKEND_DIR
 from tests.dev_server import free_port
 
 # Variables of the parent test process that must not reach the server under test.
-_APP_VARIABLES = ("DATABASE_URL", "APP_RUNTIME_PASSWORD", "OIDC_", "DEV_ISSUER_", "ENVIRONMENT")
+_APP_VARIABLES = (
+    "DATABASE_URL",
+    "APP_RUNTIME_PASSWORD",
+    "OIDC_",
+    "DEV_ISSUER_",
+    "ENVIRONMENT",
+    "EMBEDDED_",
+    "OPENBAO_",
+    "S3_",
+    "KMS_",
+)
 
 
 @pytest.fixture
@@ -42,6 +53,10 @@ def data_dir() -> Iterator[Path]:
     if leftover is not None and _is_running(leftover):
         os.kill(leftover, signal.SIGINT)
         psutil.Process(leftover).wait(timeout=30)
+    openbao = _openbao_pid(root / "db")
+    if openbao is not None and _is_running(openbao):
+        os.kill(openbao, signal.SIGTERM)
+        psutil.Process(openbao).wait(timeout=30)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -50,6 +65,9 @@ def _environment(data_dir: Path, **extra: str) -> dict[str, str]:
     env.update(
         ENVIRONMENT="development",
         EMBEDDED_DB_DIR=str(data_dir),
+        # `run` gives the demo tenant its key: an embedded OpenBao starts beside the database.
+        EMBEDDED_OPENBAO_DIR=str(data_dir.parent / "openbao"),
+        EMBEDDED_S3_DIR=str(data_dir.parent / "seaweedfs"),
         DEV_ISSUER_KEY_FILE=str(data_dir.parent / "dev-key.pem"),
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
@@ -63,6 +81,12 @@ def _postmaster_pid(data_dir: Path) -> int | None:
         return int((data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
     except FileNotFoundError:
         return None
+
+
+def _openbao_pid(data_dir: Path) -> int | None:
+    """The pid of the embedded OpenBao `run` started beside `data_dir`, while it runs."""
+    state = data_dir.parent / "openbao" / STATE_FILE
+    return int(json.loads(state.read_text())["pid"]) if state.exists() else None
 
 
 def _is_running(pid: int) -> bool:
@@ -121,11 +145,15 @@ def test_every_stop_signal_stops_the_embedded_server_and_stale_pids_are_pruned(
         assert postgres is not None
         assert _is_running(postgres)
         assert server.pid in _handle_pids(data_dir)
+        openbao = _openbao_pid(data_dir)
+        assert openbao is not None
+        assert _is_running(openbao)
 
         output = _stop_with(server, sig)
 
         assert "Traceback" not in output, output
         assert not _is_running(postgres), f"{sig.name} left PostgreSQL {postgres} running"
+        assert not _is_running(openbao), f"{sig.name} left OpenBao {openbao} running"
         assert _postmaster_pid(data_dir) is None
         assert _handle_pids(data_dir) == []
         # What a process killed outright (SIGKILL: no handler can run) leaves behind: its PID

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
 from app.content.backends import ContentBackends
 from app.content.embedded_openbao import EmbeddedOpenBao
-from app.content.embedded_process import EmbeddedServerError, free_ports
-from app.content.embedded_seaweedfs import EmbeddedS3
-from app.content.object_store import S3ObjectStore
+from app.content.embedded_process import free_ports
+from app.content.key_manager import KeyManagerUnavailableError
+from app.content.object_store import S3ObjectStore, StorageUnavailableError
 from app.content.openbao_transit import OpenBaoTransitKeyManager
 from app.core.config import Environment, Settings, load_settings
 from app.database import Database
 from app.main import create_app
-from tests.conftest import s3_location
 
 DATABASE_CHECKS = {"database", "vector_extension", "schema", "runtime_role"}
 
@@ -27,28 +24,6 @@ async def ready(settings: Settings, database: Database, content: ContentBackends
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as client:
         return await client.get("/api/v1/health/ready")
-
-
-@pytest.fixture
-async def unreachable_store(embedded_s3: EmbeddedS3) -> AsyncIterator[S3ObjectStore]:
-    """An object store whose endpoint nothing listens on."""
-    (port,) = free_ports(1)
-    store = await S3ObjectStore.open(
-        s3_location(embedded_s3, endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)
-    )
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def unreachable_keys(
-    embedded_openbao: EmbeddedOpenBao,
-) -> AsyncIterator[OpenBaoTransitKeyManager]:
-    """A key manager whose address nothing listens on."""
-    (port,) = free_ports(1)
-    keys = OpenBaoTransitKeyManager(f"http://127.0.0.1:{port}", embedded_openbao.token)
-    yield keys
-    await keys.close()
 
 
 async def test_unused_embedded_backends_are_not_checked(
@@ -123,7 +98,7 @@ async def test_production_never_starts_an_embedded_server(settings: Settings) ->
         **{**settings.model_dump(), "ENVIRONMENT": Environment.PRODUCTION}
     )
     content = ContentBackends(production)
-    with pytest.raises(EmbeddedServerError, match="S3_BUCKET: required"):
+    with pytest.raises(StorageUnavailableError, match="S3_BUCKET: required"):
         await content.object_store()
-    with pytest.raises(EmbeddedServerError, match="KMS_PROVIDER=aws-kms or OPENBAO_ADDR"):
+    with pytest.raises(KeyManagerUnavailableError, match="KMS_PROVIDER=aws-kms or OPENBAO_ADDR"):
         await content.key_manager()

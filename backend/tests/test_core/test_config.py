@@ -192,7 +192,9 @@ PRODUCTION_CONTENT = {"S3_BUCKET": "docs", "AWS_REGION": "eu-west-1", "KMS_PROVI
 def test_production_content_settings_are_checked_when_given() -> None:
     with pytest.raises(SettingsError, match="OPENBAO_ADDR: must be https://"):
         load_settings(**PRODUCTION, OPENBAO_ADDR="http://bao.example:8200", OPENBAO_TOKEN="t")
-    settings = load_settings(**PRODUCTION, OPENBAO_ADDR="https://bao.example:8200/")
+    settings = load_settings(
+        **PRODUCTION, OPENBAO_ADDR="https://bao.example:8200/", OPENBAO_TOKEN="t"
+    )
     assert settings.OPENBAO_ADDR == "https://bao.example:8200"
     assert not settings.embedded_key_manager
     with pytest.raises(SettingsError, match="S3_ENDPOINT_URL: must be https://"):
@@ -212,6 +214,8 @@ def test_development_defaults_to_the_embedded_servers() -> None:
     ("overrides", "expected"),
     [
         ({"S3_ACCESS_KEY_ID": "AK"}, "set both or neither"),
+        ({"OPENBAO_ADDR": "http://127.0.0.1:8200"}, "OPENBAO_TOKEN: required when OPENBAO_ADDR"),
+        ({"MAX_DOCUMENT_CONTENT_BYTES": "1000"}, "MAX_DOCUMENT_CONTENT_BYTES"),
         ({"S3_SECRET_ACCESS_KEY": "sk"}, "set both or neither"),
         ({"S3_ENDPOINT_URL": "s3.example"}, "S3_ENDPOINT_URL: expected an http(s):// URL"),
         ({"KMS_PROVIDER": "vault"}, "KMS_PROVIDER"),
