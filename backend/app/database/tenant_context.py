@@ -35,7 +35,7 @@ def begin_in_tenant_sql(tenant_id: uuid.UUID) -> str:
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
     return (  # the only value spliced in is a uuid.UUID's text (checked above)
-        f"SELECT set_config('{TENANT_SETTING}', '{tenant_id}', true),"  # noqa: S608
+        f"SELECT set_config('app.current_tenant_id', '{tenant_id}', true),"  # noqa: S608
         f" (SELECT last_value FROM public.{CALLER_CHANGE_SEQUENCE}); BEGIN"
     )
 
