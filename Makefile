@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-http bench-neighbours bench-edge fuzz
+.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-ingest bench-http bench-neighbours bench-edge bench-content bench-replicas bench-lifecycle fuzz
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000 (PORT=8010 for another)"
@@ -16,12 +16,16 @@ help:
 	@echo "make lint     ruff check, ruff format --check, mypy (strict on app/)"
 	@echo "make migrate  alembic upgrade head"
 	@echo "make bench-vector  vector search strategies per tenant size (BENCH_ARGS='--docs 200000 --tenants 500')"
+	@echo "make bench-ingest  ingestion docs/s (1 and 2 workers), upload->searchable, text vs raw search"
 	@echo "make lock     re-resolve backend/requirements/*.lock from backend/pyproject.toml"
 	@echo "make bench-rls  SQL-level cost of RLS on a cached 1M-document corpus (ARGS='--explain')"
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
 	@echo "make bench-http HTTP-level cost: the app under load, each route vs its no-auth baseline"
 	@echo "make bench-edge  the edge's JSON nesting scan on pathological 1 MiB bodies vs a plain one"
+	@echo "make bench-content  document content MB/s encrypted vs plain (1 MB, 200 MB), peak RSS, KMS calls"
+	@echo "make bench-lifecycle  export MB/s and time to offboard a tenant of 10,000 documents (ARGS='--docs 1000')"
 	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
+	@echo "make bench-replicas  read throughput and search p95 with 0 and 1 read replica, CPU per node (~3 min)"
 	@echo "make fuzz     10,000-operation leak fuzz + schemathesis stateful run (ARGS='--seed 1 --ops 20000')"
 
 # uv installs the lock in seconds and prints what it does. It is pinned in the lock and put into
@@ -74,13 +78,24 @@ bench-audit: install
 	cd backend && $(BIN)/python -m bench.audit_chain $(ARGS)
 bench-edge: install
 	cd backend && $(BIN)/python -m bench.edge_scan $(ARGS)
+bench-content: install
+	cd backend && $(BIN)/python -m bench.content $(ARGS)
+
+bench-lifecycle: install
+	cd backend && $(BIN)/python -m bench.tenant_lifecycle $(ARGS)
 bench-vector: install
 	cd backend && $(BIN)/python bench/vector_search.py $(BENCH_ARGS)
+# The ingestion pipeline: documents/s at worker concurrency 1 and 2, upload -> searchable,
+# text search beside raw-embedding search per tenant class; e.g. ARGS="--docs 200".
+bench-ingest: install
+	cd backend && $(BIN)/python -m bench.ingest $(ARGS)
 
 lock: | $(UV)
 	cd backend && $(UV) pip compile --quiet pyproject.toml --extra embedded --extra dev \
+		--excludes requirements/excludes.txt \
 		--python-version 3.11 -o requirements/dev.lock
 	cd backend && $(UV) pip compile --quiet pyproject.toml --generate-hashes \
+		--excludes requirements/excludes.txt \
 		--python-version 3.11 -o requirements/prod.lock
 
 # The corpus is built once (about a minute) into backend/bench/.cache/ and reused; pass flags
@@ -96,6 +111,10 @@ bench-http: install
 # make bench-neighbours ARGS="--seconds 15 --tenant-concurrency 2".
 bench-neighbours: install
 	cd backend && $(BIN)/python -m bench.noisy_neighbours $(ARGS)
+# Its own primary and streaming replica; flags through ARGS, e.g.
+# make bench-replicas ARGS="--tenants 8 --docs 8000 --seconds 15 --rounds 2 --concurrency 8".
+bench-replicas: install
+	cd backend && $(BIN)/python -m bench.read_replicas $(ARGS)
 # Leak fuzz (10,000 operations, 20 tenants, concurrency 16 over a pool of 5) on a throw-away
 # database, then schemathesis's stateful phase; flags through ARGS (--ops --seed --tenants
 # --concurrency --pool --strict-search --schemathesis-examples).

@@ -9,11 +9,10 @@ from sqlalchemy import Connection, create_engine, text
 
 from alembic import context
 from app.core.config import settings_or_exit
-from app.database.base import Base
+from app.database.base import Base, is_outside_the_model
 from app.database.engine import resolve_targets
 from app.database.roles import RUNTIME_ROLE, scram_sha256_verifier
-from app.models import AuditLog, Document, Tenant, User  # noqa: F401  (register the tables)
-from app.services.vector_indexes import INDEX_PREFIX as TENANT_INDEX_PREFIX
+from app.models import AuditLog, Document, DocumentChunk, Tenant, User  # noqa: F401  (register)
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
@@ -29,11 +28,7 @@ LOCK_TIMEOUT = "10s"
 def _include_object(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
-    # alembic_version is Alembic's own table, not part of the model; the per-tenant HNSW
-    # indexes are built by the maintenance command (app/services/vector_indexes.py).
-    if type_ == "index" and name is not None and name.startswith(TENANT_INDEX_PREFIX):
-        return False
-    return not (type_ == "table" and name == "alembic_version")
+    return not is_outside_the_model(obj, name, type_)
 
 
 def _ensure_runtime_login(connection: Connection, password: str | None) -> None:

@@ -16,12 +16,15 @@ exactly the work minus auth, the caller lookup, the context and RLS.
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,10 +32,12 @@ from app import main
 from app.api.params import CursorCodecDep, PageDep
 from app.core.config import Settings, SettingsError, settings_or_exit
 from app.core.errors import ForbiddenError
+from app.core.tracing import PhiSafeSpanExporter
 from app.database import Database, vector_search
 from app.database.engine import build_engine
 from app.database.roles import ADMIN_ROLE
 from app.database.session import make_sessionmaker
+from app.middleware.metrics import RequestMetrics
 from app.models import Document
 from app.schemas import document as document_schemas
 from app.schemas.me import Me
@@ -43,6 +48,8 @@ from app.services.actor import Actor
 from app.services.callers import NO_ACCESS_MESSAGE
 
 BASELINE_APPLICATION_NAME = "tenant-docs-bench-baseline"
+# on: traces into an in-process sink and request metrics; off: neither (bench/http_cost.py).
+BENCH_TELEMETRY_VARIABLE = "BENCH_TELEMETRY"
 
 
 @asynccontextmanager
@@ -66,6 +73,22 @@ async def _baseline_engine(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(prefix="/bench/baseline", include_in_schema=False, lifespan=_baseline_engine)
 
 
+class DiscardingSpanExporter(SpanExporter):
+    """The in-process sink of `make bench-http ARGS=--telemetry`: spans are made, batched,
+    filtered (PhiSafeSpanExporter) and then dropped, so only the app's own cost is timed."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Accept and drop."""
+        return SpanExportResult.SUCCESS
+
+
+def _telemetry_variant(app: FastAPI) -> None:
+    """BENCH_TELEMETRY=off: the request-metrics middleware removed (the counters deep in the
+    services stay: a few hundred ns). on (set by the caller): tracing into the sink."""
+    if os.environ.get(BENCH_TELEMETRY_VARIABLE) == "off":
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not RequestMetrics]
+
+
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     """The product app plus the twins (uvicorn `bench.baseline:create_app --factory`)."""
     settings = settings or settings_or_exit()
@@ -74,7 +97,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             "bench baseline: refused when ENVIRONMENT=production"
             " (benchmark routes that skip authentication)"
         )
-    app = main.create_app(settings, database)
+    processor = None
+    if os.environ.get(BENCH_TELEMETRY_VARIABLE) == "on":
+        processor = BatchSpanProcessor(PhiSafeSpanExporter(DiscardingSpanExporter()))
+    app = main.create_app(settings, database, span_processor=processor)
+    _telemetry_variant(app)
     app.include_router(router)
     return app
 

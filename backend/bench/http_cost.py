@@ -47,6 +47,7 @@ from app.core.config import BACKEND_DIR, load_settings
 from app.database.roles import ADMIN_ROLE
 from bench import corpus as corpus_module
 from bench.baseline import BASELINE_APPLICATION_NAME
+from bench.baseline import BENCH_TELEMETRY_VARIABLE as BENCH_TELEMETRY
 from bench.corpus import CorpusSpec
 from bench.http_load import Cell, CellResult, encode_request, serve
 from testkit import auth_helpers
@@ -61,6 +62,7 @@ WORKERS = 2
 CONCURRENCIES = (1, 16, 64)
 GOAL_CONCURRENCY = 16
 GOAL_RATIO = 0.85  # authenticated throughput at least 85 % of the baseline's
+TELEMETRY_GOAL_RATIO = 0.95  # with metrics and tracing at least 95 % of without (issue 21)
 EMBEDDING_DIMENSIONS = 1024
 SEARCH_QUERIES = 32
 
@@ -84,6 +86,7 @@ class Measured:
     cpu_seconds: float = 0.0  # the app's workers and the database's backends, while timed
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+    app_cpu_seconds: float = 0.0  # the app workers' CPU time over the slices (--telemetry)
 
     def add(self, result: CellResult) -> None:
         """Fold in one slice."""
@@ -271,6 +274,7 @@ def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -
         "TENANT_MAX_CONCURRENT_REQUESTS": "0",
         **settings_env,
     }
+    workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "uvicorn.log"
     command = [
         sys.executable, "-m", "uvicorn", "bench.baseline:create_app", "--factory",
@@ -295,19 +299,22 @@ def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -
 
 
 def _wait_ready(server: Server) -> None:
-    # Generous: two workers importing the app on a loaded 2-core machine took 40 s and more.
-    deadline = time.monotonic() + 240
+    # Generous: on a shared, loaded machine importing the app alone can take most of a minute.
+    deadline = time.monotonic() + 300
     url = f"http://127.0.0.1:{server.port}/api/v1/health/ready"
+    ready: httpx.Response | None = None
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"uvicorn exited:\n{server.log.read_text()[-3000:]}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200 and len(server.workers()) >= WORKERS:
+            ready = httpx.get(url, timeout=2)
+            if ready.status_code == 200 and len(server.workers()) >= WORKERS:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"uvicorn did not become ready:\n{server.log.read_text()[-3000:]}")
+    last = f"last answer: {ready.status_code} {ready.text[:500]}" if ready is not None else ""
+    raise RuntimeError(f"uvicorn did not become ready ({last}):\n{server.log.read_text()[-3000:]}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,6 +648,117 @@ def print_results(results: dict[tuple[str, int, str], Measured], concurrencies: 
     return met
 
 
+def cpu_seconds(workers: list[psutil.Process]) -> float:
+    """User plus system CPU time the processes have used so far."""
+    return sum(sum(worker.cpu_times()[:2]) for worker in workers)
+
+
+def measure_telemetry(
+    load: LoadProcess,
+    servers: dict[str, Server],
+    requests: dict[str, tuple[list[bytes], list[bytes]]],
+    args: argparse.Namespace,
+) -> dict[tuple[str, int, str], Measured]:
+    """Every route at every concurrency on the telemetry-on and -off servers, alternating.
+
+    Besides throughput, the app workers' CPU time per request: on a machine shared with other
+    work, throughput measures the machine's mood as much as the app, CPU time per request
+    much less so.
+    """
+    ports = {variant: server.port for variant, server in servers.items()}
+    workers = {variant: server.workers() for variant, server in servers.items()}
+    results: dict[tuple[str, int, str], Measured] = {}
+    for route in ROUTES:
+        authenticated, _ = requests[route.name]
+        for concurrency in args.concurrency:
+            for port in ports.values():
+                load.run(Cell("127.0.0.1", port, authenticated, concurrency, args.warmup, 10**9))
+            order = list(ports.items())
+            for round_number in range(args.rounds):
+                for variant, port in order if round_number % 2 == 0 else order[::-1]:
+                    cell = Cell(
+                        "127.0.0.1", port, authenticated, concurrency, args.seconds,
+                        args.max_requests,
+                    )  # fmt: skip
+                    measured = results.setdefault((route.name, concurrency, variant), Measured())
+                    cpu_before = cpu_seconds(workers[variant])
+                    measured.add(load.run(cell))
+                    measured.app_cpu_seconds += cpu_seconds(workers[variant]) - cpu_before
+            on = results[(route.name, concurrency, "on")]
+            off = results[(route.name, concurrency, "off")]
+            print(
+                f"  {route.name:<24} c={concurrency:<3} telemetry on {on.throughput:7.0f} req/s,"
+                f" off {off.throughput:7.0f} req/s",
+                flush=True,
+            )
+    return results
+
+
+def print_telemetry_results(
+    results: dict[tuple[str, int, str], Measured], concurrencies: list[int]
+) -> bool:
+    """The on/off table; True if every route at GOAL_CONCURRENCY keeps TELEMETRY_GOAL_RATIO."""
+    print(
+        "| route | conc. | telemetry on req/s | p50 / p99 ms | errors | off req/s | p50 / p99 ms"
+        " | errors | on/off ratio | app CPU ms/request on / off | CPU ratio off/on |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    met = True
+    for route in ROUTES:
+        for concurrency in concurrencies:
+            on = results[(route.name, concurrency, "on")]
+            off = results[(route.name, concurrency, "off")]
+            ratio = on.throughput / off.throughput if off.throughput else 0.0
+            cpu_on = on.app_cpu_seconds / on.requests if on.requests else 0.0
+            cpu_off = off.app_cpu_seconds / off.requests if off.requests else 0.0
+            mark = ""
+            if concurrency == GOAL_CONCURRENCY:
+                ok = ratio >= TELEMETRY_GOAL_RATIO and on.errors == 0 and off.errors == 0
+                met &= ok
+                mark = "" if ok else " (!)"
+            print(
+                f"| {route.name} | {concurrency} | {on.throughput:.0f} | "
+                f"{on.percentile(0.5):.2f} / {on.percentile(0.99):.2f} | {on.errors} | "
+                f"{off.throughput:.0f} | {off.percentile(0.5):.2f} / "
+                f"{off.percentile(0.99):.2f} | {off.errors} | {ratio:.2f}{mark} | "
+                f"{cpu_on * 1000:.2f} / {cpu_off * 1000:.2f} | "
+                f"{cpu_off / cpu_on if cpu_on else 0.0:.2f} |"
+            )
+    return met
+
+
+def run_telemetry(
+    args: argparse.Namespace,
+    load: LoadProcess,
+    database_url: str,
+    workdir: Path,
+    settings_env: dict[str, str],
+    requests: dict[str, tuple[list[bytes], list[bytes]]],
+) -> bool:
+    """Two servers on the same database, telemetry off and on, loaded in alternating slices."""
+    with (
+        run_server(database_url, workdir / "off", {**settings_env, BENCH_TELEMETRY: "off"}) as off,
+        run_server(database_url, workdir / "on", {**settings_env, BENCH_TELEMETRY: "on"}) as on,
+    ):
+        print(
+            f"\napp: two uvicorn servers ({WORKERS} workers each) on one database: telemetry on"
+            " (request metrics, traces of FastAPI/SQLAlchemy/httpx batched into an in-process"
+            " sink through the PHI filter) and off (no request metrics, no tracer)"
+        )
+        print(
+            f"timing: {args.rounds} slices of {args.seconds:g} s per variant and cell"
+            f" (order alternating), after {args.warmup:g} s of warm-up\n"
+        )
+        results = measure_telemetry(load, {"on": on, "off": off}, requests, args)
+    print()
+    met = print_telemetry_results(results, args.concurrency)
+    print(
+        f"\ngoal: at concurrency {GOAL_CONCURRENCY}, throughput with telemetry >= "
+        f"{TELEMETRY_GOAL_RATIO:.0%} of without, 0 errors: {'met' if met else 'MISSED (!)'}"
+    )
+    return met
+
+
 def print_resources(resources: Resources, workers: list[psutil.Process], pool_cap: int) -> bool:
     """Memory and connections; True if no pool went over its bound."""
     print("\n| worker pid | peak RSS (sampled) | peak RSS (kernel high-water mark) |")
@@ -690,6 +808,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--jwt-iterations", type=int, default=2000, help="token checks timed (0: skip that table)"
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached corpus")
+    parser.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="instead: authenticated routes with metrics and tracing (in-process sink) on vs off,"
+        " two servers side by side",
+    )
     return parser.parse_args(argv)
 
 
@@ -704,9 +828,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in machine_description(admin_dsn):
         print(line)
     print("\ntoken verification, in process (what each request pays before any SQL):")
-    for name, full, cached, fetches in (
-        jwt_costs(args.jwt_iterations) if args.jwt_iterations else []
-    ):
+    # Not part of the telemetry comparison, which both servers pay alike.
+    skip_jwt = args.telemetry or not args.jwt_iterations
+    for name, full, cached, fetches in [] if skip_jwt else jwt_costs(args.jwt_iterations):
         print(
             f"  {name:<28} {full:7.1f} µs full check, {cached:5.1f} µs repeat token (cached),"
             f" JWKS fetches (warm-up incl.): {fetches}"
@@ -743,6 +867,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for route in ROUTES
             }
+            if args.telemetry:
+                run_telemetry(args, load, database_url, Path(workdir), settings_env, requests)
+                return 0
             with run_server(database_url, Path(workdir), settings_env) as app_server:
                 workers = app_server.workers()
                 print(

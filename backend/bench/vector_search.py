@@ -54,7 +54,7 @@ from pgvector.sqlalchemy import Vector
 from psycopg import sql
 from sqlalchemy import bindparam, literal_column, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased, defer
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
@@ -69,6 +69,7 @@ from app.models import Document  # noqa: E402
 from app.services import vector_indexes as vector_indexes_service  # noqa: E402
 
 CACHE_DIR = BACKEND_DIR / "bench" / ".cache"
+MAX_SHARED_BUFFERS_MB = 4096
 DIMENSIONS = 1024
 
 
@@ -220,11 +221,12 @@ def server_superuser_url(args: argparse.Namespace) -> tuple[URL, bool]:
     from app.database import embedded
 
     # Its own server, not bench-rls's bench/.cache/postgres: it sets shared_buffers below.
-    server = embedded.start_embedded(CACHE_DIR / "postgres-vector")
+    server = embedded.start_embedded(args.server_dir)
     with psycopg.connect(server.libpq_superuser_dsn("postgres"), autocommit=True) as conn:
         # Enough shared memory for the table and the index: the runs compare strategies on
         # a warm cache, as a production server would serve them.
-        wanted = f"{max(256, args.docs * 12 // 1000)}MB"
+        # Capped: the machine is shared, and the OS page cache holds the rest.
+        wanted = f"{min(MAX_SHARED_BUFFERS_MB, max(256, args.docs * 12 // 1000))}MB"
         current = conn.execute("SHOW shared_buffers").fetchone()
         if current is None or current[0] != wanted:
             conn.execute(f"ALTER SYSTEM SET shared_buffers = '{wanted}'")
@@ -241,13 +243,22 @@ def fingerprint(kind: str, args: argparse.Namespace) -> str:
     """Identifies a corpus and schema: a cached database is reused only when it matches."""
     versions = sorted(p.name for p in (BACKEND_DIR / "alembic" / "versions").glob("*.py"))
     raw = json.dumps(
-        [kind, args.docs, args.tenants, args.seed, args.threshold, versions, CORPUS_VERSION]
+        [
+            kind,
+            args.docs,
+            args.tenants,
+            args.seed,
+            args.threshold,
+            versions,
+            CORPUS_VERSION,
+            args.index_only_ladder,
+        ]
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 async def prepare_database(
-    args: argparse.Namespace, corpus: Corpus, below: list[uuid.UUID]
+    args: argparse.Namespace, corpus: Corpus, below: list[uuid.UUID], ladder_ids: list[uuid.UUID]
 ) -> tuple[URL, dict[str, Any]]:
     """Create, migrate, load and index the bench database (or reuse a cached one)."""
     superuser, keep = server_superuser_url(args)
@@ -273,9 +284,16 @@ async def prepare_database(
     with psycopg.connect(libpq(url), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     migrations.upgrade(url, RUNTIME_PASSWORD)
+    print(f"loading {len(corpus.ids)} {corpus.kind} documents into {name}", flush=True)
     build = load_corpus(url, corpus)
+    print(f"loaded in {build['load_seconds']} s", flush=True)
     build["planning_ms_before"] = planning_ms(url, corpus.tenant_ids[0])
-    build["indexes"] = await build_tenant_indexes(url, args.threshold)
+    build["indexes"] = await build_tenant_indexes(
+        url,
+        args.threshold,
+        ladder_ids if args.index_only_ladder else None,
+        args.maintenance_work_mem,
+    )
     build["planning_ms_after"] = planning_ms(url, corpus.tenant_ids[0])
     build["alternatives"] = build_alternative_indexes(url, below)
     build["fingerprint"] = fingerprint(corpus.kind, args)
@@ -373,35 +391,57 @@ def planning_ms(url: URL, tenant: uuid.UUID) -> float:
     return round(statistics.median(times), 3)
 
 
-def async_url(url: URL) -> URL:
-    """The same database through psycopg's async driver."""
-    return url.set(drivername="postgresql+psycopg")
-
-
-async def build_tenant_indexes(url: URL, threshold: int) -> list[dict[str, Any]]:
-    """Run the maintenance command's work (as the owner): one index per tenant over it."""
-    # One build at a time on one core: the machine is shared, and the maintenance command on a
-    # production server would not take every core either.
-    options = "-c max_parallel_maintenance_workers=0 -c maintenance_work_mem=512MB"
-    engine = create_async_engine(
-        async_url(url), pool_size=2, max_overflow=0, connect_args={"options": options}
+def bench_settings(url: URL) -> Settings:
+    """The app's settings for the bench database (for the one engine factory)."""
+    return load_settings(
+        ENVIRONMENT="test",
+        DATABASE_URL=url.render_as_string(hide_password=False),
+        APP_RUNTIME_PASSWORD="",
+        DB_STATEMENT_TIMEOUT_MS=600_000,
+        DB_POOL_SIZE=1,
+        DB_MAX_OVERFLOW=0,
     )
-    try:
-        results = await vector_indexes_service.maintain_indexes(engine, threshold)
-        async with engine.connect() as connection:
-            await connection.exec_driver_sql("ANALYZE documents")
-            await connection.commit()
-    finally:
-        await engine.dispose()
+
+
+async def build_tenant_indexes(
+    url: URL, threshold: int, tenants: list[uuid.UUID] | None, maintenance_work_mem: str
+) -> list[dict[str, Any]]:
+    """What `tenantdocs vector-indexes` does (run_maintenance: build, probe), timed per tenant.
+
+    `tenants` limits the builds to those tenants (--index-only-ladder: the reduced 1M build).
+    """
+
+    def progress(result: vector_indexes_service.IndexResult) -> None:
+        print(
+            f"  {result.plan.action.value:<10} {result.plan.searchable_rows:>7} rows"
+            f" {result.seconds:>8.1f} s {result.index_bytes / 2**20:>8.1f} MiB"
+            f" probe {result.probe_recall}",
+            flush=True,
+        )
+
+    print(f"building per-tenant indexes (threshold {threshold})", flush=True)
+    results = await vector_indexes_service.run_maintenance(
+        targets_for(url, RUNTIME_PASSWORD),
+        bench_settings(url),
+        threshold,
+        maintenance_work_mem=maintenance_work_mem,
+        tenants=tenants,
+        on_done=progress,
+    )
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute("ANALYZE documents")
     return [
         {
             "tenant": str(r.plan.tenant_id),
             "rows": r.plan.searchable_rows,
             "seconds": round(r.seconds, 2),
             "bytes": r.index_bytes,
+            "probe_recall": r.probe_recall,
+            "kept": r.plan.action is vector_indexes_service.Action.BUILD,
         }
         for r in results
-        if r.plan.action is vector_indexes_service.Action.BUILD
+        if r.plan.action
+        in (vector_indexes_service.Action.BUILD, vector_indexes_service.Action.FAILED_PROBE)
     ]
 
 
@@ -502,38 +542,67 @@ async def exact_scan(session: AsyncSession, query: list[float], tenant: uuid.UUI
     return [row[0].id for row in await session.execute(_EXACT, {"query": query})]
 
 
+# The tenant's own index walked directly, in one round trip like ours (a function whose SET
+# clauses apply the walk's settings): without the catalog lookup and the count search_documents()
+# adds, so it is the floor ours is held to on the HNSW path. The tenant id is a literal, as
+# search_documents() writes it: the partial index's predicate must be implied by the WHERE.
+OWN_WALK_FUNCTION = """
+CREATE OR REPLACE FUNCTION bench.own_walk(query vector, tenant uuid, k integer, ef integer)
+RETURNS TABLE (id uuid, distance double precision)
+LANGUAGE plpgsql VOLATILE ROWS 10
+SET search_path = pg_catalog, public
+SET enable_sort = off
+SET hnsw.iterative_scan = relaxed_order
+SET hnsw.ef_search = 100
+AS $function$
+BEGIN
+    PERFORM set_config('hnsw.ef_search', ef::text, true);
+    RETURN QUERY EXECUTE format($walk$
+        SELECT d.id, d.embedding_vector <=> $1 AS distance
+        FROM public.documents d
+        WHERE d.tenant_id = %L AND d.embedding_vector IS NOT NULL AND d.deleted_at IS NULL
+        ORDER BY d.embedding_vector <=> $1
+        LIMIT $2
+    $walk$, tenant) USING query, k;
+END
+$function$
+"""
+
+
+def install_own_walk(url: URL) -> None:
+    """(Re)create bench.own_walk for app_runtime (cached databases get the current version)."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
+        conn.execute("SELECT '[0]'::vector")  # loads pgvector, whose hnsw.* settings it names
+        conn.execute(OWN_WALK_FUNCTION)
+        conn.execute("GRANT USAGE ON SCHEMA bench TO app_runtime")
+        conn.execute("GRANT EXECUTE ON FUNCTION bench.own_walk TO app_runtime")
+
+
 def own_index(ef_search: int) -> Strategy:
-    """The tenant's own HNSW index, walked directly (iterative scan, re-sorted)."""
+    """The tenant's own HNSW index, walked directly (iterative scan, re-sorted), one round trip."""
+    walked = (
+        select(literal_column("w.id").label("id"), literal_column("w.distance").label("distance"))
+        .select_from(
+            text("bench.own_walk(CAST(:query AS vector), CAST(:tenant AS uuid), :k, :ef) AS w")
+        )
+        .subquery()
+    )
+    statement = (
+        select(Document, walked.c.distance)
+        .join(walked, Document.id == walked.c.id)
+        .order_by(walked.c.distance, Document.id)
+        .options(defer(Document.embedding_vector, raiseload=True))
+    )
 
     async def walk(session: AsyncSession, query: list[float], tenant: uuid.UUID) -> list[Any]:
-        await session.execute(
-            text(
-                "SELECT set_config('enable_sort', 'off', true),"
-                " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-                " set_config('hnsw.ef_search', :ef, true)"
-            ),
-            {"ef": str(ef_search)},
-        )
-        # The tenant id as a literal, as search_documents() writes it: the partial index's
-        # predicate must be implied by the WHERE clause.
-        found = (
-            select(Document.id, _DISTANCE.label("distance"))
-            .where(
-                text(f"documents.tenant_id = '{tenant}'"),
-                Document.embedding_vector.is_not(None),
-                Document.deleted_at.is_(None),
-            )
-            .order_by(_DISTANCE)
-            .limit(K)
-            .subquery()
-        )
-        statement = (
-            select(Document, found.c.distance)
-            .join(found, Document.id == found.c.id)
-            .order_by(found.c.distance, Document.id)
-            .options(defer(Document.embedding_vector, raiseload=True))
-        )
-        return [row[0].id for row in await session.execute(statement, {"query": query})]
+        parameters = {
+            "query": "[" + ",".join(map(repr, query)) + "]",
+            "tenant": str(tenant),
+            "k": K,
+            "ef": ef_search,
+        }
+        return [row[0].id for row in await session.execute(statement, parameters)]
 
     return walk
 
@@ -594,7 +663,7 @@ def ladder(corpus: Corpus, threshold: int) -> list[int]:
     """Tenants from 1 document to the largest: near fixed sizes and every probe size."""
     rows = corpus.searchable_rows
     targets = [1, 10, 30, 100, 300, 1000] + [threshold * share for share in PROBES]
-    targets += [threshold * 5, threshold * 10, threshold * 20, float(rows.max())]
+    targets += [threshold * share for share in (5, 10, 20, 100, 400)] + [float(rows.max())]
     chosen: list[int] = []
     for target in targets:
         if target > rows.max():
@@ -621,8 +690,9 @@ def make_probes(
         rows = corpus.searchable(tenant)
         vectors = sample_vectors(rng, shape, corpus.basis, corpus.centres, args.queries)
         truths = []
+        own = corpus.vectors[rows].astype(np.float64)
         for vector in vectors:
-            distances = 1.0 - corpus.vectors[rows].astype(np.float64) @ vector.astype(np.float64)
+            distances = 1.0 - own @ vector.astype(np.float64)
             order = np.lexsort(([corpus.ids[r].bytes for r in rows], distances))[:K]
             truths.append({corpus.ids[rows[i]] for i in order})
         count = len(rows)
@@ -767,28 +837,38 @@ def print_classes(
 
 
 def print_builds(build: dict[str, Any], inserts: dict[str, float]) -> None:
-    """Per-tenant index builds, and the cost of an insert."""
-    indexes = build["indexes"] + build["alternatives"]
+    """Per-tenant index builds (time, size, probe), and the cost of an insert."""
     print(
-        f"\nPer-tenant HNSW indexes: {len(build['indexes'])} by the maintenance command, and"
-        f" {len(build['alternatives'])} for comparison under the threshold (one at a time, no"
-        " parallel workers)"
+        f"\nPer-tenant HNSW indexes: {len(build['indexes'])} by the maintenance command (build,"
+        f" then its recall probe: seconds are both), {len(build['alternatives'])} more for"
+        " comparison under the threshold (build only); one at a time"
     )
-    if indexes:
-        print(f"{'rows':>7} {'build s':>8} {'MiB':>7} {'KiB/row':>8}")
-        for index in sorted(indexes, key=lambda i: i["rows"]):
+    rows = [(i, "ours") for i in build["indexes"]] + [(i, "compare") for i in build["alternatives"]]
+    if rows:
+        print(f"{'rows':>7} {'index':<8} {'build s':>8} {'MiB':>7} {'KiB/row':>8} {'probe min':>9}")
+        for index, kind in sorted(rows, key=lambda r: r[0]["rows"]):
+            probe = index.get("probe_recall")
+            verdict = "" if index.get("kept", True) else " dropped: exact-only"
+            per_row = index["bytes"] / 1024 / max(1, index["rows"])
             print(
-                f"{index['rows']:>7} {index['seconds']:>8.1f} {index['bytes'] / 2**20:>7.1f}"
-                f" {index['bytes'] / 1024 / max(1, index['rows']):>8.2f}"
+                f"{index['rows']:>7} {kind:<8} {index['seconds']:>8.1f}"
+                f" {index['bytes'] / 2**20:>7.1f} {per_row:>8.2f}"
+                f" {'-' if probe is None else f'{probe:.2f}':>9}{verdict}"
             )
-        total_seconds = sum(i["seconds"] for i in indexes)
-        total_bytes = sum(i["bytes"] for i in indexes)
-        print(f"total   {total_seconds:>8.1f} {total_bytes / 2**20:>7.1f}")
+        ours = build["indexes"]
+        total_rows = sum(i["rows"] for i in ours)
+        total_seconds = sum(i["seconds"] for i in ours)
+        total_bytes = sum(i["bytes"] for i in ours)
+        print(
+            f"ours in all: {len(ours)} indexes, {total_rows} rows, {total_seconds:.1f} s,"
+            f" {total_bytes / 2**20:.1f} MiB"
+            + (f" ({total_seconds * 1000 / total_rows:.2f} ms per row)" if total_rows else "")
+        )
     print(
         f"Planning a documents listing: {build['planning_ms_before']:.3f} ms before the"
         f" per-tenant indexes, {build['planning_ms_after']:.3f} ms with them (median)"
     )
-    print("\nOne INSERT of an embedded document (median ms, rolled back)")
+    print("\nOne INSERT of an embedded document (median ms of 100, each rolled back, as the owner)")
     for name, ms in inserts.items():
         print(f"  {name:<58} {ms:>7.2f}")
 
@@ -943,19 +1023,15 @@ async def run_corpus(kind: str, args: argparse.Namespace) -> None:
         for t in tenants
         if args.alternatives_from <= corpus.searchable_rows[t] <= args.threshold
     ]
-    url, build = await prepare_database(args, corpus, below)
-    ours_indexed = {uuid.UUID(i["tenant"]) for i in build["indexes"]}
+    url, build = await prepare_database(
+        args, corpus, below, [corpus.tenant_ids[t] for t in tenants]
+    )
+    ours_indexed = {uuid.UUID(i["tenant"]) for i in build["indexes"] if i.get("kept", True)}
     indexed = ours_indexed | {uuid.UUID(i["tenant"]) for i in build["alternatives"]}
     probes = make_probes(corpus, tenants, indexed, ours_indexed, args)
+    install_own_walk(url)
     named = strategies(args.ef)
-    settings = load_settings(
-        ENVIRONMENT="test",
-        DATABASE_URL=url.render_as_string(hide_password=False),
-        APP_RUNTIME_PASSWORD="",
-        DB_STATEMENT_TIMEOUT_MS=600_000,
-        DB_POOL_SIZE=1,
-        DB_MAX_OVERFLOW=0,
-    )
+    settings = bench_settings(url)
     load_before = os.getloadavg()
     engine = build_runtime_engine(targets_for(url, RUNTIME_PASSWORD), settings)
     try:
@@ -984,7 +1060,11 @@ async def run_corpus(kind: str, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed + 3)
     largest = corpus.tenant_ids[int(np.argmax(corpus.searchable_rows))]
     small = corpus.tenant_ids[probes[0].tenant]
-    sample = {"largest tenant (own index)": largest, "small tenant (no index)": small}
+    above = next((p for p in probes if p.ours_path == "index"), None)
+    sample = {"small tenant (no index of its own)": small}
+    if above is not None:
+        sample[f"{above.rows}-row tenant (own index)"] = corpus.tenant_ids[above.tenant]
+    sample[f"largest tenant, {int(corpus.searchable_rows.max())} rows (own index)"] = largest
     inserts = {name: insert_cost_ms(url, tenant, 100, rng) for name, tenant in sample.items()}
     if args.shared_index:
         inserts.update(shared_index_costs(url, corpus, sample, rng))
@@ -1026,8 +1106,24 @@ def main() -> None:
     parser.add_argument(
         "--alternatives-from",
         type=int,
-        default=250,
-        help="also index ladder tenants under the threshold from this size (for comparison)",
+        help="also index ladder tenants under the threshold from this size, for comparison"
+        " (default: 0.4 x the threshold)",
+    )
+    parser.add_argument(
+        "--server-dir",
+        type=Path,
+        default=CACHE_DIR / "postgres-vector",
+        help="the bench's embedded server (another one lets two sizes run side by side)",
+    )
+    parser.add_argument(
+        "--index-only-ladder",
+        action="store_true",
+        help="build only the queried tenants' own indexes (a reduced build for 1M documents)",
+    )
+    parser.add_argument(
+        "--maintenance-work-mem",
+        default=vector_indexes_service.DEFAULT_MAINTENANCE_WORK_MEM,
+        help="maintenance_work_mem of the builds (the largest tenant's graph should fit)",
     )
     parser.add_argument("--partitions", action="store_true", help="compare list partitions")
     parser.add_argument("--shared-index", action="store_true", help="cost of the old index")
@@ -1036,6 +1132,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database on a server URL")
     args = parser.parse_args()
     args.ef = sorted(set(args.ef))
+    if args.alternatives_from is None:
+        args.alternatives_from = round(0.4 * args.threshold)
     for kind in SHAPES if args.corpus == "both" else [args.corpus]:
         asyncio.run(run_corpus(kind, args))
 

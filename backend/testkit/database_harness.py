@@ -127,12 +127,25 @@ class MigratedDatabase:
     runtime_url: URL  # app_runtime's own login
 
 
+def _runtime_password_to_set(server: TestServer) -> str | None:
+    """RUNTIME_PASSWORD, or None when app_runtime already logs in with it.
+
+    Setting a password again rewrites the role's SCRAM verifier (a new salt): on a server
+    that test runs and benchmarks share, that is a change of its configuration (issue 20)."""
+    runtime = server.url("postgres", username="app_runtime", password=RUNTIME_PASSWORD)
+    try:
+        with psycopg.connect(libpq(runtime), connect_timeout=10):
+            return None
+    except psycopg.OperationalError:
+        return RUNTIME_PASSWORD
+
+
 def create_migrated_database(server: TestServer, revision: str = "head") -> MigratedDatabase:
     """A fresh database migrated to `revision` the least-privilege way (app_migrator)."""
     name = create_database(server, owner=MIGRATOR_ROLE)
     bootstrap_least_privilege(server, name)
     owner_url = server.url(name, username=MIGRATOR_ROLE, password=MIGRATOR_PASSWORD)
-    migrations.upgrade(owner_url, RUNTIME_PASSWORD, revision)
+    migrations.upgrade(owner_url, _runtime_password_to_set(server), revision)
     return MigratedDatabase(
         server=server,
         name=name,

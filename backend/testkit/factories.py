@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.content.backends import ContentBackends
 from app.content.key_manager import KeyManager
+from app.content.object_store import S3ObjectStore
+from app.content.openbao_transit import OpenBaoTransitKeyManager
+from app.core.config import get_settings
 from app.database.base import Base
 from app.database.session import admin_transaction, tenant_transaction
 from app.models import Document, Tenant, User
+from app.services import document_content as document_content_service
 from app.services import tenants as tenants_service
 from app.services.actor import Actor
 
@@ -128,3 +134,33 @@ async def give_tenant_key(
         )
     assert tenant.kms_key_arn is not None
     return tenant.kms_key_arn
+
+
+async def _chunks(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def document_with_content(
+    sessions: async_sessionmaker[AsyncSession],
+    user: User,
+    data: bytes,
+    store: S3ObjectStore,
+    keys: OpenBaoTransitKeyManager,
+    *,
+    role: str = "admin",
+) -> Document:
+    """Register a document of `user` and upload `data` as its content (the service's path)."""
+    actor = Actor.user(tenant_id=user.tenant_id, user_id=user.id, role=role)
+    async with tenant_transaction(sessions, user.tenant_id) as session:
+        document = await make_document(session, user, size_bytes=len(data))
+    return await document_content_service.upload_content(
+        sessions,
+        actor,
+        document.id,
+        _chunks(data),
+        declared_type=document.content_type,
+        declared_length=len(data),
+        max_bytes=max(len(data), 1024 * 1024),
+        content=ContentBackends(get_settings(), store=store, keys=keys, owned=False),
+    )

@@ -27,11 +27,13 @@ from app.main import create_app
 from testkit import database_harness as harness
 from testkit.auth_helpers import AuthenticatedCaller, IssuerServer, TestIssuer, create_caller
 from tests.own_database import database_fixtures
+from tests.replica_database import replica_database, replica_pair
 
 os.environ.setdefault("ENVIRONMENT", "test")
 
 
 MigratedDatabase = harness.MigratedDatabase
+__all__ = ["replica_database", "replica_pair"]  # fixtures (tests/replica_database.py)
 
 
 @pytest.fixture(scope="session")

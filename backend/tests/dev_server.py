@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shlex
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -13,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from app.content.embedded_openbao import EmbeddedOpenBao
+from app.content.embedded_seaweedfs import EmbeddedS3
 from app.core.config import BACKEND_DIR
 from tests.conftest import MigratedDatabase
 from tests.test_cli.conftest import cli_environment
@@ -24,6 +27,13 @@ class DevServer:
 
     port: int
     printed: list[str]
+    pid: int
+
+    @property
+    def token(self) -> str:
+        """The demo admin's dev token from the printed curl."""
+        words = shlex.split(self.curl)
+        return words[words.index("-H") + 1].removeprefix("Authorization: Bearer ")
 
     @property
     def curl(self) -> str:
@@ -91,7 +101,19 @@ async def dev_server(
             assert line, "the server exited before printing its curl: " + "".join(printed)
             printed.append(line)
         await _wait_until_live(port, server)
-        yield DevServer(port=port, printed=printed)
+        yield DevServer(port=port, printed=printed, pid=server.pid)
     finally:
-        server.terminate()
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it
+            server.terminate()
         await asyncio.wait_for(server.wait(), timeout=30)
+
+
+def s3_environment(server: EmbeddedS3) -> dict[str, str]:
+    """Settings that point the app at `server` (the run's SeaweedFS) for document content."""
+    return {
+        "S3_BUCKET": server.bucket,
+        "S3_ENDPOINT_URL": server.endpoint_url,
+        "S3_REGION": server.region,
+        "S3_ACCESS_KEY_ID": server.access_key_id,
+        "S3_SECRET_ACCESS_KEY": server.secret_access_key,
+    }

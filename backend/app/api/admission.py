@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import TooManyRequestsError
 
@@ -77,12 +78,16 @@ class TenantLimiter:
         queue_seconds: float = QUEUE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         subject: str = "your tenant",
+        metric_prefix: str = "tenant",
     ) -> None:
         self.rate_per_second = rate_per_second
         self.burst = burst
         self.max_concurrent = max_concurrent
         self.queue_seconds = queue_seconds
         self.subject = subject
+        self.metric_prefix = (
+            metric_prefix  # the 429 metric's reason: <prefix>_rate, ..._concurrency
+        )
         self._clock = clock
         self._buckets: dict[Hashable, _Bucket] = {}
         self._slots: dict[Hashable, _Slots] = {}
@@ -135,6 +140,7 @@ class TenantLimiter:
             bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate_per_second)
             bucket.refilled_at = now
         if bucket.tokens < 1.0:
+            metrics.RATE_LIMITED.labels(reason=f"{self.metric_prefix}_rate").inc()
             wait = math.ceil((1.0 - bucket.tokens) / self.rate_per_second)
             raise TooManyRequestsError(
                 f"{self.subject} is over its limit of {self.rate_per_second:g} requests per"
@@ -161,6 +167,7 @@ class TenantLimiter:
                 await slots.semaphore.acquire()
         except TimeoutError:
             self._leave(key, slots)
+            metrics.RATE_LIMITED.labels(reason=f"{self.metric_prefix}_concurrency").inc()
             raise TooManyRequestsError(
                 f"{self.subject} already has {self.max_concurrent} requests in progress, the"
                 " limit; retry when one has finished",
@@ -220,6 +227,7 @@ class CallerAdmission:
             max_concurrent=REFUSED_MAX_CONCURRENT,
             clock=clock,
             subject="this identity (refused access)",
+            metric_prefix="refused_identity",
         )
         self.remember_seconds = remember_seconds
         self._clock = clock

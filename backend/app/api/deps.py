@@ -8,31 +8,40 @@ Both come from the same per-request transaction, opened by
 `app.database.session.tenant_transaction` (BEGIN and the tenant context in one round trip),
 then the caller lookup, skipped while `app.services.caller_cache` holds the answer. Every
 dependency here is `async def`: a plain `def` dependency costs a thread-pool hand-off per
-request (issue 20's profile). It runs as `app_runtime`, is committed when
-the handler returns and *before* the response is sent (the dependency has
-`scope="function"`, so a failed commit becomes an error response, never a success), and is
-rolled back if the handler raises.
+request (issue 20's profile). A read-only route (`@read_only()`) may be served by a read
+replica: its caller is then checked on the primary first, in a short transaction of its own
+(the cache's counter is the primary's, and a replica may lag a deactivation). The transaction
+runs as `app_runtime`, is committed when the handler returns and *before* the response is sent
+(the dependency has `scope="function"`, so a failed commit becomes an error response, never a
+success), and is rolled back if the handler raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.api import idempotency
 from app.api.admission import AdmissionTicket, CallerAdmission
 from app.auth.identity import VerifiedIdentity
 from app.auth.tokens import TokenVerifier
 from app.content.backends import ContentBackends
+from app.core import tracing
+from app.core.config import Settings
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
+from app.database import replicas as replicas_module
 from app.database.session import CALLER_CHANGES, tenant_transaction
 from app.services import callers as callers_service
+from app.services import idempotency as idempotency_service
 from app.services.actor import Actor
 from app.services.caller_cache import CallerCache
 
@@ -45,8 +54,38 @@ __all__ = [
     "StreamingActor",
     "TenantSession",
     "authenticate",
+    "read_only",
     "require_admin",
 ]
+
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+# Route handlers that only read, and the setting (if any) under which one writes after all.
+_READ_ONLY_ENDPOINTS: dict[Callable[..., Any], Callable[[Settings], bool] | None] = {}
+
+
+def read_only(
+    *, unless: Callable[[Settings], bool] | None = None
+) -> Callable[[_Endpoint], _Endpoint]:
+    """Mark a route handler as read-only: a read replica may serve its transaction.
+
+    Put it under the route decorator. `unless`: a setting under which the handler writes
+    (e.g. an audit row per read), and so must run on the primary.
+    """
+
+    def mark(endpoint: _Endpoint) -> _Endpoint:
+        _READ_ONLY_ENDPOINTS[endpoint] = unless
+        return endpoint
+
+    return mark
+
+
+def _reads_only(request: Request, settings: Settings) -> bool:
+    endpoint = request.scope.get("endpoint")
+    if endpoint not in _READ_ONLY_ENDPOINTS:
+        return False
+    unless = _READ_ONLY_ENDPOINTS[endpoint]
+    return unless is None or not unless(settings)
+
 
 _MAX_USER_AGENT_LENGTH = 512
 
@@ -115,30 +154,58 @@ async def _streaming_actor(
 ) -> Actor:
     # The caller lookup's transaction ends here, before the handler streams a body in; the
     # admission slot is still held until the handler returns.
-    async with _caller_transaction(request, admitted) as tenant_request:
-        return tenant_request.actor
+    # No consistency token from this transaction: the handler's writes come after it.
+    async with _caller_transaction(request, admitted, issue_token=False) as tenant_request:
+        actor = tenant_request.actor
+    # That transaction has committed: the handler's own transaction records the response.
+    idempotency.detach_claim(request)
+    return actor
 
 
 @asynccontextmanager
 async def _caller_transaction(
-    request: Request, admitted: _Admitted
+    request: Request, admitted: _Admitted, *, issue_token: bool = True
 ) -> AsyncIterator[_TenantRequest]:
     database: Database = request.app.state.database
-    callers: CallerCache = request.app.state.caller_cache
+    settings: Settings = request.app.state.settings
     identity = admitted.identity
-    async with tenant_transaction(database.sessions, identity.tenant_id) as session:
-        # Served only if the listener has heard every change committed before this transaction
-        # began (the counter its first round trip read).
-        changes = session.info[CALLER_CHANGES]
-        caller = callers.get(identity.tenant_id, identity.subject, changes)
-        if caller is None:
-            generation = callers.generation
+    reads = database.reads
+    reads_only = _reads_only(request, settings)
+    presented = request.headers.get(replicas_module.CONSISTENCY_HEADER)
+    # Checked whatever serves the request: a foreign or forged token is a client error.
+    min_position = (
+        replicas_module.read_token(settings.consistency_token_key, identity.tenant_id, presented)
+        if presented is not None
+        else None
+    )
+    replica = reads.choose(min_position) if reads is not None and reads_only else None
+    async with AsyncExitStack() as stack:
+        if replica is None:
+            # A write on the primary records where its commit ends, for the client's next reads.
+            record = reads is not None and not reads_only and issue_token
+            transaction = tenant_transaction(
+                database.sessions, identity.tenant_id, record_commit_position=record
+            )
+            session = await stack.enter_async_context(transaction)
+            caller = await _checked_caller(request, admitted, session)
+        else:
+            # The caller is checked on the primary, in a short transaction of its own, before
+            # the replica serves the read: a replica may not have replayed a deactivation yet,
+            # and the caller cache's counter is the primary's. So a refusal is as prompt as on
+            # the primary, and the once-a-minute login stamp is written there.
+            async with tenant_transaction(database.sessions, identity.tenant_id) as primary:
+                caller = await _checked_caller(request, admitted, primary)
+            transaction = tenant_transaction(replica.sessions, identity.tenant_id)
             try:
-                caller = await callers_service.resolve_caller(session, identity)
-            except ForbiddenError:
-                admitted.ticket.refuse()  # charged back to the identity, not the tenant
-                raise
-            callers.store(identity.subject, caller, generation)
+                session = await stack.enter_async_context(transaction)
+            except (OperationalError, PoolTimeoutError) as exc:
+                if reads is None or not replicas_module.unreachable(exc):
+                    raise
+                reads.mark_down(replica, exc)  # down since the last check: the primary serves
+                replica = None
+                transaction = tenant_transaction(database.sessions, identity.tenant_id)
+                session = await stack.enter_async_context(transaction)
+        request.state.database_node = replica.name if replica else "primary"
         user_agent = request.headers.get("user-agent")
         actor = Actor.user(
             tenant_id=caller.tenant_id,
@@ -149,7 +216,40 @@ async def _caller_transaction(
             user_agent=user_agent[:_MAX_USER_AGENT_LENGTH] if user_agent else None,
         )
         request.state.context = actor  # the request log names the tenant and user
+        tracing.tag_tenant(request.app.state.settings, caller.tenant_id)
+        # Idempotency-Key: taken in this transaction, so its record commits with the write.
+        await idempotency.claim_key(
+            request,
+            session,
+            lambda key: idempotency_service.IdempotencyScope(caller.tenant_id, caller.user_id, key),
+        )
         yield _TenantRequest(session=session, actor=actor, caller=caller)
+    if transaction.committed_position is not None:
+        request.state.consistency_token = replicas_module.issue_token(
+            settings.consistency_token_key, identity.tenant_id, transaction.committed_position
+        )
+
+
+async def _checked_caller(
+    request: Request, admitted: _Admitted, session: AsyncSession
+) -> callers_service.Caller:
+    """The token's active caller, from the cache or looked up in `session` (the primary's).
+
+    The cache serves it only if its listener has heard every change committed before
+    `session`'s transaction began (the counter its opening round trip read).
+    """
+    callers: CallerCache = request.app.state.caller_cache
+    identity = admitted.identity
+    caller = callers.get(identity.tenant_id, identity.subject, session.info[CALLER_CHANGES])
+    if caller is None:
+        generation = callers.generation
+        try:
+            caller = await callers_service.resolve_caller(session, identity)
+        except ForbiddenError:
+            admitted.ticket.refuse()  # charged back to the identity, not the tenant
+            raise
+        callers.store(identity.subject, caller, generation)
+    return caller
 
 
 # scope="function": the transaction ends when the handler returns, before the response is sent.

@@ -1,4 +1,5 @@
-"""Admin CLI: provision tenants (with their own keys) and users, and mint dev tokens.
+"""Admin CLI: provision tenants (with their own keys) and users, mint dev tokens, purge expired
+idempotency records.
 
 Runs as the provisioning role (`app_admin`, switched to from DATABASE_URL's login, or the
 embedded server's), writes one audit row per change (no user id: an operator acted), prints a
@@ -15,14 +16,15 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from dataclasses import asdict
+from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.cli.database_errors import exit_if_unavailable
 from app.content.backends import ContentBackends
@@ -36,8 +38,11 @@ from app.database.session import admin_transaction, make_sessionmaker
 from app.database.unavailable import EXIT_DATABASE_UNAVAILABLE
 from app.models import Tenant, User
 from app.models.user import normalise_email
-from app.schemas.tenant import TenantCreate, TenantRecord
+from app.schemas.tenant import RotationRecord, TenantCreate, TenantRecord
 from app.schemas.user import UserCreate, UserRecord
+from app.services import content_sweep as content_sweep_service
+from app.services import idempotency as idempotency_service
+from app.services import key_rotation as key_rotation_service
 from app.services import tenants as tenants_service
 from app.services import users as users_service
 from app.services.actor import Actor
@@ -78,7 +83,7 @@ def _validated(model: type[BaseModel], **values: Any) -> Any:
 
 
 @asynccontextmanager
-async def _admin_session(settings: Settings) -> AsyncIterator[AsyncSession]:
+async def _admin_sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     targets = resolve_targets(settings)
     engine = build_engine(
         targets.login_url,
@@ -88,8 +93,7 @@ async def _admin_session(settings: Settings) -> AsyncIterator[AsyncSession]:
         max_overflow=0,
     )
     try:
-        async with admin_transaction(make_sessionmaker(engine)) as session:
-            yield session
+        yield make_sessionmaker(engine)
     finally:
         await engine.dispose()
 
@@ -102,6 +106,21 @@ def run_admin(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 def run_admin_with_content(work: Callable[[AsyncSession, ContentBackends], Awaitable[T]]) -> T:
     """`run_admin` for work that also needs the key manager or the object store (opened on
     first use, closed at the end); either being unavailable exits 3 like the database."""
+
+    async def in_one_transaction(
+        sessions: async_sessionmaker[AsyncSession], content: ContentBackends
+    ) -> T:
+        async with admin_transaction(sessions) as session:
+            return await work(session, content)
+
+    return run_admin_transactions(in_one_transaction)
+
+
+def run_admin_transactions(
+    work: Callable[[async_sessionmaker[AsyncSession], ContentBackends], Awaitable[T]],
+) -> T:
+    """Run `work`, which opens its own admin transactions (batches), with the content backends;
+    refusals and unavailable dependencies end as one line and an exit code."""
     settings = settings_or_exit()
     configure_logging(
         "WARNING" if settings.LOG_LEVEL == "INFO" else settings.LOG_LEVEL,
@@ -111,8 +130,8 @@ def run_admin_with_content(work: Callable[[AsyncSession, ContentBackends], Await
     async def main() -> T:
         content = ContentBackends(settings)
         try:
-            async with _admin_session(settings) as session:
-                return await work(session, content)
+            async with _admin_sessions(settings) as sessions:
+                return await work(sessions, content)
         finally:
             await content.close()
 
@@ -177,20 +196,28 @@ KmsKeyOption = typer.Option(
 def create_tenant(
     name: str = typer.Argument(..., help="Display name of the organisation."),
     kms_key_ref: str | None = KmsKeyOption,
+    without_key: bool = typer.Option(
+        False,
+        "--without-key",
+        help="No KMS configured yet: create the tenant without a key; its document content"
+        " uploads answer 409 until `provision-tenant-key` gives it one.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create an active tenant and its own encryption key (recorded as kms_key_arn)."""
+    if without_key and kms_key_ref is not None:
+        fail("--without-key and --kms-key-ref exclude each other", EXIT_BAD_INPUT)
     data = _validated(TenantCreate, name=name, kms_key_ref=kms_key_ref)
     tenant = run_admin_with_content(
-        lambda s, content: _create_tenant(s, content, data),
+        lambda s, content: _create_tenant(s, content, data, with_key=not without_key),
     )
     _emit_tenant(tenant, as_json)
 
 
 async def _create_tenant(
-    session: AsyncSession, content: ContentBackends, data: TenantCreate
+    session: AsyncSession, content: ContentBackends, data: TenantCreate, *, with_key: bool
 ) -> Tenant:
-    keys = await content.key_manager()
+    keys = await content.key_manager() if with_key else None
     return await tenants_service.create_tenant(session, OPERATOR, data, keys)
 
 
@@ -366,11 +393,76 @@ def dev_token(
         typer.echo(token)
 
 
+def rotate_tenant_key(
+    tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
+    as_json: bool = JsonOption,
+) -> None:
+    """New key material for a tenant: every data key rewrapped (content untouched), then the
+    old key versions retired (docs/ENCRYPTION.md)."""
+    tid = parse_uuid(tenant, "--tenant")
+
+    async def rotate(
+        sessions: async_sessionmaker[AsyncSession], content: ContentBackends
+    ) -> key_rotation_service.RotationReport:
+        keys = await content.key_manager()
+        return await key_rotation_service.rotate_tenant_key(sessions, OPERATOR, tid, keys)
+
+    report = run_admin_transactions(rotate)
+    emit(
+        [RotationRecord.model_validate(report)],
+        ["tenant_id", "kms_key_arn", "key_version", "rewrapped"],
+        as_json,
+        many=False,
+    )
+
+
+def sweep_orphan_content(
+    older_than_minutes: int = typer.Option(
+        60,
+        "--older-than-minutes",
+        min=0,
+        help="Grace period: only objects and unfinished uploads older than this (longer than"
+        " any upload in flight).",
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete stored content no document points at (an upload killed before its row was
+    written) and abort unfinished multipart uploads (killed during the upload)."""
+
+    async def sweep(
+        sessions: async_sessionmaker[AsyncSession], content: ContentBackends
+    ) -> content_sweep_service.SweepReport:
+        store = await content.object_store()
+        return await content_sweep_service.sweep_orphans(
+            sessions, store, grace=timedelta(minutes=older_than_minutes)
+        )
+
+    report = run_admin_transactions(sweep)
+    if as_json:
+        typer.echo(json.dumps(asdict(report), indent=2))
+    else:
+        typer.echo(
+            f"examined {report.examined} objects, deleted {len(report.deleted)} orphans,"
+            f" aborted {report.aborted_uploads} unfinished uploads"
+        )
+
+
+def purge_idempotency_keys(as_json: bool = JsonOption) -> None:
+    """Delete every tenant's expired Idempotency-Key records (run it on a schedule)."""
+    deleted = run_admin(idempotency_service.purge_expired)
+    if as_json:
+        typer.echo(json.dumps({"deleted": deleted}))
+    else:
+        typer.echo(f"deleted {deleted} expired idempotency records")
+
+
 def register(cli: typer.Typer) -> None:
     """Add the admin commands to the CLI."""
     commands: dict[str, Callable[..., None]] = {
         "create-tenant": create_tenant,
         "provision-tenant-key": provision_tenant_key,
+        "rotate-tenant-key": rotate_tenant_key,
+        "sweep-orphan-content": sweep_orphan_content,
         "list-tenants": list_tenants,
         "suspend-tenant": suspend_tenant,
         "activate-tenant": activate_tenant,
@@ -381,6 +473,7 @@ def register(cli: typer.Typer) -> None:
         "delete-user": delete_user,
         "restore-user": restore_user,
         "dev-token": dev_token,
+        "purge-idempotency-keys": purge_idempotency_keys,
     }
     for name, command in commands.items():
         cli.command(name)(command)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -13,6 +16,7 @@ from types import FrameType
 import typer
 
 from app.cli.database_errors import database_unavailable_exits
+from app.cli.vector_indexes import start_background_maintenance
 from app.content.backends import ContentBackends
 from app.core.config import Settings, settings_or_exit
 from app.core.logging import configure_logging
@@ -30,6 +34,10 @@ EXIT_PORT_UNAVAILABLE = 4
 
 # The signals that end `run` and `migrate`: Ctrl-C, `kill`/an IDE's stop button, a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+# A worker finishes the job in hand when stopped; after this long it is killed.
+WORKER_STOP_SECONDS = 30
 
 
 @contextmanager
@@ -100,6 +108,8 @@ def run(
         )
         if demo:
             typer.echo(demo, nl=True)
+        # Per-tenant vector indexes are kept in line without anyone running the command.
+        maintenance = start_background_maintenance(settings, targets)
         # Forwarded headers are the app's job (TRUSTED_PROXIES), never uvicorn's own guess.
         config = uvicorn.Config(
             "app.main:create_app",
@@ -113,7 +123,21 @@ def run(
         # uvicorn stops gracefully on SIGINT and SIGTERM, then re-raises the signal (which our
         # handler turns into an exit); it ignores SIGHUP, so a hang-up is handed to it as SIGTERM.
         signal.signal(signal.SIGHUP, lambda _sig, frame: server.handle_exit(signal.SIGTERM, frame))
-        server.run(sockets=[listener])
+        # The ingestion worker beside the server (its own process: embedding is CPU-bound and
+        # must not stall requests). It attaches to the same embedded servers.
+        # It stops with this process even if this one is killed outright (--parent-pid).
+        argv = [sys.executable, "-m", "app", "worker", "--parent-pid", str(os.getpid())]
+        worker = subprocess.Popen(argv)  # noqa: S603 (our own interpreter and a fixed command)
+        try:
+            server.run(sockets=[listener])
+        finally:
+            if maintenance is not None:
+                maintenance.stop(timeout=0)  # a build cut short is repaired by the next run
+            worker.terminate()
+            try:
+                worker.wait(timeout=WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
 
 def demo_instructions(

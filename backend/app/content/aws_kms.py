@@ -171,6 +171,10 @@ class AwsKmsKeyManager:
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc) from exc
 
+    async def current_version(self, key_ref: str) -> int | None:
+        """None: KMS does not number a key's backing keys."""
+        return None
+
     def key_version(self, wrapped: bytes) -> int | None:
         """None: a KMS ciphertext blob does not say which backing key made it."""
         return None

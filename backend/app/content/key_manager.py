@@ -90,6 +90,10 @@ class KeyManager(Protocol):
         """Destroy the tenant's key: nothing it wrapped can be unwrapped any more."""
         ...
 
+    async def current_version(self, key_ref: str) -> int | None:
+        """The version new data keys are wrapped under, when the key manager shows it."""
+        ...
+
     def key_version(self, wrapped: bytes) -> int | None:
         """The tenant-key version `wrapped` was made under, when the key manager shows it."""
         ...

@@ -78,6 +78,11 @@ class ObjectStore(Protocol):
         """Every object whose key starts with `prefix` (for the orphan sweep)."""
         ...
 
+    async def abort_incomplete_uploads(self, prefix: str, started_before: datetime) -> int:
+        """Abort multipart uploads under `prefix` begun before `started_before` (their parts
+        are invisible but kept and billed); how many were aborted."""
+        ...
+
     async def check(self) -> None:
         """Raise StorageUnavailableError unless the bucket answers (readiness)."""
         ...
@@ -272,6 +277,21 @@ class S3ObjectStore:
                         etag=item["ETag"].strip('"'),
                         last_modified=item["LastModified"],
                     )
+
+    async def abort_incomplete_uploads(self, prefix: str, started_before: datetime) -> int:
+        """ListMultipartUploads, then AbortMultipartUpload for each one begun too long ago."""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        stale: list[tuple[str, str]] = []
+        with _translated(prefix):
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < started_before:
+                        stale.append((upload["Key"], upload["UploadId"]))
+            for key, upload_id in stale:
+                await self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=key, UploadId=upload_id
+                )
+        return len(stale)
 
     async def check(self) -> None:
         """HeadBucket: the store answers and our credentials are accepted."""

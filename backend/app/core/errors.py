@@ -61,6 +61,19 @@ class ConflictError(AppError):
     code = "conflict"
 
 
+class IdempotencyKeyInFlightError(ConflictError):
+    """A request with the same Idempotency-Key is still running; retry once it has finished."""
+
+    code = "idempotency_key_in_flight"
+
+
+class IdempotencyKeyReusedError(AppError):
+    """The Idempotency-Key was already used for a different request (IETF httpapi draft: 422)."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+
+
 class ForbiddenError(AppError):
     """Authenticated, but not allowed to do this."""
 

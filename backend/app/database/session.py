@@ -1,23 +1,30 @@
 """Sessions and transactions: the tenant-scoped one, and the admin one for provisioning.
 
 `tenant_transaction` is the only way any code (requests, the CLI, workers, tests, benchmarks)
-gets a tenant-scoped session: it begins and sets the tenant context in one round trip,
-commits on success and rolls back on error. Services receive the session and never touch the
-context.
+gets a tenant-scoped session: it begins and sets the tenant context (with whatever the
+connection's pool mode and Citus need) in one round trip, commits on success and rolls back
+on error. Services receive the session and never touch the context.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.database.tenant_context import become_admin, begin_in_tenant_sql, enter_tenant
+from app.core import metrics
+from app.database.tenant_context import OPENING_OPTIONS, become_admin, enter_tenant, opening_sql
 
 CALLER_CHANGES = "caller_changes"
 """`session.info` key: caller_change_seq's value as the tenant transaction began."""
+
+# Where the server's WAL ends: after a COMMIT, at or past that commit's record.
+COMMITTED_POSITION = text("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -25,20 +32,76 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-@asynccontextmanager
-async def tenant_transaction(
-    sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID
-) -> AsyncIterator[AsyncSession]:
+class TenantTransaction:
+    """One transaction as the sessions' role, scoped to one tenant from its first statement.
+
+    Use it through `tenant_transaction(...)`. Inside, `session.info[CALLER_CHANGES]` is the
+    caller-change counter read in the opening round trip; after a successful exit,
+    `committed_position` holds the WAL position at or after the commit when asked for (read
+    replicas' consistency token).
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        tenant_id: uuid.UUID,
+        record_commit_position: bool = False,
+    ) -> None:
+        opening_sql(tenant_id)  # refuses anything but a UUID before any I/O
+        self.tenant_id = tenant_id
+        self.committed_position: int | None = None
+        self._record_commit_position = record_commit_position
+        self._sessions = sessions
+        self._scope: AbstractAsyncContextManager[AsyncSession] | None = None
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[AsyncSession]:
+        async with self._sessions() as session:
+            async with session.begin():
+                started = time.perf_counter()
+                # Checked out here: the pool's wait is measured alone.
+                connection = await session.connection(execution_options=dict(OPENING_OPTIONS))
+                metrics.DB_POOL_ACQUIRE.observe(time.perf_counter() - started)
+                session.info[CALLER_CHANGES] = await enter_tenant(connection, self.tenant_id)
+                yield session
+            if self._record_commit_position:
+                # After COMMIT, on the same server: the end of WAL is at or past the commit
+                # record, so a replica that replayed this far sees the transaction. Read in
+                # autocommit: one round trip, no transaction around it.
+                connection = await session.connection(execution_options=dict(OPENING_OPTIONS))
+                position = (await connection.execute(COMMITTED_POSITION)).scalar_one()
+                self.committed_position = int(position)
+
+    async def __aenter__(self) -> AsyncSession:
+        self._scope = self._open()
+        return await self._scope.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        assert self._scope is not None
+        return await self._scope.__aexit__(exc_type, exc, traceback)
+
+
+def tenant_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: uuid.UUID,
+    *,
+    record_commit_position: bool = False,
+) -> TenantTransaction:
     """One transaction scoped to `tenant_id`: committed on success, rolled back on error.
 
-    `BEGIN` and the tenant context go to the server as one round trip, so the transaction
-    costs no more round trips than an unscoped one (`enter_tenant`). The caller-change
-    counter read in that round trip is `session.info[CALLER_CHANGES]`.
+    `BEGIN`, the tenant context, the transaction-local settings of a pool in transaction mode
+    and Citus's `SET LOCAL` go to the server as one message (`enter_tenant`), so the
+    transaction costs no more round trips than an unscoped one. The caller-change counter read
+    in that round trip is `session.info[CALLER_CHANGES]`.
+    `record_commit_position`: after the commit, read the server's WAL position into
+    `.committed_position` (one more round trip; for the consistency token of read replicas).
     """
-    begin_in_tenant_sql(tenant_id)  # refuses anything but a UUID before any I/O
-    async with sessions() as session, session.begin():
-        session.info[CALLER_CHANGES] = await enter_tenant(session, tenant_id)
-        yield session
+    return TenantTransaction(sessions, tenant_id, record_commit_position)
 
 
 @asynccontextmanager

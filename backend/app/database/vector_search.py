@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import uuid
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ from sqlalchemy import Float, Integer, String, bindparam, cast, column, func, se
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
+
+from app.core import metrics
 
 if TYPE_CHECKING:
     from sqlalchemy import Select
@@ -46,7 +49,7 @@ _PLAIN_NUMBERS = frozenset({float, int})
 # most this many rows (under half of VECTOR_INDEX_MIN_ROWS, so an unfiltered search of an
 # indexed tenant always walks its index), or HNSW_MIN_SHARE of the index: pgvector's
 # iterative scan loses recall when the matching rows are a small share of the graph.
-EXACT_SCAN_MIN_ROWS = 200
+EXACT_SCAN_MIN_ROWS = 100
 HNSW_MIN_SHARE = 0.05
 # The HNSW candidate list (never below k): the walk's recall on dense clusters
 # (docs/VECTOR_SEARCH.md, "Why these settings").
@@ -127,14 +130,21 @@ SEARCH_FUNCTION = (
 
 
 @cache
-def _search_statement(model: type[Document]) -> Select[Any]:
-    """The search as one statement, built once per process (a search only binds values)."""
-    return (
-        select(model, SEARCH_FUNCTION.c.distance)
+def _search_statement(model: type[Document], filter_tenant: bool) -> Select[Any]:
+    """The search as one statement, built once per process (a search only binds values).
+
+    `filter_tenant`: name the tenant explicitly (`tenant_id = :tenant_id`) besides the context,
+    so on Citus the query goes to the tenant's shard only (docs/SCALING.md).
+    """
+    statement = (
+        select(model, SEARCH_FUNCTION.c.distance, SEARCH_FUNCTION.c.strategy)
         .join(SEARCH_FUNCTION, model.id == SEARCH_FUNCTION.c.id)
         .order_by(SEARCH_FUNCTION.c.distance, SEARCH_FUNCTION.c.id)
         .options(defer(model.embedding_vector, raiseload=True))
     )
+    if filter_tenant:
+        statement = statement.where(model.tenant_id == bindparam("tenant_id"))
+    return statement
 
 
 def search_parameters(query: list[float], k: int, filters: SearchFilters | None) -> dict[str, Any]:
@@ -160,6 +170,8 @@ async def similarity_search(
     embedding: Any,
     k: int = 10,
     filters: SearchFilters | None = None,
+    *,
+    tenant_id: uuid.UUID | None = None,
 ) -> list[SearchHit]:
     """The current tenant's `k` nearest active documents, nearest first (ties by id).
 
@@ -169,8 +181,13 @@ async def similarity_search(
     """
     query = validate_embedding(embedding)
     k = validate_k(k)
-    statement = _search_statement(model)
-    rows = (await session.execute(statement, search_parameters(query, k, filters))).all()
+    statement = _search_statement(model, tenant_id is not None)
+    parameters = search_parameters(query, k, filters)
+    if tenant_id is not None:
+        parameters["tenant_id"] = tenant_id
+    rows = (await session.execute(statement, parameters)).all()
+    # One strategy per search (the function picks it before scanning); none when nothing matched.
+    metrics.SEARCH_STRATEGY.labels(strategy=str(rows[0][2]) if rows else "no_hits").inc()
     return [SearchHit(document=row[0], distance=float(row[1])) for row in rows]
 
 

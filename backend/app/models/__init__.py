@@ -8,7 +8,18 @@ relationships never load implicitly (`lazy="raise"`): load what you need explici
 
 from app.models.audit_log import AuditLog, ImmutableAuditLogError
 from app.models.document import Document
+from app.models.document_chunk import DocumentChunk
+from app.models.idempotency_key import IdempotencyKey
 from app.models.tenant import SYSTEM_TENANT_ID, Tenant
 from app.models.user import User
 
-__all__ = ["SYSTEM_TENANT_ID", "AuditLog", "Document", "ImmutableAuditLogError", "Tenant", "User"]
+__all__ = [
+    "SYSTEM_TENANT_ID",
+    "AuditLog",
+    "Document",
+    "DocumentChunk",
+    "IdempotencyKey",
+    "ImmutableAuditLogError",
+    "Tenant",
+    "User",
+]

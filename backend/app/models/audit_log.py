@@ -11,7 +11,6 @@ from sqlalchemy import (
     Column,
     FetchedValue,
     ForeignKey,
-    ForeignKeyConstraint,
     Index,
     LargeBinary,
     String,
@@ -26,7 +25,7 @@ from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, Session, UOWTransaction, mapped_column, relationship
 
-from app.database.base import Base
+from app.database.base import Base, TenantKeyed
 
 if TYPE_CHECKING:
     from app.models.tenant import Tenant
@@ -42,17 +41,13 @@ class ImmutableAuditLogError(RuntimeError):
     """Raised in Python when code tries to change or delete an audit row."""
 
 
-class AuditLog(Base):
+class AuditLog(TenantKeyed, Base):
     """One audit event. Rows are written with `AuditLog.create` and never changed or deleted."""
 
     __tablename__ = "audit_logs"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["tenant_id", "user_id"],
-            ["users.tenant_id", "users.id"],
-            name="fk_audit_logs_tenant_id_user_id_users",
-            ondelete="RESTRICT",
-        ),
+        # No foreign key to users: audit rows outlive the users they name (offboarding and the
+        # retention purge erase users; the append-only trail keeps their bare ids).
         Index(
             "idx_audit_logs_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")
         ),
@@ -73,7 +68,9 @@ class AuditLog(Base):
     updated_at = None  # type: ignore[assignment]
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="RESTRICT"), comment="Tenant the event belongs to."
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
+        primary_key=True,
+        comment="Tenant the event belongs to.",
     )
     user_id: Mapped[uuid.UUID | None] = mapped_column(
         comment="Acting user (same tenant), or NULL for system and admin-CLI actions."

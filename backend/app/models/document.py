@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from app.database import vector_search
-from app.database.base import Base, SoftDeleteMixin
+from app.database.base import Base, SoftDeleteMixin, TenantKeyed
 from app.database.vector_search import EMBEDDING_DIMENSIONS, SearchFilters, SearchHit
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ _AFTER_INHERITED_COLUMNS = 1
 __all__ = ["DOCUMENT_STATUSES", "EMBEDDING_DIMENSIONS", "Document"]
 
 
-class Document(SoftDeleteMixin, Base):
+class Document(TenantKeyed, SoftDeleteMixin, Base):
     """A document registered by a user of a tenant."""
 
     __tablename__ = "documents"
@@ -48,6 +48,7 @@ class Document(SoftDeleteMixin, Base):
         ),
         CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
         CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),
+        CheckConstraint("chunk_count >= 0", name="chunk_count_non_negative"),
         CheckConstraint(
             "num_nulls(content_object_key, content_wrapped_key, content_key_ref, content_sha256,"
             " content_uploaded_at) IN (0, 5)",
@@ -89,7 +90,9 @@ class Document(SoftDeleteMixin, Base):
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="RESTRICT"), comment="Owning tenant (RLS key)."
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
+        primary_key=True,
+        comment="Owning tenant (RLS key).",
     )
     user_id: Mapped[uuid.UUID] = mapped_column(
         comment="Uploader; references users(tenant_id, id) so it is always a same-tenant user."
@@ -142,6 +145,17 @@ class Document(SoftDeleteMixin, Base):
         sort_order=_AFTER_INHERITED_COLUMNS,
         comment="When the content was stored (Last-Modified of a download).",
     )
+    # What ingestion made of the content (app/services/ingest.py); after the content columns.
+    status_reason: Mapped[str | None] = mapped_column(
+        String(1000),
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="Why the status is what it is (a failure's reason, a truncation); no content.",
+    )
+    chunk_count: Mapped[int | None] = mapped_column(
+        Integer,
+        sort_order=_AFTER_INHERITED_COLUMNS,
+        comment="Searchable chunks made of the content; NULL until processed.",
+    )
     # Deferred: a 1024-float vector is loaded only when asked for (search needs only distances,
     # listings only whether there is one).
     embedding_vector: Mapped[Any | None] = mapped_column(
@@ -171,13 +185,18 @@ class Document(SoftDeleteMixin, Base):
         embedding: Any,
         k: int = 10,
         filters: SearchFilters | None = None,
+        *,
+        tenant_id: uuid.UUID | None = None,
     ) -> list[SearchHit]:
         """The current tenant's `k` nearest active documents by cosine distance, nearest first.
 
         Runs in the session's transaction, under its tenant context; raises ValueError for an
-        embedding that is not 1024 finite numbers or a `k` outside 1..100.
+        embedding that is not 1024 finite numbers or a `k` outside 1..100. `tenant_id` (the
+        context's tenant) adds the explicit filter that routes the query to one Citus shard.
         """
-        return await vector_search.similarity_search(cls, session, embedding, k, filters)
+        return await vector_search.similarity_search(
+            cls, session, embedding, k, filters, tenant_id=tenant_id
+        )
 
     def __repr__(self) -> str:
         return f"<Document id={self.id} tenant_id={self.tenant_id} status={self.status}>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import CheckConstraint, Index, String, text
@@ -14,8 +15,12 @@ if TYPE_CHECKING:
     from app.models.document import Document
     from app.models.user import User
 
+# The offboarding columns were added by a later migration, after the inherited ones: the model
+# keeps that column order so the catalogs of models and migrations are identical.
+_ADDED_LATER = 1
+
 SYSTEM_TENANT_ID = "00000000-0000-0000-0000-000000000000"
-TENANT_STATUSES = ("active", "suspended")
+TENANT_STATUSES = ("active", "suspended", "offboarding", "offboarded")
 
 
 class Tenant(SoftDeleteMixin, Base):
@@ -23,7 +28,9 @@ class Tenant(SoftDeleteMixin, Base):
 
     __tablename__ = "tenants"
     __table_args__ = (
-        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        CheckConstraint(
+            "status IN ('active', 'suspended', 'offboarding', 'offboarded')", name="status"
+        ),
         Index("idx_tenants_status", "status", postgresql_where=text("deleted_at IS NULL")),
         Index(
             "idx_tenants_deleted_at", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL")
@@ -35,11 +42,25 @@ class Tenant(SoftDeleteMixin, Base):
     status: Mapped[str] = mapped_column(
         String(50),
         server_default=text("'active'"),
-        comment="Lifecycle status: active or suspended (suspended tenants cannot sign in).",
+        comment="Lifecycle status: active, suspended, offboarding (access revoked, grace period)"
+        " or offboarded (tombstone); only active tenants can sign in.",
     )
     kms_key_arn: Mapped[str | None] = mapped_column(
         String(2048),
         comment="The tenant's own key: an AWS KMS key ARN or an OpenBao transit key name.",
+    )
+
+    offboard_scheduled_at: Mapped[datetime | None] = mapped_column(
+        sort_order=_ADDED_LATER,
+        comment="When `offboard-tenant --schedule` revoked access (NULL: never).",
+    )
+    offboard_after: Mapped[datetime | None] = mapped_column(
+        sort_order=_ADDED_LATER,
+        comment="End of the grace period: `--execute` is refused before it.",
+    )
+    offboarded_at: Mapped[datetime | None] = mapped_column(
+        sort_order=_ADDED_LATER,
+        comment="When `offboard-tenant --execute` finished: the row is a tombstone.",
     )
 
     users: Mapped[list[User]] = relationship(

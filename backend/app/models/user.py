@@ -7,10 +7,10 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, UniqueConstraint, text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
-from app.database.base import Base, SoftDeleteMixin
+from app.database.base import Base, SoftDeleteMixin, TenantKeyed
 
 if TYPE_CHECKING:
     from app.models.audit_log import AuditLog
@@ -25,13 +25,11 @@ def normalise_email(email: str) -> str:
     return unicodedata.normalize("NFKC", email.strip()).casefold()
 
 
-class User(SoftDeleteMixin, Base):
+class User(TenantKeyed, SoftDeleteMixin, Base):
     """A member of one tenant. `role` is `admin` or `member` (RBAC, Feature 13, builds on it)."""
 
     __tablename__ = "users"
     __table_args__ = (
-        # Lets documents and audit rows reference a user *of the same tenant* (composite FKs).
-        UniqueConstraint("tenant_id", "id", name="uq_users_tenant_id_id"),
         CheckConstraint("role IN ('admin', 'member')", name="role"),
         Index(
             "idx_users_tenant_email_active",
@@ -57,7 +55,11 @@ class User(SoftDeleteMixin, Base):
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="RESTRICT"), comment="Owning tenant (RLS key)."
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
+        # The key is (tenant_id, id): documents and audit rows reference a user *of the same
+        # tenant* through it (composite FKs), and Citus requires the tenant in it.
+        primary_key=True,
+        comment="Owning tenant (RLS key).",
     )
     email: Mapped[str] = mapped_column(
         String(320), comment="Email, stored trimmed, NFKC-normalised and case-folded."

@@ -96,6 +96,15 @@ class Document(ResponseModel):
     s3_bucket: str
     s3_key: str
     status: DocumentStatus
+    status_reason: str | None = Field(
+        default=None,
+        description="Why the status is what it is: a processing failure's reason (unsupported "
+        "type, unreadable PDF, attempts used up), no text found, or text cut at a limit.",
+    )
+    chunk_count: int | None = Field(
+        default=None,
+        description="Searchable chunks made of the content (0: no text); null until processed.",
+    )
     metadata: dict[str, Any] = Field(validation_alias="metadata_")
     has_embedding: bool
     content_sha256: str | None = Field(
@@ -133,6 +142,10 @@ class SearchFilters(RequestModel):
     )
 
 
+# A question, not a document: longer texts belong in an upload.
+QUERY_MAX_CHARS = 1000
+
+
 class SearchRequest(RequestModel):
     """Nearest-neighbour search over the caller's tenant's active documents."""
 
@@ -148,9 +161,29 @@ class SearchRequest(RequestModel):
         }
     )
 
-    embedding: Embedding
+    embedding: Embedding | None = Field(
+        default=None, description="A 1024-number query vector (or send `query` instead)."
+    )
+    query: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=QUERY_MAX_CHARS,
+        description="A question or phrase: embedded server-side, matched against the chunks of"
+        " the documents' content; each hit carries its best chunk's text as `snippet`.",
+    )
     k: int = Field(default=10, ge=1, le=100)
     filters: SearchFilters | None = None
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.embedding is None) == (self.query is None):
+            raise ValueError("send exactly one of `query` (text) and `embedding` (a vector)")
+        if self.query is not None:
+            if not self.query.strip():
+                raise ValueError("`query` must contain some text")
+            if self.filters is not None:
+                raise ValueError("`filters` apply to an `embedding` search only")
+        return self
 
 
 class SearchHit(ResponseModel):
@@ -158,6 +191,9 @@ class SearchHit(ResponseModel):
 
     document: Document
     distance: float
+    snippet: str | None = Field(
+        default=None, description="Text search only: the text of the document's nearest chunk."
+    )
 
 
 class SearchResults(ResponseModel):

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-TenantStatus = Literal["active", "suspended"]
+TenantStatus = Literal["active", "suspended", "offboarding", "offboarded"]
 
 
 class Tenant(BaseModel):
@@ -50,3 +50,14 @@ class TenantCreate(BaseModel):
         if not value:
             raise ValueError("the tenant name must not be blank")
         return value
+
+
+class RotationRecord(BaseModel):
+    """What `rotate-tenant-key` did (admin CLI)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    tenant_id: uuid.UUID
+    kms_key_arn: str
+    key_version: int | None = Field(description="The key's new version (None: AWS KMS).")
+    rewrapped: int = Field(description="Data keys rewrapped under it.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,14 +35,12 @@ GENESIS_HASH = bytes(32)
 
 STREAM_BATCH_ROWS = 2000
 
-# One constant statement serves both scopes: `:tenant_id` NULL means every tenant the session
-# can see. Every app connection plans with the actual values (plan_cache_mode =
-# force_custom_plan, app/database/engine.py), so the planner folds the OR away: the filter is
-# either gone or a plain `tenant_id = $1` that uses uq_audit_logs_tenant_id_chain_seq.
+# Two scopes: every tenant the session can see (the CLI), or one (the API), filtered by a plain
+# `tenant_id = :tenant_id` that uses uq_audit_logs_tenant_id_chain_seq and, on Citus, routes
+# the query to that tenant's shard (an `:x IS NULL OR` form would reach every shard).
 # The canonical fields follow id..created_at, in encoding order, as PostgreSQL renders them
 # (docs/AUDIT_INTEGRITY.md).
-_ROWS = text(
-    """
+_ROWS_SQL = """
     SELECT id, tenant_id, chain_seq, prev_hash, row_hash, created_at,
         tenant_id::text AS canonical_tenant_id,
         chain_seq::text AS canonical_chain_seq,
@@ -58,18 +56,35 @@ _ROWS = text(
         user_agent AS canonical_user_agent,
         metadata::text AS canonical_metadata
     FROM audit_logs
-    WHERE (CAST(:tenant_id AS uuid) IS NULL OR tenant_id = :tenant_id)
+    {where}
     ORDER BY tenant_id, chain_seq, id
-    """
-).execution_options(yield_per=STREAM_BATCH_ROWS)
+"""
+_ROWS = {
+    scoped: text(_ROWS_SQL.format(where=where)).execution_options(yield_per=STREAM_BATCH_ROWS)
+    for scoped, where in ((False, ""), (True, "WHERE tenant_id = :tenant_id"))
+}
 _FIRST_CANONICAL_COLUMN = 6
 
-_CHAIN_HEADS = text(
-    "SELECT tenant_id, last_seq, last_hash FROM audit_chain_heads"
-    " WHERE (CAST(:tenant_id AS uuid) IS NULL OR tenant_id = :tenant_id)"
-)
+_CHAIN_HEADS = {
+    False: text("SELECT tenant_id, last_seq, last_hash FROM audit_chain_heads"),
+    True: text(
+        "SELECT tenant_id, last_seq, last_hash FROM audit_chain_heads WHERE tenant_id = :tenant_id"
+    ),
+}
 _CAN_READ_CHAIN_HEADS = text("SELECT has_table_privilege('public.audit_chain_heads', 'SELECT')")
 _VISIBLE_TENANTS = text("SELECT id FROM tenants")
+
+
+def canonical_fields(row: Any) -> list[str | None]:
+    """The canonical text fields of a `canonical_rows` row, in encoding order."""
+    return list(row[_FIRST_CANONICAL_COLUMN:])
+
+
+async def canonical_rows(session: AsyncSession, tenant_id: uuid.UUID) -> AsyncIterator[Any]:
+    """One tenant's audit rows in chain order, with their canonical fields (streamed)."""
+    rows = await session.stream(_ROWS[True], {"tenant_id": tenant_id})
+    async for row in rows:
+        yield row
 
 
 def netstring(value: str | None) -> bytes:
@@ -212,7 +227,7 @@ async def _can_read_chain_heads(session: AsyncSession) -> bool:
 async def _chain_heads(
     session: AsyncSession, tenant_id: uuid.UUID | None
 ) -> dict[uuid.UUID, tuple[int, bytes]]:
-    result = await session.execute(_CHAIN_HEADS, {"tenant_id": tenant_id})
+    result = await session.execute(_CHAIN_HEADS[tenant_id is not None], {"tenant_id": tenant_id})
     return {row.tenant_id: (row.last_seq, bytes(row.last_hash)) for row in result}
 
 
@@ -264,7 +279,7 @@ async def verify_chain(
                     )
                 )
 
-    rows = await session.stream(_ROWS, {"tenant_id": tenant_id})
+    rows = await session.stream(_ROWS[tenant_id is not None], {"tenant_id": tenant_id})
     async for row in rows:
         walk_for(row.tenant_id).add_row(row)
     if tenant_id is not None:

@@ -24,6 +24,11 @@ single-row read (issue 20). This cache lets a request skip it, on these terms:
 - **Bounded age.** An entry lapses after LAST_LOGIN_RESOLUTION (one minute), so the lookup
   still runs, and stamps `last_login_at`, about once a minute per active user.
 
+Where it applies: every request's caller check runs on the primary (a read a replica serves
+is checked there first, app/api/deps.py), so the counter is always the primary's. Behind
+pgbouncer in transaction mode no listener starts (app.main.caller_listener) and the cache
+serves nothing.
+
 Only positive answers are kept: a refused caller is looked up again on every request. Bounded
 by MAX_ENTRIES per worker, least recently used evicted first.
 """

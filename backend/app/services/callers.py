@@ -78,13 +78,19 @@ _STAMPABLE = (
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
-_STAMP = update(User).where(User.id == _STAMPABLE).values(last_login_at=func.now())
+# The tenant named in the UPDATE's own WHERE too: that routes it to one Citus shard.
+_STAMP = (
+    update(User)
+    .where(User.tenant_id == bindparam("caller_tenant"), User.id == _STAMPABLE)
+    .values(last_login_at=func.now())
+)
 
 
 async def resolve_caller(session: AsyncSession, identity: VerifiedIdentity) -> Caller:
     """The active user `identity` names; ForbiddenError unless tenant and user are active.
 
-    `session` is in a `tenant_transaction` of the token's tenant.
+    `session` is in a `tenant_transaction` of the token's tenant, on the primary (the stamp
+    writes).
     """
     lookup = {"tenant_id": identity.tenant_id, "subject": identity.subject}
     row = (await session.execute(CALLER_QUERY, lookup)).first()

@@ -12,8 +12,9 @@ idle_in_transaction_session_timeout):
    object whose key names the tenant and the document; SHA-256 and length counted on the way.
    A body shorter or longer than registered fails before the object is complete, so none is.
 3. `finish_upload` (a second short tenant transaction): the row is locked and checked again (a
-   concurrent upload or delete wins), its content columns set, its status `completed`, and the
-   write audited in that same transaction.
+   concurrent upload or delete wins), its content columns set, its ingestion job queued
+   (app/services/jobs.py; the worker then moves it to `completed` or `failed`), and the write
+   audited, all in that same transaction.
 
 If step 3 fails, the object is deleted; if the process dies between steps 2 and 3, the object
 is an orphan no row points at, which `sweep_orphans` deletes. So a stored object is readable
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.content.backends import ContentBackends
 from app.content.envelope import decrypt_stream, seal
 from app.content.key_manager import EncryptionContext, KeyManager
 from app.content.object_store import ObjectNotFoundError, ObjectStore
@@ -45,7 +47,7 @@ from app.core.errors import (
 from app.database.base import utcnow
 from app.database.session import tenant_transaction
 from app.models import Document, Tenant
-from app.services import audit
+from app.services import audit, jobs
 from app.services.actor import Actor
 from app.services.documents import DOCUMENTS
 
@@ -202,7 +204,12 @@ async def store_content(
 async def finish_upload(
     session: AsyncSession, actor: Actor, target: UploadTarget, stored: StoredContent
 ) -> Document:
-    """Step 3: lock and re-check the row, record the content, mark it completed, audit it."""
+    """Step 3: lock and re-check the row, record the content, queue its ingestion, audit it.
+
+    The document stays `processing` until the ingestion job (app/services/ingest.py) has made
+    it searchable (`completed`) or found it unreadable (`failed`); the job is queued in this
+    same transaction, so there is no job without content and no content without a job.
+    """
     document = await DOCUMENTS.get_or_404(session, actor, target.document_id, for_update=True)
     _check_uploadable(document)
     document.content_object_key = stored.object_key
@@ -211,11 +218,9 @@ async def finish_upload(
     document.content_key_version = stored.key_version
     document.content_sha256 = stored.sha256
     document.content_uploaded_at = utcnow()
-    document.status = "completed"
     await session.flush()
-    await audit.record(
-        session, actor, "document.content_upload", document, changed=[*CONTENT_COLUMNS, "status"]
-    )
+    await jobs.enqueue_ingest(session, document.id)
+    await audit.record(session, actor, "document.content_upload", document, changed=CONTENT_COLUMNS)
     return document
 
 
@@ -228,10 +233,11 @@ async def upload_content(
     declared_type: str | None,
     declared_length: int | None,
     max_bytes: int,
-    store: ObjectStore,
-    keys: KeyManager,
+    content: ContentBackends,
 ) -> Document:
-    """Store a document's content, encrypted, and mark it completed (the three steps above)."""
+    """Store a document's content, encrypted, and queue its ingestion (the three steps above).
+
+    The object store and key manager are opened only once step 1 accepted the request."""
     tenant_id = actor.own_tenant()
     async with tenant_transaction(sessions, tenant_id) as session:
         target = await begin_upload(
@@ -242,7 +248,8 @@ async def upload_content(
             declared_length=declared_length,
             max_bytes=max_bytes,
         )
-    stored = await store_content(target, body, store, keys)
+    store = await content.object_store()
+    stored = await store_content(target, body, store, await content.key_manager())
     try:
         async with tenant_transaction(sessions, tenant_id) as session:
             return await finish_upload(session, actor, target, stored)

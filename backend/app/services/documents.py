@@ -7,16 +7,24 @@ transaction.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import undefer
 from sqlalchemy.orm.attributes import set_committed_value
 
-from app.database.vector_search import SearchFilters, SearchHit
-from app.models import Document
+from app.content.backends import ContentBackends
+from app.content.chunk_text import ChunkCipher
+from app.content.key_manager import EncryptionContext, KeyManagerUnavailableError
+from app.core.errors import ServiceUnavailableError
+from app.database.vector_search import SearchFilters, SearchHit, search_parameters
+from app.ingest.embeddings import Embedder, EmbeddingUnavailableError
+from app.models import Document, DocumentChunk
 from app.schemas.document import DocumentCreate, DocumentUpdate, SearchRequest
 from app.services import audit
 from app.services.actor import Actor
@@ -149,4 +157,98 @@ async def search_documents(
             content_type=request.filters.content_type,
             metadata_contains=request.filters.metadata or {},
         )
-    return await Document.similarity_search(session, request.embedding, request.k, filters)
+    assert request.embedding is not None, "text queries go through search_documents_by_text"
+    return await Document.similarity_search(
+        session, request.embedding, request.k, filters, tenant_id=actor.own_tenant()
+    )
+
+
+SEARCH_CHUNKS = text(
+    "SELECT id, document_id, distance FROM search_document_chunks("
+    "CAST(:query AS vector), :k, :exact_min_rows, :hnsw_min_share, :ef_search, :max_scan_tuples)"
+)
+# Chunks fetched per document wanted: a document's best chunk ranks it, and its other chunks
+# crowd the list; bounded by the search function's reach.
+CHUNKS_PER_RESULT = 5
+MAX_CHUNKS_FETCHED = 500
+
+
+@dataclass(frozen=True)
+class TextHit:
+    """A document found by text: its best chunk's distance and text."""
+
+    document: Document
+    distance: float
+    snippet: str
+
+
+async def search_documents_by_text(
+    session: AsyncSession,
+    actor: Actor,
+    backends: ContentBackends,
+    embedder: Embedder,
+    query: str,
+    k: int,
+) -> list[TextHit]:
+    """The tenant's `k` active documents whose best chunk is nearest `query`, nearest first.
+
+    The query is embedded by the same model as the chunks; snippets are opened with each hit
+    document's content key (one unwrap per hit, concurrently). A key manager or embedding
+    service that does not answer is a 503 naming it.
+    """
+    try:
+        vector = (await embedder.embed([query]))[0]
+    except EmbeddingUnavailableError as exc:
+        raise ServiceUnavailableError("embedding service unavailable") from exc
+    parameters = {
+        **search_parameters(vector, min(k * CHUNKS_PER_RESULT, MAX_CHUNKS_FETCHED), None),
+    }
+    best: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}
+    for chunk_id, document_id, distance in (await session.execute(SEARCH_CHUNKS, parameters)).all():
+        if document_id not in best:
+            best[document_id] = (chunk_id, float(distance))
+        if len(best) == k:
+            break
+    if not best:
+        return []
+    documents = {
+        d.id: d
+        for d in (
+            await session.execute(DOCUMENTS.statement(actor).where(Document.id.in_(best)))
+        ).scalars()
+    }
+    chunks = {
+        c.id: c
+        for c in (
+            await session.execute(
+                select(DocumentChunk)
+                .where(
+                    DocumentChunk.tenant_id == actor.own_tenant(),
+                    DocumentChunk.id.in_([chunk for chunk, _ in best.values()]),
+                )
+                .options(undefer(DocumentChunk.text_ciphertext))
+            )
+        ).scalars()
+    }
+    keys = await backends.key_manager()
+
+    async def snippet(document: Document, chunk: DocumentChunk) -> str:
+        context = EncryptionContext(document.tenant_id, document.id)
+        data_key = await keys.unwrap(
+            document.content_key_ref or "", document.content_wrapped_key or b"", context
+        )
+        return ChunkCipher(data_key, context).open(chunk.ordinal, chunk.text_ciphertext)
+
+    found = [
+        (documents[doc_id], chunks[chunk_id], distance)
+        for doc_id, (chunk_id, distance) in best.items()
+        if doc_id in documents and chunk_id in chunks
+    ]
+    try:
+        texts = await asyncio.gather(*(snippet(d, c) for d, c, _ in found))
+    except KeyManagerUnavailableError as exc:
+        raise ServiceUnavailableError("key manager (KMS) unavailable") from exc
+    return [
+        TextHit(document=d, distance=distance, snippet=text_)
+        for (d, _, distance), text_ in zip(found, texts, strict=True)
+    ]

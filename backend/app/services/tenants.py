@@ -8,6 +8,7 @@ for the state a tenant is already in changes nothing and writes nothing.
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +20,7 @@ from app.content.key_manager import (
 )
 from app.core.errors import ConflictError, InvalidInputError, NotFoundError
 from app.models import SYSTEM_TENANT_ID, Tenant
-from app.schemas.tenant import TenantCreate, TenantStatus
+from app.schemas.tenant import TenantCreate
 from app.services import audit
 from app.services.actor import Actor
 from app.services.kit import TenantScoped, restore, soft_delete
@@ -27,24 +28,28 @@ from app.services.kit import TenantScoped, restore, soft_delete
 # A tenant is its own tenant: the scoping column is its id.
 TENANTS = TenantScoped(Tenant, "tenant", tenant_column=Tenant.id)
 _SYSTEM_TENANT = uuid.UUID(SYSTEM_TENANT_ID)
+# The statuses suspend/activate set; offboarding has commands of its own (tenant_lifecycle).
+SettableStatus = Literal["active", "suspended"]
 
 
 async def create_tenant(
-    session: AsyncSession, actor: Actor, data: TenantCreate, keys: KeyManager
+    session: AsyncSession, actor: Actor, data: TenantCreate, keys: KeyManager | None
 ) -> Tenant:
     """Insert a new active tenant with its own key (a new one, or `data.kms_key_ref` verified).
 
     The key is made before the transaction commits: if the key manager fails, no tenant exists.
+    `keys=None` creates the tenant without a key (no KMS configured yet): its content uploads
+    are refused (409) until `provision_tenant_key` gives it one.
     """
     actor.require_admin()
     tenant = Tenant(name=data.name)
     session.add(tenant)
     await session.flush()
-    tenant.kms_key_arn = await _provision_key(keys, tenant.id, data.kms_key_ref)
-    await session.flush()
-    await audit.record(
-        session, actor, "tenant.create", tenant, changed=["name", "status", "kms_key_arn"]
-    )
+    if keys is not None:
+        tenant.kms_key_arn = await _provision_key(keys, tenant.id, data.kms_key_ref)
+        await session.flush()
+    changed = ["name", "status", "kms_key_arn"] if keys is not None else ["name", "status"]
+    await audit.record(session, actor, "tenant.create", tenant, changed=changed)
     return tenant
 
 
@@ -108,13 +113,18 @@ async def get_tenant(session: AsyncSession, actor: Actor, tenant_id: uuid.UUID) 
 
 
 async def set_tenant_status(
-    session: AsyncSession, actor: Actor, tenant_id: uuid.UUID, status: TenantStatus
+    session: AsyncSession, actor: Actor, tenant_id: uuid.UUID, status: SettableStatus
 ) -> Tenant:
     """Suspend (its users can no longer sign in) or re-activate a tenant."""
     actor.require_admin()
     tenant = await get_tenant(session, actor, tenant_id)
     if tenant.is_deleted:
         raise ConflictError(f"tenant {tenant_id} is deleted; restore it first")
+    if tenant.status in ("offboarding", "offboarded"):
+        raise ConflictError(
+            f"tenant {tenant_id} is {tenant.status}: only `offboard-tenant --cancel` reactivates"
+            " a tenant during its grace period"
+        )
     if tenant.status == status:
         return tenant
     tenant.status = status

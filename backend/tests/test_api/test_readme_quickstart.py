@@ -21,12 +21,13 @@ from tests.dev_server import dev_server
 
 README = BACKEND_DIR.parent / "README.md"
 MARKER = "<!-- quick-start:"
+CONTENT_MARKER = "<!-- quick-start-content:"
 
 
-def quick_start_block() -> str:
+def quick_start_block(marker: str = MARKER) -> str:
     """The bash block that follows the quick-start marker in the README."""
     text = README.read_text()
-    after_marker = text[text.index(MARKER) :]
+    after_marker = text[text.index(marker) :]
     match = re.search(r"```bash\n(.*?)```", after_marker, re.DOTALL)
     assert match is not None, "no bash block after the quick-start marker"
     return match.group(1)
@@ -86,4 +87,44 @@ async def test_readme_quick_start_commands_work_as_printed(
     creations = [item for item in audited["items"] if item["resource_id"] == registered["id"]]
     assert [item["action"] for item in creations] == ["document.create"]
     assert "embedding" in creations[0]["metadata"]["changed"]
+    assert "P-1042" not in json.dumps(audited)
+
+
+async def test_readme_content_quick_start_uploads_downloads_and_shows_the_audit_rows(
+    migrated_db: MigratedDatabase, tmp_path: Path, embedded_openbao: EmbeddedOpenBao
+) -> None:
+    # No S3 settings: the server starts its embedded SeaweedFS on first use, as `make run` does.
+    async with dev_server(migrated_db, tmp_path, embedded_openbao) as server:
+        script = (
+            quick_start_block(CONTENT_MARKER)
+            .replace("'<the token from the curl above>'", shlex.quote(server.token))
+            .replace("http://127.0.0.1:8000/", f"http://127.0.0.1:{server.port}/")
+        )
+        shell = await asyncio.create_subprocess_exec(
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            script,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(shell.communicate(), timeout=180)
+        assert shell.returncode == 0, stderr.decode()
+
+    uploaded, searchable, found, same, audited = json_outputs(stdout.decode())
+    # Stored and queued: the worker `python -m app run` starts beside the server indexes it.
+    assert uploaded["status"] == "processing", uploaded
+    assert len(uploaded["content_sha256"]) == 64
+    assert searchable == {"status": "completed"}
+    # The paraphrased question finds the PDF first, with a snippet of its own text.
+    assert found["items"][0]["document"]["id"] == uploaded["id"], found
+    assert "follow up in clinic" in found["items"][0]["snippet"], found
+    assert same == {"same_bytes": True}
+    assert [item["action"] for item in audited["items"]] == [
+        "document.content_download",
+        "document.ingest",
+        "document.content_upload",
+        "document.create",
+    ]
     assert "P-1042" not in json.dumps(audited)

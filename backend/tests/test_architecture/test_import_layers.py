@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "app.core": 0,
     "app.database": 1,
     "app.content": 1,  # object storage, per-tenant keys, envelope encryption: infrastructure
+    "app.ingest": 1,  # text extraction, chunking, embedding models: infrastructure (issue 19)
     "app.models": 2,
     "app.schemas": 3,
     "app.auth": 3,

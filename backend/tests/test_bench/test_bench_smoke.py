@@ -62,6 +62,19 @@ SMOKE_RUNS = {
         ),
         "| route | conc. |",
     ),
+    "bench-content": Smoke(("--sizes-mb", "1", "--rounds", "1"), "| encrypted/plain |"),
+    "bench-ingest": Smoke(
+        (
+            *("--docs", "3", "--repeat", "2", "--latency-docs", "2"),
+            *("--small-docs", "2", "--queries", "3"),
+        ),
+        "| tenant | chunks | chunk index |",
+    ),
+    "bench-replicas": Smoke(
+        ("--tenants", "2", "--docs", "20", "--seconds", "0.3", "--rounds", "1"),
+        "| 1 replica  |",
+    ),
+    "bench-lifecycle": Smoke(("--docs", "5", "--doc-bytes", "1000"), "| offboard --execute"),
     "bench-neighbours": Smoke(
         ("--seconds", "1", "--docs", "20", "--b-rate", "5", "--max-requests", "200"),
         "phase 3/3",

@@ -94,3 +94,28 @@ async def test_a_tenant_made_before_keys_gets_one_once(
             )
         ).all()
     assert list(actions) == ["tenant.provision_key"]
+
+
+async def test_rotate_tenant_key_from_the_cli(run_cli: RunCli) -> None:
+    tenant_id = _ok(await run_cli("create-tenant", "Rotating", "--json"))["id"]
+    report = _ok(await run_cli("rotate-tenant-key", "--tenant", tenant_id, "--json"))
+    assert report == {
+        "tenant_id": tenant_id,
+        "kms_key_arn": f"tenant-{tenant_id}",
+        "key_version": 2,
+        "rewrapped": 0,
+    }
+
+
+async def test_a_tenant_created_without_a_key_has_none_until_it_is_provisioned(
+    run_cli: RunCli, key_manager: OpenBaoTransitKeyManager
+) -> None:
+    """--without-key (no KMS configured yet) records no key; provision-tenant-key adds one."""
+    created = _ok(await run_cli("create-tenant", "Keyless Clinic", "--without-key", "--json"))
+    assert created["kms_key_arn"] is None
+    keyed = _ok(await run_cli("provision-tenant-key", "--tenant", created["id"], "--json"))
+    context = EncryptionContext(uuid.UUID(created["id"]), uuid.uuid4())
+    data_key = await key_manager.generate_data_key(keyed["kms_key_arn"], context)
+    assert await key_manager.unwrap(keyed["kms_key_arn"], data_key.wrapped, context) == (
+        data_key.plaintext
+    )

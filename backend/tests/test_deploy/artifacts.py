@@ -56,6 +56,11 @@ NOT_APP_SETTINGS: dict[str, OutsideReader] = {
 
 # Settings the one-click Railway template deliberately leaves out, with the reason.
 TEMPLATE_OMITS: dict[str, str] = {
+    "EMBEDDED_DB_REPLICA": "development only: production refuses the embedded server, so its "
+    "embedded replica never starts; real replicas are DATABASE_REPLICA_URLS",
+    "VECTOR_INDEX_INTERVAL_SECONDS": "paces only `make run`'s background maintenance and the "
+    "compose `vector-indexes` service: on Railway the `vector-indexes` cron service runs it on "
+    "its cronSchedule (railway.vector-indexes.json)",
     "EMBEDDED_DB_DIR": "development only: production requires DATABASE_URL, so the embedded "
     "server never starts and its data directory is never read",
     "DEV_ISSUER_KEY_FILE": "development only: production refuses the dev token issuer, so its "

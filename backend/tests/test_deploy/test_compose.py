@@ -53,9 +53,21 @@ def test_api_waits_for_healthy_db_and_completed_migrations() -> None:
         assert (REPO_ROOT / service["build"]["context"] / "Dockerfile").is_file()
 
 
+def test_vector_indexes_service_keeps_the_per_tenant_indexes_in_line_on_its_own() -> None:
+    service = _compose()["services"]["vector-indexes"]
+    assert service["command"][:4] == ["python", "-m", "app", "vector-indexes"]
+    assert service["command"][4:] == ["--every", "${VECTOR_INDEX_INTERVAL_SECONDS:-900}"]
+    assert service["depends_on"] == {
+        "db": {"condition": "service_healthy"},
+        "migrate": {"condition": "service_completed_successfully"},
+    }
+    assert service["restart"] == "unless-stopped"
+    assert service["build"]["context"] == "./backend"
+
+
 def test_api_env_names_are_settings_the_app_reads() -> None:
     services = _compose()["services"]
-    for name in ("migrate", "api"):
+    for name in ("migrate", "api", "vector-indexes"):
         service = services[name]
         assert service["env_file"] == ".env"
         assert set(service["environment"]) <= setting_names()

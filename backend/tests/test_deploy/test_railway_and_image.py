@@ -103,3 +103,19 @@ def test_production_lock_has_runtime_dependencies_only() -> None:
         assert dev_only not in prod
     header = (BACKEND_DIR / "requirements" / "prod.lock").read_text().splitlines()[1]
     assert "--extra" not in header
+
+
+def test_railway_cron_service_runs_the_vector_index_maintenance() -> None:
+    """A second Railway service (railway.vector-indexes.json) runs it every 15 minutes."""
+    config = load_json("railway.vector-indexes.json")
+    assert config["build"] == {
+        **load_json("railway.json")["build"],
+        "watchPatterns": ["/backend/**", "/railway.vector-indexes.json"],
+    }
+    deploy = config["deploy"]
+    assert deploy["startCommand"] == "python -m app vector-indexes"
+    assert deploy["cronSchedule"] == "*/15 * * * *"
+    # A cron service runs to completion; Railway skips a tick while the last run still builds.
+    assert deploy["restartPolicyType"] == "NEVER"
+    assert "preDeployCommand" not in deploy
+    assert "healthcheckPath" not in deploy

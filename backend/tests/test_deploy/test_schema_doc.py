@@ -14,6 +14,9 @@ from tests.conftest import MigratedDatabase
 from tests.test_deploy.artifacts import DOCS_DIR
 
 SCHEMA_DOC = (DOCS_DIR / "DATABASE_SCHEMA.md").read_text()
+# procrastinate's queue (tables, types, functions, triggers) is the library's own schema,
+# documented as a whole (DATABASE_SCHEMA.md, "The job queue"), not object by object.
+QUEUE_PREFIX = "procrastinate"
 ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
 
@@ -31,7 +34,7 @@ def _table_section(table: str) -> str:
 @pytest.fixture(scope="module")
 def tables(migrated_db: MigratedDatabase) -> list[str]:
     rows = _catalog(migrated_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    return sorted(row[0] for row in rows)
+    return sorted(row[0] for row in rows if not row[0].startswith(QUEUE_PREFIX))
 
 
 def test_every_table_and_column_is_documented(
@@ -44,6 +47,8 @@ def test_every_table_and_column_is_documented(
         " WHERE table_schema = 'public'",
     )
     for table, column in columns:
+        if table.startswith(QUEUE_PREFIX):
+            continue
         section = _table_section(table)
         assert f"`{column}`" in section, f"{table}.{column} is not documented"
 
@@ -56,15 +61,23 @@ def test_every_constraint_index_trigger_and_function_is_documented(
         """
         SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
             WHERE n.nspname = 'public' AND c.contype <> 'n'  -- NOT NULL: the Null column
+            AND c.conrelid::regclass::text NOT LIKE 'procrastinate%'
         UNION SELECT indexname FROM pg_indexes WHERE schemaname = 'public'
+            AND tablename NOT LIKE 'procrastinate%'
         UNION SELECT tgname FROM pg_trigger WHERE NOT tgisinternal
+            AND tgrelid::regclass::text NOT LIKE 'procrastinate%'
         UNION SELECT p.proname || '()' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
             WHERE n.nspname = 'public' AND NOT EXISTS (
                 SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
         """,
     )
-    missing = sorted(name for (name,) in names if f"`{name}`" not in SCHEMA_DOC)
+    missing = sorted(
+        name
+        for (name,) in names
+        if f"`{name}`" not in SCHEMA_DOC and not name.lstrip("_").startswith(QUEUE_PREFIX)
+    )
     assert missing == []
+    assert f"`{QUEUE_PREFIX}_jobs`" in SCHEMA_DOC
 
 
 def test_foreign_keys_are_documented_with_their_on_delete(migrated_db: MigratedDatabase) -> None:
@@ -75,6 +88,8 @@ def test_foreign_keys_are_documented_with_their_on_delete(migrated_db: MigratedD
     )
     assert len(foreign_keys) >= 5
     for name, on_delete in foreign_keys:
+        if name.startswith(QUEUE_PREFIX):
+            continue
         row = next((line for line in SCHEMA_DOC.splitlines() if line.startswith(f"| `{name}`")), "")
         assert row.rstrip(" |").endswith(ON_DELETE[on_delete]), f"{name}: ON DELETE {on_delete}"
 

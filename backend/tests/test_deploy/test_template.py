@@ -100,3 +100,14 @@ def test_instructions_cover_deploy_and_hipaa() -> None:
     hipaa = " ".join(instructions["hipaa"])
     for topic in ("Business Associate Agreement", "backups", "private", "APP_RUNTIME_PASSWORD"):
         assert topic in hipaa, topic
+
+
+def test_vector_indexes_cron_service_is_the_backend_image_with_its_variables() -> None:
+    cron, backend = template_service("vector-indexes"), template_service("backend")
+    config = load_json(cron["source"]["configFile"].lstrip("/"))
+    assert cron["source"] == {**backend["source"], "configFile": "/railway.vector-indexes.json"}
+    assert cron["deploy"]["startCommand"] == config["deploy"]["startCommand"]
+    assert cron["deploy"]["cronSchedule"] == config["deploy"]["cronSchedule"]
+    assert set(cron["variables"]) == set(backend["variables"])
+    for name, variable in cron["variables"].items():
+        assert variable["value"] == "${{backend." + name + "}}"

@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
+from app.database import citus
 from tests.conftest import MigratedDatabase
 
 BACKEND = Path(__file__).resolve().parents[2]
@@ -94,6 +95,8 @@ def test_the_template_applies_isolates_and_rolls_back(superuser: Connection) -> 
     assert [(list(p.roles), p.qual is not None, p.with_check is not None) for p in policies] == [
         (["app_runtime"], True, True)
     ]
+    # Keys Citus accepts (docs/SCALING.md): the template's table breaks none of its rules.
+    assert citus.rule_violations(superuser) == []
 
     tenant_a, tenant_b = (
         superuser.execute(

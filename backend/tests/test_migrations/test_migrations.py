@@ -14,12 +14,12 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import URL
 
 from app.database import migrations
-from app.database.base import Base
+from app.database.base import Base, is_outside_the_model
 from app.models import SYSTEM_TENANT_ID, AuditLog, Document, Tenant, User  # noqa: F401
 from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
-APP_TABLES = {"tenants", "users", "documents", "audit_logs"}
+APP_TABLES = {"tenants", "users", "documents", "audit_logs", "idempotency_keys", "document_chunks"}
 APP_FUNCTIONS = {
     "set_updated_at",
     "prevent_audit_log_modification",
@@ -27,6 +27,7 @@ APP_FUNCTIONS = {
     "audit_log_row_hash",
     "guard_audit_log_tenant",
     "chain_audit_log",
+    "audit_log_user_of_tenant",
     "notify_caller_change",
     "caller_changes_sync",
 }
@@ -73,8 +74,9 @@ def _assert_at_head(url: URL, inspect_as: URL) -> None:
     assert facts["tables"] >= APP_TABLES
     assert facts["functions"] == APP_FUNCTIONS
     assert facts["system"] == ("System", "active")
-    # 5 app_runtime policies on the 4 tenant tables (2 on audit_logs) + audit_chain_heads. owner one
-    assert facts["policies"] == (6,)
+    # 5 app_runtime policies on the 4 original tenant tables (2 on audit_logs), audit_chain_heads'
+    # owner one, idempotency_keys' runtime one, document_chunks' isolation one (runtime and owner).
+    assert facts["policies"] == (8,)
     # The shared HNSW index is gone (8b61c0d4e2f5): each large tenant gets its own, built by
     # the maintenance command, not by migrations (docs/VECTOR_SEARCH.md).
     assert facts["hnsw"] is None
@@ -136,7 +138,7 @@ def test_upgrade_downgrade_upgrade_as_least_privilege_login(
 def _include(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
-    return not (type_ == "table" and name == "alembic_version")
+    return not is_outside_the_model(obj, name, type_)
 
 
 def _differences(connection: Connection) -> list[Any]:
@@ -181,10 +183,12 @@ _CATALOG = {
                col_description(format('%I', c.table_name)::regclass, c.ordinal_position::int)
         FROM information_schema.columns c
         WHERE c.table_schema = 'public' AND c.table_name <> 'alembic_version'
+          AND c.table_name NOT LIKE 'procrastinate\\_%'
     """,
     "indexes": """
         SELECT tablename, indexname, indexdef FROM pg_indexes
         WHERE schemaname = 'public' AND tablename <> 'alembic_version'
+          AND tablename NOT LIKE 'procrastinate\\_%'
     """,
     "constraints": """
         SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid)
@@ -193,11 +197,12 @@ _CATALOG = {
           AND conrelid::regclass::text <> 'alembic_version'
           -- Constraint triggers (contype t) are triggers, migration-only like every trigger.
           AND contype <> 't'
+          AND conrelid::regclass::text NOT LIKE 'procrastinate\\_%'
     """,
     "tables": """
         SELECT relname, obj_description(oid, 'pg_class') FROM pg_class
         WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'
-          AND relname <> 'alembic_version'
+          AND relname <> 'alembic_version' AND relname NOT LIKE 'procrastinate\\_%'
     """,
 }
 

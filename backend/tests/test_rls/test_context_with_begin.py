@@ -1,7 +1,7 @@
 """The tenant context rides with BEGIN in a transaction's first round trip (`enter_tenant`).
 
-`tenant_transaction` opens its transaction with one simple query, `BEGIN; SELECT
-set_config(...)`, on a connection it has put in autocommit mode for that checkout. These tests
+`tenant_transaction` opens its transaction with one simple query, `SELECT set_config(...);
+BEGIN`, on a connection it has put in autocommit mode for that checkout. These tests
 run the query shapes the app sends (joins, ordered pages, aggregates, RLS alone) as the first
 statement after it, on fresh transactions, more than five times each so psycopg's prepared
 statements are exercised too, and check each sees exactly its tenant's rows, that the context
@@ -19,7 +19,7 @@ from sqlalchemy import Select, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import tenant_transaction
-from app.database.tenant_context import begin_in_tenant_sql
+from app.database.tenant_context import opening_sql
 from app.models import AuditLog, Document, Tenant, User
 from testkit.factories import ProvisionedTenant, provision_tenant
 
@@ -159,4 +159,4 @@ async def test_a_rollback_undoes_the_transactions_writes_and_autocommit_is_resto
 
 def test_only_a_uuid_is_accepted() -> None:
     with pytest.raises(TypeError, match=r"tenant_id must be a uuid\.UUID"):
-        begin_in_tenant_sql("' OR true --")  # type: ignore[arg-type]
+        opening_sql("' OR true --")  # type: ignore[arg-type]

@@ -26,6 +26,8 @@ TENANT_TABLES = {
     "public.users",
     "public.documents",
     "public.audit_logs",
+    "public.idempotency_keys",
+    "public.document_chunks",
     # No runtime privilege at all; its one policy is bound to the owner (test_policy_coverage).
     "public.audit_chain_heads",
 }

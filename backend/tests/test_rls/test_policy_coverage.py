@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from app.database.base import Base
-from app.models import AuditLog, Document, Tenant, User  # noqa: F401  (register the tables)
+from app.models import AuditLog, Document, DocumentChunk, Tenant, User  # noqa: F401  (register the tables)
 from testkit import database_harness as harness
 from tests.conftest import MigratedDatabase
 
@@ -144,6 +144,7 @@ def test_runtime_commands_per_table_are_exactly_the_intended_ones(
         "documents": {"SELECT", "INSERT", "UPDATE"},
         "audit_logs": {"SELECT", "INSERT"},
         "audit_chain_heads": set(),
+        "document_chunks": {"SELECT", "INSERT", "UPDATE"},
     }
     with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
         granted = {
@@ -167,3 +168,33 @@ def test_runtime_commands_per_table_are_exactly_the_intended_ones(
         ).fetchall()
     assert granted == expected
     assert updatable_tenant_column == []  # keys and ownership are never rewritten by requests
+
+
+def test_only_the_provisioning_role_hard_deletes_and_only_what_erasure_needs(
+    migrated_db: MigratedDatabase,
+) -> None:
+    """Offboarding and the retention purge erase users and documents (with their chunks) as
+    app_admin, and the expiry purge removes Idempotency-Key records; nothing else is ever
+    deleted (the audit log and its heads are append-only, tenants stay as tombstones), and
+    app_runtime deletes nothing at all (a re-ingest replaces chunks through a function)."""
+    with psycopg.connect(harness.libpq(migrated_db.superuser_url)) as conn:
+        deletable = {
+            role: {
+                table
+                for table in (*_tenant_tables(), "alembic_version")
+                for privilege in ("DELETE", "TRUNCATE")
+                if conn.execute(
+                    "SELECT has_table_privilege(%s, %s, %s)", (role, table, privilege)
+                ).fetchone()
+                == (True,)
+            }
+            for role in ("app_runtime", "app_admin")
+        }
+        truncatable_by_admin = conn.execute(
+            "SELECT has_table_privilege('app_admin', 'documents', 'TRUNCATE')"
+        ).fetchone()
+    assert deletable == {
+        "app_runtime": set(),
+        "app_admin": {"users", "documents", "document_chunks", "idempotency_keys"},
+    }
+    assert truncatable_by_admin == (False,)

@@ -24,7 +24,14 @@ from testkit.database_harness import sqlstate
 from testkit.factories import provision_tenant
 from tests.conftest import MigratedDatabase
 
-TENANT_TABLES = ("tenants", "users", "documents", "audit_logs", "audit_chain_heads")
+TENANT_TABLES = (
+    "tenants",
+    "users",
+    "documents",
+    "audit_logs",
+    "idempotency_keys",
+    "audit_chain_heads",
+)
 INSUFFICIENT_PRIVILEGE = "42501"
 
 

@@ -46,9 +46,34 @@ ALLOWED_INTERPOLATIONS: dict[tuple[str, str], str] = {
     "(base64, '$' and ':' only, never a quote). ALTER ROLE takes no bind parameters.",
     (
         "app/services/vector_indexes.py",
-        "create_index_sql(plan.tenant_id)",
+        "create_index_sql(plan.tenant_id, plan.table)",
     ): "DDL takes no bind parameters; the statement is fixed text plus a uuid.UUID's hex and "
-    "canonical text forms (hex digits and dashes), from the catalog's own counts.",
+    "canonical text forms (hex digits and dashes), from the catalog's own counts, and the "
+    "names of one of the module's two constant IndexedTable specs (documents, chunks).",
+    (
+        "app/services/vector_indexes.py",
+        'f"SELECT tenant_id, count(*) FROM {table.table} WHERE {table.searchable}"  # noqa: S608\n'
+        '        " GROUP BY tenant_id"',
+    ): "table is one of the module's constant IndexedTable specs (documents, chunks): fixed "
+    "table, column and predicate text, never input.",
+    (
+        "app/services/vector_indexes.py",
+        'f"SELECT {table.column} FROM {table.table} WHERE tenant_id = :tenant"  # noqa: S608\n'
+        '        f" AND {table.searchable} ORDER BY random() LIMIT :probes"',
+    ): "table is a constant IndexedTable spec; the tenant and the count are bound.",
+    (
+        "app/services/vector_indexes.py",
+        'f"SELECT id FROM (SELECT id, {table.column} <=> CAST(:query AS vector) AS distance"'
+        "  # noqa: S608\n"
+        '        f" FROM {table.table} WHERE tenant_id = :tenant AND {table.searchable}'
+        ' OFFSET 0)"\n'
+        '        " AS scored ORDER BY distance, id LIMIT 10"',
+    ): "table is a constant IndexedTable spec; the query vector and the tenant are bound.",
+    (
+        "app/services/vector_indexes.py",
+        "table.search_sql",
+    ): "search_sql is a constant of the IndexedTable spec (the search function's call with bound "
+    "parameters).",
     (
         "app/services/vector_indexes.py",
         "drop_index_sql(plan.index_name)",
@@ -58,6 +83,22 @@ ALLOWED_INTERPOLATIONS: dict[tuple[str, str], str] = {
         "alembic/env.py",
         "f\"SET lock_timeout = '{LOCK_TIMEOUT}'\"",
     ): "LOCK_TIMEOUT is a module constant; the migration connection is never pooled for requests.",
+    (
+        "app/database/engine.py",
+        "settings_sql",
+    ): "Built once per engine by set_locally_calls from session_settings: setting names and "
+    "values from the Settings object (validated ints, constants), each quoted with '' doubling.",
+    (
+        "app/database/tenant_context.py",
+        "opening",
+    ): "opening_sql's text: a simple query takes no bind parameters; the tenant id is a "
+    "uuid.UUID checked by type (hex digits and dashes), the settings are the engine's own, "
+    "built once by set_locally_calls from the Settings object with '' doubling.",
+    (
+        "app/services/audit_integrity.py",
+        "_ROWS_SQL.format(where=where)",
+    ): "Built once at import from module constants: the WHERE clause is '' or a fixed "
+    "'WHERE tenant_id = :tenant_id' (the tenant itself is a bind parameter).",
 }
 
 

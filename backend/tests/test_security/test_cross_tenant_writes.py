@@ -187,9 +187,11 @@ async def test_insert_on_conflict_do_update_aimed_at_other_tenants_id_refused_wi
         "INSERT INTO documents (id, tenant_id, user_id, s3_key, s3_bucket, filename,"
         f" content_type, size_bytes) VALUES (:id, :tenant_id, :user_id, {_DOCUMENT_VALUES})"
     )
+    # The conflict target is the table's key, (tenant_id, id) (Citus's rule, docs/SCALING.md).
     attempts = (
-        f"{insert} ON CONFLICT (id) DO UPDATE SET filename = 'hijacked.pdf' RETURNING id",
-        f"{insert} ON CONFLICT (id) DO NOTHING RETURNING id",
+        f"{insert} ON CONFLICT (tenant_id, id) DO UPDATE SET filename = 'hijacked.pdf'"
+        " RETURNING id",
+        f"{insert} ON CONFLICT (tenant_id, id) DO NOTHING RETURNING id",
         f"{insert} RETURNING id",
     )
     own = {"tenant_id": tenants.a.tenant_id, "user_id": tenants.a.user_id}

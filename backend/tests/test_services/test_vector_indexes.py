@@ -12,7 +12,10 @@ import psycopg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.cli.vector_indexes import start_background_maintenance
+from app.core.config import Settings
 from app.database import vector_search as vector_search_service
+from app.database.engine import targets_for
 from app.database.session import admin_transaction, tenant_transaction
 from app.models import Document
 from app.services import vector_indexes as vector_indexes_service
@@ -230,3 +233,110 @@ async def test_a_build_whose_probe_misses_is_dropped_and_the_tenant_stays_exact(
     assert mine.probe_recall is not None
     assert mine.probe_recall >= 0.99
     assert (await search(runtime_sessions, tenant, query))[1] == {"hnsw"}
+
+
+async def test_make_run_builds_a_new_large_tenants_index_without_anyone_running_the_command(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    migrated_db: MigratedDatabase,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop `make run` starts (VECTOR_INDEX_INTERVAL_SECONDS) indexes a tenant that grew."""
+    monkeypatch.setattr(vector_search_service, "EXACT_SCAN_MIN_ROWS", THRESHOLD // 2)
+    vectors = unit_vectors(THRESHOLD + 20)
+    tenant = await make_tenant_with_vectors(admin_sessions, vectors)
+    name = vector_indexes_service.index_name(tenant)
+    off = settings.model_copy(update={"VECTOR_INDEX_INTERVAL_SECONDS": 0})
+    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+    assert start_background_maintenance(off, targets) is None
+    scheduled = settings.model_copy(
+        update={"VECTOR_INDEX_MIN_ROWS": THRESHOLD, "VECTOR_INDEX_INTERVAL_SECONDS": 1}
+    )
+    maintenance = start_background_maintenance(scheduled, targets)
+    assert maintenance is not None
+    try:
+        valid = False
+        for _ in range(600):  # up to 60 s on a loaded machine
+            async with await psycopg.AsyncConnection.connect(
+                harness.libpq(migrated_db.superuser_url), autocommit=True
+            ) as conn:
+                row = await (
+                    await conn.execute(
+                        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c"
+                        " ON c.oid = i.indexrelid WHERE c.relname = %s",
+                        (name,),
+                    )
+                ).fetchone()
+            valid = bool(row and row[0])
+            if valid:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        maintenance.stop(timeout=120)
+    assert valid, "the background maintenance never built the tenant's index"
+    assert not maintenance.thread.is_alive()
+    ids, stored = await tenant_ids_and_vectors(admin_sessions, tenant)
+    found, strategies = await search(runtime_sessions, tenant, vectors[0])
+    assert strategies == {"hnsw"}
+    assert found == exact_top(stored, ids, vectors[0], 10)
+
+
+async def test_a_small_tenants_exact_scan_reads_its_rows_through_the_tenant_index(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    maintain_vector_indexes: Any,
+    migrated_db: MigratedDatabase,
+) -> None:
+    """The function's static statements use generic plans (planned once per session, however
+    many per-tenant indexes exist): the exact scan still reads only the tenant's own rows,
+    through idx_documents_tenant_embedded, and never another tenant's index."""
+    small = await make_tenant_with_vectors(admin_sessions, unit_vectors(5))
+    large = await make_tenant_with_vectors(admin_sessions, unit_vectors(THRESHOLD + 20))
+    await maintain_vector_indexes(THRESHOLD)
+    bulk = await make_tenant_with_vectors(admin_sessions, unit_vectors(1))
+    query = "[" + ",".join(map(repr, unit_vectors(1)[0].tolist())) + "]"
+    plans: list[str] = []
+    async with await psycopg.AsyncConnection.connect(
+        harness.libpq(migrated_db.superuser_url), autocommit=True
+    ) as conn:
+        # A table of realistic size (a seq scan is the right plan for a few dozen rows): 3,000
+        # more rows of another tenant, not indexed.
+        await conn.execute(
+            "INSERT INTO documents (tenant_id, user_id, s3_key, s3_bucket, filename,"
+            " content_type, size_bytes, embedding_vector) SELECT tenant_id, user_id,"
+            " s3_key || n, s3_bucket, filename, content_type, size_bytes, embedding_vector"
+            " FROM documents, generate_series(1, 3000) AS n WHERE tenant_id = %s",
+            (bulk,),
+        )
+        await conn.execute("ANALYZE documents")  # the plan as on a server whose stats are current
+        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        await conn.execute("LOAD 'auto_explain'")
+        await conn.execute(
+            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements"
+            " = on; SET auto_explain.log_level = notice; SET role = app_runtime"
+        )
+        for _ in range(7):  # past PostgreSQL's 5 custom plans, were the mode left on auto
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('app.current_tenant_id', %s, true)", (str(small),)
+                )
+                rows = await conn.execute(
+                    "SELECT strategy FROM search_documents(%s::vector, 10, NULL, NULL, NULL,"
+                    " %s, %s, 100, 20000)",
+                    (query, THRESHOLD // 2, vector_search_service.HNSW_MIN_SHARE),
+                )
+                assert {row[0] for row in await rows.fetchall()} == {"exact"}
+        # Out of later tests' way (not searchable: no index gets built for it).
+        await conn.execute("RESET role")
+        await conn.execute("UPDATE documents SET deleted_at = now() WHERE tenant_id = %s", (bulk,))
+    scans = [plan for plan in plans if "<=>" in plan and "OFFSET 0" in plan]
+    assert len(scans) == 7, plans
+    for plan in scans:
+        # An index or bitmap scan of the tenant index: only the tenant's rows are read.
+        assert "Scan on idx_documents_tenant_embedded" in plan or (
+            "Index Scan using idx_documents_tenant_embedded" in plan
+        )
+        assert "Seq Scan" not in plan
+        assert "(tenant_id = $" in plan  # a generic plan: the tenant id is a parameter
+    assert vector_indexes_service.INDEX_PREFIX not in "".join(scans)
+    assert vector_indexes_service.index_name(large) not in "".join(plans)

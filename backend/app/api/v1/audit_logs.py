@@ -8,7 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import AdminActor, CurrentActor, TenantSession
+from app.api.deps import AdminActor, CurrentActor, TenantSession, read_only
+from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS
 from app.schemas import audit_log as schemas
@@ -17,7 +18,9 @@ from app.schemas.common import Text
 from app.services import audit_integrity as audit_integrity_service
 from app.services import audit_logs as audit_logs_service
 
-router = APIRouter(prefix="/audit-logs", tags=["audit log"], responses=API_ERRORS)
+router = APIRouter(
+    route_class=IdempotentRoute, prefix="/audit-logs", tags=["audit log"], responses=API_ERRORS
+)
 
 
 @router.get(
@@ -25,6 +28,7 @@ router = APIRouter(prefix="/audit-logs", tags=["audit log"], responses=API_ERROR
     response_model=AuditChainVerification,
     summary="Verify the tenant's audit hash chain (admins)",
 )
+@read_only()
 async def verify_audit_logs(session: TenantSession, actor: AdminActor) -> AuditChainVerification:
     """Recompute the tenant's chain: `ok` with the count and head hash, or the first broken link.
 
@@ -39,6 +43,7 @@ async def verify_audit_logs(session: TenantSession, actor: AdminActor) -> AuditC
     response_model=schemas.AuditLogPage,
     summary="Read the audit log, newest first (members: their own actions only)",
 )
+@read_only()
 async def list_audit_logs(
     session: TenantSession,
     actor: CurrentActor,

@@ -19,7 +19,9 @@ from app.api.deps import (
     Sessions,
     StreamingActor,
     TenantSession,
+    read_only,
 )
+from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, metadata_filter
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
@@ -27,7 +29,9 @@ from app.schemas.common import FILTER_LIMITS_TEXT, FILTER_MAX_BYTES, Text
 from app.services import document_content as document_content_service
 from app.services import documents as documents_service
 
-router = APIRouter(prefix="/documents", tags=["documents"], responses=API_ERRORS)
+router = APIRouter(
+    route_class=IdempotentRoute, prefix="/documents", tags=["documents"], responses=API_ERRORS
+)
 
 _NOT_FOUND: Responses = {
     404: error_response("No such document in your tenant (the same for other tenants' ids).")
@@ -58,6 +62,7 @@ async def create_document(
     responses=_ADMINS_FOR_DELETED,
     summary="List documents, newest first",
 )
+@read_only()
 async def list_documents(
     session: TenantSession,
     actor: CurrentActor,
@@ -95,10 +100,27 @@ async def list_documents(
 @router.post(
     "/search", response_model=schemas.SearchResults, summary="Nearest documents to an embedding"
 )
+@read_only()
 async def search_documents(
-    body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor
+    body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor, request: Request
 ) -> schemas.SearchResults:
-    """The tenant's `k` nearest active documents by cosine distance, nearest first."""
+    """The tenant's `k` nearest active documents by cosine distance, nearest first: to an
+    `embedding`, or to a text `query` (ranked by each document's best chunk, with its text)."""
+    if body.query is not None:
+        found = await documents_service.search_documents_by_text(
+            session,
+            actor,
+            request.app.state.content,
+            await request.app.state.embedder.get(),
+            body.query,
+            body.k,
+        )
+        return schemas.SearchResults(
+            items=[
+                schemas.SearchHit(document=_out(h.document), distance=h.distance, snippet=h.snippet)
+                for h in found
+            ]
+        )
     hits = await documents_service.search_documents(session, actor, body)
     return schemas.SearchResults(
         items=[schemas.SearchHit(document=_out(h.document), distance=h.distance) for h in hits]
@@ -111,6 +133,7 @@ async def search_documents(
     responses={**_NOT_FOUND, **_ADMINS_FOR_DELETED},
     summary="Get one document",
 )
+@read_only(unless=lambda settings: settings.AUDIT_DOCUMENT_READS)
 async def get_document(
     document_id: uuid.UUID,
     session: TenantSession,
@@ -243,8 +266,7 @@ async def upload_content(
         declared_type=content_type,
         declared_length=content_length,
         max_bytes=settings.MAX_DOCUMENT_CONTENT_BYTES,
-        store=await content.object_store(),
-        keys=await content.key_manager(),
+        content=content,
     )
     return _out(document)
 
@@ -287,8 +309,9 @@ async def download_content(
 ) -> Response:
     """The document's bytes, decrypted with its data key and verified segment by segment.
     Every download is audited (`document.content_download`) in the same transaction as the
-    lookup, committed before the first byte is sent. Should the stored content fail its
-    integrity check after the first bytes, the response is cut short (never wrong bytes)."""
+    lookup, committed before the first byte is sent (a 304 sends no content and is not).
+    Should the stored content fail its integrity check after the first bytes, the response is
+    cut short (never wrong bytes)."""
     document = await document_content_service.get_document_with_content(session, actor, document_id)
     etag = f'"{document.content_sha256}"'
     if if_none_match is not None and _etag_matches(if_none_match, etag):

@@ -7,13 +7,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import AdminActor, CurrentActor, TenantSession
+from app.api.deps import AdminActor, CurrentActor, TenantSession, read_only
+from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import user as schemas
 from app.services import users as users_service
 
-router = APIRouter(prefix="/users", tags=["users"], responses=API_ERRORS)
+router = APIRouter(
+    route_class=IdempotentRoute, prefix="/users", tags=["users"], responses=API_ERRORS
+)
 _NOT_FOUND: Responses = {
     404: error_response("No such user in your tenant (the same for other tenants' ids).")
 }
@@ -25,6 +28,7 @@ _ADMIN: Responses = {
 @router.get(
     "", response_model=schemas.UserPage, responses=_ADMIN, summary="List the tenant's users"
 )
+@read_only()
 async def list_users(
     session: TenantSession,
     actor: CurrentActor,
@@ -46,6 +50,7 @@ async def list_users(
     responses={**_NOT_FOUND, **_ADMIN},
     summary="Get one user",
 )
+@read_only()
 async def get_user(
     user_id: uuid.UUID,
     session: TenantSession,

@@ -15,8 +15,8 @@ its sign-in stamps (`last_login_at`, `updated_at`, written at most once a minute
 the request path itself) notifies, so a new column that affects access needs no change here.
 
 Revision ID: 3c9e1f5a7b20
-Revises: 3f9c2a7d5e14
-Create Date: 2026-11-30 17:20:00
+Revises: d4a8c3e1f927
+Create Date: 2026-11-30 19:15:00
 """
 
 from collections.abc import Sequence
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "3c9e1f5a7b20"
-down_revision: str | None = "3f9c2a7d5e14"
+down_revision: str | None = "d4a8c3e1f927"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

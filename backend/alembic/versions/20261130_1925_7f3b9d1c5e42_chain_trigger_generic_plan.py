@@ -11,7 +11,7 @@ already pins search_path, so no extra save/restore). Measured in docs/AUDIT_INTE
 
 Revision ID: 7f3b9d1c5e42
 Revises: e4a7c2d9b815
-Create Date: 2026-11-30 17:30:00
+Create Date: 2026-11-30 19:25:00
 """
 
 from collections.abc import Sequence

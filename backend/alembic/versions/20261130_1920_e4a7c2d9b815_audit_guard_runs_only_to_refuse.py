@@ -12,7 +12,7 @@ context naming another tenant than the row's.
 
 Revision ID: e4a7c2d9b815
 Revises: 3c9e1f5a7b20
-Create Date: 2026-11-30 17:25:00
+Create Date: 2026-11-30 19:20:00
 """
 
 from collections.abc import Sequence
