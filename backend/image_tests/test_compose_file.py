@@ -54,7 +54,15 @@ class ComposeProject:
         return "\n".join(
             f"--- {service}\n"
             + pm.run(["podman", "logs", self.container(service)], check=False).stderr
-            for service in ("db", "migrate", "api")
+            for service in (
+                "db",
+                "seaweedfs",
+                "openbao",
+                "openbao-init",
+                "migrate",
+                "api",
+                "worker",
+            )
         )
 
 
@@ -98,5 +106,9 @@ def test_podman_compose_up_serves_ready(project: ComposeProject) -> None:
             pass
         assert time.monotonic() < deadline, "api never ready\n" + project.logs()
         time.sleep(1)
-    assert set(response.json()["checks"].values()) == {"ok"}
+    checks = response.json()["checks"]
+    assert set(checks.values()) == {"ok"}, checks
+    assert {"object_storage", "kms"} <= set(checks), checks
     assert pm.podman("exec", project.container("api"), "id", "-u").strip() == "10001"
+    worker = project.container("worker")
+    assert pm.podman("inspect", "--format", "{{.State.Status}}", worker).strip() == "running"

@@ -59,6 +59,7 @@ async def open_object_store(settings: Settings) -> S3ObjectStore:
                 endpoint_url=settings.S3_ENDPOINT_URL,
                 access_key_id=_secret(settings.S3_ACCESS_KEY_ID),
                 secret_access_key=_secret(settings.S3_SECRET_ACCESS_KEY),
+                ca_bundle=None if settings.S3_CA_BUNDLE is None else str(settings.S3_CA_BUNDLE),
             )
         )
     from app.content.embedded_seaweedfs import start_seaweedfs
@@ -93,7 +94,9 @@ async def open_key_manager(settings: Settings) -> OpenBaoTransitKeyManager | Aws
         )
     if settings.OPENBAO_ADDR is not None:
         return OpenBaoTransitKeyManager(
-            settings.OPENBAO_ADDR, _secret(settings.OPENBAO_TOKEN) or ""
+            settings.OPENBAO_ADDR,
+            _secret(settings.OPENBAO_TOKEN) or "",
+            ca_cert=settings.OPENBAO_CA_CERT,
         )
     from app.content.embedded_openbao import start_openbao
 

@@ -97,6 +97,7 @@ class S3Location:
     endpoint_url: str | None = None  # None: AWS's own endpoint for the region
     access_key_id: str | None = None  # None: the AWS default chain (env, instance role, ...)
     secret_access_key: str | None = None
+    ca_bundle: str | None = None  # None: the system's trusted certificates
     max_attempts: int = 3  # botocore's standard retry mode, with backoff
 
 
@@ -152,6 +153,7 @@ class S3ObjectStore:
                 endpoint_url=location.endpoint_url,
                 aws_access_key_id=location.access_key_id,
                 aws_secret_access_key=location.secret_access_key,
+                verify=location.ca_bundle,
                 config=config,
             )
         )

@@ -9,6 +9,8 @@ Spoken to over its HTTP API (https://openbao.org/api-docs/secret/transit/) with 
 from __future__ import annotations
 
 import base64
+import ssl
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -56,12 +58,28 @@ class OpenBaoTransitKeyManager:
     """Per-tenant keys in one OpenBao transit mount."""
 
     def __init__(
-        self, address: str, token: str, *, mount: str = "transit", timeout: float = 5.0
+        self,
+        address: str,
+        token: str,
+        *,
+        mount: str = "transit",
+        timeout: float = 5.0,
+        ca_cert: Path | None = None,
     ) -> None:
+        # ca_cert: trust only this PEM for https (a self-hosted OpenBao's own certificate).
+        verify: ssl.SSLContext | bool = True
+        if ca_cert is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_cert))
+            except OSError as exc:
+                raise KeyManagerUnavailableError(
+                    f"OPENBAO_CA_CERT {ca_cert} unreadable: {exc.strerror or exc}"
+                ) from exc
         self._client = httpx.AsyncClient(
             base_url=f"{address.rstrip('/')}/v1/",
             headers={"X-Vault-Token": token},
             timeout=timeout,
+            verify=verify,
         )
         self._mount = mount
 

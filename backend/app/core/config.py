@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     S3_REGION: str | None = None
     S3_ACCESS_KEY_ID: SecretStr | None = None
     S3_SECRET_ACCESS_KEY: SecretStr | None = None
+    # A PEM file of the certificates trusted for S3_ENDPOINT_URL's https, instead of the system's
+    # (a self-hosted S3 with its own CA: docker compose's SeaweedFS). Unset: the system's.
+    S3_CA_BUNDLE: Path | None = None
     EMBEDDED_S3_DIR: Path = BACKEND_DIR / ".data" / "seaweedfs"
     # Largest document content accepted by PUT /documents/{id}/content (413 above it). That
     # route streams its body (memory stays flat), so MAX_REQUEST_BODY_BYTES does not apply.
@@ -209,6 +212,8 @@ class Settings(BaseSettings):
     KMS_PROVIDER: KmsProvider = KmsProvider.OPENBAO
     OPENBAO_ADDR: str | None = None
     OPENBAO_TOKEN: SecretStr | None = None
+    # Like S3_CA_BUNDLE, for OPENBAO_ADDR's https (docker compose's OpenBao). Unset: the system's.
+    OPENBAO_CA_CERT: Path | None = None
     EMBEDDED_OPENBAO_DIR: Path = BACKEND_DIR / ".data" / "openbao"
     KMS_KEY_DELETION_WINDOW_DAYS: int = Field(default=30, ge=7, le=30)
 
@@ -223,6 +228,11 @@ class Settings(BaseSettings):
     # unset, no tracer is installed at all.
     OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
     OTEL_SERVICE_NAME: str = Field(default="tenant-docs", min_length=1, max_length=100)
+    # The share of new traces recorded (sampler parentbased_traceidratio, the standard OTel
+    # variable's meaning): 1.0 records every request; below it, an unsampled request's spans
+    # are non-recording (close to free), and a request whose caller sent a sampled
+    # traceparent is recorded whatever the ratio, so cross-service traces stay whole.
+    OTEL_TRACES_SAMPLER_ARG: float = Field(default=1.0, ge=0.0, le=1.0)
     # Put the tenant id on request spans (a UUID, no PHI, but it links traces to a customer).
     OTEL_SPAN_TENANT_ID: bool = False
     # The ingestion pipeline (docs/INGEST.md): extract, chunk, embed in background jobs.
@@ -334,11 +344,22 @@ class Settings(BaseSettings):
         "S3_ENDPOINT_URL",
         "S3_REGION",
         "OPENBAO_ADDR",
+        "AWS_REGION",
+        "S3_CA_BUNDLE",
+        "OPENBAO_CA_CERT",
+        "S3_ACCESS_KEY_ID",
+        "S3_SECRET_ACCESS_KEY",
+        "OPENBAO_TOKEN",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("KMS_PROVIDER", mode="before")
+    @classmethod
+    def _empty_is_the_default_provider(cls, value: Any) -> Any:
+        return KmsProvider.OPENBAO if value == "" else value
 
     @field_validator("OIDC_ISSUER_URL")
     @classmethod
@@ -419,6 +440,34 @@ class Settings(BaseSettings):
             problems.append("S3_ENDPOINT_URL: must be https:// when ENVIRONMENT=production")
         if self.OPENBAO_ADDR is not None and not _is_secure_url(self.OPENBAO_ADDR):
             problems.append("OPENBAO_ADDR: must be https:// when ENVIRONMENT=production")
+        return problems + self._production_content_problems()
+
+    def _production_content_problems(self) -> list[str]:
+        # Document content is PHI: production refuses the embedded SeaweedFS and OpenBao at
+        # start-up, not at the first upload, so a deploy without storage or keys never serves.
+        problems = []
+        if self.S3_BUCKET is None:
+            problems.append(
+                "S3_BUCKET: required when ENVIRONMENT=production"
+                " (the embedded SeaweedFS is refused in production)"
+            )
+        region_reported = self.KMS_PROVIDER is KmsProvider.AWS_KMS and self.AWS_REGION is None
+        if self.s3_region is None and not region_reported:
+            problems.append(
+                "AWS_REGION: required when ENVIRONMENT=production"
+                " (the bucket's region; S3_REGION overrides it for the bucket)"
+            )
+        if self.KMS_PROVIDER is KmsProvider.OPENBAO and self.OPENBAO_ADDR is None:
+            if "KMS_PROVIDER" in self.model_fields_set:
+                problems.append(
+                    "OPENBAO_ADDR: required when KMS_PROVIDER=openbao and ENVIRONMENT=production"
+                    " (the embedded OpenBao is refused; or KMS_PROVIDER=aws-kms with AWS_REGION)"
+                )
+            else:
+                problems.append(
+                    "KMS_PROVIDER: required when ENVIRONMENT=production: aws-kms (with"
+                    " AWS_REGION) or openbao (with OPENBAO_ADDR and OPENBAO_TOKEN)"
+                )
         return problems
 
     @property

@@ -23,6 +23,7 @@ from opentelemetry.metrics import NoOpUpDownCounter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, Status
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -142,7 +143,8 @@ def _process_provider(settings: Settings) -> TracerProvider:
             from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
             _provider = TracerProvider(
-                resource=Resource.create({SERVICE_NAME: settings.OTEL_SERVICE_NAME})
+                resource=Resource.create({SERVICE_NAME: settings.OTEL_SERVICE_NAME}),
+                sampler=ParentBased(TraceIdRatioBased(settings.OTEL_TRACES_SAMPLER_ARG)),
             )
             trace.set_tracer_provider(_provider)
             HTTPXClientInstrumentor().instrument(tracer_provider=_provider)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -97,6 +98,14 @@ async def test_destroying_a_tenant_key_shreds_its_content(
         await key_manager.unwrap(key_ref, sealed.wrapped_key, context)
     # Other tenants are untouched.
     assert await key_manager.unwrap(other_ref, other.wrapped, other_context) == other.plaintext
+
+
+def test_an_unreadable_ca_certificate_makes_the_key_manager_unavailable(
+    embedded_openbao: EmbeddedOpenBao, tmp_path: Path
+) -> None:
+    missing = tmp_path / "openbao.crt"
+    with pytest.raises(KeyManagerUnavailableError, match="OPENBAO_CA_CERT"):
+        OpenBaoTransitKeyManager(embedded_openbao.address, embedded_openbao.token, ca_cert=missing)
 
 
 async def test_an_unreachable_or_refusing_key_manager_is_unavailable(

@@ -121,7 +121,7 @@ def test_every_production_problem_is_reported_at_once_one_line_each(tmp_path: Pa
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert lines[0] == "error: invalid configuration (4 problems):"
+    assert lines[0] == "error: invalid configuration (7 problems):"
     named = [line.strip().split(":", 1)[0] for line in lines[1:]]
     assert sorted(named) == sorted(
         [
@@ -129,6 +129,9 @@ def test_every_production_problem_is_reported_at_once_one_line_each(tmp_path: Pa
             "OIDC_ISSUER_URL",
             "CURSOR_SECRET",
             "ALLOWED_ORIGINS",
+            "S3_BUCKET",
+            "AWS_REGION",
+            "KMS_PROVIDER",
         ]
     )
 
@@ -187,19 +190,86 @@ PRODUCTION = {
     "CURSOR_SECRET": "x" * 32,
 }
 PRODUCTION_CONTENT = {"S3_BUCKET": "docs", "AWS_REGION": "eu-west-1", "KMS_PROVIDER": "aws-kms"}
+_OPENBAO = {"OPENBAO_ADDR": "https://bao.example:8200", "OPENBAO_TOKEN": "t"}
 
 
 def test_production_content_settings_are_checked_when_given() -> None:
+    storage = {"S3_BUCKET": "docs", "AWS_REGION": "eu-west-1"}
     with pytest.raises(SettingsError, match="OPENBAO_ADDR: must be https://"):
-        load_settings(**PRODUCTION, OPENBAO_ADDR="http://bao.example:8200", OPENBAO_TOKEN="t")
+        load_settings(
+            **PRODUCTION, **storage, OPENBAO_ADDR="http://bao.example:8200", OPENBAO_TOKEN="t"
+        )
     settings = load_settings(
-        **PRODUCTION, OPENBAO_ADDR="https://bao.example:8200/", OPENBAO_TOKEN="t"
+        **PRODUCTION, **storage, OPENBAO_ADDR="https://bao.example:8200/", OPENBAO_TOKEN="t"
     )
     assert settings.OPENBAO_ADDR == "https://bao.example:8200"
     assert not settings.embedded_key_manager
     with pytest.raises(SettingsError, match="S3_ENDPOINT_URL: must be https://"):
         load_settings(**PRODUCTION, **PRODUCTION_CONTENT, S3_ENDPOINT_URL="http://s3.example")
     assert not load_settings(**PRODUCTION, **PRODUCTION_CONTENT).embedded_object_store
+
+
+@pytest.mark.parametrize(
+    ("missing", "overrides", "expected"),
+    [
+        ("S3_BUCKET", {}, "S3_BUCKET: required when ENVIRONMENT=production"),
+        ("AWS_REGION", {}, "AWS_REGION: required when KMS_PROVIDER=aws-kms"),
+        (
+            "AWS_REGION",
+            {"KMS_PROVIDER": "openbao", **_OPENBAO},
+            "AWS_REGION: required when ENVIRONMENT=production",
+        ),
+        ("KMS_PROVIDER", {}, "KMS_PROVIDER: required when ENVIRONMENT=production"),
+        ("", {"KMS_PROVIDER": "openbao"}, "OPENBAO_ADDR: required when KMS_PROVIDER=openbao"),
+        ("", {"KMS_PROVIDER": "openbao", "OPENBAO_ADDR": "https://bao.example"}, "OPENBAO_TOKEN"),
+    ],
+)
+def test_production_requires_object_storage_and_a_kms_at_start_up(
+    missing: str, overrides: dict[str, str], expected: str
+) -> None:
+    # The embedded SeaweedFS and OpenBao are refused before the process serves, not at the
+    # first upload; each missing variable is named.
+    given = {**PRODUCTION, **PRODUCTION_CONTENT, **overrides}
+    given.pop(missing, None)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**given)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_production_starts_with_a_bucket_and_either_kms() -> None:
+    aws = load_settings(**PRODUCTION, **PRODUCTION_CONTENT)
+    assert not aws.embedded_object_store
+    assert not aws.embedded_key_manager
+    # S3_REGION names the bucket's region when it differs; OpenBao needs no AWS region.
+    bao = load_settings(
+        **PRODUCTION, S3_BUCKET="docs", S3_REGION="eu-west-1", KMS_PROVIDER="openbao", **_OPENBAO
+    )
+    assert bao.s3_region == "eu-west-1"
+    assert not bao.embedded_key_manager
+
+
+def test_empty_dot_env_lines_leave_the_content_settings_unset() -> None:
+    # .env.example's Required section has compose's keys empty; outside production that means
+    # embedded servers with their own keys, not an empty key or token.
+    settings = load_settings(
+        S3_BUCKET="",
+        AWS_REGION="",
+        KMS_PROVIDER="",
+        S3_ACCESS_KEY_ID="",
+        S3_SECRET_ACCESS_KEY="",
+        OPENBAO_TOKEN="",
+        S3_CA_BUNDLE="",
+        OPENBAO_CA_CERT="",
+    )
+    assert settings.embedded_object_store
+    assert settings.embedded_key_manager
+    assert settings.AWS_REGION is None
+    assert settings.S3_ACCESS_KEY_ID is None
+    assert settings.S3_SECRET_ACCESS_KEY is None
+    assert settings.OPENBAO_TOKEN is None
+    assert settings.S3_CA_BUNDLE is None
+    assert settings.OPENBAO_CA_CERT is None
 
 
 def test_development_defaults_to_the_embedded_servers() -> None:

@@ -74,6 +74,10 @@ TEMPLATE_OMITS: dict[str, str] = {
     "SeaweedFS never starts and its data directory is never read",
     "EMBEDDED_OPENBAO_DIR": "development only: production requires AWS KMS or an operated "
     "OpenBao (OPENBAO_ADDR), so the embedded OpenBao never starts",
+    "S3_CA_BUNDLE": "a file of private CA certificates for a self-hosted S3 (docker compose's "
+    "SeaweedFS mounts one): on Railway the bucket is AWS S3, whose certificates the system trusts",
+    "OPENBAO_CA_CERT": "a file of private CA certificates for a self-hosted OpenBao (docker "
+    "compose's): on Railway the keys are in AWS KMS, whose certificates the system trusts",
 }
 
 # --no-proxy-headers: forwarded headers are the app's job (TRUSTED_PROXIES), not uvicorn's, which
@@ -153,6 +157,7 @@ DEPLOY_REQUIRED: dict[str, str] = {
 _SATISFYING_VALUES = {
     "DATABASE_URL": "postgresql://user:password@db.internal:5432/app",
     "OIDC_ISSUER_URL": "https://login.example.org/realms/app",
+    "KMS_PROVIDER": "aws-kms",
 }
 
 

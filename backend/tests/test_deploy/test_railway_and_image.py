@@ -119,3 +119,19 @@ def test_railway_cron_service_runs_the_vector_index_maintenance() -> None:
     assert deploy["restartPolicyType"] == "NEVER"
     assert "preDeployCommand" not in deploy
     assert "healthcheckPath" not in deploy
+
+
+def test_railway_worker_service_runs_the_ingest_worker() -> None:
+    """A second Railway service (railway.worker.json): the same image, `python -m app worker`."""
+    config = load_json("railway.worker.json")
+    assert config["build"] == {
+        **load_json("railway.json")["build"],
+        "watchPatterns": ["/backend/**", "/railway.worker.json"],
+    }
+    deploy = config["deploy"]
+    assert deploy["startCommand"] == "python -m app worker"
+    assert deploy["restartPolicyType"] == "ON_FAILURE"
+    assert deploy["restartPolicyMaxRetries"] >= 1
+    # No migration (the backend's pre-deploy step does it) and no HTTP to health-check.
+    assert "preDeployCommand" not in deploy
+    assert "healthcheckPath" not in deploy

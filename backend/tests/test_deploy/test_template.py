@@ -78,7 +78,7 @@ def test_template_values_load_as_production_settings() -> None:
         "APP_RUNTIME_PASSWORD": "generated-by-railway",
         "OIDC_ISSUER_URL": "https://login.example.org",
         "OIDC_CLIENT_ID": "tenant-docs-api",
-        # Content storage and keys (optional at start-up until the content routes land).
+        # Content storage and keys: the user's AWS bucket and region (KMS_PROVIDER=aws-kms).
         "S3_BUCKET": "tenant-docs-content",
         "AWS_REGION": "eu-west-1",
     }
@@ -110,4 +110,15 @@ def test_vector_indexes_cron_service_is_the_backend_image_with_its_variables() -
     assert cron["deploy"]["cronSchedule"] == config["deploy"]["cronSchedule"]
     assert set(cron["variables"]) == set(backend["variables"])
     for name, variable in cron["variables"].items():
+        assert variable["value"] == "${{backend." + name + "}}"
+
+
+def test_worker_service_is_the_backend_image_running_the_ingest_worker() -> None:
+    worker, backend = template_service("worker"), template_service("backend")
+    config = load_json(worker["source"]["configFile"].lstrip("/"))
+    assert worker["source"] == {**backend["source"], "configFile": "/railway.worker.json"}
+    assert worker["deploy"] == config["deploy"]
+    assert worker["networking"] == {"public": False, "tcpProxy": False}
+    assert set(worker["variables"]) == set(backend["variables"])
+    for name, variable in worker["variables"].items():
         assert variable["value"] == "${{backend." + name + "}}"
