@@ -20,11 +20,12 @@ from app.api.v1.router import api_router, dev_router
 from app.auth.dev_issuer import dev_issuer_for
 from app.auth.tokens import TokenVerifier, build_token_verifier
 from app.content.backends import ContentBackends
-from app.core.config import Settings, settings_or_exit
+from app.core.config import PoolMode, Settings, settings_or_exit
 from app.core.logging import configure_logging
 from app.core.tracing import configure_tracing, instrument_engine
 from app.database import Database
 from app.database.engine import build_runtime_engine, resolve_targets
+from app.database.notifications import NotificationListener, listener_conninfo
 from app.database.replicas import CONSISTENCY_HEADER, open_read_routing
 from app.database.safety import login_is_privileged, runtime_role_problems
 from app.database.session import make_sessionmaker
@@ -37,6 +38,7 @@ from app.middleware.metrics import RequestMetrics
 from app.middleware.no_store import PhiResponseHeaders
 from app.middleware.request_id import RequestIdMiddleware
 from app.middleware.tenant_context import AuthorizationHeaderGuard
+from app.services import caller_cache
 from app.services import health as health_service
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,27 @@ async def open_database(settings: Settings) -> Database:
     return database
 
 
+def caller_listener(
+    database: Database, settings: Settings, cache: caller_cache.CallerCache
+) -> NotificationListener | None:
+    """The listener that keeps `cache` fresh (app.services.caller_cache); None behind pgbouncer.
+
+    Until it is up, and whenever it is down, the cache serves nothing. Through pgbouncer in
+    transaction mode a LISTEN would stay on whichever server connection ran it, which the
+    pooler then hands to other clients: notifications would be lost or land elsewhere. So in
+    that mode no listener starts and every request looks its caller up (fails closed).
+    """
+    if settings.DATABASE_POOL_MODE is PoolMode.TRANSACTION:
+        logger.info("caller cache off: DATABASE_POOL_MODE=transaction cannot LISTEN")
+        return None
+    return NotificationListener(
+        listener_conninfo(database.targets, settings),
+        caller_cache.CHANNEL,
+        cache,
+        heartbeat_sql=caller_cache.SYNC_SQL,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     database: Database | None = None,
@@ -104,9 +127,15 @@ def create_app(
         app.state.database = database or await open_database(settings)
         if tracer_provider is not None:
             instrument_engine(app.state.database.engine, tracer_provider)
+        listener = caller_listener(app.state.database, settings, app.state.caller_cache)
+        app.state.caller_listener = listener
+        if listener is not None:
+            listener.start()
         try:
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             await app.state.content.close()
             await app.state.embedder.close()
             if owned:
@@ -131,6 +160,7 @@ def create_app(
     app.state.tenant_limiter = TenantLimiter.from_settings(settings)
     app.state.caller_admission = CallerAdmission(app.state.tenant_limiter)
     app.state.readiness_probe = health_service.ReadinessProbe()
+    app.state.caller_cache = caller_cache.CallerCache()
     # Opened on first use: a process that never touches content starts no embedded server.
     app.state.content = content or ContentBackends(settings)
     app.state.embedder = EmbedderHolder(settings)  # text search embeds its query (issue 19)

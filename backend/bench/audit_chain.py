@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import psutil
 import psycopg
 
+from app.core.config import load_settings
 from app.database import migrations
+from app.database.engine import session_options
 from app.database.roles import RUNTIME_ROLE
 from testkit import database_harness as harness
 
@@ -85,11 +87,14 @@ def _prepare(
             ).fetchone()[0]  # type: ignore[index]
             for n in range(SPREAD_TENANTS)
         ]
-    # As app_runtime by a role switch at connection start (the app's fallback login mode).
-    runtime_dsn = psycopg.conninfo.make_conninfo(
-        harness.libpq(server.url(name)),
-        options=f"-c role={RUNTIME_ROLE} -c synchronous_commit={synchronous_commit}",
+    # As app_runtime by a role switch at connection start (the app's fallback login mode),
+    # with the app's own session settings (plan_cache_mode among them: it reaches the trigger).
+    options = session_options(
+        load_settings(ENVIRONMENT="test"),
+        role=RUNTIME_ROLE,
+        server_settings={"synchronous_commit": synchronous_commit},
     )
+    runtime_dsn = psycopg.conninfo.make_conninfo(harness.libpq(server.url(name)), options=options)
     return name, runtime_dsn, tenants
 
 

@@ -112,7 +112,7 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def _actor(
+async def _actor(  # async, as the product's dependencies: no thread-pool hand-off
     request: Request,
     tenant_id: Annotated[uuid.UUID, Header(alias="X-Bench-Tenant")],
     user_id: Annotated[uuid.UUID, Header(alias="X-Bench-User")],

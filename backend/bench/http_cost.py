@@ -14,6 +14,7 @@ in use, and checks the pools never exceed pool_size + max_overflow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -82,6 +83,7 @@ class Measured:
     latencies: list[float] = field(default_factory=list)
     requests: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the app's workers and the database's backends, while timed
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     app_cpu_seconds: float = 0.0  # the app workers' CPU time over the slices (--telemetry)
@@ -98,6 +100,11 @@ class Measured:
     def throughput(self) -> float:
         """Successful requests per second."""
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_per_request(self) -> float:
+        """Server CPU µs per successful request (workers + database backends)."""
+        return self.cpu_seconds / self.requests * 1e6 if self.requests else 0.0
 
     def percentile(self, q: float) -> float:
         """Latency percentile in milliseconds."""
@@ -452,11 +459,52 @@ class Sampler(threading.Thread):
                 self.resources.samples += 1
 
 
+class ServerCpu:
+    """CPU time of the app's workers and of the database's backends (a local server only).
+
+    CPU per request barely moves with what else runs on a shared machine, unlike throughput:
+    on a busy machine it is the column to read. Backends that exit during a slice (pool
+    overflow) take their CPU with them, so keep concurrency within the pool for this column.
+    """
+
+    def __init__(self, workers: list[psutil.Process], dsn: str, database: str) -> None:
+        self.workers = workers
+        self.dsn = dsn
+        self.database = database
+
+    def _backends(self) -> list[psutil.Process]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            pids = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                [self.database],
+            ).fetchall()
+        processes = []
+        for (pid,) in pids:
+            with contextlib.suppress(psutil.Error):
+                processes.append(psutil.Process(pid))
+        return processes
+
+    def snapshot(self) -> dict[int, float]:
+        """CPU seconds so far, per process."""
+        totals = {}
+        for process in [*self.workers, *self._backends()]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                totals[process.pid] = times.user + times.system
+        return totals
+
+    @staticmethod
+    def used(before: dict[int, float], after: dict[int, float]) -> float:
+        """CPU seconds between two snapshots (a process new in `after` counts from zero)."""
+        return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def measure(
     load: LoadProcess,
     port: int,
     requests: dict[str, tuple[list[bytes], list[bytes]]],
     args: argparse.Namespace,
+    cpu: ServerCpu,
 ) -> dict[tuple[str, int, str], Measured]:
     """Every route at every concurrency, authenticated and baseline slices alternating."""
     results: dict[tuple[str, int, str], Measured] = {}
@@ -473,12 +521,15 @@ def measure(
                         "127.0.0.1", port, batch, concurrency, args.seconds, args.max_requests
                     )
                     measured = results.setdefault((route.name, concurrency, variant), Measured())
+                    before = cpu.snapshot()
                     measured.add(load.run(cell))
+                    measured.cpu_seconds += cpu.used(before, cpu.snapshot())
             auth = results[(route.name, concurrency, "rls")]
             base = results[(route.name, concurrency, "baseline")]
             print(
                 f"  {route.name:<24} c={concurrency:<3} authenticated {auth.throughput:7.0f} req/s,"
-                f" baseline {base.throughput:7.0f} req/s",
+                f" baseline {base.throughput:7.0f} req/s; server CPU µs/request"
+                f" {auth.cpu_per_request:.0f} / {base.cpu_per_request:.0f}",
                 flush=True,
             )
     return results
@@ -567,16 +618,18 @@ def print_results(results: dict[tuple[str, int, str], Measured], concurrencies: 
     """The table; True if the goal holds at GOAL_CONCURRENCY for every route."""
     header = (
         "| route | conc. | authenticated req/s | p50 / p99 ms | errors | baseline req/s "
-        "| p50 / p99 ms | errors | throughput ratio |"
+        "| p50 / p99 ms | errors | throughput ratio | server CPU µs/req auth / base | CPU ratio |"
     )
     print(header)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     met = True
     for route in ROUTES:
         for concurrency in concurrencies:
             auth = results[(route.name, concurrency, "rls")]
             base = results[(route.name, concurrency, "baseline")]
             ratio = auth.throughput / base.throughput if base.throughput else 0.0
+            # Baseline CPU over ours: the throughput ratio if the server's CPU were the bound.
+            cpu_ratio = base.cpu_per_request / auth.cpu_per_request if auth.cpu_per_request else 0.0
             mark = ""
             if concurrency == GOAL_CONCURRENCY:
                 ok = ratio >= GOAL_RATIO and auth.errors == 0 and base.errors == 0
@@ -586,7 +639,8 @@ def print_results(results: dict[tuple[str, int, str], Measured], concurrencies: 
                 f"| {route.name} | {concurrency} | {auth.throughput:.0f} | "
                 f"{auth.percentile(0.5):.2f} / {auth.percentile(0.99):.2f} | {auth.errors} | "
                 f"{base.throughput:.0f} | {base.percentile(0.5):.2f} / "
-                f"{base.percentile(0.99):.2f} | {base.errors} | {ratio:.2f}{mark} |"
+                f"{base.percentile(0.99):.2f} | {base.errors} | {ratio:.2f}{mark} | "
+                f"{auth.cpu_per_request:.0f} / {base.cpu_per_request:.0f} | {cpu_ratio:.2f} |"
             )
     for (name, concurrency, variant), measured in results.items():
         for sample in measured.error_samples:
@@ -766,7 +820,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
     parser.add_argument("--pool-size", type=int, default=10, help="DB_POOL_SIZE of the app")
     parser.add_argument("--max-overflow", type=int, default=10, help="DB_MAX_OVERFLOW of the app")
-    parser.add_argument("--jwt-iterations", type=int, default=2000)
+    parser.add_argument(
+        "--jwt-iterations", type=int, default=2000, help="token checks timed (0: skip that table)"
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached corpus")
     parser.add_argument(
         "--telemetry",
@@ -796,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print("\ntoken verification, in process (what each request pays before any SQL):")
     # Not part of the telemetry comparison, which both servers pay alike.
-    for name, full, cached, fetches in [] if args.telemetry else jwt_costs(args.jwt_iterations):
+    skip_jwt = args.telemetry or not args.jwt_iterations
+    for name, full, cached, fetches in [] if skip_jwt else jwt_costs(args.jwt_iterations):
         print(
             f"  {name:<28} {full:7.1f} µs full check, {cached:5.1f} µs repeat token (cached),"
             f" JWKS fetches (warm-up incl.): {fetches}"
@@ -851,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
                     f" (order alternating), after {args.warmup:g} s of warm-up\n"
                 )
                 started = time.perf_counter()
-                results = measure(load, app_server.port, requests, args)
+                server_cpu = ServerCpu(workers, admin_dsn, database)
+                results = measure(load, app_server.port, requests, args, server_cpu)
                 sampler.stopping.set()
                 sampler.join()
                 print(f"timing: took {time.perf_counter() - started:.0f} s\n")

@@ -5,11 +5,15 @@ Use them as annotated parameters in routers:
     async def handler(session: TenantSession, actor: CurrentActor) -> ...
 
 Both come from the same per-request transaction, opened by
-`app.database.session.tenant_transaction` with the caller lookup folded into the statement
-that sets the tenant context (one round trip). It runs as `app_runtime`, is committed when
-the handler returns and *before* the response is sent (the dependency has
-`scope="function"`, so a failed commit becomes an error response, never a success), and is
-rolled back if the handler raises.
+`app.database.session.tenant_transaction` (BEGIN and the tenant context in one round trip),
+then the caller lookup, skipped while `app.services.caller_cache` holds the answer. Every
+dependency here is `async def`: a plain `def` dependency costs a thread-pool hand-off per
+request (issue 20's profile). A read-only route (`@read_only()`) may be served by a read
+replica: its caller is then checked on the primary first, in a short transaction of its own
+(the cache's counter is the primary's, and a replica may lag a deactivation). The transaction
+runs as `app_runtime`, is committed when the handler returns and *before* the response is sent
+(the dependency has `scope="function"`, so a failed commit becomes an error response, never a
+success), and is rolled back if the handler raises.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from app.core.config import Settings
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.database import Database
 from app.database import replicas as replicas_module
-from app.database.session import TenantTransaction, tenant_transaction
+from app.database.session import CALLER_CHANGES, tenant_transaction
 from app.services import callers as callers_service
 from app.services import idempotency as idempotency_service
 from app.services.actor import Actor
+from app.services.caller_cache import CallerCache
 
 __all__ = [
     "AdminActor",
@@ -174,41 +179,32 @@ async def _caller_transaction(
         else None
     )
     replica = reads.choose(min_position) if reads is not None and reads_only else None
-
-    def open_on(sessions: Any, *, record: bool) -> TenantTransaction:
-        return tenant_transaction(
-            sessions,
-            identity.tenant_id,
-            opening=callers_service.caller_lookup(identity),
-            record_commit_position=record,
-        )
-
-    # A write on the primary records where its commit ends, for the client's next reads.
-    transaction = open_on(
-        replica.sessions if replica else database.sessions,
-        record=replica is None and reads is not None and not reads_only and issue_token,
-    )
     async with AsyncExitStack() as stack:
-        try:
-            session = await stack.enter_async_context(transaction)
-        except (OperationalError, PoolTimeoutError) as exc:
-            if replica is None or reads is None or not replicas_module.unreachable(exc):
-                raise
-            reads.mark_down(replica, exc)  # down since the last check: the primary serves
-            replica = None
-            transaction = open_on(database.sessions, record=False)
-            session = await stack.enter_async_context(transaction)
-        try:
-            caller = await callers_service.resolve_caller(
-                session, identity, transaction.opening_rows, stamp=replica is None
+        if replica is None:
+            # A write on the primary records where its commit ends, for the client's next reads.
+            record = reads is not None and not reads_only and issue_token
+            transaction = tenant_transaction(
+                database.sessions, identity.tenant_id, record_commit_position=record
             )
-        except ForbiddenError:
-            admitted.ticket.refuse()  # charged back to the identity, not the tenant
-            raise
-        if replica is not None and callers_service.stamp_due(transaction.opening_rows):
-            # A replica is read-only: the once-a-minute login stamp is the primary's to write.
+            session = await stack.enter_async_context(transaction)
+            caller = await _checked_caller(request, admitted, session)
+        else:
+            # The caller is checked on the primary, in a short transaction of its own, before
+            # the replica serves the read: a replica may not have replayed a deactivation yet,
+            # and the caller cache's counter is the primary's. So a refusal is as prompt as on
+            # the primary, and the once-a-minute login stamp is written there.
             async with tenant_transaction(database.sessions, identity.tenant_id) as primary:
-                await callers_service.stamp_last_login(primary, caller)
+                caller = await _checked_caller(request, admitted, primary)
+            transaction = tenant_transaction(replica.sessions, identity.tenant_id)
+            try:
+                session = await stack.enter_async_context(transaction)
+            except (OperationalError, PoolTimeoutError) as exc:
+                if reads is None or not replicas_module.unreachable(exc):
+                    raise
+                reads.mark_down(replica, exc)  # down since the last check: the primary serves
+                replica = None
+                transaction = tenant_transaction(database.sessions, identity.tenant_id)
+                session = await stack.enter_async_context(transaction)
         request.state.database_node = replica.name if replica else "primary"
         user_agent = request.headers.get("user-agent")
         actor = Actor.user(
@@ -234,19 +230,41 @@ async def _caller_transaction(
         )
 
 
+async def _checked_caller(
+    request: Request, admitted: _Admitted, session: AsyncSession
+) -> callers_service.Caller:
+    """The token's active caller, from the cache or looked up in `session` (the primary's).
+
+    The cache serves it only if its listener has heard every change committed before
+    `session`'s transaction began (the counter its opening round trip read).
+    """
+    callers: CallerCache = request.app.state.caller_cache
+    identity = admitted.identity
+    caller = callers.get(identity.tenant_id, identity.subject, session.info[CALLER_CHANGES])
+    if caller is None:
+        generation = callers.generation
+        try:
+            caller = await callers_service.resolve_caller(session, identity)
+        except ForbiddenError:
+            admitted.ticket.refuse()  # charged back to the identity, not the tenant
+            raise
+        callers.store(identity.subject, caller, generation)
+    return caller
+
+
 # scope="function": the transaction ends when the handler returns, before the response is sent.
 _TenantRequestDep = Annotated[_TenantRequest, Depends(_tenant_request, scope="function")]
 
 
-def _session(tenant_request: _TenantRequestDep) -> AsyncSession:
+async def _session(tenant_request: _TenantRequestDep) -> AsyncSession:
     return tenant_request.session
 
 
-def _actor(tenant_request: _TenantRequestDep) -> Actor:
+async def _actor(tenant_request: _TenantRequestDep) -> Actor:
     return tenant_request.actor
 
 
-def _caller(tenant_request: _TenantRequestDep) -> callers_service.Caller:
+async def _caller(tenant_request: _TenantRequestDep) -> callers_service.Caller:
     return tenant_request.caller
 
 
@@ -266,7 +284,7 @@ stream a request body and open their own short transactions (`tenant_transaction
 transaction stays open while bytes arrive."""
 
 
-def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+async def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     database: Database = request.app.state.database
     return database.sessions
 
@@ -275,7 +293,7 @@ Sessions = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
 """The runtime role's sessionmaker, for `tenant_transaction` in streaming handlers."""
 
 
-def _content(request: Request) -> ContentBackends:
+async def _content(request: Request) -> ContentBackends:
     content: ContentBackends = request.app.state.content
     return content
 
@@ -284,7 +302,7 @@ Content = Annotated[ContentBackends, Depends(_content)]
 """The object store and key manager (opened on first use)."""
 
 
-def require_admin(actor: CurrentActor) -> Actor:
+async def require_admin(actor: CurrentActor) -> Actor:
     """The caller if their role is admin; 403 otherwise (before the body is even read)."""
     actor.require_admin()
     return actor

@@ -13,22 +13,23 @@ from app.schemas.common import check_metadata_filter
 from app.services.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, CursorCodec, PageRequest
 
 
-def get_settings_from_app(request: Request) -> Settings:
+async def get_settings_from_app(request: Request) -> Settings:
     """The Settings the running app was built with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_cursor_codec(request: Request) -> CursorCodec:
+async def get_cursor_codec(request: Request) -> CursorCodec:
     """The codec that signs and checks pagination cursors (one per app)."""
     codec: CursorCodec | None = getattr(request.app.state, "cursor_codec", None)
     if codec is None:
-        codec = CursorCodec(get_settings_from_app(request).cursor_secret)
+        settings: Settings = request.app.state.settings
+        codec = CursorCodec(settings.cursor_secret)
         request.app.state.cursor_codec = codec
     return codec
 
 
-def get_page(
+async def get_page(
     cursor: Annotated[
         str | None, Query(max_length=512, description="`next_cursor` of the previous page")
     ] = None,

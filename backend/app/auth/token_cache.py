@@ -13,8 +13,8 @@ other string can hit the entry), and a hit is accepted only while all of these h
   token is verified again; a key the IdP has removed stops working at exactly the same moment
   as it would without this cache.
 
-Nothing about the user or tenant is cached: the caller lookup (app.services.callers) runs on
-every request, so a suspended tenant or deleted user is refused on the next request. A token
+Nothing about the user or tenant is cached here: that is app.services.caller_cache, which is
+invalidated by push, so a suspended tenant or deleted user is refused on the next request. A token
 that fails verification is never stored. Bounded by MAX_ENTRIES, least recently used evicted
 first (an entry is ~0.5 KiB, so the bound is a few MiB per worker).
 """

@@ -14,7 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from app.core import metrics
 from app.core.config import PoolMode, Settings, SettingsError
 from app.database.roles import RUNTIME_ROLE
-from app.database.tenant_context import CITUS_OPTION
+from app.database.tenant_context import (
+    CITUS_OPTION,
+    TRANSACTION_SETTINGS_OPTION,
+    set_locally_calls,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,18 +123,6 @@ def _as_options(values: dict[str, str]) -> str:
     return " ".join(f"-c {name}={value}" for name, value in values.items())
 
 
-def _set_locally(values: dict[str, str]) -> str:
-    """One statement that makes `values` this transaction's settings (set_config(..., true))."""
-
-    def literal(value: str) -> str:
-        return "'" + value.replace("'", "''") + "'"
-
-    calls = ", ".join(
-        f"set_config({literal(name)}, {literal(value)}, true)" for name, value in values.items()
-    )
-    return f"SELECT {calls}"
-
-
 def build_engine(
     url: URL,
     settings: Settings,
@@ -161,10 +153,16 @@ def build_engine(
         connect_args["prepare_threshold"] = None
     else:
         connect_args["options"] = _as_options(values)
+    set_locally = set_locally_calls(values) if by_transaction else None
     engine = create_async_engine(
         url,
-        # Read by the tenant context (app/database/tenant_context.py): Citus needs SET LOCAL.
-        execution_options={CITUS_OPTION: settings.DATABASE_CITUS},
+        # Read when a tenant transaction opens (app/database/tenant_context.py), whose one
+        # opening message carries them: Citus needs SET LOCAL; a transaction-mode pool, the
+        # settings in every transaction.
+        execution_options={
+            CITUS_OPTION: settings.DATABASE_CITUS,
+            TRANSACTION_SETTINGS_OPTION: set_locally,
+        },
         pool_size=settings.DB_POOL_SIZE if pool_size is None else pool_size,
         max_overflow=settings.DB_MAX_OVERFLOW if max_overflow is None else max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
@@ -176,12 +174,15 @@ def build_engine(
         hide_parameters=True,
         connect_args=connect_args,
     )
-    if by_transaction:
-        set_locally = _set_locally(values)
+    if set_locally is not None:
+        settings_sql = f"SELECT {set_locally}"
 
         @event.listens_for(engine.sync_engine, "begin")
         def _transaction_settings(connection: Connection) -> None:
-            connection.exec_driver_sql(set_locally)
+            # An autocommit connection has no transaction for them to last in: that is a
+            # tenant transaction's checkout, whose opening message carries them (OPENING_OPTIONS).
+            if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                connection.exec_driver_sql(settings_sql)
 
     _count_connections_in_use(engine)
     return engine

@@ -1,25 +1,27 @@
 """Sessions and transactions: the tenant-scoped one, and the admin one for provisioning.
 
 `tenant_transaction` is the only way any code (requests, the CLI, workers, tests, benchmarks)
-gets a tenant-scoped session: it begins, sets the tenant context and runs the opening query
-(for a request, the caller lookup) in one round trip, commits on success and rolls back on
-error. Services receive the session and never touch the context.
+gets a tenant-scoped session: it begins and sets the tenant context (with whatever the
+connection's pool mode and Citus need) in one round trip, commits on success and rolls back
+on error. Services receive the session and never touch the context.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core import metrics
-from app.database.tenant_context import BoundOpening, become_admin, enter_tenant, tenant_parameter
+from app.database.tenant_context import OPENING_OPTIONS, become_admin, enter_tenant, opening_sql
+
+CALLER_CHANGES = "caller_changes"
+"""`session.info` key: caller_change_seq's value as the tenant transaction began."""
 
 # Where the server's WAL ends: after a COMMIT, at or past that commit's record.
 COMMITTED_POSITION = text("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")
@@ -33,25 +35,23 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 class TenantTransaction:
     """One transaction as the sessions' role, scoped to one tenant from its first statement.
 
-    Use it through `tenant_transaction(...)`; after entering, `opening_rows` holds the rows of
-    the opening query (empty without one); after a successful exit, `committed_position` holds
-    the WAL position at or after the commit when asked for (read replicas' consistency token).
+    Use it through `tenant_transaction(...)`. Inside, `session.info[CALLER_CHANGES]` is the
+    caller-change counter read in the opening round trip; after a successful exit,
+    `committed_position` holds the WAL position at or after the commit when asked for (read
+    replicas' consistency token).
     """
 
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
         tenant_id: uuid.UUID,
-        opening: BoundOpening | None = None,
         record_commit_position: bool = False,
     ) -> None:
-        tenant_parameter(tenant_id)  # refuses anything but a UUID before any I/O
+        opening_sql(tenant_id)  # refuses anything but a UUID before any I/O
         self.tenant_id = tenant_id
-        self.opening_rows: Sequence[Row[Any]] = ()
         self.committed_position: int | None = None
         self._record_commit_position = record_commit_position
         self._sessions = sessions
-        self._opening = opening
         self._scope: AbstractAsyncContextManager[AsyncSession] | None = None
 
     @asynccontextmanager
@@ -59,14 +59,17 @@ class TenantTransaction:
         async with self._sessions() as session:
             async with session.begin():
                 started = time.perf_counter()
-                await session.connection()  # checked out here: the pool's wait is measured alone
+                # Checked out here: the pool's wait is measured alone.
+                connection = await session.connection(execution_options=dict(OPENING_OPTIONS))
                 metrics.DB_POOL_ACQUIRE.observe(time.perf_counter() - started)
-                self.opening_rows = await enter_tenant(session, self.tenant_id, self._opening)
+                session.info[CALLER_CHANGES] = await enter_tenant(connection, self.tenant_id)
                 yield session
             if self._record_commit_position:
                 # After COMMIT, on the same server: the end of WAL is at or past the commit
-                # record, so a replica that replayed this far sees the transaction.
-                position = await session.scalar(COMMITTED_POSITION)
+                # record, so a replica that replayed this far sees the transaction. Read in
+                # autocommit: one round trip, no transaction around it.
+                connection = await session.connection(execution_options=dict(OPENING_OPTIONS))
+                position = (await connection.execute(COMMITTED_POSITION)).scalar_one()
                 self.committed_position = int(position)
 
     async def __aenter__(self) -> AsyncSession:
@@ -87,17 +90,18 @@ def tenant_transaction(
     sessions: async_sessionmaker[AsyncSession],
     tenant_id: uuid.UUID,
     *,
-    opening: BoundOpening | None = None,
     record_commit_position: bool = False,
 ) -> TenantTransaction:
     """One transaction scoped to `tenant_id`: committed on success, rolled back on error.
 
-    `opening`: a query (`OpeningQuery.bind(...)`) folded into the statement that sets the
-    context, so the first read costs no extra round trip; its rows are `.opening_rows`.
-    `record_commit_position`: after the commit, read the primary's WAL position into
+    `BEGIN`, the tenant context, the transaction-local settings of a pool in transaction mode
+    and Citus's `SET LOCAL` go to the server as one message (`enter_tenant`), so the
+    transaction costs no more round trips than an unscoped one. The caller-change counter read
+    in that round trip is `session.info[CALLER_CHANGES]`.
+    `record_commit_position`: after the commit, read the server's WAL position into
     `.committed_position` (one more round trip; for the consistency token of read replicas).
     """
-    return TenantTransaction(sessions, tenant_id, opening, record_commit_position)
+    return TenantTransaction(sessions, tenant_id, record_commit_position)
 
 
 @asynccontextmanager

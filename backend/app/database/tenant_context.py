@@ -3,108 +3,107 @@
 The setting is transaction-local (`set_config(..., true)`), so it disappears at COMMIT or
 ROLLBACK and a pooled connection never carries one request's tenant into the next. Nothing
 outside app/database/ calls into this module: code gets a tenant-scoped session from
-`app.database.session.tenant_transaction`, which sets the context with the statements built
-here, as the transaction's first statement.
+`app.database.session.tenant_transaction`, which opens the transaction with `enter_tenant`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
 
-from sqlalchemy import Row, Select, String, bindparam, func, select, text, true
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import Executable
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.database.roles import ADMIN_ROLE
 
 TENANT_SETTING = "app.current_tenant_id"
+# Numbers changes to tenants and users in commit order (migration 3c9e1f5a7b20).
+CALLER_CHANGE_SEQUENCE = "caller_change_seq"
 
-_SET_TENANT = text("SELECT set_config('app.current_tenant_id', :context_tenant_id, true)")
 _SET_ADMIN_ROLE = text(f"SELECT set_config('role', '{ADMIN_ROLE}', true)")
 
-# The bound parameter the context-setting statements take the tenant in.
-CONTEXT_PARAMETER = "context_tenant_id"
-# Engine execution option (set from DATABASE_CITUS by the engine factory): on Citus, the context
-# is also set with SET LOCAL, the only form Citus passes on to the workers that hold the shards
-# (citus.propagate_set_commands = 'local'); set_config() calls are not propagated.
+# Engine execution options (set by the engine factory, app/database/engine.py), read here when
+# a tenant transaction opens:
+# - on Citus (DATABASE_CITUS), the context is also set with SET LOCAL, the only form Citus
+#   passes on to the workers that hold the shards (citus.propagate_set_commands = 'local');
+#   set_config() calls are not propagated.
 CITUS_OPTION = "tenant_docs_citus"
+# - behind pgbouncer in transaction mode (DATABASE_POOL_MODE=transaction), the connection's
+#   settings as `set_config(..., true)` calls (`set_locally_calls`), made in every transaction.
+TRANSACTION_SETTINGS_OPTION = "tenant_docs_transaction_settings"
+
+OPENING_OPTIONS: Mapping[str, object] = {"isolation_level": "AUTOCOMMIT"}
+"""The execution options a tenant transaction checks its connection out with (`enter_tenant`).
+
+Autocommit for this checkout only, so that psycopg sends no `BEGIN` of its own: the opening
+message carries it. The engine's `begin` event (transaction-mode settings) stays silent for an
+autocommit connection, since the opening message carries those settings too."""
 
 
-def scoped_to_tenant(query: Select[*tuple[Any, ...]]) -> Select[*tuple[Any, ...]]:
-    """`query` as one statement that first sets the tenant context: no round trip of its own.
+def set_locally_calls(values: Mapping[str, str]) -> str:
+    """`set_config(name, value, true)` for each setting: a SELECT list, values quoted."""
 
-    The setting is made in a MATERIALIZED CTE, and `query` runs as a LATERAL subquery that
-    refers to it, so PostgreSQL must produce the CTE's row (running `set_config`) before it
-    starts `query` at all. That order matters: each RLS policy reads the setting through an
-    InitPlan, evaluated once, when its scan first needs it, and the planner may hoist a
-    policy's check into a one-time filter at the top of the query level it appears in. Inside
-    the LATERAL subquery (kept a query level of its own by `OFFSET 0`), both happen after the
-    setting is made; without either fence a join reads no rows at all.
-    tests/test_rls/test_context_in_first_statement.py proves the order on the real server.
-    `query` should select plain columns (rows come back with its column names) and keep its
-    own explicit tenant filter.
-    """
-    tenant = bindparam(CONTEXT_PARAMETER, type_=String)
-    context = (
-        select(func.set_config(TENANT_SETTING, tenant, True).label("tenant_id"))
-        .cte("tenant_context")
-        .prefix_with("MATERIALIZED")
+    def literal(value: str) -> str:
+        return "'" + value.replace("'", "''") + "'"
+
+    return ", ".join(
+        f"set_config({literal(name)}, {literal(value)}, true)" for name, value in values.items()
     )
-    # The reference to the CTE is what makes the subquery LATERAL, i.e. run after the CTE.
-    scoped = query.where(context.c.tenant_id == tenant).offset(0).lateral("scoped")
-    return select(*scoped.c).select_from(context).join(scoped, true())
 
 
-@dataclass(frozen=True)
-class OpeningQuery:
-    """A query a tenant transaction runs as its first statement, folded into the context.
+def opening_sql(
+    tenant_id: uuid.UUID, *, transaction_settings: str | None = None, citus: bool = False
+) -> str:
+    """`BEGIN` with everything a tenant transaction needs first, as one simple query.
 
-    Build it once at module level (building a statement costs more than running it) and give
-    `bind(...)` of it to `tenant_transaction(..., opening=...)`.
+    In order: the connection's transaction-local settings when pooled by transaction
+    (`transaction_settings`, from `set_locally_calls`), the tenant context, the caller-change
+    counter; then `BEGIN`; then, on Citus, `SET LOCAL` of the context. A simple query may hold
+    several statements but no bound parameters, so the tenant id is a literal: only a
+    `uuid.UUID` is accepted, whose text is 36 hex digits and dashes. The SELECT comes first so
+    that its row is the query's first result (the one the driver returns); statements of one
+    simple query share an implicit transaction, which the `BEGIN` after them turns into an
+    explicit one, so the transaction-local settings stay for what follows
+    (https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-MULTI-STATEMENT).
     """
-
-    query: Select[*tuple[Any, ...]]
-    statement: Select[*tuple[Any, ...]] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", scoped_to_tenant(self.query))
-
-    def bind(self, **parameters: Any) -> BoundOpening:
-        """This query with its own parameters (the tenant is added by the transaction)."""
-        return BoundOpening(self.statement, parameters)
-
-
-@dataclass(frozen=True)
-class BoundOpening:
-    """An `OpeningQuery`'s statement with the values of its parameters."""
-
-    statement: Executable
-    parameters: Mapping[str, Any]
-
-
-def tenant_parameter(tenant_id: uuid.UUID) -> dict[str, str]:
-    """The parameter that gives a context-setting statement its tenant (a UUID, nothing else)."""
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
-    return {CONTEXT_PARAMETER: str(tenant_id)}
+    settings = f"{transaction_settings}, " if transaction_settings else ""
+    # The only values spliced in: a uuid.UUID's text (checked above) and the engine's own
+    # settings, quoted by set_locally_calls.
+    sql = (
+        f"SELECT {settings}set_config('app.current_tenant_id', '{tenant_id}', true),"  # noqa: S608
+        f" (SELECT last_value FROM public.{CALLER_CHANGE_SEQUENCE}); BEGIN"
+    )
+    if citus:
+        sql += f"; SET LOCAL app.current_tenant_id = '{tenant_id}'"
+    return sql
 
 
-async def enter_tenant(
-    session: AsyncSession, tenant_id: uuid.UUID, opening: BoundOpening | None
-) -> Sequence[Row[Any]]:
-    """Make the context this transaction's first statement; the opening query's rows, if any."""
-    context = tenant_parameter(tenant_id)
-    if session.sync_session.get_bind().get_execution_options().get(CITUS_OPTION):
-        # SET takes no parameters: the tenant is a validated uuid.UUID, rendered by Python.
-        await session.execute(text(f"SET LOCAL app.current_tenant_id = '{tenant_id}'"))
-    if opening is None:
-        await session.execute(_SET_TENANT, context)
-        return ()
-    result = await session.execute(opening.statement, {**opening.parameters, **context})
-    return result.all()
+async def enter_tenant(connection: AsyncConnection, tenant_id: uuid.UUID) -> int:
+    """Begin `connection`'s transaction with the tenant context set, in one round trip.
+
+    `connection` is the session's, checked out with `OPENING_OPTIONS`. Returns the
+    caller-change counter as the transaction began (`caller_change_seq`, numbered in commit
+    order by the triggers on tenants and users): app.services.caller_cache serves a cached
+    caller only if its listener has heard that number.
+
+    psycopg sends its own `BEGIN` as a round trip before a transaction's first statement
+    (`Connection._start_query`). Here the connection is in autocommit mode for this checkout
+    (SQLAlchemy restores the mode when the connection goes back to the pool), so psycopg sends
+    no BEGIN of its own, and the transaction is opened by ours, in the same message as the
+    context. Every later statement runs inside it; SQLAlchemy's commit and rollback reach
+    psycopg, which sends COMMIT or ROLLBACK whenever the server says a transaction is open
+    (it looks at the server's transaction status, not at the autocommit flag).
+    """
+    options = connection.sync_engine.get_execution_options()
+    opening = opening_sql(
+        tenant_id,
+        transaction_settings=options.get(TRANSACTION_SETTINGS_OPTION),
+        citus=bool(options.get(CITUS_OPTION)),
+    )
+    row = (await connection.exec_driver_sql(opening)).one()
+    return int(row[-1])
 
 
 async def become_admin(session: AsyncSession) -> None:

@@ -1,18 +1,17 @@
 """Who is calling: the verified token's tenant and subject, resolved to an active user.
 
-One statement, the first of the request's transaction: `tenant_transaction` folds it into
-the statement that sets the tenant context to the token's tenant (no round trip of its own),
-and it reads the tenant and the matching active user under RLS, with every column `GET /me`
-shows (so /me needs no statement of its own). At most once a minute per user a second
-statement stamps `users.last_login_at`. (It used to be a data-modifying CTE of the same
-statement, but PostgreSQL runs such a CTE in no defined order relative to the rest of the
-statement, so it could run before the context is set and, under RLS, update nothing.)
+One statement, the first after the request's `tenant_transaction` has set the tenant context
+to the token's tenant: it reads the tenant and the matching active user under RLS, with every
+column `GET /me` shows (so /me needs no statement of its own). The request path skips it while
+app/services/caller_cache.py holds a fresh answer for the same token subject. At most once a
+minute per user a second statement stamps `users.last_login_at`. (Not a data-modifying CTE of
+the lookup: PostgreSQL runs such a CTE in no defined order relative to the rest of the
+statement.)
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.identity import VerifiedIdentity
 from app.core.errors import ForbiddenError
-from app.database.tenant_context import BoundOpening, OpeningQuery
 from app.models import Tenant, User
 
 LAST_LOGIN_RESOLUTION = timedelta(minutes=1)
@@ -70,8 +68,6 @@ CALLER_QUERY = (
 )
 """The lookup itself (bench/baseline.py runs it as app_admin, without a context)."""
 
-CALLER_LOOKUP = OpeningQuery(CALLER_QUERY)
-
 # SKIP LOCKED: while one request holds the user's row to stamp it, the user's concurrent
 # requests skip the stamp instead of queueing behind that whole request for the row lock.
 _STAMPABLE = (
@@ -90,45 +86,23 @@ _STAMP = (
 )
 
 
-def caller_lookup(identity: VerifiedIdentity) -> BoundOpening:
-    """The caller lookup for `identity`, to open the request's `tenant_transaction` with."""
-    return CALLER_LOOKUP.bind(tenant_id=identity.tenant_id, subject=identity.subject)
+async def resolve_caller(session: AsyncSession, identity: VerifiedIdentity) -> Caller:
+    """The active user `identity` names; ForbiddenError unless tenant and user are active.
 
-
-async def resolve_caller(
-    session: AsyncSession,
-    identity: VerifiedIdentity,
-    lookup_rows: Sequence[Row[Any]],
-    *,
-    stamp: bool = True,
-) -> Caller:
-    """The caller the opening lookup found; ForbiddenError unless tenant and user are active.
-
-    `lookup_rows` are the `opening_rows` of a transaction opened with `caller_lookup(identity)`.
-    `stamp=False` (a read replica's read-only transaction): leave `last_login_at` alone; the
-    caller stamps it on the primary with `stamp_last_login` when `stamp_due(lookup_rows)`.
+    `session` is in a `tenant_transaction` of the token's tenant, on the primary (the stamp
+    writes).
     """
-    if not lookup_rows:
+    lookup = {"tenant_id": identity.tenant_id, "subject": identity.subject}
+    row = (await session.execute(CALLER_QUERY, lookup)).first()
+    if row is None:
         raise ForbiddenError(NO_ACCESS_MESSAGE)
-    row = lookup_rows[0]
-    caller = caller_from_row(identity.tenant_id, row)
-    if stamp and row.stamp_due:
-        await stamp_last_login(session, caller)
-    return caller
+    if row.stamp_due:
+        # Re-checked in the UPDATE, so concurrent first requests stamp once.
+        await session.execute(_STAMP, {"caller_tenant": identity.tenant_id, "caller_id": row.id})
+    return caller_from_row(identity.tenant_id, row)
 
 
-def stamp_due(lookup_rows: Sequence[Row[Any]]) -> bool:
-    """True when the caller's `last_login_at` is due a new stamp (at most once a minute)."""
-    return bool(lookup_rows and lookup_rows[0].stamp_due)
-
-
-async def stamp_last_login(session: AsyncSession, caller: Caller) -> None:
-    """Stamp the caller's `last_login_at` now, unless done within the last minute."""
-    # Re-checked in the UPDATE, so concurrent first requests stamp once.
-    await session.execute(_STAMP, {"caller_tenant": caller.tenant_id, "caller_id": caller.user_id})
-
-
-def caller_from_row(tenant_id: uuid.UUID, row: Row[Any]) -> Caller:
+def caller_from_row(tenant_id: uuid.UUID, row: Row[*tuple[Any, ...]]) -> Caller:
     """The Caller a CALLER_QUERY row describes."""
     return Caller(
         tenant_id=tenant_id,

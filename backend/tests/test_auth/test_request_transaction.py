@@ -178,7 +178,7 @@ async def test_require_admin_refuses_members(
     assert refused.json()["error"]["message"] == "this action needs the admin role"
 
 
-async def test_me_costs_one_statement_in_one_transaction(
+async def test_me_uncached_costs_the_caller_lookup_after_begin_with_context(
     client: httpx.AsyncClient, make_caller: MakeCaller, runtime_engine: AsyncEngine
 ) -> None:
     caller = await make_caller()
@@ -201,12 +201,14 @@ async def test_me_costs_one_statement_in_one_transaction(
         event.remove(sync_engine, "before_cursor_execute", on_statement)
         event.remove(sync_engine, "begin", on_begin)
     assert response.status_code == 200
-    # Was 3 (set_config on its own, the caller, /me's read), then 2. Now the tenant context
-    # rides in the caller-resolution statement (tenant_transaction(opening=...)), and that
-    # statement also reads every column /me shows, so /me sends nothing of its own.
-    assert len(statements) == 1, statements
-    assert "set_config" in statements[0]
-    assert "FROM users JOIN tenants" in statements[0]
+    # No listener runs here (no lifespan), so the caller cache is bypassed: BEGIN with the
+    # tenant context (one simple query), then the caller lookup, which reads every column /me
+    # shows, so /me sends nothing of its own. (With the cache warm, only the first:
+    # tests/test_auth/test_caller_cache.py.)
+    assert len(statements) == 2, statements
+    assert statements[0].startswith("SELECT set_config('app.current_tenant_id'")
+    assert statements[0].endswith("; BEGIN")
+    assert "FROM users JOIN tenants" in statements[1]
     assert len(transactions) == 1
 
 
@@ -220,7 +222,7 @@ def _round_trips(trace: str) -> list[str]:
     return ends
 
 
-async def test_me_costs_three_round_trips_begin_caller_with_context_commit(
+async def test_me_uncached_costs_three_round_trips_begin_with_context_caller_commit(
     client: httpx.AsyncClient,
     make_caller: MakeCaller,
     runtime_engine: AsyncEngine,
@@ -251,16 +253,13 @@ async def test_me_costs_three_round_trips_begin_caller_with_context_commit(
         trace_file.close()
     assert response.status_code == 200
     trips = _round_trips(trace_path.read_text())
-    # BEGIN: psycopg sends it as a simple query of its own before the first statement (its
-    # _start_query), a round trip every multi-statement transaction needs. Then the caller
-    # resolution carrying the tenant context and /me's columns (was a separate /me read: 4
-    # trips), COMMIT. No SET ROLE: the role is the login (or a start-up parameter), no
-    # separate set_config.
+    # The tenant context and BEGIN as one simple query (psycopg's own BEGIN would be a round
+    # trip of its own: app.database.tenant_context.enter_tenant), the caller lookup with /me's
+    # columns, COMMIT. No SET ROLE: the role is the login (or a start-up parameter).
     assert len(trips) == 3, trips
-    assert trips[0].endswith('Query\t "BEGIN"')
-    assert all(trip.endswith("Sync") for trip in trips[1:-1])
+    assert re.search(r"Query\t \"SELECT set_config\('app.current_tenant_id'.*; BEGIN\"", trips[0])
+    assert trips[1].endswith("Sync")
     assert trips[-1].endswith('Query\t "COMMIT"')
-    assert "set_config" in trace_path.read_text().split("\tSync")[0]
 
 
 async def test_last_login_is_stamped_at_most_once_a_minute(

@@ -18,6 +18,7 @@ from app.database.engine import build_runtime_engine, targets_for
 from app.database.replicas import CONSISTENCY_HEADER, ReadRouting, Replica
 from app.database.session import admin_transaction, make_sessionmaker
 from app.main import create_app
+from app.services.caller_cache import CallerCache
 from testkit import database_harness as harness
 from testkit.auth_helpers import AuthenticatedCaller, TestIssuer, create_caller
 from testkit.replication import ReplicaPair, write_without_waiting
@@ -115,6 +116,39 @@ async def test_a_replica_lagging_past_the_bound_is_skipped(
     pair.wait_for_replay()
     await reads.refresh()
     assert reads.choose() is reads.replicas[0]
+
+
+async def test_a_caller_refused_on_the_primary_is_refused_by_a_replica_that_lags(
+    replica_database: ReplicaDatabase, caller: AuthenticatedCaller
+) -> None:
+    # The caller check runs on the primary (with the caller cache's counter, which is the
+    # primary's), so a suspension the replica has not replayed is refused at once.
+    pair = replica_database.pair
+    app = create_app(replica_database.settings, replica_database.database)
+    async with app.router.lifespan_context(app):  # the listener up: the cache serves
+        cache: CallerCache = app.state.caller_cache
+        deadline = time.monotonic() + 30
+        while not cache.listening:
+            assert time.monotonic() < deadline, "the caller listener never came up"
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as client:
+            with pair.replay_paused():
+                _insert_document(pair, replica_database.name, caller, "unreplayed.pdf")
+                for _ in range(2):  # looked up, then served from the cache
+                    # Not seen: the replica serves the read.
+                    assert "unreplayed.pdf" not in await _filenames(client, caller.headers)
+                assert len(cache) == 1
+                write_without_waiting(
+                    pair,
+                    replica_database.name,
+                    "UPDATE tenants SET status = 'suspended' WHERE id = %s",
+                    (caller.tenant.id,),
+                )
+                refused = await client.get(DOCUMENTS, headers=caller.headers)
+                assert refused.status_code == 403, refused.text
+            pair.wait_for_replay()
 
 
 def _closed_port() -> int:

@@ -28,6 +28,8 @@ APP_FUNCTIONS = {
     "guard_audit_log_tenant",
     "chain_audit_log",
     "audit_log_user_of_tenant",
+    "notify_caller_change",
+    "caller_changes_sync",
 }
 
 
@@ -193,6 +195,8 @@ _CATALOG = {
         FROM pg_constraint
         WHERE connamespace = 'public'::regnamespace AND conrelid <> 0
           AND conrelid::regclass::text <> 'alembic_version'
+          -- Constraint triggers (contype t) are triggers, migration-only like every trigger.
+          AND contype <> 't'
           AND conrelid::regclass::text NOT LIKE 'procrastinate\\_%'
     """,
     "tables": """

@@ -15,14 +15,15 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from app.core.config import PoolMode, Settings
 from app.database import Database
 from app.database.engine import build_engine, build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker, tenant_transaction
-from app.main import create_app
+from app.main import caller_listener, create_app
+from app.services.caller_cache import CallerCache
 from testkit import database_harness as harness
 from testkit.auth_helpers import TestIssuer, create_caller
 from testkit.factories import provision_tenant
@@ -108,6 +109,57 @@ async def test_start_up_options_and_prepares_would_break_and_the_setting_avoids_
         )
     finally:
         await pooled.dispose()
+
+
+async def test_a_tenant_transaction_opens_in_one_message_with_the_pools_settings(
+    migrated_db: harness.MigratedDatabase, pooled_settings: Settings, admin_sessions: object
+) -> None:
+    tenant = await provision_tenant(admin_sessions, documents=1)  # type: ignore[arg-type]
+    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+    engine = build_runtime_engine(targets, pooled_settings, pool_size=2, max_overflow=0)
+    sent: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    try:
+        async with tenant_transaction(make_sessionmaker(engine), tenant.tenant_id) as session:
+            shown = (
+                await session.execute(
+                    text(
+                        "SELECT (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
+                        " current_setting('plan_cache_mode'), current_user,"
+                        " current_setting('app.current_tenant_id'),"
+                        " (SELECT count(*) FROM documents)"
+                    )
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    # BEGIN, the pool's transaction-local settings and the tenant context: one message, then
+    # the query itself (no settings statement of the engine's `begin` event in between).
+    opening, query = sent
+    assert opening.startswith("SELECT set_config('statement_timeout'")
+    assert "set_config('app.current_tenant_id'" in opening
+    assert opening.endswith("; BEGIN")
+    assert "pg_settings" in query
+    assert tuple(shown) == (
+        str(pooled_settings.DB_STATEMENT_TIMEOUT_MS),
+        "force_custom_plan",
+        "app_runtime",
+        str(tenant.tenant_id),
+        1,
+    )
+
+
+def test_no_caller_listener_through_pgbouncer_so_the_cache_stays_off(
+    pooled_settings: Settings, migrated_db: harness.MigratedDatabase
+) -> None:
+    # A LISTEN would stay on a server connection the pooler hands to other clients.
+    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+    database = Database(targets=targets, engine=None, sessions=None)  # type: ignore[arg-type]
+    cache = CallerCache()
+    assert caller_listener(database, pooled_settings, cache) is None
+    assert not cache.listening
+    direct = pooled_settings.model_copy(update={"DATABASE_POOL_MODE": PoolMode.SESSION})
+    assert caller_listener(database, direct, cache) is not None
 
 
 async def test_the_app_works_unchanged_through_pgbouncer(

@@ -147,6 +147,7 @@ def test_policy_and_trigger_functions_pin_search_path(migrated_db: MigratedDatab
         "prevent_audit_log_modification()",
         "guard_audit_log_tenant()",
         "chain_audit_log()",
+        "notify_caller_change()",
     } <= names
     for name, schema, config in functions:
         # Built-ins live in pg_catalog, which is always searched first; anything else must pin.
@@ -173,7 +174,7 @@ def test_no_security_definer_function_is_executable_by_public(
             "SELECT p.proname FROM pg_proc p"
             " WHERE p.proname IN ('set_updated_at', 'prevent_audit_log_modification',"
             "   'guard_audit_log_tenant', 'chain_audit_log', 'audit_netstring',"
-            "   'audit_log_row_hash')"
+            "   'audit_log_row_hash', 'notify_caller_change', 'caller_changes_sync')"
             "   AND has_function_privilege('public', p.oid, 'EXECUTE')"
         ).fetchall()
     assert exposed == []

@@ -91,14 +91,15 @@ ALLOWED_INTERPOLATIONS: dict[tuple[str, str], str] = {
     ): "LOCK_TIMEOUT is a module constant; the migration connection is never pooled for requests.",
     (
         "app/database/engine.py",
-        "set_locally",
-    ): "Built once per engine by _set_locally from session_settings: setting names and values "
-    "from the Settings object (validated ints, constants), each quoted with '' doubling.",
+        "settings_sql",
+    ): "Built once per engine by set_locally_calls from session_settings: setting names and "
+    "values from the Settings object (validated ints, constants), each quoted with '' doubling.",
     (
         "app/database/tenant_context.py",
-        "f\"SET LOCAL app.current_tenant_id = '{tenant_id}'\"",
-    ): "SET takes no bind parameters; tenant_id has passed tenant_parameter (a uuid.UUID, "
-    "rendered by Python as hex digits and dashes) before any I/O.",
+        "opening",
+    ): "opening_sql's text: a simple query takes no bind parameters; the tenant id is a "
+    "uuid.UUID checked by type (hex digits and dashes), the settings are the engine's own, "
+    "built once by set_locally_calls from the Settings object with '' doubling.",
     (
         "app/services/audit_integrity.py",
         "_ROWS_SQL.format(where=where)",

@@ -15,6 +15,12 @@ _SCHEMA = "public"
 # sequences and its own cascades between its tables. Its rows hold only ids, and app_runtime
 # reaches them only through two functions, so no tenant can see its counters.
 THIRD_PARTY_TABLES = "procrastinate\\_%"
+# Sequences that number no key, each with why. caller_change_seq numbers changes to tenants and
+# users in commit order for the caller cache (migration 3c9e1f5a7b20): never a column default,
+# never sent to a client; app_runtime may only read it (checked below), which tells it how many
+# such changes the whole platform made, less than pg_current_wal_lsn() (open to every role)
+# tells of all writes.
+NON_KEY_SEQUENCES = ("caller_change_seq",)
 # Deletes that may cascade, each with why: derived rows of the same tenant only.
 DERIVED_CASCADES = {
     # A composite (tenant_id, document_id) key: a document's own chunks, nobody else's; they
@@ -95,10 +101,19 @@ def test_ids_are_random_uuids_and_no_sequences_exist(superuser: psycopg.Connecti
     ).fetchall()
     assert counters == []
     sequences = superuser.execute(
-        "SELECT sequencename FROM pg_sequences WHERE schemaname = %s AND sequencename NOT LIKE %s",
-        (_SCHEMA, THIRD_PARTY_TABLES),
+        "SELECT sequencename FROM pg_sequences WHERE schemaname = %s AND sequencename NOT LIKE %s"
+        " AND sequencename <> ALL(%s)",
+        (_SCHEMA, THIRD_PARTY_TABLES, list(NON_KEY_SEQUENCES)),
     ).fetchall()
     assert sequences == []
+    for sequence in NON_KEY_SEQUENCES:
+        # Read only: the runtime role can neither draw (nextval) nor set a number.
+        can_draw, can_set = superuser.execute(
+            "SELECT has_sequence_privilege('app_runtime', %s, 'USAGE'),"
+            " has_sequence_privilege('app_runtime', %s, 'UPDATE')",
+            (f"{_SCHEMA}.{sequence}", f"{_SCHEMA}.{sequence}"),
+        ).fetchone() or (True, True)
+        assert (can_draw, can_set) == (False, False), sequence
 
 
 def test_runtime_role_cannot_write_server_generated_or_tenant_columns(

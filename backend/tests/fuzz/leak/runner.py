@@ -255,15 +255,8 @@ class LeakFuzzer:
         """What the routers do, minus HTTP: one tenant transaction, the caller resolved in it."""
         try:
             identity = VerifiedIdentity(tenant_id=tenant.id, subject=caller.subject)
-            transaction = tenant_transaction(
-                self.env.database.sessions,
-                tenant.id,
-                opening=callers_service.caller_lookup(identity),
-            )
-            async with transaction as session:
-                resolved = await callers_service.resolve_caller(
-                    session, identity, transaction.opening_rows
-                )
+            async with tenant_transaction(self.env.database.sessions, tenant.id) as session:
+                resolved = await callers_service.resolve_caller(session, identity)
                 actor = Actor.user(
                     tenant_id=resolved.tenant_id,
                     user_id=resolved.user_id,

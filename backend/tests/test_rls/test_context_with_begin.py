@@ -1,13 +1,12 @@
-"""The tenant context rides in a transaction's first statement (`tenant_transaction(opening=)`).
+"""The tenant context rides with BEGIN in a transaction's first round trip (`enter_tenant`).
 
-Every RLS policy reads the setting through an InitPlan, evaluated once per statement when a
-scan first needs it, and the planner may hoist a policy check into a one-time filter at the
-top of a query level. If any of that ran before `set_config`, the statement would see no rows
-(fail closed, but broken). These tests run the folded statement on fresh transactions, with
-no context set before, for the query shapes the app sends (joins, ordered pages, aggregates),
-more than five times each so psycopg's prepared statements are exercised too, and check each
-sees exactly its tenant's rows and that the context then holds for the rest of the
-transaction and ends with it.
+`tenant_transaction` opens its transaction with one simple query, `SELECT set_config(...);
+BEGIN`, on a connection it has put in autocommit mode for that checkout. These tests
+run the query shapes the app sends (joins, ordered pages, aggregates, RLS alone) as the first
+statement after it, on fresh transactions, more than five times each so psycopg's prepared
+statements are exercised too, and check each sees exactly its tenant's rows, that the context
+holds for the rest of the transaction and ends with it, that a rollback undoes the
+transaction's writes, and that the connection goes back to the pool out of autocommit mode.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from sqlalchemy import Select, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.session import tenant_transaction
-from app.database.tenant_context import OpeningQuery, tenant_parameter
+from app.database.tenant_context import opening_sql
 from app.models import AuditLog, Document, Tenant, User
 from testkit.factories import ProvisionedTenant, provision_tenant
 
@@ -64,17 +63,15 @@ async def two_tenants(
 
 
 @pytest.mark.parametrize("shape", [_caller_like, _newest_page, _no_explicit_filter])
-async def test_the_folded_statement_sees_exactly_its_tenants_rows(
+async def test_the_first_statement_sees_exactly_its_tenants_rows(
     runtime_sessions: async_sessionmaker[AsyncSession],
     two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
     shape: Any,
 ) -> None:
     for _ in range(RUNS):
         for tenant in two_tenants:
-            opening = OpeningQuery(shape(tenant.tenant_id)).bind()
-            transaction = tenant_transaction(runtime_sessions, tenant.tenant_id, opening=opening)
-            async with transaction:
-                rows = transaction.opening_rows
+            async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
+                rows = (await session.execute(shape(tenant.tenant_id))).all()
             expected = tenant.user_ids if shape is _caller_like else tenant.document_ids
             assert sorted(row[0] for row in rows) == sorted(expected)
 
@@ -85,11 +82,9 @@ async def test_an_aggregate_counts_only_its_tenant(
 ) -> None:
     for _ in range(RUNS):
         for tenant in two_tenants:
-            opening = OpeningQuery(_count(tenant.tenant_id)).bind()
-            transaction = tenant_transaction(runtime_sessions, tenant.tenant_id, opening=opening)
-            async with transaction:
-                (count,) = transaction.opening_rows
-            assert count[0] == len(tenant.document_ids)
+            async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
+                count = await session.scalar(_count(tenant.tenant_id))
+            assert count == len(tenant.document_ids)
 
 
 async def test_asking_for_another_tenants_rows_still_finds_none(
@@ -97,10 +92,8 @@ async def test_asking_for_another_tenants_rows_still_finds_none(
     two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
 ) -> None:
     mine, theirs = two_tenants
-    opening = OpeningQuery(_newest_page(theirs.tenant_id)).bind()
-    transaction = tenant_transaction(runtime_sessions, mine.tenant_id, opening=opening)
-    async with transaction:
-        rows = list(transaction.opening_rows)
+    async with tenant_transaction(runtime_sessions, mine.tenant_id) as session:
+        rows = (await session.execute(_newest_page(theirs.tenant_id))).all()
     assert rows == []
 
 
@@ -109,8 +102,7 @@ async def test_the_context_holds_for_the_rest_of_the_transaction_and_ends_with_i
     two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
 ) -> None:
     tenant = two_tenants[0]
-    opening = OpeningQuery(_count(tenant.tenant_id)).bind()
-    async with tenant_transaction(runtime_sessions, tenant.tenant_id, opening=opening) as session:
+    async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
         later = set((await session.scalars(select(Document.id))).all())
         audit_rows = await session.scalar(select(func.count()).select_from(AuditLog))
         setting = await session.scalar(text("SELECT current_setting('app.current_tenant_id')"))
@@ -131,13 +123,40 @@ async def test_without_the_context_the_same_query_sees_nothing(
     runtime_sessions: async_sessionmaker[AsyncSession],
     two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
 ) -> None:
-    # The control for the tests above: the rows they see come from the folded setting.
+    # The control for the tests above: the rows they see come from the context.
     tenant = two_tenants[0]
     async with runtime_sessions() as session, session.begin():
         rows = (await session.execute(_newest_page(tenant.tenant_id))).all()
     assert rows == []
 
 
+async def test_a_rollback_undoes_the_transactions_writes_and_autocommit_is_restored(
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+) -> None:
+    tenant = two_tenants[0]
+
+    async def write_then_fail() -> None:
+        async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
+            await session.execute(
+                text("UPDATE documents SET filename = 'rolled back' WHERE tenant_id = :t"),
+                {"t": tenant.tenant_id},
+            )
+            raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError, match="handler failed"):
+        await write_then_fail()
+    async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
+        names = set((await session.scalars(text("SELECT filename FROM documents"))).all())
+    assert "rolled back" not in names
+    # The pool hands the connection on in psycopg's normal mode (BEGIN before a statement).
+    async with runtime_sessions() as session:
+        connection = await session.connection()
+        raw = await connection.get_raw_connection()
+        assert raw.driver_connection is not None
+        assert raw.driver_connection.autocommit is False
+
+
 def test_only_a_uuid_is_accepted() -> None:
     with pytest.raises(TypeError, match=r"tenant_id must be a uuid\.UUID"):
-        tenant_parameter("' OR true --")  # type: ignore[arg-type]
+        opening_sql("' OR true --")  # type: ignore[arg-type]
