@@ -25,7 +25,7 @@ three filter arguments, so it is dropped and created again. The downgrade restor
 previous bodies.
 
 Revision ID: a9e3c5d7f1b2
-Revises: d4a8c3e1f927
+Revises: 7f3b9d1c5e42
 Create Date: 2026-11-30 20:15:00
 """
 
@@ -37,7 +37,7 @@ from pathlib import Path
 from alembic import op
 
 revision: str = "a9e3c5d7f1b2"
-down_revision: str | None = "d4a8c3e1f927"
+down_revision: str | None = "7f3b9d1c5e42"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

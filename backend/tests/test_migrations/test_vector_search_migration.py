@@ -86,7 +86,7 @@ def test_vector_search_migration_up_down_up(test_server: harness.TestServer) -> 
 
 
 TEMPLATE = "a9e3c5d7f1b2"
-BEFORE_TEMPLATE = "d4a8c3e1f927"
+BEFORE_TEMPLATE = "7f3b9d1c5e42"
 TEMPLATE_MIGRATION = (
     BACKEND_DIR
     / "alembic"
