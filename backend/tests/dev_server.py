@@ -28,6 +28,11 @@ class DevServer:
     port: int
     printed: list[str]
     pid: int
+    log_path: Path
+
+    def log_tail(self, characters: int = 4000) -> str:
+        """The end of the server's log (stderr), for an assertion message when a test fails."""
+        return self.log_path.read_text(errors="replace")[-characters:]
 
     @property
     def token(self) -> str:
@@ -81,6 +86,8 @@ async def dev_server(
         LOG_LEVEL="WARNING",
         **extra,
     )
+    log_path = tmp_path / "dev-server.log"
+    log = log_path.open("wb")
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -91,8 +98,9 @@ async def dev_server(
         cwd=BACKEND_DIR,
         env=env,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=log,
     )
+    log.close()  # the child holds its own copy
     try:
         assert server.stdout is not None
         printed: list[str] = []
@@ -101,7 +109,7 @@ async def dev_server(
             assert line, "the server exited before printing its curl: " + "".join(printed)
             printed.append(line)
         await _wait_until_live(port, server)
-        yield DevServer(port=port, printed=printed, pid=server.pid)
+        yield DevServer(port=port, printed=printed, pid=server.pid, log_path=log_path)
     finally:
         with contextlib.suppress(ProcessLookupError):  # a test may have killed it
             server.terminate()

@@ -109,11 +109,14 @@ def _answers(url: str) -> bool:
 
 def _ready(ports: dict[str, int]) -> bool:
     # The gateway answers before the volume server has registered; a write needs both, and the
-    # master hands out a file id only once a volume is writable.
+    # master hands out a file id only once a volume is writable. The bucket's objects go to its
+    # own collection, whose volumes the master grows on the first write: asking for a file id
+    # in that collection grows them now, so the first upload does not race the growth (on a
+    # loaded machine it lost, and the upload got a 503 after botocore's three attempts).
     if not _answers(f"http://127.0.0.1:{ports['s3']}/"):
         return False
     try:
-        url = f"http://127.0.0.1:{ports['master']}/dir/assign"
+        url = f"http://127.0.0.1:{ports['master']}/dir/assign?collection={BUCKET}"
         with urllib.request.urlopen(url, timeout=2) as response:
             return "fid" in json.loads(response.read())
     except (OSError, ValueError):

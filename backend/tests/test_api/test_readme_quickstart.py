@@ -41,7 +41,10 @@ def json_outputs(stdout: str) -> list[Any]:
         if stdout[position].isspace():
             position += 1
             continue
-        document, position = decoder.raw_decode(stdout, position)
+        try:
+            document, position = decoder.raw_decode(stdout, position)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"{exc} in what the commands printed:\n{stdout}") from exc
         documents.append(document)
     return documents
 
@@ -110,11 +113,15 @@ async def test_readme_content_quick_start_uploads_downloads_and_shows_the_audit_
             stderr=asyncio.subprocess.PIPE,
         )
         stdout, stderr = await asyncio.wait_for(shell.communicate(), timeout=180)
-        assert shell.returncode == 0, stderr.decode()
+        assert shell.returncode == 0, stderr.decode() + server.log_tail()
+        server_log = server.log_tail()
 
-    uploaded, searchable, found, same, audited = json_outputs(stdout.decode())
+    try:
+        uploaded, searchable, found, same, audited = json_outputs(stdout.decode())
+    except (AssertionError, ValueError) as exc:
+        raise AssertionError(f"{exc}\nthe server's log:\n{server_log}") from exc
     # Stored and queued: the worker `python -m app run` starts beside the server indexes it.
-    assert uploaded["status"] == "processing", uploaded
+    assert uploaded["status"] == "processing", f"{uploaded}\nthe server's log:\n{server_log}"
     assert len(uploaded["content_sha256"]) == 64
     assert searchable == {"status": "completed"}
     # The paraphrased question finds the PDF first, with a snippet of its own text.

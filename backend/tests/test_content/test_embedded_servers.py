@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from app.content.embedded_openbao import EmbeddedOpenBao, start_openbao
 from app.content.embedded_process import EmbeddedServerError, find_binary
-from app.content.embedded_seaweedfs import EmbeddedS3
+from app.content.embedded_seaweedfs import EmbeddedS3, start_seaweedfs
 from app.content.key_manager import EncryptionContext
 from app.content.openbao_transit import OpenBaoTransitKeyManager
 
@@ -61,3 +63,26 @@ async def test_openbao_keys_survive_a_restart_and_a_second_process_attaches(
     finally:
         second.stop()
     assert (tmp_path / "init.json").stat().st_mode & 0o077 == 0
+
+
+def test_seaweedfs_is_ready_only_once_the_buckets_collection_has_writable_volumes(
+    tmp_path: Path,
+) -> None:
+    # The first upload must not race the volume growth of the bucket's collection (on a loaded
+    # machine it lost, and the README's upload got a 503).
+    server = start_seaweedfs(tmp_path, stop_at_exit=False)
+    try:
+        status_url = f"http://127.0.0.1:{server.server.ports['master']}/vol/status"
+        with urllib.request.urlopen(status_url, timeout=5) as response:
+            status = json.loads(response.read())
+        volumes = [
+            volume
+            for racks in status["Volumes"]["DataCenters"].values()
+            for nodes in racks.values()
+            for node_volumes in nodes.values()
+            for volume in node_volumes
+        ]
+        writable = [v for v in volumes if v["Collection"] == server.bucket and not v["ReadOnly"]]
+        assert writable, volumes
+    finally:
+        server.stop()
