@@ -38,6 +38,7 @@ from app.middleware.metrics import RequestMetrics
 from app.middleware.no_store import PhiResponseHeaders
 from app.middleware.request_id import RequestIdMiddleware
 from app.middleware.tenant_context import AuthorizationHeaderGuard
+from app.middleware.tracing import trace_requests
 from app.services import caller_cache
 from app.services import health as health_service
 
@@ -147,6 +148,10 @@ def create_app(
         description="Multi-tenant document platform: every row is isolated per tenant by "
         "PostgreSQL Row-Level Security.",
         lifespan=lifespan,
+        # FastAPI's own telemetry (0.165+) would add a second server span as soon as a tracer
+        # provider is set, with the path and query string as attributes: ours is
+        # app/middleware/tracing.py, and the request metrics are Prometheus'.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.dev_issuer = dev_issuer
@@ -203,15 +208,10 @@ def create_app(
     if settings.METRICS_TOKEN is not None:
         app.include_router(metrics_router)
     if tracer_provider is not None:
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-        # Outermost: the request's span is current in every layer, so log lines carry its id.
-        # The per-message receive/send spans would only add cost.
-        FastAPIInstrumentor.instrument_app(
-            app,
-            tracer_provider=tracer_provider,
-            exclude_spans=["receive", "send"],
-            excluded_urls="/metrics",
+        # Around everything (the 500 handler too): the request's span is current in every
+        # layer, so log lines carry its id. GET /metrics is not traced.
+        trace_requests(
+            app, tracer_provider.get_tracer("app.middleware.tracing"), frozenset({"/metrics"})
         )
     if dev_issuer is not None:
         app.include_router(dev_router)

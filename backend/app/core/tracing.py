@@ -19,17 +19,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.metrics import NoOpUpDownCounter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Link, Status
+from opentelemetry.trace import Link, Status, StatusCode
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 
 TENANT_ID_ATTRIBUTE = "tenant.id"
+# An execution option: a statement run with it gets no span. The tenant transaction's opening
+# message (app/database/tenant_context.py) carries it: it is plumbing every transaction sends,
+# and the tenant id is a literal in its text.
+UNTRACED_STATEMENT_OPTION = "tenant_docs_untraced"
 
 # Every attribute a span may leave the process with (both the old and the stable HTTP
 # semantic conventions' names). Not here, so dropped: URLs, targets, paths and query strings
@@ -86,8 +91,24 @@ def _allowed(attributes: Any, allowed: frozenset[str]) -> dict[str, Any]:
     return {key: value for key, value in (attributes or {}).items() if key in allowed}
 
 
+def _needs_filtering(span: ReadableSpan) -> bool:
+    """Whether `span` carries anything `phi_safe` would drop (cheap: no copy)."""
+    return bool(
+        span.events
+        or span.links
+        or span.status.description
+        or not ALLOWED_SPAN_ATTRIBUTES.issuperset(span.attributes or ())
+    )
+
+
 def phi_safe(span: ReadableSpan) -> ReadableSpan:
-    """A copy of `span` with only allowed attributes, event attributes and no status text."""
+    """`span` with only allowed attributes, event attributes and no status text.
+
+    A span that already carries nothing else (our request and statement spans, most client
+    spans) is returned as it is; only the others are copied.
+    """
+    if not _needs_filtering(span):
+        return span
     events = [
         Event(event.name, _allowed(event.attributes, _ALLOWED_EVENT_ATTRIBUTES), event.timestamp)
         for event in span.events
@@ -173,18 +194,92 @@ def configure_tracing(
     return provider
 
 
+class StatementTracer:
+    """One client span per SQL statement run inside a recorded span, on one engine.
+
+    Ours rather than opentelemetry-instrumentation-sqlalchemy's `EngineTracer`, which cannot
+    be told to stay out of the way: for every statement, sampled or not, it re-reads the
+    engine's URL into attributes, runs a regular expression over the statement for the span
+    name, starts a span and makes it current, and it updates a connection-usage counter on
+    every pool checkout and checkin (issue 21's profile: about a quarter of the
+    instrumentation's CPU on unsampled requests). Here a statement whose enclosing span is not
+    recording (an unsampled request, or no request at all: the caller-cache listener, the CLI)
+    costs one check, and the attributes that never change are computed once per engine.
+    """
+
+    def __init__(self, engine: AsyncEngine, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+        url = engine.sync_engine.url
+        self.database = url.database or ""
+        self.constant_attributes: dict[str, str | int] = {"db.system": "postgresql"}
+        for key, value in (
+            ("db.name", url.database),
+            ("db.user", url.username),
+            ("net.peer.name", url.host),
+            ("net.peer.port", url.port),
+        ):
+            if value:
+                self.constant_attributes[key] = value
+        event.listen(engine.sync_engine, "before_cursor_execute", self.before_cursor_execute)
+        event.listen(engine.sync_engine, "after_cursor_execute", self.after_cursor_execute)
+        event.listen(engine.sync_engine, "handle_error", self.handle_error)
+
+    def before_cursor_execute(
+        self,
+        _connection: Any,
+        _cursor: Any,
+        statement: str,
+        _parameters: Any,
+        context: ExecutionContext | None,
+        _executemany: bool,
+    ) -> None:
+        """Start the statement's span: its text (placeholders), never its parameters."""
+        if context is None or not trace.get_current_span().is_recording():
+            return
+        if context.execution_options.get(UNTRACED_STATEMENT_OPTION):
+            return
+        operation = statement.split(None, 1)[0].upper() if statement.strip() else "SQL"
+        attributes = {
+            **self.constant_attributes,
+            "db.statement": statement,
+            "db.operation": operation,
+        }
+        span = self.tracer.start_span(
+            f"{operation} {self.database}".rstrip(),
+            kind=trace.SpanKind.CLIENT,
+            attributes=attributes,
+        )
+        context._tenantdocs_span = span  # type: ignore[attr-defined]
+
+    def after_cursor_execute(
+        self,
+        _connection: Any,
+        _cursor: Any,
+        _statement: str,
+        _parameters: Any,
+        context: ExecutionContext | None,
+        _executemany: bool,
+    ) -> None:
+        """End the statement's span."""
+        span = getattr(context, "_tenantdocs_span", None)
+        if span is not None:
+            span.end()
+
+    def handle_error(self, exception_context: ExceptionContext) -> None:
+        """End the failed statement's span as an error (the database's message is not kept:
+        it can quote a row)."""
+        span = getattr(exception_context.execution_context, "_tenantdocs_span", None)
+        if span is not None:
+            span.set_attribute("error.type", type(exception_context.original_exception).__name__)
+            span.set_status(Status(StatusCode.ERROR))
+            span.end()
+
+
 def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
     """Trace the engine's statements (text with placeholders; parameters are never recorded)."""
-    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-
     if getattr(engine.sync_engine, "_tenantdocs_traced", False):
         return
-    tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
-    # Pool usage is a Prometheus metric already (db_pool_connections_in_use): OTel's is a no-op.
-    usage = NoOpUpDownCounter("db.client.connections.usage")
-    EngineTracer(  # type: ignore[no-untyped-call]
-        tracer, engine.sync_engine, connections_usage=usage, enable_commenter=False
-    )
+    StatementTracer(engine, provider.get_tracer(__name__))
     engine.sync_engine._tenantdocs_traced = True  # type: ignore[attr-defined]
 
 

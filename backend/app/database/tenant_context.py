@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.core.tracing import UNTRACED_STATEMENT_OPTION
 from app.database.roles import ADMIN_ROLE
 
 TENANT_SETTING = "app.current_tenant_id"
@@ -102,7 +103,13 @@ async def enter_tenant(connection: AsyncConnection, tenant_id: uuid.UUID) -> int
         transaction_settings=options.get(TRANSACTION_SETTINGS_OPTION),
         citus=bool(options.get(CITUS_OPTION)),
     )
-    row = (await connection.exec_driver_sql(opening)).one()
+    # No SQL span for it (app/core/tracing.py): every transaction sends it, and its text holds
+    # the tenant id, which goes on spans only when OTEL_SPAN_TENANT_ID asks for it.
+    row = (
+        await connection.exec_driver_sql(
+            opening, execution_options={UNTRACED_STATEMENT_OPTION: True}
+        )
+    ).one()
     return int(row[-1])
 
 

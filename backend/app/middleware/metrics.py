@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import metrics
 
 # Paths no route matched (scanners, typos) share one label, so they cannot grow the series.
 UNMATCHED_ROUTE = "unmatched"
-_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def route_template(scope: Scope) -> str:
@@ -23,6 +25,38 @@ def route_template(scope: Scope) -> str:
     if template is None:
         template = getattr(scope.get("route"), "path_format", None)
     return str(template) if template else UNMATCHED_ROUTE
+
+
+@dataclass(frozen=True)
+class _RequestSeries:
+    """The metric children of one (method, route, status): looked up once, then reused."""
+
+    requests: Counter
+    server_errors: Counter | None
+    duration: Histogram
+
+
+# Bounded like the labels themselves (standard methods x route templates x status codes), so
+# a request pays a dict lookup, not `.labels()`'s lock and label checks three times.
+_SERIES: dict[tuple[str, str, int], _RequestSeries] = {}
+
+
+def _series(method: str, route: str, status_code: int) -> _RequestSeries:
+    key = (method, route, status_code)
+    series = _SERIES.get(key)
+    if series is None:
+        status = str(status_code)
+        series = _RequestSeries(
+            requests=metrics.HTTP_REQUESTS.labels(method=method, route=route, status=status),
+            server_errors=metrics.HTTP_SERVER_ERRORS.labels(
+                method=method, route=route, status=status
+            )
+            if status_code >= 500
+            else None,
+            duration=metrics.HTTP_REQUEST_DURATION.labels(method=method, route=route),
+        )
+        _SERIES[key] = series
+    return series
 
 
 class RequestMetrics:
@@ -48,12 +82,9 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
-            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
-            route = route_template(scope)
-            status = str(status_code)
-            metrics.HTTP_REQUESTS.labels(method=method, route=route, status=status).inc()
-            if status_code >= 500:
-                metrics.HTTP_SERVER_ERRORS.labels(method=method, route=route, status=status).inc()
-            metrics.HTTP_REQUEST_DURATION.labels(method=method, route=route).observe(
-                time.perf_counter() - started
-            )
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+            series = _series(method, route_template(scope), status_code)
+            series.requests.inc()
+            if series.server_errors is not None:
+                series.server_errors.inc()
+            series.duration.observe(time.perf_counter() - started)

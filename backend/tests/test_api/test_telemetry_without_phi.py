@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -33,6 +35,7 @@ from app.database import Database
 from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
 from app.main import create_app
+from app.middleware.tracing import RequestTracing
 from testkit import database_harness as harness
 from testkit.factories import give_tenant_key
 from tests.conftest import MakeCaller, MigratedDatabase
@@ -125,9 +128,9 @@ async def _quick_start(
     make_caller: MakeCaller,
     admin_sessions: async_sessionmaker[AsyncSession],
     key_manager: OpenBaoTransitKeyManager,
-) -> list[str]:
+) -> tuple[list[str], uuid.UUID]:
     """The quick start and more: users, documents, content, search, filters, changes, errors.
-    Returns the tokens used (they must not leak either)."""
+    Returns the tokens used (they must not leak either) and the tenant's id."""
     admin = await make_caller(role="admin")
     await give_tenant_key(admin_sessions, key_manager, admin.tenant.id)
     headers = {**admin.headers, "Idempotency-Key": str(uuid.uuid4())}
@@ -200,7 +203,31 @@ async def _quick_start(
     assert me.status_code == 200
     bad_token = await client.get(f"{API}/me", headers={"Authorization": f"Bearer x{MARKER}"})
     assert bad_token.status_code == 401
-    return [admin.headers["Authorization"].removeprefix("Bearer "), f"x{MARKER}"]
+    return [admin.headers["Authorization"].removeprefix("Bearer "), f"x{MARKER}"], admin.tenant.id
+
+
+def _record_what_a_library_might() -> None:
+    """A span carrying values the way instrumentations record them (a URL with its query
+    string, a client address, an exception message quoting a row, a status text), through the
+    same provider and exporter: our own spans record none of these, so this is what shows that
+    PhiSafeSpanExporter drops them."""
+    sampled_caller = propagate.extract(
+        {"traceparent": "00-1bf7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01"}
+    )
+    tracer = trace.get_tracer("a.library.instrumentation")
+    with tracer.start_as_current_span(
+        "GET /api/v1/documents",
+        context=sampled_caller,
+        attributes={
+            "http.route": "library-span",
+            "http.url": f"http://testserver{API}/documents?metadata={METADATA_FILTER_VALUE}",
+            "url.query": f"metadata={METADATA_FILTER_VALUE}",
+            "url.path": f"{API}/users/{EMAIL}",
+            "client.address": "203.0.113.7",
+        },
+    ) as span:
+        span.record_exception(ValueError(f"duplicate key (email)=({EMAIL})"))
+        span.set_status(Status(StatusCode.ERROR, f"row for {FULL_NAME}"))
 
 
 async def _capture(
@@ -218,12 +245,14 @@ async def test_quick_start_leaves_no_phi_in_spans_logs_or_metrics(
     key_manager: OpenBaoTransitKeyManager,
 ) -> None:
     client, exporter, logs, _ = traced_client
-    tokens = await _quick_start(client, make_caller, admin_sessions, key_manager)
+    tokens, tenant_id = await _quick_start(client, make_caller, admin_sessions, key_manager)
+    _record_what_a_library_might()
     captured = await _capture(client, exporter, logs)
 
     # The telemetry is there (an empty capture would pass trivially).
     routes = {span.attributes.get("http.route") for span in captured.spans if span.attributes}
     assert {f"{API}/documents", f"{API}/documents/search", f"{API}/users"} <= routes
+    assert "library-span" in routes
     statements = [
         str(span.attributes["db.statement"])
         for span in captured.spans
@@ -244,6 +273,7 @@ async def test_quick_start_leaves_no_phi_in_spans_logs_or_metrics(
     assert "vector_search_strategy_total" in captured.metrics
     assert "audit_insert_seconds_count" in captured.metrics
     assert all(TENANT_ID_ATTRIBUTE not in (span.attributes or {}) for span in captured.spans)
+    spans_text = "\n".join(_span_text(span) for span in captured.spans)
 
     forbidden = {
         "metadata value": METADATA_VALUE,
@@ -260,7 +290,6 @@ async def test_quick_start_leaves_no_phi_in_spans_logs_or_metrics(
         "query embedding value (short)": "0.023456789",
     }
     forbidden |= {f"token {i}": token for i, token in enumerate(tokens)}
-    spans_text = "\n".join(_span_text(span) for span in captured.spans)
     for where, text in (
         ("spans", spans_text),
         ("logs", captured.logs),
@@ -273,6 +302,9 @@ async def test_quick_start_leaves_no_phi_in_spans_logs_or_metrics(
                 line for line in text.splitlines() if any(forbidden[n] in line for n in leaked)
             )[:3000]
         )
+    # Nor is the tenant id anywhere else in a span (the tenant transaction's opening statement
+    # holds it as a literal: it makes no span; the key manager's URLs name it: dropped).
+    assert str(tenant_id) not in spans_text
 
 
 async def test_tenant_id_goes_on_spans_only_when_asked(
@@ -305,9 +337,71 @@ async def test_tenant_id_goes_on_spans_only_when_asked(
 
 
 def test_tracing_is_off_without_an_endpoint(settings: Settings, database: Database) -> None:
-    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
     assert settings.OTEL_EXPORTER_OTLP_ENDPOINT is None
     app = create_app(settings, database)
-    assert all(m.cls is not OpenTelemetryMiddleware for m in app.user_middleware)
+    assert not isinstance(app.build_middleware_stack(), RequestTracing)
     assert not getattr(database.engine.sync_engine, "_tenantdocs_traced", False)
+
+
+# A caller's trace context (W3C traceparent): the last field says whether it sampled the trace.
+CALLER_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+CALLER_SPAN_ID = "b7ad6b7169203331"
+
+
+async def test_a_request_outside_a_sampled_trace_records_no_span_but_logs_its_trace(
+    traced_client: tuple[httpx.AsyncClient, InMemorySpanExporter, io.StringIO, Settings],
+    make_caller: MakeCaller,
+) -> None:
+    client, exporter, logs, _ = traced_client
+    caller = await make_caller()
+    unsampled = {"traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-00"}
+    answered = await client.get(f"{API}/documents", headers={**caller.headers, **unsampled})
+    assert answered.status_code == 200, answered.text
+    # Neither the request's span nor any of its statements' spans was recorded.
+    assert exporter.get_finished_spans() == ()
+    request_lines = [
+        json.loads(line)
+        for line in logs.getvalue().splitlines()
+        if json.loads(line)["message"] == "request"
+    ]
+    assert [line["trace_id"] for line in request_lines] == [CALLER_TRACE_ID]
+
+
+async def test_a_sampled_request_has_one_server_span_parenting_its_statements(
+    traced_client: tuple[httpx.AsyncClient, InMemorySpanExporter, io.StringIO, Settings],
+    make_caller: MakeCaller,
+) -> None:
+    client, exporter, _, _ = traced_client
+    caller = await make_caller()
+    sampled = {"traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"}
+    missing = f"{API}/documents/{uuid.uuid4()}"
+    assert (await client.get(missing, headers={**caller.headers, **sampled})).status_code == 404
+    spans = exporter.get_finished_spans()
+    servers = [span for span in spans if span.kind is SpanKind.SERVER]
+    assert len(servers) == 1, [span.name for span in servers]
+    server = servers[0]
+    assert server.name == f"GET {API}/documents/{{document_id}}"
+    assert format(server.context.trace_id, "032x") == CALLER_TRACE_ID
+    assert server.parent is not None
+    assert format(server.parent.span_id, "016x") == CALLER_SPAN_ID
+    assert dict(server.attributes or {}) == {
+        "http.request.method": "GET",
+        "http.route": f"{API}/documents/{{document_id}}",
+        "http.response.status_code": 404,
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
+    }
+    # Every other span (the statements, the token check's key fetch) is a child of it.
+    assert all(
+        span.parent is not None and span.parent.span_id == server.context.span_id
+        for span in spans
+        if span is not server
+    )
+    statements = [
+        str(span.attributes["db.statement"])
+        for span in spans
+        if span.attributes and "db.statement" in span.attributes
+    ]
+    assert any("FROM documents" in statement for statement in statements), statements
+    # The transaction's opening message (tenant context and BEGIN) makes no span.
+    assert not any("set_config" in statement for statement in statements), statements
