@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 LOCK := backend/requirements/dev.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-ingest bench-http bench-neighbours bench-edge bench-content bench-replicas bench-lifecycle fuzz
+.PHONY: help install run test test-only test-image lint format migrate lock clean-data bench-rls bench-audit bench-vector bench-ingest bench-http bench-neighbours bench-edge bench-span bench-content bench-replicas bench-lifecycle fuzz
 
 help:
 	@echo "make run      start the database (embedded unless DATABASE_URL is set), migrate, serve on 127.0.0.1:8000 (PORT=8010 for another)"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-audit  audit inserts/s with and without the hash chain (prints a table)"
 	@echo "make bench-http HTTP-level cost: the app under load, each route vs its no-auth baseline"
 	@echo "make bench-edge  the edge's JSON nesting scan on pathological 1 MiB bodies vs a plain one"
+	@echo "make bench-span  the request's server span per request, in process: ours vs FastAPI's own"
 	@echo "make bench-content  document content MB/s encrypted vs plain (1 MB, 200 MB), peak RSS, KMS calls"
 	@echo "make bench-lifecycle  export MB/s and time to offboard a tenant of 10,000 documents (ARGS='--docs 1000')"
 	@echo "make bench-neighbours  tenant B's search latency while tenant A hammers search (~1 min)"
@@ -80,6 +81,8 @@ bench-edge: install
 	cd backend && $(BIN)/python -m bench.edge_scan $(ARGS)
 bench-content: install
 	cd backend && $(BIN)/python -m bench.content $(ARGS)
+bench-span: install
+	cd backend && $(BIN)/python -m bench.request_span $(ARGS)
 
 bench-lifecycle: install
 	cd backend && $(BIN)/python -m bench.tenant_lifecycle $(ARGS)

@@ -36,36 +36,31 @@ TENANT_ID_ATTRIBUTE = "tenant.id"
 # and the tenant id is a literal in its text.
 UNTRACED_STATEMENT_OPTION = "tenant_docs_untraced"
 
-# Every attribute a span may leave the process with (both the old and the stable HTTP
-# semantic conventions' names). Not here, so dropped: URLs, targets, paths and query strings
+# Every attribute a span may leave the process with (docs/OBSERVABILITY.md lists each and who
+# sets it). Not here, so dropped: URLs, targets, paths and query strings
 # (ids and filter values), client and peer addresses, user agents, header values, SQL
 # parameters (never recorded anyway), exception messages and stack traces.
 ALLOWED_SPAN_ATTRIBUTES = frozenset(
     {
-        # HTTP server and client (FastAPI, httpx)
-        "http.method",
+        # The request's span (app/middleware/tracing.py) and httpx's client spans
         "http.request.method",
         "http.route",
-        "http.status_code",
         "http.response.status_code",
-        "http.scheme",
         "url.scheme",
-        "http.flavor",
         "network.protocol.version",
+        # httpx (old semantic conventions' names too)
+        "http.method",
+        "http.status_code",
+        "http.scheme",
+        "http.flavor",
         "server.address",
         "server.port",
-        "net.host.port",
         "error.type",
-        "asgi.event.type",
-        # SQL (SQLAlchemy): the statement with placeholders, never its parameters
+        # SQL (StatementTracer below): the statement with placeholders, never its parameters
         "db.system",
-        "db.system.name",
         "db.name",
-        "db.namespace",
         "db.statement",
-        "db.query.text",
         "db.operation",
-        "db.operation.name",
         "db.user",
         "net.peer.name",
         "net.peer.port",
