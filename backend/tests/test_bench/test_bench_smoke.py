@@ -68,6 +68,7 @@ SMOKE_RUNS = {
         "| route | conc. |",
     ),
     "bench-content": Smoke(("--sizes-mb", "1", "--rounds", "1"), "| encrypted/plain |"),
+    "bench-span": Smoke(("--requests", "20", "--rounds", "1"), "| ours | 100% |"),
     "bench-ingest": Smoke(
         (
             *("--docs", "3", "--repeat", "2", "--latency-docs", "2"),
