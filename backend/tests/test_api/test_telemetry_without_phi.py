@@ -20,7 +20,6 @@ import httpx
 import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import SecretStr
@@ -30,7 +29,7 @@ from app.content.backends import ContentBackends
 from app.content.openbao_transit import OpenBaoTransitKeyManager
 from app.core.config import Settings
 from app.core.logging import build_formatter
-from app.core.tracing import TENANT_ID_ATTRIBUTE, PhiSafeSpanExporter
+from app.core.tracing import TENANT_ID_ATTRIBUTE
 from app.database import Database
 from app.database.engine import build_runtime_engine, targets_for
 from app.database.session import make_sessionmaker
@@ -38,6 +37,7 @@ from app.main import create_app
 from app.middleware.tracing import RequestTracing
 from testkit import database_harness as harness
 from testkit.factories import give_tenant_key
+from testkit.tracing import CapturedSpans
 from tests.conftest import MakeCaller, MigratedDatabase
 from tests.test_api.conftest import API, FIRST_AXIS
 
@@ -103,12 +103,12 @@ async def traced_client(
             "OTEL_SPAN_TENANT_ID": False,
         }
     )
-    exporter = InMemorySpanExporter()
+    captured = CapturedSpans()
+    exporter = captured.exporter
     targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
     engine = build_runtime_engine(targets, app_settings)  # its own: traced only here
     database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
-    processor = SimpleSpanProcessor(PhiSafeSpanExporter(exporter))
-    app = create_app(app_settings, database, content=content_backends, span_processor=processor)
+    app = create_app(app_settings, database, content=content_backends, span_processor=captured)
     logs = io.StringIO()
     handler = logging.StreamHandler(logs)
     handler.setFormatter(build_formatter(json=True))
@@ -119,7 +119,7 @@ async def traced_client(
             yield client, exporter, logs, app_settings
     finally:
         logging.getLogger().removeHandler(handler)
-        processor.shutdown()
+        captured.close()
         await engine.dispose()
 
 
@@ -310,15 +310,15 @@ async def test_quick_start_leaves_no_phi_in_spans_logs_or_metrics(
 async def test_tenant_id_goes_on_spans_only_when_asked(
     settings: Settings, migrated_db: MigratedDatabase, make_caller: MakeCaller
 ) -> None:
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(PhiSafeSpanExporter(exporter))
+    captured = CapturedSpans()
+    exporter = captured.exporter
     targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
     engine = build_runtime_engine(targets, settings)
     database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
     app = create_app(
         settings.model_copy(update={"OTEL_SPAN_TENANT_ID": True}),
         database,
-        span_processor=processor,
+        span_processor=captured,
     )
     caller = await make_caller()
     try:
@@ -326,7 +326,7 @@ async def test_tenant_id_goes_on_spans_only_when_asked(
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             assert (await client.get(f"{API}/me", headers=caller.headers)).status_code == 200
     finally:
-        processor.shutdown()
+        captured.close()
         await engine.dispose()
     tagged = [
         span.attributes[TENANT_ID_ATTRIBUTE]

@@ -6,26 +6,25 @@ from __future__ import annotations
 import json
 import uuid
 
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from app.content.object_store import S3ObjectStore
 from app.core.config import Settings
-from app.core.tracing import PhiSafeSpanExporter, configure_tracing
+from app.core.tracing import configure_tracing
+from testkit.tracing import CapturedSpans
 
 
 async def test_s3_calls_are_traced_without_the_object_key(
     settings: Settings, object_store: S3ObjectStore
 ) -> None:
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(PhiSafeSpanExporter(exporter))
-    assert configure_tracing(settings, processor) is not None  # instruments aiobotocore once
+    captured = CapturedSpans()
+    assert configure_tracing(settings, captured) is not None  # instruments aiobotocore once
     key = f"patients/jane-doe-{uuid.uuid4().hex}.pdf"
     try:
         assert await object_store.head(key) is None
     finally:
-        processor.shutdown()
-    spans = [s for s in exporter.get_finished_spans() if (s.attributes or {}).get("rpc.service")]
+        captured.close()
+    spans = [
+        s for s in captured.exporter.get_finished_spans() if (s.attributes or {}).get("rpc.service")
+    ]
     assert [(s.attributes or {}).get("rpc.method") for s in spans] == ["HeadObject"]
     exported = json.dumps([dict(s.attributes or {}) for s in spans] + [s.name for s in spans])
     assert "jane-doe" not in exported
