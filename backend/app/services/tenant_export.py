@@ -15,6 +15,12 @@ decrypted segment by segment. The caller runs the generator inside one REPEATABL
 transaction, so every file describes the same moment, and the signed head is the last row of
 the exported chain. Writing the `tenant.export` audit row is the caller's first step, in its
 own transaction, before the snapshot: the archive contains its own export record.
+
+One export of a tenant streams at a time, across every worker process: `claim_export` takes
+the tenant's advisory lock (`app.database.advisory_locks`) in the transaction it is given. The
+API checks it in the request's transaction before the audit row (a second export is refused
+without one) and takes it again as the snapshot transaction's first step, which holds it for
+the whole stream; PostgreSQL frees it when that transaction ends, however it ends.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import tarfile
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -40,6 +46,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.content import envelope
 from app.content.key_manager import EncryptionContext, KeyManager
 from app.content.object_store import ObjectStore
+from app.core import metrics
+from app.core.errors import TooManyRequestsError
+from app.database.advisory_locks import LockClass, try_transaction_lock
 from app.models import Document, Tenant, User
 from app.services import audit
 from app.services import audit_anchor as audit_anchor_service
@@ -260,6 +269,22 @@ async def _content_members(
             task.cancel()
 
 
+EXPORT_RUNNING_RETRY_AFTER_SECONDS = 10
+"""Retry-After when the tenant's own export is still streaming."""
+
+
+async def claim_export(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """Hold the tenant's export lock until `session`'s transaction ends; 429 (reason
+    `tenant_export_running`) while another transaction, in any worker, holds it."""
+    if not await try_transaction_lock(session, LockClass.TENANT_EXPORT, str(tenant_id)):
+        metrics.RATE_LIMITED.labels(reason="tenant_export_running").inc()
+        raise TooManyRequestsError(
+            "an export of your tenant is already being streamed (one at a time per tenant);"
+            " retry when it has finished",
+            retry_after_seconds=EXPORT_RUNNING_RETRY_AFTER_SECONDS,
+        )
+
+
 async def audit_export(
     session: AsyncSession, actor: Actor, tenant_id: uuid.UUID, *, signed: bool
 ) -> Tenant:
@@ -284,7 +309,7 @@ async def stream_archive(
     read_content: ContentReader | None = None,
     progress: Progress = _quiet,
     summary: ExportSummary | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The tenant's archive, chunk by chunk; `session` is a REPEATABLE READ transaction.
 
     As the provisioning role or as `app_runtime` in the tenant's context (RLS shows the same
