@@ -204,7 +204,8 @@ async def test_exports_held_open_unread_leave_other_tenants_served_and_the_pool_
         await stalled[0].stalled()
         assert engine.pool.checkedout() == 1  # the one export streaming, nothing else
         async with _client(app) as client:
-            answers = await asyncio.gather(*(client.get(ME, headers=other.headers) for _ in range(8)))
+            requests = (client.get(ME, headers=other.headers) for _ in range(8))
+            answers = await asyncio.gather(*requests)
         assert [answer.status_code for answer in answers] == [200] * 8, answers[-1].text
         assert engine.pool.checkedout() == 1
 
@@ -238,7 +239,8 @@ async def test_a_second_export_of_the_tenant_is_429_in_any_worker_and_not_audite
         assert await _export_audit_rows(admin_sessions, admin) == 1  # the streaming one only
         stalled[0].read()
         await stalled[0].finished()
-        assert stalled[0].complete and stalled[0].body.endswith(TAR_END)
+        assert stalled[0].complete
+        assert stalled[0].body.endswith(TAR_END)
         async with _client(second_worker) as client:
             await _exports_fully(client, admin)
 
@@ -337,7 +339,7 @@ async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
 
     async def commit_fails_after_the_handler(
         request: Request,
-        admitted: Any = Depends(deps._admitted, scope="function"),  # noqa: B008
+        admitted: Any = Depends(deps._admitted, scope="function"),
     ) -> AsyncIterator[Any]:
         async with deps._caller_transaction(request, admitted) as tenant_request:
             yield tenant_request
@@ -347,11 +349,12 @@ async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
         app,
         engine,
     ):
+        app.dependency_overrides[deps._tenant_request] = commit_fails_after_the_handler
         async with _client(app) as client:
-            app.dependency_overrides[deps._tenant_request] = commit_fails_after_the_handler
             dropped = await client.get(EXPORT, headers=admin.headers)
-            assert dropped.status_code == 503, dropped.text
-            assert await _export_audit_rows(admin_sessions, admin) == 1  # the handler ran
-            app.dependency_overrides.clear()
-            assert engine.pool.checkedout() == 0
+        assert dropped.status_code == 503, dropped.text
+        assert await _export_audit_rows(admin_sessions, admin) == 1  # the handler ran
+        app.dependency_overrides.clear()
+        assert engine.pool.checkedout() == 0
+        async with _client(app) as client:
             await _exports_fully(client, admin)  # the one slot is free again
