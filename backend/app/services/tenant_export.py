@@ -222,8 +222,9 @@ async def _content_members(
     archive: _Archive,
     read_content: ContentReader,
     summary: ExportSummary,
+    prefetch: int,
 ) -> AsyncIterator[bytes]:
-    """Each document's decrypted content, in id order. The next CONTENT_PREFETCH documents are
+    """Each document's decrypted content, in id order. The next `prefetch` documents are
     opened (data key unwrapped, object opened) while one is written: per document, the KMS
     and storage round trips dominate, and they overlap this way; memory stays a few segments
     per open document."""
@@ -258,7 +259,7 @@ async def _content_members(
     try:
         async for document in documents:
             opening.append((document, asyncio.ensure_future(read_content(document))))
-            if len(opening) >= CONTENT_PREFETCH:
+            if len(opening) >= prefetch:
                 async for chunk in written(*opening.popleft()):
                     yield chunk
         while opening:
@@ -309,12 +310,14 @@ async def stream_archive(
     read_content: ContentReader | None = None,
     progress: Progress = _quiet,
     summary: ExportSummary | None = None,
+    content_prefetch: int = CONTENT_PREFETCH,
 ) -> AsyncGenerator[bytes, None]:
     """The tenant's archive, chunk by chunk; `session` is a REPEATABLE READ transaction.
 
     As the provisioning role or as `app_runtime` in the tenant's context (RLS shows the same
     rows). `anchor_key` signs the chain's head; without it `audit/anchor.json` holds the head
     unsigned (the API server has no signing key: docs/AUDIT_INTEGRITY.md).
+    `content_prefetch`: documents opened ahead of the one being written (1: one at a time).
     """
     summary = summary if summary is not None else ExportSummary(tenant_id)
     exported_at = await session.scalar(select(func.now()))
@@ -381,7 +384,10 @@ async def stream_archive(
         yield chunk
 
     if read_content is not None:
-        async for chunk in _content_members(session, tenant_id, archive, read_content, summary):
+        members = _content_members(
+            session, tenant_id, archive, read_content, summary, content_prefetch
+        )
+        async for chunk in members:
             yield chunk
         progress(
             f"content: {summary.documents_with_content} documents, "
