@@ -60,7 +60,11 @@ ARCHIVE_FORMAT = "tenant-export/1"
 PART_ROWS = 2000
 PART_BYTES = 4 * 1024 * 1024
 STREAM_ROWS = 500
-CONTENT_PREFETCH = 8
+# Documents opened ahead of the one being written. Each holds an object-store connection until
+# it is written, also while a client stalls the stream (up to TENANT_EXPORT_IDLE_SECONDS): two,
+# times TENANT_EXPORT_MAX_CONCURRENT exports, stays well inside the S3 client's pool of 10.
+# Side by side (bench-lifecycle, docs/TENANT_LIFECYCLE.md), 2 did as well as 4 or 8.
+CONTENT_PREFETCH = 2
 _BLOCK = tarfile.BLOCKSIZE
 
 # Table name -> (table, the column naming the tenant). Parents before children.
