@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import TooManyRequestsError
+from app.services.tenant_export import EXPORT_RETRY_AFTER_SECONDS
 
 QUEUE_SECONDS = 1.0
 """How long a request waits for one of its tenant's concurrency slots before the 429."""
@@ -191,10 +192,6 @@ class TenantLimiter:
             del self._slots[key]
 
 
-EXPORT_RETRY_AFTER_SECONDS = 10
-"""Retry-After of a refused export: an export of a small tenant takes seconds."""
-
-
 def export_limiter(settings: Settings) -> TenantLimiter:
     """The cap on export streams in this worker (TENANT_EXPORT_MAX_CONCURRENT), whoever's they
     are: each holds a pooled connection for as long as its client reads, outside the request
@@ -208,8 +205,7 @@ def export_limiter(settings: Settings) -> TenantLimiter:
         queue_seconds=0,
         metric_prefix="export",
         busy_message=f"exports are busy: {cap} tenant exports are being streamed from this"
-        " server, its limit (exports of other tenants, not yours); retry after the"
-        " Retry-After seconds",
+        " server, its limit; retry after the Retry-After seconds",
         busy_retry_after_seconds=EXPORT_RETRY_AFTER_SECONDS,
     )
 

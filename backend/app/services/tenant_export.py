@@ -274,8 +274,8 @@ async def _content_members(
             task.cancel()
 
 
-EXPORT_RUNNING_RETRY_AFTER_SECONDS = 10
-"""Retry-After when the tenant's own export is still streaming."""
+EXPORT_RETRY_AFTER_SECONDS = 10
+"""Retry-After of a refused export: an export of a small tenant takes seconds."""
 
 
 async def claim_export(session: AsyncSession, tenant_id: uuid.UUID) -> None:
@@ -286,7 +286,7 @@ async def claim_export(session: AsyncSession, tenant_id: uuid.UUID) -> None:
         raise TooManyRequestsError(
             "an export of your tenant is already being streamed (one at a time per tenant);"
             " retry when it has finished",
-            retry_after_seconds=EXPORT_RUNNING_RETRY_AFTER_SECONDS,
+            retry_after_seconds=EXPORT_RETRY_AFTER_SECONDS,
         )
 
 
