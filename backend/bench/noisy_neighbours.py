@@ -37,6 +37,7 @@ import psycopg
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 DIMENSIONS = 1024
+READY_TIMEOUT_SECONDS = 120
 
 
 # --- the load process ---------------------------------------------------------------------------
@@ -245,7 +246,9 @@ class App:
             "--no-access-log",
         ]
         self.process = subprocess.Popen(command, cwd=BACKEND_DIR, env={**env, **settings})
-        deadline = time.monotonic() + 30
+        # Generous: on a loaded machine (the smoke runs share it) an import and start-up can
+        # take half a minute; this bounds a hang, it measures nothing.
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/api/v1/health/ready", timeout=1).status_code == 200:
@@ -254,7 +257,7 @@ class App:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError("the app did not become ready within 30 s")
+        raise RuntimeError(f"the app did not become ready within {READY_TIMEOUT_SECONDS} s")
 
     def stop(self) -> None:
         """Stop the server process."""
