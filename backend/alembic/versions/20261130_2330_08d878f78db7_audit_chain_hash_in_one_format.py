@@ -73,9 +73,10 @@ FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("%s", (_nullable_netstring("NEW.user_agent", _utf8_length("NEW.user_agent")),)),
     ("%s:%s,", (_utf8_length("NEW.metadata::text"), "NEW.metadata")),
 )
+ARGUMENT_SEPARATOR = ",\n                "
 MESSAGE = "format(\n                '{template}',\n                {arguments})".format(
     template="".join(template for template, _ in FIELDS),
-    arguments=",\n                ".join(argument for _, arguments in FIELDS for argument in arguments),
+    arguments=ARGUMENT_SEPARATOR.join(value for _, values in FIELDS for value in values),
 )
 
 CHAIN_TRIGGER_FUNCTION = f"""
