@@ -25,13 +25,16 @@ from app.core.config import Settings, SettingsError, settings_or_exit
 from app.core.logging import configure_logging
 from app.database.engine import build_engine, build_runtime_engine, resolve_targets
 from app.database.session import make_sessionmaker
-from app.ingest.embeddings import open_embedder
-from app.services import ingest, jobs
+from app.services import jobs
 
 JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
 
 
 async def _work(settings: Settings, concurrency: int, once: bool) -> None:
+    # Imported here: extraction and embedding (numpy, pypdf) cost every other command ~0.2 s.
+    from app.ingest.embeddings import open_embedder
+    from app.services import ingest
+
     targets = resolve_targets(settings)
     runtime = build_runtime_engine(
         targets, settings, application_name="tenant-docs-worker", pool_size=concurrency + 1

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
@@ -137,6 +135,11 @@ class S3ObjectStore:
     @classmethod
     async def open(cls, location: S3Location) -> S3ObjectStore:
         """Create the client (one connection pool per process); `close()` releases it."""
+        # Imported here, not at the top: see AwsKmsKeyManager.open (import cost for commands
+        # that never touch S3).
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
         config = AioConfig(
             region_name=location.region,
             signature_version="s3v4",

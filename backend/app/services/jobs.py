@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import procrastinate
 from procrastinate import JobContext, RetryStrategy
@@ -31,8 +31,10 @@ from app.content.envelope import ContentIntegrityError
 from app.content.key_manager import UnwrapError
 from app.content.object_store import ObjectNotFoundError
 from app.core.config import Settings
-from app.services import ingest
 from app.services.actor import Actor
+
+if TYPE_CHECKING:
+    from app.services.ingest import IngestContext
 
 QUEUE = "ingest"
 INGEST_TASK = "ingest_document"
@@ -54,7 +56,11 @@ def libpq_url(url: URL) -> str:
 
 async def run_ingest_job(job_context: JobContext, tenant_id: str, document_id: str) -> str:
     """The `ingest_document` task: one document, as its tenant (see app/services/ingest.py)."""
-    context: ingest.IngestContext = job_context.additional_context[CONTEXT_KEY]
+    # Imported here: extraction and embedding (numpy, pypdf) are for the worker, not for every
+    # request and command that only enqueues.
+    from app.services import ingest
+
+    context: IngestContext = job_context.additional_context[CONTEXT_KEY]
     tenant, document = uuid.UUID(tenant_id), uuid.UUID(document_id)
     attempt = job_context.job.attempts + 1
     try:

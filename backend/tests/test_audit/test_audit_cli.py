@@ -3,6 +3,7 @@ with the service; a broken chain or bad input exits non-zero with one clear line
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from typer.testing import CliRunner
 
-from app.core.config import BACKEND_DIR
+from app.cli.main import cli
+from app.core.config import BACKEND_DIR, get_settings
 from app.database.session import admin_transaction
 from app.schemas.audit_integrity import AuditChainVerification
 from app.services import audit_anchor as audit_anchor_service
@@ -45,22 +48,48 @@ def signing_key_b64() -> str:
     return new_signing_key()[1]
 
 
-def run_cli(
+def _environment(database: MigratedDatabase, signing_key: str | None) -> dict[str, str | None]:
+    """DATABASE_URL set to the database's owner login; the anchor keys only when given."""
+    unset: dict[str, str | None] = {
+        key: None for key in os.environ if key.startswith(("AUDIT_ANCHOR_", "DATABASE_URL"))
+    }
+    return {
+        **unset,
+        "ENVIRONMENT": "test",
+        "LOG_LEVEL": "WARNING",
+        "DATABASE_URL": database.owner_url.render_as_string(hide_password=False),
+        "AUDIT_ANCHOR_SIGNING_KEY": signing_key,
+    }
+
+
+async def run_cli(
     database: MigratedDatabase, *args: str, signing_key: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m app <args>` with DATABASE_URL set to the database's owner login."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AUDIT_ANCHOR_", "DATABASE_URL"))
-    }
-    env.update(
-        ENVIRONMENT="test",
-        LOG_LEVEL="WARNING",
-        DATABASE_URL=database.owner_url.render_as_string(hide_password=False),
-    )
-    if signing_key is not None:
-        env["AUDIT_ANCHOR_SIGNING_KEY"] = signing_key
+    """`python -m app <args>`, in-process (typer's CliRunner, in a thread so that the command
+    can run its own event loop): a subprocess pays ~2 s of imports per command, and
+    `run_cli_as_a_process` holds the process boundary."""
+    get_settings.cache_clear()
+    try:
+        result = await asyncio.to_thread(
+            CliRunner().invoke, cli, list(args), env=_environment(database, signing_key)
+        )
+    finally:
+        get_settings.cache_clear()
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+def run_cli_as_a_process(
+    database: MigratedDatabase, *args: str, signing_key: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m app <args>` in a real process."""
+    env = dict(os.environ)
+    for key, value in _environment(database, signing_key).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
         cwd=BACKEND_DIR,
@@ -89,7 +118,7 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
     tenant_b, _ = await seed_chain(cli_admin_sessions, 2)
     service = await _service_report(cli_admin_sessions)
 
-    verified = run_cli(cli_migrated_db, "verify-audit")
+    verified = run_cli_as_a_process(cli_migrated_db, "verify-audit")
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.startswith(
         f"audit chain OK: {service.tenant_count} tenants, {service.row_count} rows"
@@ -99,7 +128,7 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
         assert f"{line}{status.head_hash}" in verified.stdout
 
     anchor_file = tmp_path / "anchor.json"
-    anchored = run_cli(
+    anchored = await run_cli(
         cli_migrated_db, "audit-anchor", "--output", str(anchor_file), signing_key=signing_key_b64
     )
     assert anchored.returncode == 0, anchored.stderr
@@ -111,7 +140,7 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
         status.tenant_id: (status.head_seq, status.head_hash) for status in service.tenants
     }
 
-    checked = run_cli(
+    checked = await run_cli(
         cli_migrated_db, "verify-audit", "--anchor", str(anchor_file), signing_key=signing_key_b64
     )
     assert checked.returncode == 0, checked.stderr
@@ -126,8 +155,9 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
             " AND audit_chain_heads.tenant_id = %(t)s",
             {"t": tenant_a},
         )
-    assert run_cli(cli_migrated_db, "verify-audit").returncode == 0  # consistent without the anchor
-    broken = run_cli(
+    # Consistent without the anchor.
+    assert (await run_cli(cli_migrated_db, "verify-audit")).returncode == 0
+    broken = await run_cli(
         cli_migrated_db, "verify-audit", "--anchor", str(anchor_file), signing_key=signing_key_b64
     )
     assert broken.returncode == 1
@@ -136,7 +166,7 @@ async def test_verify_and_anchor_agree_with_the_service_then_catch_truncation(
     assert broken.stderr.startswith(f"audit chain BROKEN: tenant {tenant_a}, sequence 4:")
     assert "anchor_mismatch" in broken.stderr
     # Tenant b alone is still fine against the same anchor.
-    only_b = run_cli(
+    only_b = await run_cli(
         cli_migrated_db,
         "verify-audit",
         "--tenant",
@@ -157,7 +187,7 @@ async def test_broken_row_exits_one_with_the_location_and_is_not_anchored(
     with attacker(cli_migrated_db.superuser_url) as conn:
         conn.execute("UPDATE audit_logs SET action = 'document.view' WHERE id = %s", (rows[1],))
 
-    result = run_cli(cli_migrated_db, "verify-audit", "--tenant", str(tenant_id))
+    result = await run_cli(cli_migrated_db, "verify-audit", "--tenant", str(tenant_id))
     service = (await _service_report(cli_admin_sessions, tenant_id)).first_break
 
     assert result.returncode == 1
@@ -166,7 +196,7 @@ async def test_broken_row_exits_one_with_the_location_and_is_not_anchored(
         f"audit chain BROKEN: tenant {tenant_id}, sequence 2, row {rows[1]}: "
         f"row_hash_mismatch: {service.detail}\n"
     )
-    refused = run_cli(cli_migrated_db, "audit-anchor", signing_key=signing_key_b64)
+    refused = await run_cli(cli_migrated_db, "audit-anchor", signing_key=signing_key_b64)
     assert refused.returncode == 1
     assert refused.stderr.startswith("audit chain BROKEN: tenant ")
 
@@ -186,7 +216,7 @@ async def test_forged_anchor_and_bad_input_are_refused_with_one_line(
     anchor_file = tmp_path / "anchor.json"
     anchor_file.write_text(audit_anchor_service.sign_anchor(anchor, forger_key).model_dump_json())
 
-    forged = run_cli(
+    forged = await run_cli(
         cli_migrated_db,
         "verify-audit",
         "--tenant",
@@ -207,11 +237,11 @@ async def test_forged_anchor_and_bad_input_are_refused_with_one_line(
         (["audit-anchor"], "error: AUDIT_ANCHOR_SIGNING_KEY is not set"),
     ]
     for args, message in cases:
-        result = run_cli(cli_migrated_db, *args)
+        result = await run_cli(cli_migrated_db, *args)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.startswith(message), result.stderr
         assert result.stderr.count("\n") == 1
 
-    bad_key = run_cli(cli_migrated_db, "verify-audit", signing_key="bm90IGEga2V5")
+    bad_key = await run_cli(cli_migrated_db, "verify-audit", signing_key="bm90IGEga2V5")
     assert bad_key.returncode == 2
     assert "AUDIT_ANCHOR_SIGNING_KEY" in bad_key.stderr

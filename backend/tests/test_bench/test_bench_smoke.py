@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -116,21 +117,26 @@ def _shared_configuration(server: harness.TestServer) -> list[tuple[object, ...]
         ).fetchall()
 
 
-@pytest.mark.parametrize("target", sorted(SMOKE_RUNS))
-def test_bench_runs_end_to_end_at_tiny_size(
-    target: str, test_server: harness.TestServer, migrated_db: harness.MigratedDatabase
-) -> None:
-    """The bench's own command, tiny, on the test server: exit 0 and its table printed."""
-    smoke = SMOKE_RUNS[target]
+_LONGEST = {"bench-neighbours", "bench-http", "bench-vector"}
+
+
+@dataclass(frozen=True)
+class SmokeResults:
+    """Every bench's tiny run, and the shared server's configuration before and after them."""
+
+    runs: dict[str, subprocess.CompletedProcess[str]]
+    configuration_before: list[tuple[object, ...]]
+    configuration_after: list[tuple[object, ...]]
+
+
+def _run_smoke(target: str, server_url: str) -> subprocess.CompletedProcess[str]:
+    """The bench's own command (from the Makefile), tiny, pointed at `server_url`."""
     command = makefile_bench_commands()[target]
-    server_url = test_server.superuser_url.render_as_string(hide_password=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith(_APP_VARIABLES)}
     # The benches' ways of being pointed at a server (bench-neighbours always starts its own).
     env.update(TEST_DATABASE_URL=server_url, BENCH_DATABASE_URL=server_url, PYTHONUNBUFFERED="1")
-    before = _shared_configuration(test_server)
-
-    result = subprocess.run(
-        [sys.executable, *command, *smoke.args],
+    return subprocess.run(
+        [sys.executable, *command, *SMOKE_RUNS[target].args],
         cwd=BACKEND_DIR,
         env=env,
         capture_output=True,
@@ -139,7 +145,29 @@ def test_bench_runs_end_to_end_at_tiny_size(
         check=False,
     )
 
+
+@pytest.fixture(scope="module")
+def smoke_results(
+    test_server: harness.TestServer, migrated_db: harness.MigratedDatabase
+) -> SmokeResults:
+    """All the tiny runs, three at a time: they are mostly waiting (servers starting, timed
+    phases), and each uses databases of its own names, so they can share the server."""
+    server_url = test_server.superuser_url.render_as_string(hide_password=False)
+    before = _shared_configuration(test_server)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        # The longest first, so that the last to start are short.
+        order = sorted(SMOKE_RUNS, key=lambda target: target not in _LONGEST)
+        futures = {target: pool.submit(_run_smoke, target, server_url) for target in order}
+        runs = {target: future.result() for target, future in futures.items()}
+    return SmokeResults(runs, before, _shared_configuration(test_server))
+
+
+@pytest.mark.parametrize("target", sorted(SMOKE_RUNS))
+def test_bench_runs_end_to_end_at_tiny_size(target: str, smoke_results: SmokeResults) -> None:
+    """The bench's own command, tiny, on the test server: exit 0 and its table printed, and
+    no bench changed the shared server's configuration."""
+    result = smoke_results.runs[target]
     output = f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr[-4000:]}"
     assert result.returncode == 0, output
-    assert smoke.table_marker in result.stdout, output
-    assert _shared_configuration(test_server) == before
+    assert SMOKE_RUNS[target].table_marker in result.stdout, output
+    assert smoke_results.configuration_after == smoke_results.configuration_before

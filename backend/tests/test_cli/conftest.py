@@ -111,3 +111,25 @@ def invoke_cli(
             get_settings.cache_clear()
 
     return invoke
+
+
+@pytest.fixture
+def run_cli_in_process(invoke_cli: InvokeCli) -> RunCli:
+    """`run_cli`'s interface, in-process: for long flows of commands whose process boundary
+    other tests already cover (a subprocess pays ~2 s of imports per command).
+
+    One command at a time (CliRunner swaps the process's environment and streams), each in a
+    thread so that it can run its own event loop beside the test's.
+    """
+    one_at_a_time = asyncio.Lock()
+
+    async def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        async with one_at_a_time:
+            result = await asyncio.to_thread(invoke_cli, *args, **env)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return subprocess.CompletedProcess(
+            list(args), result.exit_code, stdout=result.stdout, stderr=result.stderr
+        )
+
+    return run

@@ -62,13 +62,12 @@ async def _audit_actions(
 
 
 async def test_tenant_and_user_lifecycles(
-    run_cli: RunCli, admin_sessions: async_sessionmaker[AsyncSession]
+    run_cli_in_process: RunCli, admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    # Two independent flows of sequential commands: run them side by side to save time.
-    await asyncio.gather(
-        _tenant_lifecycle_with_an_audit_row_per_change(run_cli, admin_sessions),
-        _user_lifecycle_and_conflicts(run_cli, admin_sessions),
-    )
+    # In-process: 22 commands, whose exit codes and one-line errors from a real process
+    # test_bad_input_exit_codes_from_the_real_process holds.
+    await _tenant_lifecycle_with_an_audit_row_per_change(run_cli_in_process, admin_sessions)
+    await _user_lifecycle_and_conflicts(run_cli_in_process, admin_sessions)
 
 
 async def _tenant_lifecycle_with_an_audit_row_per_change(
@@ -316,7 +315,8 @@ async def test_dev_token_is_accepted_by_a_dev_mode_app(
     assert DEV_ISSUER.startswith("urn:")
 
 
-async def test_dev_token_refusals(run_cli: RunCli, make_caller: MakeCaller) -> None:
+async def test_dev_token_refusals(run_cli_in_process: RunCli, make_caller: MakeCaller) -> None:
+    run_cli = run_cli_in_process  # the refusals are the command's; the process adds nothing
     caller = await make_caller()
     tenant = str(caller.tenant.id)
     with_idp, production, unknown_user = await asyncio.gather(
@@ -351,8 +351,9 @@ async def test_dev_token_refusals(run_cli: RunCli, make_caller: MakeCaller) -> N
 
 
 async def test_vector_indexes_builds_an_index_for_a_tenant_over_the_threshold_and_drops_it(
-    run_cli: RunCli, admin_sessions: async_sessionmaker[AsyncSession]
+    run_cli_in_process: RunCli, admin_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
+    run_cli = run_cli_in_process  # four commands; the process boundary is held above
     vectors = np.random.default_rng(5).standard_normal((120, 1024))
     tenant_id = await make_tenant_with_vectors(admin_sessions, vectors)
     planned = await run_cli("vector-indexes", "--min-rows", "100", "--dry-run")

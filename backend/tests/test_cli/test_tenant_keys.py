@@ -1,10 +1,11 @@
 """Each tenant gets its own key when created (or brings one, checked), as the provisioning role;
-a key manager that is down creates no tenant."""
+a key manager that is down creates no tenant. The CLI runs in-process here."""
 
 from __future__ import annotations
 
 import uuid
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -16,6 +17,13 @@ from app.models import AuditLog, Tenant
 from testkit.factories import make_tenant
 from tests.test_cli.conftest import RunCli
 from tests.test_cli.test_admin_cli import _ok, _one_line_error
+
+
+@pytest.fixture
+def run_cli(run_cli_in_process: RunCli) -> RunCli:
+    """In-process: what is tested here is key provisioning, not the process boundary (which
+    test_admin_cli.py's real-process tests hold), and a subprocess costs ~2 s per command."""
+    return run_cli_in_process
 
 
 async def _tenant_count(admin_sessions: async_sessionmaker[AsyncSession], name: str) -> int:
