@@ -8,7 +8,7 @@ changes is the work per audit insert (issue 20; docs/AUDIT_INTEGRITY.md, "Cost")
   in two PL/pgSQL assignments plus the UPDATE's SET list: some thirteen netstrings of `||`,
   `COALESCE`, `octet_length` and casts, each an expression node PostgreSQL initialises again in
   every transaction (PL/pgSQL's expression state lives for one transaction, and the app writes
-  one audit row per transaction). Now the function is the UPDATE alone: its SET list hashes one
+  one audit row per transaction). Now the input is built in the UPDATE's SET list alone, as one
   `format()` whose template carries the punctuation and the lengths that can't vary (a UUID's
   text is always 36 bytes), so only the variable lengths remain as expressions. A `perf`
   profile had the two assignments at about a third of the trigger's time.

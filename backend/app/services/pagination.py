@@ -7,7 +7,6 @@ tenant's, or another query's) is refused instead of silently returning someone e
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import uuid
@@ -16,7 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import AwareDatetime, ConfigDict, TypeAdapter, ValidationError
-from sqlalchemy import Select, UnaryExpression, tuple_
+from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import signing
@@ -93,12 +92,6 @@ class PageRequest:
     limit: int = DEFAULT_PAGE_SIZE
 
 
-@functools.cache
-def _newest_first(model: type[Base]) -> tuple[UnaryExpression[Any], UnaryExpression[Any]]:
-    """`created_at DESC, id DESC` of `model`, built once: the expressions are immutable."""
-    return model.created_at.desc(), model.id.desc()
-
-
 async def fetch_page(
     session: AsyncSession,
     statement: Select[_Row],
@@ -114,7 +107,7 @@ async def fetch_page(
     position = codec.decode(page.cursor, tenant_id, fingerprint) if page.cursor else None
     # Every table has (created_at, id) from Base, and an index on (tenant_id, created_at, id).
     created_at, row_id = model.created_at, model.id
-    statement = statement.order_by(*_newest_first(model))
+    statement = statement.order_by(created_at.desc(), row_id.desc())
     if position is not None:
         # Strictly older than the last row seen; the row comparison walks the tenant index.
         statement = statement.where(
