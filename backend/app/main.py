@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.sdk.trace import SpanProcessor
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.admission import CallerAdmission, TenantLimiter
+from app.api.admission import CallerAdmission, TenantLimiter, export_limiter
 from app.api.errors import install_error_handlers
 from app.api.idempotency import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER
 from app.api.metrics import router as metrics_router
@@ -159,6 +159,7 @@ def create_app(
             instrument_engine(database.engine, tracer_provider)
     app.state.tenant_limiter = TenantLimiter.from_settings(settings)
     app.state.caller_admission = CallerAdmission(app.state.tenant_limiter)
+    app.state.export_limiter = export_limiter(settings)
     app.state.readiness_probe = health_service.ReadinessProbe()
     app.state.caller_cache = caller_cache.CallerCache()
     # Opened on first use: a process that never touches content starts no embedded server.

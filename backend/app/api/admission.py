@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import TooManyRequestsError
+from app.services.tenant_export import EXPORT_RETRY_AFTER_SECONDS
 
 QUEUE_SECONDS = 1.0
 """How long a request waits for one of its tenant's concurrency slots before the 429."""
@@ -79,6 +80,8 @@ class TenantLimiter:
         clock: Callable[[], float] = time.monotonic,
         subject: str = "your tenant",
         metric_prefix: str = "tenant",
+        busy_message: str | None = None,
+        busy_retry_after_seconds: int = 1,
     ) -> None:
         self.rate_per_second = rate_per_second
         self.burst = burst
@@ -88,6 +91,9 @@ class TenantLimiter:
         self.metric_prefix = (
             metric_prefix  # the 429 metric's reason: <prefix>_rate, ..._concurrency
         )
+        # The 429's text and Retry-After when all of a key's slots are taken (None: generic).
+        self.busy_message = busy_message
+        self.busy_retry_after_seconds = busy_retry_after_seconds
         self._clock = clock
         self._buckets: dict[Hashable, _Bucket] = {}
         self._slots: dict[Hashable, _Slots] = {}
@@ -169,9 +175,10 @@ class TenantLimiter:
             self._leave(key, slots)
             metrics.RATE_LIMITED.labels(reason=f"{self.metric_prefix}_concurrency").inc()
             raise TooManyRequestsError(
-                f"{self.subject} already has {self.max_concurrent} requests in progress, the"
+                self.busy_message
+                or f"{self.subject} already has {self.max_concurrent} requests in progress, the"
                 " limit; retry when one has finished",
-                retry_after_seconds=1,
+                retry_after_seconds=self.busy_retry_after_seconds,
             ) from None
         except BaseException:
             self._leave(key, slots)  # cancelled (client gone): out of the line, nothing held
@@ -183,6 +190,28 @@ class TenantLimiter:
         slots.users -= 1
         if not slots.users:
             del self._slots[key]
+
+
+def export_limiter(settings: Settings) -> TenantLimiter:
+    """The cap on export streams in this worker (TENANT_EXPORT_MAX_CONCURRENT), whoever's they
+    are: each holds a pooled connection for as long as its client reads, outside the request
+    limits above, so the cap is what keeps the rest of the pool for requests. One key
+    (`ALL_EXPORTS`), no waiting: over the cap, 429 at once (reason `export_concurrency`)."""
+    cap = settings.TENANT_EXPORT_MAX_CONCURRENT
+    return TenantLimiter(
+        rate_per_second=0,
+        burst=1,
+        max_concurrent=cap,
+        queue_seconds=0,
+        metric_prefix="export",
+        busy_message=f"exports are busy: {cap} tenant exports are being streamed from this"
+        " server, its limit; retry after the Retry-After seconds",
+        busy_retry_after_seconds=EXPORT_RETRY_AFTER_SECONDS,
+    )
+
+
+ALL_EXPORTS = "all exports"
+"""The export limiter's one key: the cap is on this worker's exports, whoever's they are."""
 
 
 @dataclass

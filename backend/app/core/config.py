@@ -260,6 +260,13 @@ class Settings(BaseSettings):
     # years apply to, is never purged).
     OFFBOARDING_GRACE_DAYS: int = Field(default=30, ge=0, le=365)
     SOFT_DELETE_RETENTION_DAYS: int = Field(default=30, ge=1, le=3650)
+    # GET /tenant/export streams from a transaction (one pooled connection) of its own, outside
+    # the request limits: at most this many streams per worker process (keep it well below
+    # DB_POOL_SIZE, so requests keep the rest of the pool), one per tenant across all workers.
+    TENANT_EXPORT_MAX_CONCURRENT: int = Field(default=2, ge=1, le=100)
+    # Seconds an export stream waits for its client to read before it is ended (its
+    # connection, lock and slot freed; the client sees the archive cut short).
+    TENANT_EXPORT_IDLE_SECONDS: float = Field(default=60.0, gt=0, le=3600)
 
     # Audit-chain anchors (docs/AUDIT_INTEGRITY.md): an Ed25519 key kept outside the database.
     AUDIT_ANCHOR_SIGNING_KEY: SecretStr | None = None

@@ -55,7 +55,8 @@ DB_POOL_ACQUIRE = Histogram(
 RATE_LIMITED = Counter(
     "rate_limited_requests",
     "Requests refused with 429, by reason (tenant_rate, tenant_concurrency,"
-    " refused_identity_rate, refused_identity_concurrency).",
+    " refused_identity_rate, refused_identity_concurrency, tenant_export_running,"
+    " export_concurrency).",
     ["reason"],
 )
 SEARCH_STRATEGY = Counter(

@@ -2,11 +2,10 @@
 transaction, replay it on a retry, purge expired ones.
 
 In-flight detection: the claim takes a transaction-scoped advisory lock on (tenant, caller,
-key) with `pg_try_advisory_xact_lock`, which never waits. A second request with the same key
+key) (`app.database.advisory_locks`), which never waits. A second request with the same key
 while the first one's transaction is open fails to take it and gets 409; once the first
 commits, its record is visible (PostgreSQL releases the lock after the commit is visible) and
 the second replays it; if the first rolled back, nothing was written and the second runs.
-Advisory locks are per database server: under Citus the key hashes to one coordinator.
 """
 
 from __future__ import annotations
@@ -16,17 +15,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import IdempotencyKeyInFlightError, IdempotencyKeyReusedError
+from app.database.advisory_locks import LockClass, try_transaction_lock
 from app.models import IdempotencyKey
-
-# The first int4 of the two-key advisory lock form, to stay apart from other lock users
-# (the one-bigint form, used by the vector index CLI, never overlaps the two-int4 form).
-_LOCK_CLASS = 0x1D3A  # "idempotency"
-_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:lock_class, hashtext(:scope))")
 
 
 @dataclass(frozen=True)
@@ -56,10 +51,7 @@ async def claim(
     IdempotencyKeyReusedError (422) when the key was used for a different request.
     """
     lock_scope = f"{scope.tenant_id}/{scope.user_id}/{scope.key}"
-    locked = (
-        await session.execute(_TRY_LOCK, {"lock_class": _LOCK_CLASS, "scope": lock_scope})
-    ).scalar_one()
-    if not locked:
+    if not await try_transaction_lock(session, LockClass.IDEMPOTENCY_KEY, lock_scope):
         raise IdempotencyKeyInFlightError(
             "a request with this Idempotency-Key is still in progress; retry when it has finished",
             headers={"Retry-After": "1"},

@@ -15,6 +15,12 @@ decrypted segment by segment. The caller runs the generator inside one REPEATABL
 transaction, so every file describes the same moment, and the signed head is the last row of
 the exported chain. Writing the `tenant.export` audit row is the caller's first step, in its
 own transaction, before the snapshot: the archive contains its own export record.
+
+One export of a tenant streams at a time, across every worker process: `claim_export` takes
+the tenant's advisory lock (`app.database.advisory_locks`) in the transaction it is given. The
+API checks it in the request's transaction before the audit row (a second export is refused
+without one) and takes it again as the snapshot transaction's first step, which holds it for
+the whole stream; PostgreSQL frees it when that transaction ends, however it ends.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import tarfile
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -40,6 +46,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.content import envelope
 from app.content.key_manager import EncryptionContext, KeyManager
 from app.content.object_store import ObjectStore
+from app.core import metrics
+from app.core.errors import TooManyRequestsError
+from app.database.advisory_locks import LockClass, try_transaction_lock
 from app.models import Document, Tenant, User
 from app.services import audit
 from app.services import audit_anchor as audit_anchor_service
@@ -51,7 +60,11 @@ ARCHIVE_FORMAT = "tenant-export/1"
 PART_ROWS = 2000
 PART_BYTES = 4 * 1024 * 1024
 STREAM_ROWS = 500
-CONTENT_PREFETCH = 8
+# Documents opened ahead of the one being written. Each holds an object-store connection until
+# it is written, also while a client stalls the stream (up to TENANT_EXPORT_IDLE_SECONDS): two,
+# times TENANT_EXPORT_MAX_CONCURRENT exports, stays well inside the S3 client's pool of 10.
+# Side by side (bench-lifecycle, docs/TENANT_LIFECYCLE.md), 2 did as well as 4 or 8.
+CONTENT_PREFETCH = 2
 _BLOCK = tarfile.BLOCKSIZE
 
 # Table name -> (table, the column naming the tenant). Parents before children.
@@ -213,8 +226,9 @@ async def _content_members(
     archive: _Archive,
     read_content: ContentReader,
     summary: ExportSummary,
+    prefetch: int,
 ) -> AsyncIterator[bytes]:
-    """Each document's decrypted content, in id order. The next CONTENT_PREFETCH documents are
+    """Each document's decrypted content, in id order. The next `prefetch` documents are
     opened (data key unwrapped, object opened) while one is written: per document, the KMS
     and storage round trips dominate, and they overlap this way; memory stays a few segments
     per open document."""
@@ -249,7 +263,7 @@ async def _content_members(
     try:
         async for document in documents:
             opening.append((document, asyncio.ensure_future(read_content(document))))
-            if len(opening) >= CONTENT_PREFETCH:
+            if len(opening) >= prefetch:
                 async for chunk in written(*opening.popleft()):
                     yield chunk
         while opening:
@@ -258,6 +272,22 @@ async def _content_members(
     finally:
         for _document, task in opening:
             task.cancel()
+
+
+EXPORT_RETRY_AFTER_SECONDS = 10
+"""Retry-After of a refused export: an export of a small tenant takes seconds."""
+
+
+async def claim_export(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """Hold the tenant's export lock until `session`'s transaction ends; 429 (reason
+    `tenant_export_running`) while another transaction, in any worker, holds it."""
+    if not await try_transaction_lock(session, LockClass.TENANT_EXPORT, str(tenant_id)):
+        metrics.RATE_LIMITED.labels(reason="tenant_export_running").inc()
+        raise TooManyRequestsError(
+            "an export of your tenant is already being streamed (one at a time per tenant);"
+            " retry when it has finished",
+            retry_after_seconds=EXPORT_RETRY_AFTER_SECONDS,
+        )
 
 
 async def audit_export(
@@ -284,12 +314,14 @@ async def stream_archive(
     read_content: ContentReader | None = None,
     progress: Progress = _quiet,
     summary: ExportSummary | None = None,
-) -> AsyncIterator[bytes]:
+    content_prefetch: int = CONTENT_PREFETCH,
+) -> AsyncGenerator[bytes, None]:
     """The tenant's archive, chunk by chunk; `session` is a REPEATABLE READ transaction.
 
     As the provisioning role or as `app_runtime` in the tenant's context (RLS shows the same
     rows). `anchor_key` signs the chain's head; without it `audit/anchor.json` holds the head
     unsigned (the API server has no signing key: docs/AUDIT_INTEGRITY.md).
+    `content_prefetch`: documents opened ahead of the one being written (1: one at a time).
     """
     summary = summary if summary is not None else ExportSummary(tenant_id)
     exported_at = await session.scalar(select(func.now()))
@@ -356,7 +388,10 @@ async def stream_archive(
         yield chunk
 
     if read_content is not None:
-        async for chunk in _content_members(session, tenant_id, archive, read_content, summary):
+        members = _content_members(
+            session, tenant_id, archive, read_content, summary, content_prefetch
+        )
+        async for chunk in members:
             yield chunk
         progress(
             f"content: {summary.documents_with_content} documents, "

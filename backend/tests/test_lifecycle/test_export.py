@@ -260,6 +260,9 @@ async def test_admins_export_over_the_api_and_members_are_refused(
     files = members(archive)
     users = [row for n in files if n.startswith("rows/users/") for row in jsonl(files[n])]
     assert {row["id"] for row in users} == {str(admin.user.id), str(member.user.id)}
+    # The snapshot is taken after the request committed the export's audit row: it ends the chain.
+    chain = [row for n in files if n.startswith("audit/chain/") for row in jsonl(files[n])]
+    assert chain[-1]["canonical"][6] == "tenant.export"
     assert str(other.tenant.id).encode() not in answer.content  # nothing of another tenant
     async with admin_transaction(admin_sessions) as session:
         audited = await session.scalars(

@@ -1,15 +1,26 @@
-"""GET /tenant/export: everything the caller's tenant owns, as a streamed tar archive (admins)."""
+"""GET /tenant/export: everything the caller's tenant owns, as a streamed tar archive (admins).
+
+An export streams from a transaction of its own (one pooled connection) for as long as its
+client reads, outside the request limits (app.api.admission), so it is bounded on its own:
+one export per tenant at a time across every worker (the tenant's advisory lock), at most
+TENANT_EXPORT_MAX_CONCURRENT per worker whoever's they are (so requests keep the rest of the
+pool), and TENANT_EXPORT_IDLE_SECONDS without the client reading ends it. Each refusal is a
+429 with Retry-After, before the audit row is written.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import Annotated
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Request
 from sqlalchemy import text
 
+from app.api.admission import ALL_EXPORTS, TenantLimiter
 from app.api.deps import AdminActor, TenantSession
-from app.api.responses import API_ERRORS
+from app.api.responses import API_ERRORS, error_response
+from app.api.streaming import IdleBoundedStreamingResponse
 from app.content.backends import ContentBackends
 from app.core.config import Settings
 from app.database import Database
@@ -19,7 +30,8 @@ from app.services import tenant_export as export_service
 
 router = APIRouter(prefix="/tenant", tags=["tenant"], responses=API_ERRORS)
 
-# A slow reader holds a snapshot (and a pooled connection) while it is idle: bounded.
+# A backstop for a worker that stopped running its event loop (the idle bound above is
+# enforced by the worker itself): the server ends a transaction idle this long.
 _IDLE_WHILE_STREAMING = text(
     "SELECT set_config('idle_in_transaction_session_timeout', '300000', true)"
 )
@@ -27,21 +39,38 @@ _IDLE_WHILE_STREAMING = text(
 ARCHIVE_MEDIA_TYPE = "application/x-tar"
 
 
+async def _export_slot(request: Request, _admin: AdminActor) -> AsyncIterator[None]:
+    """One of this worker's export slots (429 when all are taken), held until the response
+    has been sent or dropped: the request's exit stack releases it on every path."""
+    limiter: TenantLimiter = request.app.state.export_limiter
+    async with limiter.admit(ALL_EXPORTS):
+        yield
+
+
+ExportSlot = Annotated[None, Depends(_export_slot)]
+
+
 @router.get(
     "/export",
     summary="Export everything the tenant owns as a tar archive (admins)",
-    response_class=StreamingResponse,
+    response_class=IdleBoundedStreamingResponse,
     responses={
         200: {
             "description": "The archive, format tenant-export/1 (docs/TENANT_LIFECYCLE.md): rows "
-            "as JSON Lines, the audit chain and its head, decrypted content, a SHA-256 manifest.",
+            "as JSON Lines, the audit chain and its head, decrypted content, a SHA-256 manifest."
+            " A client that reads nothing for TENANT_EXPORT_IDLE_SECONDS gets it cut short.",
             "content": {ARCHIVE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-        }
+        },
+        429: error_response(
+            "An export of the caller's tenant is already being streamed (one at a time), or "
+            "this server streams as many exports as it allows (exports are busy); retry after "
+            "the `Retry-After` header's seconds."
+        ),
     },
 )
 async def export_tenant(
-    request: Request, session: TenantSession, actor: AdminActor
-) -> StreamingResponse:
+    request: Request, session: TenantSession, actor: AdminActor, _slot: ExportSlot
+) -> IdleBoundedStreamingResponse:
     """Stream the caller's tenant's archive; the export is audited before the first byte.
 
     The rows are read in one REPEATABLE READ snapshot as `app_runtime` under RLS, like every
@@ -53,6 +82,8 @@ async def export_tenant(
     settings: Settings = request.app.state.settings
     signing = settings.AUDIT_ANCHOR_SIGNING_KEY is not None
     anchor_key = audit_anchor_service.signing_key(settings) if signing else None
+    # Refused here, before the audit row, while the tenant's export streams (in any worker).
+    await export_service.claim_export(session, tenant_id)
     await export_service.audit_export(session, actor, tenant_id, signed=signing)
     content: ContentBackends = request.app.state.content
     read_content = export_service.content_reader(
@@ -63,16 +94,24 @@ async def export_tenant(
         database.engine.execution_options(isolation_level="REPEATABLE READ")
     )
 
-    async def archive() -> AsyncIterator[bytes]:
+    @asynccontextmanager
+    async def archive() -> AsyncIterator[AsyncIterator[bytes]]:
+        # Opened as the response is sent: the request's transaction has committed the audit
+        # row (the snapshot holds it) and released its hold on the lock, which the snapshot's
+        # transaction takes for the whole stream. Two exports let through together by the
+        # check above meet here: the second is refused (with its audit row written).
         async with tenant_transaction(snapshots, tenant_id) as snapshot:
+            await export_service.claim_export(snapshot, tenant_id)
             await snapshot.execute(_IDLE_WHILE_STREAMING)
-            async for chunk in export_service.stream_archive(
+            chunks = export_service.stream_archive(
                 snapshot, tenant_id, anchor_key=anchor_key, read_content=read_content
-            ):
-                yield chunk
+            )
+            async with aclosing(chunks):
+                yield chunks
 
-    return StreamingResponse(
-        archive(),
+    return IdleBoundedStreamingResponse(
+        archive,
+        idle_seconds=settings.TENANT_EXPORT_IDLE_SECONDS,
         media_type=ARCHIVE_MEDIA_TYPE,
         headers={"Content-Disposition": f'attachment; filename="tenant-{tenant_id}.tar"'},
     )
