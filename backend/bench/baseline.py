@@ -40,6 +40,7 @@ from app.database.session import make_sessionmaker
 from app.middleware.metrics import RequestMetrics
 from app.models import Document
 from app.schemas import document as document_schemas
+from app.schemas.common import page_of
 from app.schemas.me import Me
 from app.services import callers as callers_service
 from app.services import documents as documents_service
@@ -161,10 +162,7 @@ async def list_documents(
     """GET /api/v1/documents' first page query (no filters)."""
     query = documents_service.DocumentQuery()
     rows, next_cursor = await documents_service.list_documents(session, context, query, page, codec)
-    return document_schemas.DocumentPage(
-        items=[document_schemas.Document.model_validate(row) for row in rows],
-        next_cursor=next_cursor,
-    )
+    return page_of(document_schemas.DocumentPage, rows, next_cursor)
 
 
 @router.post("/documents/search", response_model=document_schemas.SearchResults)

@@ -366,6 +366,17 @@ def build_requests(
     return [encode_request(route.method, prefix + route.path, headers)]
 
 
+def selected(args: argparse.Namespace) -> list[Route]:
+    """The routes `--routes` names, in the table's order."""
+    return [route for route in ROUTES if route.name in args.routes]
+
+
+def measured_routes(results: dict[tuple[str, int, str], Measured]) -> list[Route]:
+    """The routes that have results, in the table's order."""
+    names = {name for name, _, _ in results}
+    return [route for route in ROUTES if route.name in names]
+
+
 def check_twins_agree(
     port: int,
     routes: dict[str, tuple[list[bytes], list[bytes]]],
@@ -508,7 +519,7 @@ def measure(
 ) -> dict[tuple[str, int, str], Measured]:
     """Every route at every concurrency, authenticated and baseline slices alternating."""
     results: dict[tuple[str, int, str], Measured] = {}
-    for route in ROUTES:
+    for route in selected(args):
         authenticated, baseline = requests[route.name]
         for concurrency in args.concurrency:
             for batch in (authenticated, baseline):
@@ -623,7 +634,7 @@ def print_results(results: dict[tuple[str, int, str], Measured], concurrencies: 
     print(header)
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     met = True
-    for route in ROUTES:
+    for route in measured_routes(results):
         for concurrency in concurrencies:
             auth = results[(route.name, concurrency, "rls")]
             base = results[(route.name, concurrency, "baseline")]
@@ -668,7 +679,7 @@ def measure_telemetry(
     ports = {variant: server.port for variant, server in servers.items()}
     workers = {variant: server.workers() for variant, server in servers.items()}
     results: dict[tuple[str, int, str], Measured] = {}
-    for route in ROUTES:
+    for route in selected(args):
         authenticated, _ = requests[route.name]
         for concurrency in args.concurrency:
             for port in ports.values():
@@ -711,7 +722,7 @@ def print_telemetry_results(
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     met = True
-    for route in ROUTES:
+    for route in measured_routes(results):
         for concurrency in concurrencies:
             on = results[(route.name, concurrency, "on")]
             off = results[(route.name, concurrency, "off")]
@@ -818,6 +829,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=0.5, help="untimed seconds per variant")
     parser.add_argument("--max-requests", type=int, default=50_000, help="cap per slice")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
+    parser.add_argument(
+        "--routes",
+        nargs="+",
+        choices=[route.name for route in ROUTES],
+        default=[route.name for route in ROUTES],
+        metavar="ROUTE",
+        help='only these routes, e.g. --routes "GET /documents" (default: all)',
+    )
     parser.add_argument("--pool-size", type=int, default=10, help="DB_POOL_SIZE of the app")
     parser.add_argument("--max-overflow", type=int, default=10, help="DB_MAX_OVERFLOW of the app")
     parser.add_argument(

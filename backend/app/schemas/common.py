@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from array import array
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import inspect
 
 from app.database.vector_search import EMBEDDING_DIMENSIONS
 
@@ -60,6 +63,38 @@ class ResponseModel(BaseModel):
     """Response bodies, built from ORM objects' attributes."""
 
     model_config = ConfigDict(from_attributes=True)
+
+
+PageT = TypeVar("PageT", bound=BaseModel)
+
+
+@functools.cache
+def _item_attributes(page_model: type[BaseModel]) -> frozenset[str]:
+    """The ORM attribute names a page's item model reads (its validation aliases, else names)."""
+    (item_model,) = get_args(page_model.model_fields["items"].annotation)
+    return frozenset(
+        field.validation_alias if isinstance(field.validation_alias, str) else name
+        for name, field in item_model.model_fields.items()
+    )
+
+
+def page_of(page_model: type[PageT], rows: Sequence[object], next_cursor: str | None) -> PageT:
+    """A page response (`items`, `next_cursor`) from ORM rows, validated in one call.
+
+    Each row goes in as the values SQLAlchemy loaded into it (its instance dict), read by
+    pydantic-core directly: reading them through the ORM's attribute descriptors was half the
+    page's validation time (issue 20; docs/PERFORMANCE.md). A row missing one of the item's
+    attributes (expired by a commit, or deferred) goes in as the row itself, so the ORM loads
+    it as before.
+    """
+    needed = _item_attributes(page_model)
+    items: list[object] = []
+    for row in rows:
+        loaded = inspect(row).dict
+        items.append(loaded if needed <= loaded.keys() else row)
+    return page_model.model_validate(
+        {"items": items, "next_cursor": next_cursor}, from_attributes=True
+    )
 
 
 def refuse_nul(value: str) -> str:

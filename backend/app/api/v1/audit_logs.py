@@ -14,7 +14,7 @@ from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS
 from app.schemas import audit_log as schemas
 from app.schemas.audit_integrity import AuditChainVerification
-from app.schemas.common import Text
+from app.schemas.common import Text, page_of
 from app.services import audit_integrity as audit_integrity_service
 from app.services import audit_logs as audit_logs_service
 
@@ -70,6 +70,4 @@ async def list_audit_logs(
         created_before=created_before,
     )
     rows, next_cursor = await audit_logs_service.list_audit_logs(session, actor, query, page, codec)
-    return schemas.AuditLogPage(
-        items=[schemas.AuditLogEntry.model_validate(row) for row in rows], next_cursor=next_cursor
-    )
+    return page_of(schemas.AuditLogPage, rows, next_cursor)

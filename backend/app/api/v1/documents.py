@@ -25,7 +25,7 @@ from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, metadata_filter
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
-from app.schemas.common import FILTER_LIMITS_TEXT, FILTER_MAX_BYTES, Text
+from app.schemas.common import FILTER_LIMITS_TEXT, FILTER_MAX_BYTES, Text, page_of
 from app.services import document_content as document_content_service
 from app.services import documents as documents_service
 
@@ -94,7 +94,7 @@ async def list_documents(
         include_deleted=include_deleted,
     )
     rows, next_cursor = await documents_service.list_documents(session, actor, query, page, codec)
-    return schemas.DocumentPage(items=[_out(row) for row in rows], next_cursor=next_cursor)
+    return page_of(schemas.DocumentPage, rows, next_cursor)
 
 
 @router.post(

@@ -12,6 +12,7 @@ from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import user as schemas
+from app.schemas.common import page_of
 from app.services import users as users_service
 
 router = APIRouter(
@@ -39,9 +40,7 @@ async def list_users(
     """Newest first, cursor-paginated."""
     query = users_service.UserQuery(include_deleted=include_deleted)
     rows, next_cursor = await users_service.page_users(session, actor, query, page, codec)
-    return schemas.UserPage(
-        items=[schemas.UserRecord.model_validate(row) for row in rows], next_cursor=next_cursor
-    )
+    return page_of(schemas.UserPage, rows, next_cursor)
 
 
 @router.get(
