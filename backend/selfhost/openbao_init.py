@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 import sys
 import time
@@ -37,6 +38,7 @@ path "transit/rewrap/tenant-*" { capabilities = ["update"] }
 # match) and is re-created by the next `docker compose up` if it ever expired.
 TOKEN_TTL = "87600h"  # noqa: S105 - a lifetime, not a secret
 WAIT_SECONDS = 120
+UNSENT_RETRY_SECONDS = 60  # a call whose request could not leave (DNS, refused) is retried
 
 
 def say(message: str) -> None:
@@ -53,13 +55,23 @@ def call(method: str, path: str, body: Any = None, token: str | None = None) -> 
         headers={"X-Vault-Token": token} if token else {},
     )
     context = ssl.create_default_context(cafile=str(CA_CERT))
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        return error.code, json.loads(raw) if raw else None
+    deadline = time.monotonic() + UNSENT_RETRY_SECONDS
+    while True:
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            return error.code, json.loads(raw) if raw else None
+        except urllib.error.URLError as error:
+            # Retried only when the request never left: the container network's DNS failed a
+            # lookup once in CI, mid-initialisation. A request that may have been sent is
+            # never repeated (a second `sys/init` would lose the first's unseal key).
+            unsent = isinstance(error.reason, socket.gaierror | ConnectionRefusedError)
+            if not unsent or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def ok(answer: tuple[int, Any], what: str) -> Any:
