@@ -78,7 +78,11 @@ async def open_object_store(settings: Settings) -> S3ObjectStore:
             secret_access_key=embedded.secret_access_key,
         )
     )
-    await store.ensure_bucket()
+    try:
+        await store.ensure_bucket()
+    except BaseException:
+        await store.close()  # its connections, not left to the garbage collector
+        raise
     return store
 
 

@@ -107,8 +107,12 @@ def _take(buffer: bytearray, size: int) -> bytes:
     return head
 
 
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code"))
+
+
 def _is_not_found(error: ClientError) -> bool:
-    return str(error.response.get("Error", {}).get("Code")) in _NOT_FOUND
+    return _error_code(error) in _NOT_FOUND
 
 
 @contextlib.contextmanager
@@ -174,7 +178,14 @@ class S3ObjectStore:
             except ClientError as exc:
                 if not _is_not_found(exc):
                     raise
-                await self._client.create_bucket(Bucket=self._bucket)
+                try:
+                    await self._client.create_bucket(Bucket=self._bucket)
+                except ClientError as create_error:
+                    # Another process made it first (`make run` starts the server and the
+                    # worker together, and both ensure the bucket), or botocore retried a
+                    # create whose answer was lost: either way the bucket is there.
+                    if _error_code(create_error) != "BucketAlreadyOwnedByYou":
+                        raise
 
     async def put_stream(
         self, key: str, chunks: AsyncIterable[bytes], *, content_type: str

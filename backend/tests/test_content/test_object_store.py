@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tracemalloc
@@ -163,3 +164,17 @@ async def test_sealed_content_through_the_store_round_trips_with_flat_memory(
     assert info.size == envelope.sealed_size(total)
     assert received.digest() == sent.digest()
     assert peak < 4 * PART_BYTES <= total / 2, f"peak {peak} bytes for a {total}-byte object"
+
+
+async def test_processes_ensuring_a_new_bucket_at_once_all_succeed(embedded_s3: EmbeddedS3) -> None:
+    # `make run` starts the server and the worker together, and both ensure the embedded
+    # bucket: the one that loses the race between HEAD and CREATE must not fail (CI's README
+    # upload got a 503 from BucketAlreadyOwnedByYou).
+    location = s3_location(embedded_s3, bucket=f"race-{uuid.uuid4().hex[:12]}")
+    stores = [await S3ObjectStore.open(location) for _ in range(10)]
+    try:
+        await asyncio.gather(*(store.ensure_bucket() for store in stores))
+        await stores[0].check()
+    finally:
+        for store in stores:
+            await store.close()
