@@ -100,6 +100,10 @@ async def authenticate(
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)],
 ) -> VerifiedIdentity:
     """Verify the bearer token (no database access): 401 when missing, expired or invalid."""
+    return await _verified_identity(request)
+
+
+async def _verified_identity(request: Request) -> VerifiedIdentity:
     header = request.headers.get("authorization")
     if header is None:
         raise UnauthorizedError("send an Authorization: Bearer <token> header", reason="missing")
@@ -122,7 +126,14 @@ class _Admitted:
 async def _admitted(
     request: Request, identity: Annotated[VerifiedIdentity, Depends(authenticate)]
 ) -> AsyncIterator[_Admitted]:
-    """The verified caller, holding one of its tenant's slots (429 when over the limits).
+    """The verified caller, holding one of its tenant's slots (429 when over the limits)."""
+    async with _admission(request, identity) as admitted:
+        yield admitted
+
+
+@asynccontextmanager
+async def _admission(request: Request, identity: VerifiedIdentity) -> AsyncIterator[_Admitted]:
+    """Hold one of the identity's tenant's slots.
 
     An identity the caller lookup refused recently holds a slot of its own instead, so it never
     spends its tenant's budget (app.api.admission.CallerAdmission).
@@ -141,10 +152,18 @@ class _TenantRequest:
 
 async def _tenant_request(
     request: Request,
-    # Admitted before the transaction opens, released after it ends (scope="function").
-    admitted: Annotated[_Admitted, Depends(_admitted, scope="function")],
+    # Declares the scheme in the OpenAPI document; the header is verified below.
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)],
 ) -> AsyncIterator[_TenantRequest]:
-    async with _caller_transaction(request, admitted) as tenant_request:
+    # Token check and admission are called here, not declared as sub-dependencies: FastAPI
+    # walks a dependency's whole sub-tree again for every parameter that uses it (a handler
+    # taking TenantSession and CurrentActor walked authenticate's chain twice), at a cost
+    # per node on every request (issue 20). Admitted before the transaction opens, released
+    # after it ends (this dependency has scope="function").
+    async with (
+        _admission(request, await _verified_identity(request)) as admitted,
+        _caller_transaction(request, admitted) as tenant_request,
+    ):
         yield tenant_request
 
 

@@ -19,11 +19,15 @@ import httpx
 import psycopg
 import pytest
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from psycopg.pq import Trace
 from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.api import deps
 from app.api.deps import AdminActor, CurrentActor, TenantSession
+from app.api.v1 import documents as documents_api
 from app.core.config import Settings
 from app.core.errors import ConflictError, NotFoundError
 from app.database import Database
@@ -352,6 +356,31 @@ async def test_every_operation_but_health_and_docs_needs_a_token(
             assert (await http.get(path)).status_code == 200, path
     security = app.openapi()["paths"]["/api/v1/me"]["get"]["security"]
     assert security == [{"HTTPBearer": []}]
+
+
+def _solved_nodes(dependant: Dependant) -> list[object]:
+    """The calls FastAPI solves per request under `dependant`, repeats included: it walks a
+    cached dependency's whole sub-tree again for every parameter that uses it."""
+    return [node for sub in dependant.dependencies for node in [sub.call, *_solved_nodes(sub)]]
+
+
+def test_the_token_check_and_admission_are_not_walked_once_per_parameter() -> None:
+    # Issue 20: TenantSession and CurrentActor both depend on the request dependency, so a
+    # chain of dependencies under it (authenticate, _admitted) was walked twice per request.
+    # The request dependency verifies and admits by plain calls; only the bearer scheme (for
+    # the OpenAPI document) stays a dependency under it.
+    route = next(
+        route
+        for route in documents_api.router.routes
+        if isinstance(route, APIRoute)
+        and route.path == "/documents/{document_id}"
+        and "GET" in route.methods
+    )
+    nodes = _solved_nodes(route.dependant)
+    assert deps.authenticate not in nodes
+    assert nodes.count(deps._tenant_request) == 2  # TenantSession's and CurrentActor's
+    # _session and _actor, each with the request dependency and its bearer scheme; settings.
+    assert len(nodes) == 7, nodes
 
 
 async def test_concurrent_requests_do_not_share_a_transaction(
