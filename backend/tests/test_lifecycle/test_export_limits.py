@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.api import deps
+from app.api.v1 import tenant_export as tenant_export_api
 from app.content.backends import ContentBackends
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailableError
@@ -358,3 +360,56 @@ async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
         assert engine.pool.checkedout() == 0
         async with _client(app) as client:
             await _exports_fully(client, admin)  # the one slot is free again
+
+
+async def test_two_exports_started_together_one_streams_and_the_other_is_429_before_any_write(
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    content_backends: ContentBackends,
+    admin_sessions: async_sessionmaker[AsyncSession],
+    make_caller: MakeCaller,
+    stalled: list[StalledExport],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second export arrives in the window between the first one's request (audited,
+    committed) and its stream's snapshot: it is refused there, before its audit row."""
+    admin = await make_caller(role="admin")
+    first_between_request_and_snapshot = asyncio.Event()
+    second_answered = asyncio.Event()
+    open_transaction = tenant_export_api.tenant_transaction
+    snapshots_opened = 0
+
+    @asynccontextmanager
+    async def snapshot_held_back(
+        sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID
+    ) -> AsyncIterator[AsyncSession]:
+        # Only the first export's snapshot waits: the window stays open until the second
+        # export has its answer.
+        nonlocal snapshots_opened
+        snapshots_opened += 1
+        if snapshots_opened == 1:
+            first_between_request_and_snapshot.set()
+            await asyncio.wait_for(second_answered.wait(), SETTLE_SECONDS)
+        async with open_transaction(sessions, tenant_id) as session:
+            yield session
+
+    monkeypatch.setattr(tenant_export_api, "tenant_transaction", snapshot_held_back)
+    refused_before = _rate_limited("tenant_export_running")
+    async with _app(settings, migrated_db, content_backends) as (app, _engine):
+        first = StalledExport(app, admin)
+        stalled.append(first)
+        await asyncio.wait_for(first_between_request_and_snapshot.wait(), SETTLE_SECONDS)
+        second = StalledExport(app, admin)
+        stalled.append(second)
+        second_status = await second.started()
+        second_answered.set()
+        assert second_status == 429, "both exports of the tenant passed the check"
+        await second.finished()
+        await first.stalled()
+        assert second.headers["retry-after"] == "10"
+        assert "an export of your tenant is already being streamed" in second.error()["message"]
+        assert _rate_limited("tenant_export_running") == refused_before + 1
+        assert await _export_audit_rows(admin_sessions, admin) == 1  # the streaming one only
+        first.read()
+        await first.finished()
+        assert first.complete and first.body.endswith(TAR_END)
