@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -133,24 +133,31 @@ class StalledExport:
         return error
 
 
-@asynccontextmanager
-async def _app(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
-    *,
-    pool_size: int = 3,
-    **overrides: Any,
-) -> AsyncIterator[tuple[FastAPI, AsyncEngine]]:
-    """The app on a pool of `pool_size` connections (no overflow) and a short pool timeout."""
-    app_settings = settings.model_copy(update={"DB_POOL_TIMEOUT_SECONDS": 1.0, **overrides})
-    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
-    engine = build_runtime_engine(targets, app_settings, pool_size=pool_size, max_overflow=0)
-    database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
-    try:
-        yield create_app(app_settings, database, content=content_backends), engine
-    finally:
-        await engine.dispose()
+AppOnTheRunsServers = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, AsyncEngine]]]
+"""`async with export_app(pool_size=3, **settings) as (app, engine)`."""
+
+
+@pytest.fixture
+def export_app(
+    settings: Settings, migrated_db: MigratedDatabase, content_backends: ContentBackends
+) -> AppOnTheRunsServers:
+    """Makes an app on the run's servers with a pool of its own: `pool_size` connections (no
+    overflow), a short pool timeout, and the settings given."""
+
+    @asynccontextmanager
+    async def app_on_the_runs_servers(
+        *, pool_size: int = 3, **overrides: Any
+    ) -> AsyncIterator[tuple[FastAPI, AsyncEngine]]:
+        app_settings = settings.model_copy(update={"DB_POOL_TIMEOUT_SECONDS": 1.0, **overrides})
+        targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+        engine = build_runtime_engine(targets, app_settings, pool_size=pool_size, max_overflow=0)
+        database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
+        try:
+            yield create_app(app_settings, database, content=content_backends), engine
+        finally:
+            await engine.dispose()
+
+    return app_on_the_runs_servers
 
 
 @asynccontextmanager
@@ -189,16 +196,14 @@ async def _exports_fully(client: httpx.AsyncClient, caller: AuthenticatedCaller)
 
 
 async def test_exports_held_open_unread_leave_other_tenants_served_and_the_pool_free(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     make_caller: MakeCaller,
     stalled: list[StalledExport],
 ) -> None:
     """A tenant admin opens six exports and reads none; another tenant's requests are served."""
     admin = await make_caller(role="admin")
     other = await make_caller(role="member")
-    async with _app(settings, migrated_db, content_backends, pool_size=3) as (app, engine):
+    async with export_app(pool_size=3) as (app, engine):
         for _ in range(6):
             stalled.append(StalledExport(app, admin))
             await stalled[-1].started()
@@ -213,9 +218,7 @@ async def test_exports_held_open_unread_leave_other_tenants_served_and_the_pool_
 
 
 async def test_a_second_export_of_the_tenant_is_429_in_any_worker_and_not_audited(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     admin_sessions: async_sessionmaker[AsyncSession],
     make_caller: MakeCaller,
     stalled: list[StalledExport],
@@ -224,8 +227,8 @@ async def test_a_second_export_of_the_tenant_is_429_in_any_worker_and_not_audite
     admin = await make_caller(role="admin")
     refused_before = _rate_limited("tenant_export_running")
     async with (
-        _app(settings, migrated_db, content_backends) as (first_worker, _engine),
-        _app(settings, migrated_db, content_backends) as (second_worker, _other_engine),
+        export_app() as (first_worker, _engine),
+        export_app() as (second_worker, _other_engine),
     ):
         stalled.append(StalledExport(first_worker, admin))
         await stalled[0].stalled()
@@ -248,17 +251,13 @@ async def test_a_second_export_of_the_tenant_is_429_in_any_worker_and_not_audite
 
 
 async def test_exports_are_capped_per_worker_whoever_s_they_are(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     make_caller: MakeCaller,
     stalled: list[StalledExport],
 ) -> None:
     admins = [await make_caller(role="admin") for _ in range(3)]
     busy_before = _rate_limited("export_concurrency")
-    async with _app(
-        settings, migrated_db, content_backends, pool_size=4, TENANT_EXPORT_MAX_CONCURRENT=2
-    ) as (app, engine):
+    async with export_app(pool_size=4, TENANT_EXPORT_MAX_CONCURRENT=2) as (app, engine):
         for admin in admins[:2]:
             stalled.append(StalledExport(app, admin))
             await stalled[-1].stalled()
@@ -277,17 +276,12 @@ async def test_exports_are_capped_per_worker_whoever_s_they_are(
 
 
 async def test_an_export_whose_client_stops_reading_is_ended_and_frees_its_lock_and_slot(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     make_caller: MakeCaller,
     stalled: list[StalledExport],
 ) -> None:
     admin = await make_caller(role="admin")
-    async with _app(
-        settings,
-        migrated_db,
-        content_backends,
+    async with export_app(
         TENANT_EXPORT_MAX_CONCURRENT=1,
         TENANT_EXPORT_IDLE_SECONDS=0.5,
     ) as (app, engine):
@@ -303,14 +297,12 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_frees_its_lock_
 @pytest.mark.parametrize("how", ["client_disconnects", "server_shuts_down"])
 async def test_an_export_ended_midway_frees_its_connection_lock_and_slot(
     how: str,
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     make_caller: MakeCaller,
     stalled: list[StalledExport],
 ) -> None:
     admin = await make_caller(role="admin")
-    async with _app(settings, migrated_db, content_backends, TENANT_EXPORT_MAX_CONCURRENT=1) as (
+    async with export_app(TENANT_EXPORT_MAX_CONCURRENT=1) as (
         app,
         engine,
     ):
@@ -330,9 +322,7 @@ async def test_an_export_ended_midway_frees_its_connection_lock_and_slot(
 
 
 async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     admin_sessions: async_sessionmaker[AsyncSession],
     make_caller: MakeCaller,
 ) -> None:
@@ -347,7 +337,7 @@ async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
             yield tenant_request
         raise ServiceUnavailableError("the database is unavailable")
 
-    async with _app(settings, migrated_db, content_backends, TENANT_EXPORT_MAX_CONCURRENT=1) as (
+    async with export_app(TENANT_EXPORT_MAX_CONCURRENT=1) as (
         app,
         engine,
     ):
@@ -363,9 +353,7 @@ async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
 
 
 async def test_two_exports_started_together_one_streams_and_the_other_is_429_before_any_write(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     admin_sessions: async_sessionmaker[AsyncSession],
     make_caller: MakeCaller,
     stalled: list[StalledExport],
@@ -395,7 +383,7 @@ async def test_two_exports_started_together_one_streams_and_the_other_is_429_bef
 
     monkeypatch.setattr(tenant_export_api, "tenant_transaction", snapshot_held_back)
     refused_before = _rate_limited("tenant_export_running")
-    async with _app(settings, migrated_db, content_backends) as (app, _engine):
+    async with export_app() as (app, _engine):
         first = StalledExport(app, admin)
         stalled.append(first)
         await asyncio.wait_for(first_between_request_and_snapshot.wait(), SETTLE_SECONDS)
@@ -412,4 +400,5 @@ async def test_two_exports_started_together_one_streams_and_the_other_is_429_bef
         assert await _export_audit_rows(admin_sessions, admin) == 1  # the streaming one only
         first.read()
         await first.finished()
-        assert first.complete and first.body.endswith(TAR_END)
+        assert first.complete
+        assert first.body.endswith(TAR_END)
