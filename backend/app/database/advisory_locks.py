@@ -26,7 +26,7 @@ class LockClass(IntEnum):
 
     IDEMPOTENCY_KEY = 0x1D3A  # (tenant, caller, key): one request per Idempotency-Key
     TENANT_EXPORT = 0xE7A0  # tenant: one export stream per tenant (app.services.tenant_export)
-    TENANT_EXPORT_CLAIM = 0xE7A1  # tenant: an export from its check until its stream holds ^
+    TENANT_EXPORT_CLAIM = 0xE7A1  # tenant: an export from before its audit row to TENANT_EXPORT
 
 
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:lock_class, hashtext(:scope))")
