@@ -26,6 +26,7 @@ class LockClass(IntEnum):
 
     IDEMPOTENCY_KEY = 0x1D3A  # (tenant, caller, key): one request per Idempotency-Key
     TENANT_EXPORT = 0xE7A0  # tenant: one export stream per tenant (app.services.tenant_export)
+    TENANT_EXPORT_CLAIM = 0xE7A1  # tenant: an export from before its audit row to TENANT_EXPORT
 
 
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:lock_class, hashtext(:scope))")
@@ -36,3 +37,14 @@ async def try_transaction_lock(session: AsyncSession, lock_class: LockClass, sco
     transaction holds it (never waits)."""
     result = await session.execute(_TRY_LOCK, {"lock_class": int(lock_class), "scope": scope})
     return bool(result.scalar_one())
+
+
+async def transaction_lock_free(session: AsyncSession, lock_class: LockClass, scope: str) -> bool:
+    """Whether `(lock_class, scope)` is free right now, without keeping it: tried in a
+    savepoint that is rolled back, which releases a lock taken in it (the explicit-locking
+    docs: "released immediately if the savepoint is rolled back to")."""
+    savepoint = await session.begin_nested()
+    try:
+        return await try_transaction_lock(session, lock_class, scope)
+    finally:
+        await savepoint.rollback()

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Self
 from sqlalchemy import MetaData, Select, func, select, text
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, declared_attr, mapped_column
 from sqlalchemy.schema import FetchedValue
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -40,6 +40,13 @@ def is_outside_the_model(obj: object, name: str | None, type_: str) -> bool:
             UNMODELLED_TABLE_PREFIXES
         )
     return False
+
+
+def column_added_later(*args: Any, **kwargs: Any) -> MappedColumn[Any]:
+    """`mapped_column` for a column a later migration added to an existing table: after the
+    inherited columns (id, tenant_id, timestamps), where its ADD COLUMN put it, so the catalogs
+    of models and migrations are identical (the autogenerate comparison checks them)."""
+    return mapped_column(*args, sort_order=1, **kwargs)
 
 
 def utcnow() -> datetime:

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.semconv.attributes.http_attributes import HttpRequestMethodValues
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -13,7 +14,16 @@ from app.core import metrics
 
 # Paths no route matched (scanners, typos) share one label, so they cannot grow the series.
 UNMATCHED_ROUTE = "unmatched"
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# OpenTelemetry's HTTP semantic conventions name the standard methods and put every other one
+# (WebDAV's PROPFIND, a scanner's made-up verb) under one value, so a client cannot grow the
+# series; the request's span and its metrics use the same (`method_label`).
+OTHER_METHOD: str = HttpRequestMethodValues.OTHER.value
+KNOWN_METHODS = frozenset(method.value for method in HttpRequestMethodValues) - {OTHER_METHOD}
+
+
+def method_label(method: str) -> str:
+    """The request method as spans and metrics name it: a standard one, else `_OTHER`."""
+    return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
 def route_template(scope: Scope) -> str:
@@ -82,8 +92,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
-            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-            series = _series(method, route_template(scope), status_code)
+            series = _series(method_label(scope["method"]), route_template(scope), status_code)
             series.requests.inc()
             if series.server_errors is not None:
                 series.server_errors.inc()

@@ -23,7 +23,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.middleware.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, route_template
+from app.middleware.metrics import UNMATCHED_ROUTE, method_label, route_template
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -61,7 +61,7 @@ class RequestTracing:
         if scope["type"] != "http" or scope["path"] in self.excluded_paths:
             await self.app(scope, receive, send)
             return
-        method = scope["method"] if scope["method"] in KNOWN_METHODS else "_OTHER"
+        method = method_label(scope["method"])
         caller = propagate.extract(scope["headers"], getter=_HEADERS)
         span = self.tracer.start_span(method, context=caller, kind=SpanKind.SERVER)
         if not span.is_recording():

@@ -25,16 +25,11 @@ from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, Session, UOWTransaction, mapped_column, relationship
 
-from app.database.base import Base, TenantKeyed
+from app.database.base import Base, TenantKeyed, column_added_later
 
 if TYPE_CHECKING:
     from app.models.tenant import Tenant
     from app.models.user import User
-
-
-# The chain columns were added by a later migration, after the inherited id and created_at:
-# the model keeps that column order so the catalogs of models and migrations are identical.
-_AFTER_INHERITED_COLUMNS = 1
 
 
 class ImmutableAuditLogError(RuntimeError):
@@ -93,22 +88,19 @@ class AuditLog(TenantKeyed, Base):
 
     # The hash chain (docs/AUDIT_INTEGRITY.md): set by the database's BEFORE INSERT trigger,
     # which overwrites anything sent, so the ORM never sends them and reads them back.
-    chain_seq: Mapped[int] = mapped_column(
+    chain_seq: Mapped[int] = column_added_later(
         BigInteger,
         server_default=FetchedValue(),
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Position in the tenant's hash chain (1, 2, …), set by a trigger.",
     )
-    prev_hash: Mapped[bytes] = mapped_column(
+    prev_hash: Mapped[bytes] = column_added_later(
         LargeBinary,
         server_default=FetchedValue(),
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="row_hash of the previous row in the tenant's chain (zeros for the first).",
     )
-    row_hash: Mapped[bytes] = mapped_column(
+    row_hash: Mapped[bytes] = column_added_later(
         LargeBinary,
         server_default=FetchedValue(),
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="SHA-256 of the row's canonical encoding (docs/AUDIT_INTEGRITY.md).",
     )
 

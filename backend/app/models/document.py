@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from app.database import vector_search
-from app.database.base import Base, SoftDeleteMixin, TenantKeyed
+from app.database.base import Base, SoftDeleteMixin, TenantKeyed, column_added_later
 from app.database.vector_search import EMBEDDING_DIMENSIONS, SearchFilters, SearchHit
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from app.models.user import User
 
 DOCUMENT_STATUSES = ("processing", "completed", "failed")
-_AFTER_INHERITED_COLUMNS = 1
 __all__ = ["DOCUMENT_STATUSES", "EMBEDDING_DIMENSIONS", "Document"]
 
 
@@ -114,46 +113,37 @@ class Document(TenantKeyed, SoftDeleteMixin, Base):
         comment="Free-form JSON metadata (GIN-indexed for containment queries).",
     )
     # The stored content (docs/ENCRYPTION.md): NULL until uploaded, then all set together.
-    # Added by a later migration, after the inherited columns: sort_order keeps that order, so
-    # the catalogs of models and migrations are identical.
-    content_object_key: Mapped[str | None] = mapped_column(
+    # Added by a later migration, after the inherited columns (`column_added_later`).
+    content_object_key: Mapped[str | None] = column_added_later(
         String(1024),
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Key of the encrypted content in the platform's bucket; NULL until uploaded.",
     )
-    content_wrapped_key: Mapped[bytes | None] = mapped_column(
+    content_wrapped_key: Mapped[bytes | None] = column_added_later(
         LargeBinary,
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="The content's data key, wrapped by the tenant key (never the plain key).",
     )
-    content_key_ref: Mapped[str | None] = mapped_column(
+    content_key_ref: Mapped[str | None] = column_added_later(
         String(2048),
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="The tenant key that wrapped the data key (tenants.kms_key_arn then).",
     )
-    content_key_version: Mapped[int | None] = mapped_column(
+    content_key_version: Mapped[int | None] = column_added_later(
         Integer,
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Version of the tenant key that wrapped it (NULL when the KMS hides it).",
     )
-    content_sha256: Mapped[str | None] = mapped_column(
+    content_sha256: Mapped[str | None] = column_added_later(
         String(64),
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="SHA-256 of the plaintext content, lowercase hex (also the ETag).",
     )
-    content_uploaded_at: Mapped[datetime | None] = mapped_column(
-        sort_order=_AFTER_INHERITED_COLUMNS,
+    content_uploaded_at: Mapped[datetime | None] = column_added_later(
         comment="When the content was stored (Last-Modified of a download).",
     )
     # What ingestion made of the content (app/services/ingest.py); after the content columns.
-    status_reason: Mapped[str | None] = mapped_column(
+    status_reason: Mapped[str | None] = column_added_later(
         String(1000),
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Why the status is what it is (a failure's reason, a truncation); no content.",
     )
-    chunk_count: Mapped[int | None] = mapped_column(
+    chunk_count: Mapped[int | None] = column_added_later(
         Integer,
-        sort_order=_AFTER_INHERITED_COLUMNS,
         comment="Searchable chunks made of the content; NULL until processed.",
     )
     # Deferred: a 1024-float vector is loaded only when asked for (search needs only distances,

@@ -8,16 +8,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import CheckConstraint, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.database.base import Base, SoftDeleteMixin
+from app.database.base import Base, SoftDeleteMixin, column_added_later
 
 if TYPE_CHECKING:
     from app.models.audit_log import AuditLog
     from app.models.document import Document
     from app.models.user import User
 
-# The offboarding columns were added by a later migration, after the inherited ones: the model
-# keeps that column order so the catalogs of models and migrations are identical.
-_ADDED_LATER = 1
 
 SYSTEM_TENANT_ID = "00000000-0000-0000-0000-000000000000"
 TENANT_STATUSES = ("active", "suspended", "offboarding", "offboarded")
@@ -50,16 +47,13 @@ class Tenant(SoftDeleteMixin, Base):
         comment="The tenant's own key: an AWS KMS key ARN or an OpenBao transit key name.",
     )
 
-    offboard_scheduled_at: Mapped[datetime | None] = mapped_column(
-        sort_order=_ADDED_LATER,
+    offboard_scheduled_at: Mapped[datetime | None] = column_added_later(
         comment="When `offboard-tenant --schedule` revoked access (NULL: never).",
     )
-    offboard_after: Mapped[datetime | None] = mapped_column(
-        sort_order=_ADDED_LATER,
+    offboard_after: Mapped[datetime | None] = column_added_later(
         comment="End of the grace period: `--execute` is refused before it.",
     )
-    offboarded_at: Mapped[datetime | None] = mapped_column(
-        sort_order=_ADDED_LATER,
+    offboarded_at: Mapped[datetime | None] = column_added_later(
         comment="When `offboard-tenant --execute` finished: the row is a tombstone.",
     )
 

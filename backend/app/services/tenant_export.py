@@ -16,11 +16,15 @@ transaction, so every file describes the same moment, and the signed head is the
 the exported chain. Writing the `tenant.export` audit row is the caller's first step, in its
 own transaction, before the snapshot: the archive contains its own export record.
 
-One export of a tenant streams at a time, across every worker process: `claim_export` takes
-the tenant's advisory lock (`app.database.advisory_locks`) in the transaction it is given. The
-API checks it in the request's transaction before the audit row (a second export is refused
-without one) and takes it again as the snapshot transaction's first step, which holds it for
-the whole stream; PostgreSQL frees it when that transaction ends, however it ends.
+One export of a tenant runs at a time, across every worker process, and a second one is
+refused before it writes anything. Two of the tenant's advisory locks
+(`app.database.advisory_locks`) hand the export on with no moment where neither is held:
+`claim_export` holds the claim lock in a transaction of its own from before the audit row
+(refused while another export holds the claim or streams), `take_export_stream` takes the
+stream lock as the snapshot transaction's first step, and only then is the claim released.
+The claim must outlive the request's transaction: the snapshot has to start after the audit
+row is committed, and a lock taken in the request's transaction would be free in between.
+PostgreSQL frees each lock when its transaction ends, however it ends.
 """
 
 from __future__ import annotations
@@ -34,21 +38,23 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Table, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.content import envelope
 from app.content.key_manager import EncryptionContext, KeyManager
 from app.content.object_store import ObjectStore
 from app.core import metrics
 from app.core.errors import TooManyRequestsError
-from app.database.advisory_locks import LockClass, try_transaction_lock
+from app.database.advisory_locks import LockClass, transaction_lock_free, try_transaction_lock
+from app.database.session import tenant_transaction
 from app.models import Document, Tenant, User
 from app.services import audit
 from app.services import audit_anchor as audit_anchor_service
@@ -278,16 +284,52 @@ EXPORT_RETRY_AFTER_SECONDS = 10
 """Retry-After of a refused export: an export of a small tenant takes seconds."""
 
 
-async def claim_export(session: AsyncSession, tenant_id: uuid.UUID) -> None:
-    """Hold the tenant's export lock until `session`'s transaction ends; 429 (reason
-    `tenant_export_running`) while another transaction, in any worker, holds it."""
+def _refuse_second_export() -> NoReturn:
+    metrics.RATE_LIMITED.labels(reason="tenant_export_running").inc()
+    raise TooManyRequestsError(
+        "an export of your tenant is already being streamed (one at a time per tenant);"
+        " retry when it has finished",
+        retry_after_seconds=EXPORT_RETRY_AFTER_SECONDS,
+    )
+
+
+class ExportClaim:
+    """The tenant's export claim: its lock, held in a transaction of its own until `release`."""
+
+    def __init__(self, transaction: AsyncExitStack) -> None:
+        self._transaction = transaction
+
+    async def release(self) -> None:
+        """End the claim's transaction (and its lock); a second call does nothing."""
+        await self._transaction.aclose()
+
+
+@asynccontextmanager
+async def claim_export(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID
+) -> AsyncIterator[ExportClaim]:
+    """Claim the tenant's export before anything is written for it; 429 (reason
+    `tenant_export_running`) while another export of it, in any worker, holds the claim or
+    streams. Held until released (once the stream is taken) or the block ends."""
+    scope = str(tenant_id)
+    async with AsyncExitStack() as opening:
+        session = await opening.enter_async_context(tenant_transaction(sessions, tenant_id))
+        claimed = await try_transaction_lock(session, LockClass.TENANT_EXPORT_CLAIM, scope)
+        if not claimed or not await transaction_lock_free(session, LockClass.TENANT_EXPORT, scope):
+            _refuse_second_export()
+        claim = ExportClaim(opening.pop_all())
+    try:
+        yield claim
+    finally:
+        await claim.release()
+
+
+async def take_export_stream(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """Hold the tenant's stream lock until `session`'s transaction ends (its first step, while
+    the export's claim is still held). 429 if it is taken, which only an export that bypassed
+    `claim_export` could cause."""
     if not await try_transaction_lock(session, LockClass.TENANT_EXPORT, str(tenant_id)):
-        metrics.RATE_LIMITED.labels(reason="tenant_export_running").inc()
-        raise TooManyRequestsError(
-            "an export of your tenant is already being streamed (one at a time per tenant);"
-            " retry when it has finished",
-            retry_after_seconds=EXPORT_RETRY_AFTER_SECONDS,
-        )
+        _refuse_second_export()
 
 
 async def audit_export(

@@ -22,6 +22,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -405,3 +406,25 @@ async def test_a_sampled_request_has_one_server_span_parenting_its_statements(
     assert any("FROM documents" in statement for statement in statements), statements
     # The transaction's opening message (tenant context and BEGIN) makes no span.
     assert not any("set_config" in statement for statement in statements), statements
+
+
+async def test_a_non_standard_method_is_one_label_in_the_span_and_the_metrics(
+    traced_client: tuple[httpx.AsyncClient, InMemorySpanExporter, io.StringIO, Settings],
+    make_caller: MakeCaller,
+) -> None:
+    """PROPFIND is none of the standard methods: the span and the request metrics both say
+    OpenTelemetry's `_OTHER`, never two spellings of it."""
+    client, exporter, _, _ = traced_client
+    caller = await make_caller()
+    sampled = {"traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"}
+    route = f"{API}/me"
+    labels = {"method": "_OTHER", "route": route, "status": "405"}
+    before = REGISTRY.get_sample_value("http_requests_total", labels) or 0.0
+    answered = await client.request("PROPFIND", route, headers={**caller.headers, **sampled})
+    assert answered.status_code == 405, answered.text
+    servers = [span for span in exporter.get_finished_spans() if span.kind is SpanKind.SERVER]
+    assert [span.name for span in servers] == [f"_OTHER {route}"]
+    attributes = dict(servers[0].attributes or {})
+    assert attributes["http.request.method"] == "_OTHER"
+    assert attributes["http.route"] == route
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == before + 1

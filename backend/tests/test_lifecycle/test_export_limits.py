@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.api import deps
+from app.api.v1 import tenant_export as tenant_export_api
 from app.content.backends import ContentBackends
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailableError
@@ -131,24 +133,31 @@ class StalledExport:
         return error
 
 
-@asynccontextmanager
-async def _app(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
-    *,
-    pool_size: int = 3,
-    **overrides: Any,
-) -> AsyncIterator[tuple[FastAPI, AsyncEngine]]:
-    """The app on a pool of `pool_size` connections (no overflow) and a short pool timeout."""
-    app_settings = settings.model_copy(update={"DB_POOL_TIMEOUT_SECONDS": 1.0, **overrides})
-    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
-    engine = build_runtime_engine(targets, app_settings, pool_size=pool_size, max_overflow=0)
-    database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
-    try:
-        yield create_app(app_settings, database, content=content_backends), engine
-    finally:
-        await engine.dispose()
+AppOnTheRunsServers = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, AsyncEngine]]]
+"""`async with export_app(pool_size=3, **settings) as (app, engine)`."""
+
+
+@pytest.fixture
+def export_app(
+    settings: Settings, migrated_db: MigratedDatabase, content_backends: ContentBackends
+) -> AppOnTheRunsServers:
+    """Makes an app on the run's servers with a pool of its own: `pool_size` connections (no
+    overflow), a short pool timeout, and the settings given."""
+
+    @asynccontextmanager
+    async def app_on_the_runs_servers(
+        *, pool_size: int = 3, **overrides: Any
+    ) -> AsyncIterator[tuple[FastAPI, AsyncEngine]]:
+        app_settings = settings.model_copy(update={"DB_POOL_TIMEOUT_SECONDS": 1.0, **overrides})
+        targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+        engine = build_runtime_engine(targets, app_settings, pool_size=pool_size, max_overflow=0)
+        database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
+        try:
+            yield create_app(app_settings, database, content=content_backends), engine
+        finally:
+            await engine.dispose()
+
+    return app_on_the_runs_servers
 
 
 @asynccontextmanager
@@ -187,16 +196,14 @@ async def _exports_fully(client: httpx.AsyncClient, caller: AuthenticatedCaller)
 
 
 async def test_exports_held_open_unread_leave_other_tenants_served_and_the_pool_free(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     make_caller: MakeCaller,
     stalled: list[StalledExport],
 ) -> None:
     """A tenant admin opens six exports and reads none; another tenant's requests are served."""
     admin = await make_caller(role="admin")
     other = await make_caller(role="member")
-    async with _app(settings, migrated_db, content_backends, pool_size=3) as (app, engine):
+    async with export_app(pool_size=3) as (app, engine):
         for _ in range(6):
             stalled.append(StalledExport(app, admin))
             await stalled[-1].started()
@@ -211,9 +218,7 @@ async def test_exports_held_open_unread_leave_other_tenants_served_and_the_pool_
 
 
 async def test_a_second_export_of_the_tenant_is_429_in_any_worker_and_not_audited(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     admin_sessions: async_sessionmaker[AsyncSession],
     make_caller: MakeCaller,
     stalled: list[StalledExport],
@@ -222,8 +227,8 @@ async def test_a_second_export_of_the_tenant_is_429_in_any_worker_and_not_audite
     admin = await make_caller(role="admin")
     refused_before = _rate_limited("tenant_export_running")
     async with (
-        _app(settings, migrated_db, content_backends) as (first_worker, _engine),
-        _app(settings, migrated_db, content_backends) as (second_worker, _other_engine),
+        export_app() as (first_worker, _engine),
+        export_app() as (second_worker, _other_engine),
     ):
         stalled.append(StalledExport(first_worker, admin))
         await stalled[0].stalled()
@@ -246,17 +251,13 @@ async def test_a_second_export_of_the_tenant_is_429_in_any_worker_and_not_audite
 
 
 async def test_exports_are_capped_per_worker_whoever_s_they_are(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     make_caller: MakeCaller,
     stalled: list[StalledExport],
 ) -> None:
     admins = [await make_caller(role="admin") for _ in range(3)]
     busy_before = _rate_limited("export_concurrency")
-    async with _app(
-        settings, migrated_db, content_backends, pool_size=4, TENANT_EXPORT_MAX_CONCURRENT=2
-    ) as (app, engine):
+    async with export_app(pool_size=4, TENANT_EXPORT_MAX_CONCURRENT=2) as (app, engine):
         for admin in admins[:2]:
             stalled.append(StalledExport(app, admin))
             await stalled[-1].stalled()
@@ -275,17 +276,12 @@ async def test_exports_are_capped_per_worker_whoever_s_they_are(
 
 
 async def test_an_export_whose_client_stops_reading_is_ended_and_frees_its_lock_and_slot(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     make_caller: MakeCaller,
     stalled: list[StalledExport],
 ) -> None:
     admin = await make_caller(role="admin")
-    async with _app(
-        settings,
-        migrated_db,
-        content_backends,
+    async with export_app(
         TENANT_EXPORT_MAX_CONCURRENT=1,
         TENANT_EXPORT_IDLE_SECONDS=0.5,
     ) as (app, engine):
@@ -301,14 +297,12 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_frees_its_lock_
 @pytest.mark.parametrize("how", ["client_disconnects", "server_shuts_down"])
 async def test_an_export_ended_midway_frees_its_connection_lock_and_slot(
     how: str,
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     make_caller: MakeCaller,
     stalled: list[StalledExport],
 ) -> None:
     admin = await make_caller(role="admin")
-    async with _app(settings, migrated_db, content_backends, TENANT_EXPORT_MAX_CONCURRENT=1) as (
+    async with export_app(TENANT_EXPORT_MAX_CONCURRENT=1) as (
         app,
         engine,
     ):
@@ -328,9 +322,7 @@ async def test_an_export_ended_midway_frees_its_connection_lock_and_slot(
 
 
 async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
-    settings: Settings,
-    migrated_db: MigratedDatabase,
-    content_backends: ContentBackends,
+    export_app: AppOnTheRunsServers,
     admin_sessions: async_sessionmaker[AsyncSession],
     make_caller: MakeCaller,
 ) -> None:
@@ -345,7 +337,7 @@ async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
             yield tenant_request
         raise ServiceUnavailableError("the database is unavailable")
 
-    async with _app(settings, migrated_db, content_backends, TENANT_EXPORT_MAX_CONCURRENT=1) as (
+    async with export_app(TENANT_EXPORT_MAX_CONCURRENT=1) as (
         app,
         engine,
     ):
@@ -358,3 +350,55 @@ async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
         assert engine.pool.checkedout() == 0
         async with _client(app) as client:
             await _exports_fully(client, admin)  # the one slot is free again
+
+
+async def test_two_exports_started_together_one_streams_and_the_other_is_429_before_any_write(
+    export_app: AppOnTheRunsServers,
+    admin_sessions: async_sessionmaker[AsyncSession],
+    make_caller: MakeCaller,
+    stalled: list[StalledExport],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second export arrives in the window between the first one's request (audited,
+    committed) and its stream's snapshot: it is refused there, before its audit row."""
+    admin = await make_caller(role="admin")
+    first_between_request_and_snapshot = asyncio.Event()
+    second_answered = asyncio.Event()
+    open_transaction = tenant_export_api.tenant_transaction
+    snapshots_opened = 0
+
+    @asynccontextmanager
+    async def snapshot_held_back(
+        sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID
+    ) -> AsyncIterator[AsyncSession]:
+        # Only the first export's snapshot waits: the window stays open until the second
+        # export has its answer.
+        nonlocal snapshots_opened
+        snapshots_opened += 1
+        if snapshots_opened == 1:
+            first_between_request_and_snapshot.set()
+            await asyncio.wait_for(second_answered.wait(), SETTLE_SECONDS)
+        async with open_transaction(sessions, tenant_id) as session:
+            yield session
+
+    monkeypatch.setattr(tenant_export_api, "tenant_transaction", snapshot_held_back)
+    refused_before = _rate_limited("tenant_export_running")
+    async with export_app() as (app, _engine):
+        first = StalledExport(app, admin)
+        stalled.append(first)
+        await asyncio.wait_for(first_between_request_and_snapshot.wait(), SETTLE_SECONDS)
+        second = StalledExport(app, admin)
+        stalled.append(second)
+        second_status = await second.started()
+        second_answered.set()
+        assert second_status == 429, "both exports of the tenant passed the check"
+        await second.finished()
+        await first.stalled()
+        assert second.headers["retry-after"] == "10"
+        assert "an export of your tenant is already being streamed" in second.error()["message"]
+        assert _rate_limited("tenant_export_running") == refused_before + 1
+        assert await _export_audit_rows(admin_sessions, admin) == 1  # the streaming one only
+        first.read()
+        await first.finished()
+        assert first.complete
+        assert first.body.endswith(TAR_END)

@@ -2,10 +2,10 @@
 
 An export streams from a transaction of its own (one pooled connection) for as long as its
 client reads, outside the request limits (app.api.admission), so it is bounded on its own:
-one export per tenant at a time across every worker (the tenant's advisory lock), at most
+one export per tenant at a time across every worker (the tenant's advisory locks), at most
 TENANT_EXPORT_MAX_CONCURRENT per worker whoever's they are (so requests keep the rest of the
 pool), and TENANT_EXPORT_IDLE_SECONDS without the client reading ends it. Each refusal is a
-429 with Retry-After, before the audit row is written.
+429 with Retry-After, before the audit row (or anything else) is written.
 """
 
 from __future__ import annotations
@@ -50,6 +50,21 @@ async def _export_slot(request: Request, _admin: AdminActor) -> AsyncIterator[No
 ExportSlot = Annotated[None, Depends(_export_slot)]
 
 
+async def _export_claim(
+    request: Request, actor: AdminActor, _slot: ExportSlot
+) -> AsyncIterator[export_service.ExportClaim]:
+    """The tenant's export claim (429 while another export of it starts or streams), taken
+    before the handler writes the audit row. The stream releases it once it holds the
+    tenant's stream lock; the request's exit stack releases it on every other path (a
+    refusal, an error, a response dropped before it is sent)."""
+    database: Database = request.app.state.database
+    async with export_service.claim_export(database.sessions, actor.own_tenant()) as claim:
+        yield claim
+
+
+ExportClaim = Annotated[export_service.ExportClaim, Depends(_export_claim)]
+
+
 @router.get(
     "/export",
     summary="Export everything the tenant owns as a tar archive (admins)",
@@ -69,7 +84,7 @@ ExportSlot = Annotated[None, Depends(_export_slot)]
     },
 )
 async def export_tenant(
-    request: Request, session: TenantSession, actor: AdminActor, _slot: ExportSlot
+    request: Request, session: TenantSession, actor: AdminActor, claim: ExportClaim
 ) -> IdleBoundedStreamingResponse:
     """Stream the caller's tenant's archive; the export is audited before the first byte.
 
@@ -82,8 +97,7 @@ async def export_tenant(
     settings: Settings = request.app.state.settings
     signing = settings.AUDIT_ANCHOR_SIGNING_KEY is not None
     anchor_key = audit_anchor_service.signing_key(settings) if signing else None
-    # Refused here, before the audit row, while the tenant's export streams (in any worker).
-    await export_service.claim_export(session, tenant_id)
+    # The claim (a dependency) refused a second export of the tenant before this row.
     await export_service.audit_export(session, actor, tenant_id, signed=signing)
     content: ContentBackends = request.app.state.content
     read_content = export_service.content_reader(
@@ -97,11 +111,12 @@ async def export_tenant(
     @asynccontextmanager
     async def archive() -> AsyncIterator[AsyncIterator[bytes]]:
         # Opened as the response is sent: the request's transaction has committed the audit
-        # row (the snapshot holds it) and released its hold on the lock, which the snapshot's
-        # transaction takes for the whole stream. Two exports let through together by the
-        # check above meet here: the second is refused (with its audit row written).
+        # row (the snapshot holds it). The snapshot's transaction takes the stream lock for
+        # the whole stream while the claim is still held, then lets the claim go: at no
+        # moment is the tenant's export unclaimed.
         async with tenant_transaction(snapshots, tenant_id) as snapshot:
-            await export_service.claim_export(snapshot, tenant_id)
+            await export_service.take_export_stream(snapshot, tenant_id)
+            await claim.release()
             await snapshot.execute(_IDLE_WHILE_STREAMING)
             chunks = export_service.stream_archive(
                 snapshot, tenant_id, anchor_key=anchor_key, read_content=read_content
