@@ -64,6 +64,8 @@ def test_a_request_that_may_have_been_sent_is_not_repeated(
             connection.close()
 
         threading.Thread(target=hang_up, daemon=True).start()
-        with pytest.raises(urllib.error.URLError, match="EOF"):
+        # The client sees the hang-up as an EOF, or as a reset when its TLS hello was unread
+        # at the close (CI saw both): either way the call may have been sent.
+        with pytest.raises(urllib.error.URLError, match=r"EOF|reset by peer"):
             script["call"]("PUT", "sys/init", {"secret_shares": 1})
     assert sleeps == []
