@@ -31,10 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 
 TENANT_ID_ATTRIBUTE = "tenant.id"
-# An execution option: a statement run with it gets no span. The tenant transaction's opening
-# message (app/database/tenant_context.py) carries it: it is plumbing every transaction sends,
-# and the tenant id is a literal in its text.
-UNTRACED_STATEMENT_OPTION = "tenant_docs_untraced"
 
 # Every attribute a span may leave the process with (docs/OBSERVABILITY.md lists each and who
 # sets it). Not here, so dropped: URLs, targets, paths and query strings
@@ -230,8 +226,6 @@ class StatementTracer:
     ) -> None:
         """Start the statement's span: its text (placeholders), never its parameters."""
         if context is None or not trace.get_current_span().is_recording():
-            return
-        if context.execution_options.get(UNTRACED_STATEMENT_OPTION):
             return
         operation = statement.split(None, 1)[0].upper() if statement.strip() else "SQL"
         attributes = {

@@ -132,12 +132,15 @@ def build_engine(
     pool_size: int | None = None,
     max_overflow: int | None = None,
     server_settings: dict[str, str] | None = None,
+    autocommit: bool = False,
 ) -> AsyncEngine:
     """Build an async engine (psycopg 3) with bounded connect and statement timeouts.
 
     `role` is set as a start-up parameter of every connection (`-c role=…`), which costs no
     round trip; pass it when the login is not already the role the code must run as.
     `server_settings` are more start-up parameters (values without spaces), after the defaults.
+    `autocommit`: the driver never sends a `BEGIN` of its own; every transaction on the engine
+    must open itself (`tenant_transaction`'s opening message does: `build_runtime_engine`).
     """
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.DB_CONNECT_TIMEOUT_SECONDS,
@@ -173,16 +176,18 @@ def build_engine(
         # A database error's text names the statement; without its parameters (PHI) in it.
         hide_parameters=True,
         connect_args=connect_args,
+        # Set once per connection, never toggled per checkout (which costs a driver call on
+        # the way out and back, on every request).
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
-    if set_locally is not None:
+    if set_locally is not None and not autocommit:
         settings_sql = f"SELECT {set_locally}"
 
         @event.listens_for(engine.sync_engine, "begin")
         def _transaction_settings(connection: Connection) -> None:
-            # An autocommit connection has no transaction for them to last in: that is a
-            # tenant transaction's checkout, whose opening message carries them (OPENING_OPTIONS).
-            if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-                connection.exec_driver_sql(settings_sql)
+            # (An autocommit engine's transactions are tenant transactions: their opening
+            # message carries the settings.)
+            connection.exec_driver_sql(settings_sql)
 
     _count_connections_in_use(engine)
     return engine
@@ -205,6 +210,11 @@ def _count_connections_in_use(engine: AsyncEngine) -> None:
 def build_runtime_engine(
     targets: DatabaseTargets, settings: Settings, **kwargs: Any
 ) -> AsyncEngine:
-    """The engine request handlers use: always `app_runtime`, in either login mode."""
+    """The engine request handlers use: always `app_runtime`, in either login mode.
+
+    In autocommit mode: its transactions are `tenant_transaction`s, whose one opening message
+    carries the `BEGIN` (app.database.tenant_context.enter_tenant), so the driver must not send
+    one of its own (a round trip more per transaction).
+    """
     role = None if targets.runtime_logs_in else RUNTIME_ROLE
-    return build_engine(targets.runtime_url, settings, role=role, **kwargs)
+    return build_engine(targets.runtime_url, settings, role=role, autocommit=True, **kwargs)

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core import metrics
-from app.database.tenant_context import OPENING_OPTIONS, become_admin, enter_tenant, opening_sql
+from app.database.tenant_context import IsolationLevel, become_admin, enter_tenant, opening_sql
 
 CALLER_CHANGES = "caller_changes"
 """`session.info` key: caller_change_seq's value as the tenant transaction began."""
@@ -46,9 +46,11 @@ class TenantTransaction:
         sessions: async_sessionmaker[AsyncSession],
         tenant_id: uuid.UUID,
         record_commit_position: bool = False,
+        isolation: IsolationLevel | None = None,
     ) -> None:
-        opening_sql(tenant_id)  # refuses anything but a UUID before any I/O
+        opening_sql(tenant_id, isolation=isolation)  # refuses a bad id or level before any I/O
         self.tenant_id = tenant_id
+        self._isolation = isolation
         self.committed_position: int | None = None
         self._record_commit_position = record_commit_position
         self._sessions = sessions
@@ -60,15 +62,17 @@ class TenantTransaction:
             async with session.begin():
                 started = time.perf_counter()
                 # Checked out here: the pool's wait is measured alone.
-                connection = await session.connection(execution_options=dict(OPENING_OPTIONS))
+                connection = await session.connection()
                 metrics.DB_POOL_ACQUIRE.observe(time.perf_counter() - started)
-                session.info[CALLER_CHANGES] = await enter_tenant(connection, self.tenant_id)
+                session.info[CALLER_CHANGES] = await enter_tenant(
+                    connection, self.tenant_id, isolation=self._isolation
+                )
                 yield session
             if self._record_commit_position:
                 # After COMMIT, on the same server: the end of WAL is at or past the commit
                 # record, so a replica that replayed this far sees the transaction. Read in
-                # autocommit: one round trip, no transaction around it.
-                connection = await session.connection(execution_options=dict(OPENING_OPTIONS))
+                # autocommit (the engine's mode): one round trip, no transaction around it.
+                connection = await session.connection()
                 position = (await connection.execute(COMMITTED_POSITION)).scalar_one()
                 self.committed_position = int(position)
 
@@ -91,6 +95,7 @@ def tenant_transaction(
     tenant_id: uuid.UUID,
     *,
     record_commit_position: bool = False,
+    isolation: IsolationLevel | None = None,
 ) -> TenantTransaction:
     """One transaction scoped to `tenant_id`: committed on success, rolled back on error.
 
@@ -100,8 +105,11 @@ def tenant_transaction(
     in that round trip is `session.info[CALLER_CHANGES]`.
     `record_commit_position`: after the commit, read the server's WAL position into
     `.committed_position` (one more round trip; for the consistency token of read replicas).
+    `isolation`: the transaction's isolation level (the server's default, READ COMMITTED,
+    otherwise), set by the opening `BEGIN`. `sessions` must be an autocommit engine's
+    (`build_runtime_engine`).
     """
-    return TenantTransaction(sessions, tenant_id, record_commit_position)
+    return TenantTransaction(sessions, tenant_id, record_commit_position, isolation)
 
 
 @asynccontextmanager

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
+import psycopg
+from psycopg import pq
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.core.tracing import UNTRACED_STATEMENT_OPTION
 from app.database.roles import ADMIN_ROLE
 
 TENANT_SETTING = "app.current_tenant_id"
@@ -33,12 +36,9 @@ CITUS_OPTION = "tenant_docs_citus"
 #   settings as `set_config(..., true)` calls (`set_locally_calls`), made in every transaction.
 TRANSACTION_SETTINGS_OPTION = "tenant_docs_transaction_settings"
 
-OPENING_OPTIONS: Mapping[str, object] = {"isolation_level": "AUTOCOMMIT"}
-"""The execution options a tenant transaction checks its connection out with (`enter_tenant`).
-
-Autocommit for this checkout only, so that psycopg sends no `BEGIN` of its own: the opening
-message carries it. The engine's `begin` event (transaction-mode settings) stays silent for an
-autocommit connection, since the opening message carries those settings too."""
+IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+"""A transaction's isolation level, as `BEGIN ISOLATION LEVEL` spells it."""
+_ISOLATION_LEVELS: frozenset[str] = frozenset(get_args(IsolationLevel))
 
 
 def set_locally_calls(values: Mapping[str, str]) -> str:
@@ -53,64 +53,90 @@ def set_locally_calls(values: Mapping[str, str]) -> str:
 
 
 def opening_sql(
-    tenant_id: uuid.UUID, *, transaction_settings: str | None = None, citus: bool = False
+    tenant_id: uuid.UUID,
+    *,
+    transaction_settings: str | None = None,
+    citus: bool = False,
+    isolation: IsolationLevel | None = None,
 ) -> str:
     """`BEGIN` with everything a tenant transaction needs first, as one simple query.
 
-    In order: the connection's transaction-local settings when pooled by transaction
-    (`transaction_settings`, from `set_locally_calls`), the tenant context, the caller-change
-    counter; then `BEGIN`; then, on Citus, `SET LOCAL` of the context. A simple query may hold
+    In order: `BEGIN` (with `isolation` if given; the server's default otherwise); a SELECT of
+    the connection's transaction-local settings when pooled by transaction
+    (`transaction_settings`, from `set_locally_calls`), the tenant context and the
+    caller-change counter; then, on Citus, `SET LOCAL` of the context. A simple query may hold
     several statements but no bound parameters, so the tenant id is a literal: only a
-    `uuid.UUID` is accepted, whose text is 36 hex digits and dashes. The SELECT comes first so
-    that its row is the query's first result (the one the driver returns); statements of one
-    simple query share an implicit transaction, which the `BEGIN` after them turns into an
-    explicit one, so the transaction-local settings stay for what follows
-    (https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-MULTI-STATEMENT).
+    `uuid.UUID` is accepted, whose text is 36 hex digits and dashes, and the isolation level
+    only as one of `IsolationLevel`'s names.
     """
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
+    if isolation is not None and isolation not in _ISOLATION_LEVELS:
+        raise ValueError(f"isolation must be one of {sorted(_ISOLATION_LEVELS)}")
+    begin = f"BEGIN ISOLATION LEVEL {isolation}" if isolation else "BEGIN"
     settings = f"{transaction_settings}, " if transaction_settings else ""
-    # The only values spliced in: a uuid.UUID's text (checked above) and the engine's own
-    # settings, quoted by set_locally_calls.
+    # The only values spliced in: a uuid.UUID's text and an isolation level's name (both
+    # checked above) and the engine's own settings, quoted by set_locally_calls.
     sql = (
-        f"SELECT {settings}set_config('app.current_tenant_id', '{tenant_id}', true),"  # noqa: S608
-        f" (SELECT last_value FROM public.{CALLER_CHANGE_SEQUENCE}); BEGIN"
+        f"{begin}; SELECT {settings}set_config('app.current_tenant_id', '{tenant_id}', true),"  # noqa: S608
+        f" (SELECT last_value FROM public.{CALLER_CHANGE_SEQUENCE})"
     )
     if citus:
         sql += f"; SET LOCAL app.current_tenant_id = '{tenant_id}'"
     return sql
 
 
-async def enter_tenant(connection: AsyncConnection, tenant_id: uuid.UUID) -> int:
+async def enter_tenant(
+    connection: AsyncConnection, tenant_id: uuid.UUID, *, isolation: IsolationLevel | None = None
+) -> int:
     """Begin `connection`'s transaction with the tenant context set, in one round trip.
 
-    `connection` is the session's, checked out with `OPENING_OPTIONS`. Returns the
-    caller-change counter as the transaction began (`caller_change_seq`, numbered in commit
-    order by the triggers on tenants and users): app.services.caller_cache serves a cached
-    caller only if its listener has heard that number.
+    `connection` is the session's, on an autocommit engine (`build_runtime_engine`), so the
+    driver sends no `BEGIN` of its own: the opening message carries it. Every later statement
+    runs inside that transaction; SQLAlchemy's commit and rollback reach psycopg, which sends
+    COMMIT or ROLLBACK whenever the server says a transaction is open (it looks at the
+    server's transaction status, not at the autocommit flag). Returns the caller-change
+    counter as the transaction began (`caller_change_seq`, numbered in commit order by the
+    triggers on tenants and users): app.services.caller_cache serves a cached caller only if
+    its listener has heard that number.
 
-    psycopg sends its own `BEGIN` as a round trip before a transaction's first statement
-    (`Connection._start_query`). Here the connection is in autocommit mode for this checkout
-    (SQLAlchemy restores the mode when the connection goes back to the pool), so psycopg sends
-    no BEGIN of its own, and the transaction is opened by ours, in the same message as the
-    context. Every later statement runs inside it; SQLAlchemy's commit and rollback reach
-    psycopg, which sends COMMIT or ROLLBACK whenever the server says a transaction is open
-    (it looks at the server's transaction status, not at the autocommit flag).
+    The message goes to psycopg directly, not through SQLAlchemy's statement execution, which
+    cost every request ~0.2 ms of CPU for a statement whose only result is one number (issue
+    20). So no SQLAlchemy event sees it (no SQL span: its text holds the tenant id); a driver
+    error is still raised as SQLAlchemy's, through SQLAlchemy's own handling (a lost
+    connection is invalidated, and app.api.errors answers 503).
     """
     options = connection.sync_engine.get_execution_options()
     opening = opening_sql(
         tenant_id,
         transaction_settings=options.get(TRANSACTION_SETTINGS_OPTION),
         citus=bool(options.get(CITUS_OPTION)),
+        isolation=isolation,
     )
-    # No SQL span for it (app/core/tracing.py): every transaction sends it, and its text holds
-    # the tenant id, which goes on spans only when OTEL_SPAN_TENANT_ID asks for it.
-    row = (
-        await connection.exec_driver_sql(
-            opening, execution_options={UNTRACED_STATEMENT_OPTION: True}
-        )
-    ).one()
+    pooled = await connection.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
+    if not driver.autocommit:
+        # psycopg would send a BEGIN of its own first: a round trip more, and ours would be
+        # refused as nested.
+        raise RuntimeError("tenant transactions need an autocommit engine (build_runtime_engine)")
+    try:
+        cursor = driver.cursor()
+        await cursor.execute(opening)
+        while cursor.pgresult is None or cursor.pgresult.status != pq.ExecStatus.TUPLES_OK:
+            if not cursor.nextset():
+                raise RuntimeError("the opening message returned no row")
+        row = await cursor.fetchone()
+    except psycopg.Error as error:
+        await connection.run_sync(_raise_as_sqlalchemy_error, error, opening)
+        raise  # not reached: the line above raises
+    assert row is not None
     return int(row[-1])
+
+
+def _raise_as_sqlalchemy_error(sync_connection: Connection, error: Exception, sql: str) -> None:
+    # SQLAlchemy's own path for a driver error: the same exception types as any statement's,
+    # and the connection invalidated when it was lost. (A private method, stable since 1.x.)
+    sync_connection._handle_dbapi_exception(error, sql, None, None, None)
 
 
 async def become_admin(session: AsyncSession) -> None:

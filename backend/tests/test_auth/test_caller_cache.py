@@ -29,6 +29,7 @@ from app.models import Tenant, User
 from app.services.caller_cache import CHANNEL, CallerCache
 from app.services.callers import Caller
 from testkit import database_harness as harness
+from testkit.protocol_trace import traced
 from tests.conftest import MakeCaller, MigratedDatabase
 
 TRIALS = 20
@@ -64,7 +65,9 @@ async def http(listening_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 async def _statements_of(
     engine: AsyncEngine, http: httpx.AsyncClient, headers: dict[str, str]
-) -> tuple[int, list[str]]:
+) -> tuple[int, list[str], list[str]]:
+    """GET /me's status, the statements SQLAlchemy executed for it, and its round trips (the
+    tenant transaction's opening goes to psycopg directly: only the trace sees it)."""
     statements: list[str] = []
 
     def on_statement(*args: Any) -> None:
@@ -72,23 +75,27 @@ async def _statements_of(
 
     event.listen(engine.sync_engine, "before_cursor_execute", on_statement)
     try:
-        response = await http.get("/api/v1/me", headers=headers)
+        with traced(engine) as trace:
+            response = await http.get("/api/v1/me", headers=headers)
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", on_statement)
-    return response.status_code, statements
+    return response.status_code, statements, trace.round_trips()
 
 
 async def test_a_cached_caller_costs_only_begin_with_context(
     http: httpx.AsyncClient, make_caller: MakeCaller, runtime_engine: AsyncEngine
 ) -> None:
     caller = await make_caller()
-    status, first = await _statements_of(runtime_engine, http, caller.headers)
+    status, first, _ = await _statements_of(runtime_engine, http, caller.headers)
     assert status == 200
     assert any("FROM users JOIN tenants" in statement for statement in first)
-    status, second = await _statements_of(runtime_engine, http, caller.headers)
+    status, second, trips = await _statements_of(runtime_engine, http, caller.headers)
     assert status == 200
-    assert len(second) == 1, second
-    assert second[0].startswith("SELECT set_config('app.current_tenant_id'")
+    # BEGIN with the context, then COMMIT: nothing else.
+    assert second == []
+    assert len(trips) == 2, trips
+    assert "Query\t \"BEGIN; SELECT set_config('app.current_tenant_id'" in trips[0]
+    assert trips[1].endswith('Query\t "COMMIT"')
 
 
 async def _set(admin_sessions: async_sessionmaker[AsyncSession], statement: Any) -> None:
@@ -162,8 +169,8 @@ async def test_with_the_listener_down_every_request_looks_its_caller_up(
     listener = listening_app.state.caller_listener
     caller = await make_caller()
     assert (await http.get("/api/v1/me", headers=caller.headers)).status_code == 200
-    _, cached = await _statements_of(runtime_engine, http, caller.headers)
-    assert len(cached) == 1
+    _, cached, _ = await _statements_of(runtime_engine, http, caller.headers)
+    assert cached == []
     # Kill the listening connection and keep it down: notifications now go unheard.
     listener.retry_seconds = 3600
     pid = listener.backend_pid
@@ -171,7 +178,7 @@ async def test_with_the_listener_down_every_request_looks_its_caller_up(
     async with await psycopg.AsyncConnection.connect(superuser, autocommit=True) as admin:
         await admin.execute("SELECT pg_terminate_backend(%s)", [pid])
     await _until(lambda: not cache.listening, "the listener to notice it is down")
-    status, uncached = await _statements_of(runtime_engine, http, caller.headers)
+    status, uncached, _ = await _statements_of(runtime_engine, http, caller.headers)
     assert status == 200
     assert any("FROM users JOIN tenants" in statement for statement in uncached)
     await _set(

@@ -7,12 +7,10 @@ real `TenantSession` / `CurrentActor` dependencies against the real database.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +19,6 @@ import pytest
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from psycopg.pq import Trace
 from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -36,6 +33,7 @@ from app.database.session import admin_transaction
 from app.main import create_app
 from app.models import User
 from testkit import database_harness as harness
+from testkit.protocol_trace import traced
 from tests.conftest import MakeCaller, MigratedDatabase
 
 
@@ -200,68 +198,38 @@ async def test_me_uncached_costs_the_caller_lookup_after_begin_with_context(
     event.listen(sync_engine, "before_cursor_execute", on_statement)
     event.listen(sync_engine, "begin", on_begin)
     try:
-        response = await client.get("/api/v1/me", headers=caller.headers)
+        with traced(runtime_engine) as trace:
+            response = await client.get("/api/v1/me", headers=caller.headers)
     finally:
         event.remove(sync_engine, "before_cursor_execute", on_statement)
         event.remove(sync_engine, "begin", on_begin)
     assert response.status_code == 200
     # No listener runs here (no lifespan), so the caller cache is bypassed: BEGIN with the
-    # tenant context (one simple query), then the caller lookup, which reads every column /me
-    # shows, so /me sends nothing of its own. (With the cache warm, only the first:
+    # tenant context (one simple query, sent to psycopg directly, so SQLAlchemy's event does
+    # not see it), then the caller lookup, which reads every column /me shows, so /me sends
+    # nothing of its own. (With the cache warm, only the first:
     # tests/test_auth/test_caller_cache.py.)
-    assert len(statements) == 2, statements
-    assert statements[0].startswith("SELECT set_config('app.current_tenant_id'")
-    assert statements[0].endswith("; BEGIN")
-    assert "FROM users JOIN tenants" in statements[1]
+    assert trace.statements()[0].startswith("BEGIN; SELECT set_config('app.current_tenant_id'")
+    assert len(statements) == 1, statements
+    assert "FROM users JOIN tenants" in statements[0]
     assert len(transactions) == 1
 
 
-def _round_trips(trace: str) -> list[str]:
-    """The client's messages that end a round trip: Sync (extended protocol), Query (simple)."""
-    ends = []
-    for line in trace.splitlines():
-        fields = line.split("\t")
-        if len(fields) > 2 and fields[0] == "F" and fields[2] in {"Sync", "Query"}:
-            ends.append(line)
-    return ends
-
-
 async def test_me_uncached_costs_three_round_trips_begin_with_context_caller_commit(
-    client: httpx.AsyncClient,
-    make_caller: MakeCaller,
-    runtime_engine: AsyncEngine,
-    tmp_path: Path,
+    client: httpx.AsyncClient, make_caller: MakeCaller, runtime_engine: AsyncEngine
 ) -> None:
     # What the server sees, from libpq's own protocol trace of the request's connection.
     caller = await make_caller()
     await client.get("/api/v1/me", headers=caller.headers)  # stamps last_login_at
-    trace_path = tmp_path / "protocol.trace"
-    trace_file = trace_path.open("w")
-
-    def on_checkout(_dbapi: Any, record: Any, _proxy: Any) -> None:
-        pgconn = record.driver_connection.pgconn
-        pgconn.trace(os.dup(trace_file.fileno()))
-        pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
-
-    def on_checkin(_dbapi: Any, record: Any) -> None:
-        record.driver_connection.pgconn.untrace()
-
-    sync_engine = runtime_engine.sync_engine
-    event.listen(sync_engine, "checkout", on_checkout)
-    event.listen(sync_engine, "checkin", on_checkin)
-    try:
+    with traced(runtime_engine) as trace:
         response = await client.get("/api/v1/me", headers=caller.headers)
-    finally:
-        event.remove(sync_engine, "checkout", on_checkout)
-        event.remove(sync_engine, "checkin", on_checkin)
-        trace_file.close()
     assert response.status_code == 200
-    trips = _round_trips(trace_path.read_text())
-    # The tenant context and BEGIN as one simple query (psycopg's own BEGIN would be a round
+    trips = trace.round_trips()
+    # BEGIN and the tenant context as one simple query (psycopg's own BEGIN would be a round
     # trip of its own: app.database.tenant_context.enter_tenant), the caller lookup with /me's
     # columns, COMMIT. No SET ROLE: the role is the login (or a start-up parameter).
     assert len(trips) == 3, trips
-    assert re.search(r"Query\t \"SELECT set_config\('app.current_tenant_id'.*; BEGIN\"", trips[0])
+    assert re.search(r"Query\t \"BEGIN; SELECT set_config\('app.current_tenant_id'", trips[0])
     assert trips[1].endswith("Sync")
     assert trips[-1].endswith('Query\t "COMMIT"')
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
@@ -13,6 +13,7 @@ from app.database.session import make_sessionmaker, tenant_transaction
 from app.models import Document
 from testkit import database_harness as harness
 from testkit.factories import provision_tenant
+from testkit.protocol_trace import traced
 from tests.conftest import MigratedDatabase
 
 
@@ -74,17 +75,16 @@ async def test_citus_mode_also_sets_the_context_with_set_local(
     citus_settings = settings.model_copy(update={"DATABASE_CITUS": True})
     targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
     engine = build_runtime_engine(targets, citus_settings, pool_size=1, max_overflow=0)
-    sent: list[str] = []
-    event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
     try:
-        async with tenant_transaction(make_sessionmaker(engine), first.tenant_id) as session:
-            seen = set((await session.scalars(select(Document.id))).all())
-            setting = await session.scalar(text("SHOW app.current_tenant_id"))
+        with traced(engine) as trace:
+            async with tenant_transaction(make_sessionmaker(engine), first.tenant_id) as session:
+                seen = set((await session.scalars(select(Document.id))).all())
+                setting = await session.scalar(text("SHOW app.current_tenant_id"))
     finally:
         await engine.dispose()
     # In the opening message, after its BEGIN: inside the transaction block Citus propagates.
-    opening, *_ = sent
-    assert opening.endswith(f"; BEGIN; SET LOCAL app.current_tenant_id = '{first.tenant_id}'")
-    assert opening.startswith("SELECT ")
+    opening, *_ = trace.statements()
+    assert opening.endswith(f"; SET LOCAL app.current_tenant_id = '{first.tenant_id}'")
+    assert opening.startswith("BEGIN; SELECT ")
     assert setting == str(first.tenant_id)
     assert seen == set(first.document_ids)

@@ -369,7 +369,7 @@ async def test_two_exports_started_together_one_streams_and_the_other_is_429_bef
 
     @asynccontextmanager
     async def snapshot_held_back(
-        sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID
+        sessions: async_sessionmaker[AsyncSession], tenant_id: uuid.UUID, **options: Any
     ) -> AsyncIterator[AsyncSession]:
         # Only the first export's snapshot waits: the window stays open until the second
         # export has its answer.
@@ -378,7 +378,7 @@ async def test_two_exports_started_together_one_streams_and_the_other_is_429_bef
         if snapshots_opened == 1:
             first_between_request_and_snapshot.set()
             await asyncio.wait_for(second_answered.wait(), SETTLE_SECONDS)
-        async with open_transaction(sessions, tenant_id) as session:
+        async with open_transaction(sessions, tenant_id, **options) as session:
             yield session
 
     monkeypatch.setattr(tenant_export_api, "tenant_transaction", snapshot_held_back)

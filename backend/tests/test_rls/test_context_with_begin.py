@@ -1,12 +1,14 @@
 """The tenant context rides with BEGIN in a transaction's first round trip (`enter_tenant`).
 
-`tenant_transaction` opens its transaction with one simple query, `SELECT set_config(...);
-BEGIN`, on a connection it has put in autocommit mode for that checkout. These tests
-run the query shapes the app sends (joins, ordered pages, aggregates, RLS alone) as the first
-statement after it, on fresh transactions, more than five times each so psycopg's prepared
-statements are exercised too, and check each sees exactly its tenant's rows, that the context
-holds for the rest of the transaction and ends with it, that a rollback undoes the
-transaction's writes, and that the connection goes back to the pool out of autocommit mode.
+`tenant_transaction` opens its transaction with one simple query, `BEGIN; SELECT
+set_config(...)`, sent straight to psycopg on the runtime engine's autocommit connection. These
+tests run the query shapes the app sends (joins, ordered pages, aggregates, RLS alone) as the
+first statement after it, on fresh transactions, more than five times each so psycopg's
+prepared statements are exercised too, and check each sees exactly its tenant's rows, that the
+context holds for the rest of the transaction and ends with it, that a rollback undoes the
+transaction's writes and leaves no transaction open on the pooled connection, that the
+isolation level asked for is the transaction's, and that a driver error in the opening comes
+out as SQLAlchemy's (a lost connection invalidated, the next transaction on a new one).
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Select, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.database.session import tenant_transaction
-from app.database.tenant_context import opening_sql
+from app.core.config import Settings
+from app.database.engine import build_runtime_engine, targets_for
+from app.database.session import make_sessionmaker, tenant_transaction
+from app.database.tenant_context import IsolationLevel, opening_sql
 from app.models import AuditLog, Document, Tenant, User
+from testkit import database_harness as harness
 from testkit.factories import ProvisionedTenant, provision_tenant
+from tests.conftest import MigratedDatabase
 
 RUNS = 7  # psycopg prepares a statement on its 5th execution
 
@@ -130,7 +139,7 @@ async def test_without_the_context_the_same_query_sees_nothing(
     assert rows == []
 
 
-async def test_a_rollback_undoes_the_transactions_writes_and_autocommit_is_restored(
+async def test_a_rollback_undoes_the_transactions_writes_and_leaves_nothing_open(
     runtime_sessions: async_sessionmaker[AsyncSession],
     two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
 ) -> None:
@@ -149,12 +158,76 @@ async def test_a_rollback_undoes_the_transactions_writes_and_autocommit_is_resto
     async with tenant_transaction(runtime_sessions, tenant.tenant_id) as session:
         names = set((await session.scalars(text("SELECT filename FROM documents"))).all())
     assert "rolled back" not in names
-    # The pool hands the connection on in psycopg's normal mode (BEGIN before a statement).
+    # The pool hands the connection on in autocommit mode with no transaction open: the next
+    # tenant transaction's BEGIN is the first in it.
     async with runtime_sessions() as session:
         connection = await session.connection()
         raw = await connection.get_raw_connection()
         assert raw.driver_connection is not None
-        assert raw.driver_connection.autocommit is False
+        assert raw.driver_connection.autocommit is True
+        assert raw.driver_connection.info.transaction_status == TransactionStatus.IDLE
+
+
+@pytest.mark.parametrize(
+    ("isolation", "shown"),
+    [(None, "read committed"), ("REPEATABLE READ", "repeatable read")],
+)
+async def test_the_transaction_has_the_isolation_level_asked_for(
+    runtime_sessions: async_sessionmaker[AsyncSession],
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+    isolation: IsolationLevel | None,
+    shown: str,
+) -> None:
+    # The tenant export reads one snapshot for its whole archive (REPEATABLE READ).
+    tenant = two_tenants[0]
+    transaction = tenant_transaction(runtime_sessions, tenant.tenant_id, isolation=isolation)
+    async with transaction as session:
+        level = await session.scalar(text("SHOW transaction_isolation"))
+        seen = set((await session.scalars(select(Document.id))).all())
+    assert level == shown
+    assert seen == set(tenant.document_ids)
+
+
+def test_an_unknown_isolation_level_is_refused_before_any_io() -> None:
+    with pytest.raises(ValueError, match="isolation must be one of"):
+        opening_sql(uuid.uuid4(), isolation="READ COMMITTED; DROP TABLE documents")  # type: ignore[arg-type]
+
+
+async def test_an_engine_that_is_not_autocommit_is_refused(
+    admin_sessions: async_sessionmaker[AsyncSession],
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+) -> None:
+    # psycopg would send a BEGIN of its own before the opening's.
+    with pytest.raises(RuntimeError, match="need an autocommit engine"):
+        async with tenant_transaction(admin_sessions, two_tenants[0].tenant_id):
+            pass
+
+
+async def test_a_lost_connection_in_the_opening_is_sqlalchemys_error_and_invalidated(
+    settings: Settings,
+    migrated_db: MigratedDatabase,
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+) -> None:
+    tenant = two_tenants[0]
+    targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
+    engine = build_runtime_engine(targets, settings, pool_size=1, max_overflow=0)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with tenant_transaction(sessions, tenant.tenant_id) as session:
+            pid = await session.scalar(text("SELECT pg_backend_pid()"))
+        superuser = harness.libpq(migrated_db.superuser_url)
+        async with await psycopg.AsyncConnection.connect(superuser, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        # The pool's one connection is dead: the opening is the first to find out.
+        with pytest.raises(DBAPIError) as raised:
+            async with tenant_transaction(sessions, tenant.tenant_id):
+                pass
+        assert raised.value.connection_invalidated
+        async with tenant_transaction(sessions, tenant.tenant_id) as session:
+            seen = set((await session.scalars(select(Document.id))).all())
+    finally:
+        await engine.dispose()
+    assert seen == set(tenant.document_ids)
 
 
 def test_only_a_uuid_is_accepted() -> None:

@@ -4,7 +4,8 @@ context leaks between the clients that share its server connections.
 Debian's pgbouncer (1.18: no protocol-level prepared statements, start-up `options` refused)
 sits in front of the test server, keeping at most two server connections per database and
 user. The pooled-connection leak tests and a bounded leak fuzz run through it, with
-DATABASE_POOL_MODE=transaction (no prepares; settings made transaction-local at BEGIN).
+DATABASE_POOL_MODE=transaction (no prepares; settings made transaction-local by each tenant
+transaction's opening message).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from app.core.config import PoolMode, Settings
@@ -28,6 +29,7 @@ from testkit import database_harness as harness
 from testkit.auth_helpers import TestIssuer, create_caller
 from testkit.factories import provision_tenant
 from testkit.pgbouncer import Pgbouncer, start_pgbouncer
+from testkit.protocol_trace import traced
 from tests.fuzz.leak import FuzzEnvironment, fuzz
 from tests.own_database import DatabaseSet
 from tests.test_api.conftest import document_body
@@ -77,7 +79,7 @@ def settings(pooled_settings: Settings) -> Settings:
 
 
 async def test_start_up_options_and_prepares_would_break_and_the_setting_avoids_them(
-    migrated_db: harness.MigratedDatabase, pooled_settings: Settings
+    migrated_db: harness.MigratedDatabase, pooled_settings: Settings, admin_sessions: object
 ) -> None:
     targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
     direct = build_runtime_engine(
@@ -90,23 +92,26 @@ async def test_start_up_options_and_prepares_would_break_and_the_setting_avoids_
     finally:
         await direct.dispose()
     pooled = build_runtime_engine(targets, pooled_settings, pool_size=2, max_overflow=0)
+    tenant = await provision_tenant(admin_sessions, documents=1)  # type: ignore[arg-type]
     try:
-        async with pooled.connect() as connection:
-            # The engine's settings hold in every transaction, made at BEGIN.
-            shown = (
-                await connection.execute(
-                    text(
-                        "SELECT (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
-                        " current_setting('plan_cache_mode'), current_user"
+        # More runs of one statement than psycopg's prepare threshold (5): none is prepared,
+        # and the engine's settings hold in every transaction (its opening message makes them).
+        for _ in range(8):
+            async with tenant_transaction(make_sessionmaker(pooled), tenant.tenant_id) as session:
+                shown = (
+                    await session.execute(
+                        text(
+                            "SELECT (SELECT setting FROM pg_settings"
+                            " WHERE name = 'statement_timeout'),"
+                            " current_setting('plan_cache_mode'), current_user"
+                        )
                     )
+                ).one()
+                assert tuple(shown) == (
+                    str(pooled_settings.DB_STATEMENT_TIMEOUT_MS),
+                    "force_custom_plan",
+                    "app_runtime",
                 )
-            ).one()
-            await connection.rollback()
-        assert tuple(shown) == (
-            str(pooled_settings.DB_STATEMENT_TIMEOUT_MS),
-            "force_custom_plan",
-            "app_runtime",
-        )
     finally:
         await pooled.dispose()
 
@@ -117,29 +122,30 @@ async def test_a_tenant_transaction_opens_in_one_message_with_the_pools_settings
     tenant = await provision_tenant(admin_sessions, documents=1)  # type: ignore[arg-type]
     targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
     engine = build_runtime_engine(targets, pooled_settings, pool_size=2, max_overflow=0)
-    sent: list[str] = []
-    event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
     try:
-        async with tenant_transaction(make_sessionmaker(engine), tenant.tenant_id) as session:
-            shown = (
-                await session.execute(
-                    text(
-                        "SELECT (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
-                        " current_setting('plan_cache_mode'), current_user,"
-                        " current_setting('app.current_tenant_id'),"
-                        " (SELECT count(*) FROM documents)"
+        with traced(engine) as trace:
+            async with tenant_transaction(make_sessionmaker(engine), tenant.tenant_id) as session:
+                shown = (
+                    await session.execute(
+                        text(
+                            "SELECT (SELECT setting FROM pg_settings"
+                            " WHERE name = 'statement_timeout'),"
+                            " current_setting('plan_cache_mode'), current_user,"
+                            " current_setting('app.current_tenant_id'),"
+                            " (SELECT count(*) FROM documents)"
+                        )
                     )
-                )
-            ).one()
+                ).one()
     finally:
         await engine.dispose()
     # BEGIN, the pool's transaction-local settings and the tenant context: one message, then
-    # the query itself (no settings statement of the engine's `begin` event in between).
-    opening, query = sent
-    assert opening.startswith("SELECT set_config('statement_timeout'")
+    # the query itself (no settings statement of the engine's `begin` event in between), then
+    # COMMIT.
+    opening, query, commit = trace.round_trips()
+    assert "Query\t \"BEGIN; SELECT set_config('statement_timeout'" in opening
     assert "set_config('app.current_tenant_id'" in opening
-    assert opening.endswith("; BEGIN")
     assert "pg_settings" in query
+    assert commit.endswith('Query\t "COMMIT"')
     assert tuple(shown) == (
         str(pooled_settings.DB_STATEMENT_TIMEOUT_MS),
         "force_custom_plan",

@@ -62,6 +62,10 @@ async def test_many_concurrent_tenants_over_a_two_connection_pool_each_see_their
         assert count == 0
 
 
+class _HandlerFailedError(Exception):
+    pass
+
+
 async def test_a_rolled_back_transaction_leaves_no_context_behind(
     settings: Settings,
     migrated_db: MigratedDatabase,
@@ -71,20 +75,25 @@ async def test_a_rolled_back_transaction_leaves_no_context_behind(
     targets = targets_for(migrated_db.owner_url, harness.RUNTIME_PASSWORD)
     engine = build_runtime_engine(targets, settings, pool_size=1, max_overflow=0)
     sessions = make_sessionmaker(engine)
-    try:
-        async with sessions() as session:
-            await session.begin()
-            await session.execute(
-                text("SELECT set_config('app.current_tenant_id', :t, true)"),
-                {"t": str(tenant.tenant_id)},
-            )
+
+    async def fail_after_reading() -> None:
+        async with tenant_transaction(sessions, tenant.tenant_id) as session:
             assert (await session.scalars(select(Document.id))).all() == tenant.document_ids
-            await session.rollback()
-        async with sessions() as session, session.begin():
+            raise _HandlerFailedError  # rolled back
+
+    try:
+        with pytest.raises(_HandlerFailedError):
+            await fail_after_reading()
+        # The pool's one connection again, outside any tenant transaction.
+        async with sessions() as session:
             after = (await session.scalars(select(Document.id))).all()
+            context = await session.scalar(
+                text("SELECT current_setting('app.current_tenant_id', true)")
+            )
     finally:
         await engine.dispose()
     assert after == []
+    assert context in (None, "")
 
 
 # Any way of writing the setting: set_config('app.current_tenant_id', ...) or SET [LOCAL] ...

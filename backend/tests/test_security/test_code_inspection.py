@@ -95,12 +95,6 @@ ALLOWED_INTERPOLATIONS: dict[tuple[str, str], str] = {
     ): "Built once per engine by set_locally_calls from session_settings: setting names and "
     "values from the Settings object (validated ints, constants), each quoted with '' doubling.",
     (
-        "app/database/tenant_context.py",
-        "opening",
-    ): "opening_sql's text: a simple query takes no bind parameters; the tenant id is a "
-    "uuid.UUID checked by type (hex digits and dashes), the settings are the engine's own, "
-    "built once by set_locally_calls from the Settings object with '' doubling.",
-    (
         "app/services/audit_integrity.py",
         "_ROWS_SQL.format(where=where)",
     ): "Built once at import from module constants: the WHERE clause is '' or a fixed "

@@ -70,9 +70,13 @@ async def test_empty_context_left_by_earlier_transaction_sees_no_rows_and_cannot
 async def test_malformed_tenant_context_is_an_error_never_rows(
     runtime_sessions: async_sessionmaker[AsyncSession], tenants: TwoTenants, table: str
 ) -> None:
-    """A context that is not a UUID makes every policy's cast fail: an error, not all rows."""
+    """A context that is not a UUID makes every policy's cast fail: an error, not all rows.
+
+    (Overwritten inside a tenant transaction, as injected SQL would: the runtime engine is in
+    autocommit mode, so outside one a transaction-local setting would not reach the next
+    statement.)"""
     with pytest.raises(DBAPIError) as caught:
-        async with runtime_sessions() as session, session.begin():
+        async with tenant_transaction(runtime_sessions, tenants.a.tenant_id) as session:
             await session.execute(
                 text("SELECT set_config('app.current_tenant_id', 'not-a-uuid', true)")
             )

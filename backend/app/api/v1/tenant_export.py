@@ -24,7 +24,7 @@ from app.api.streaming import IdleBoundedStreamingResponse
 from app.content.backends import ContentBackends
 from app.core.config import Settings
 from app.database import Database
-from app.database.session import make_sessionmaker, tenant_transaction
+from app.database.session import tenant_transaction
 from app.services import audit_anchor as audit_anchor_service
 from app.services import tenant_export as export_service
 
@@ -104,9 +104,6 @@ async def export_tenant(
         await content.object_store(), await content.key_manager()
     )
     database: Database = request.app.state.database
-    snapshots = make_sessionmaker(
-        database.engine.execution_options(isolation_level="REPEATABLE READ")
-    )
 
     @asynccontextmanager
     async def archive() -> AsyncIterator[AsyncIterator[bytes]]:
@@ -114,7 +111,10 @@ async def export_tenant(
         # row (the snapshot holds it). The snapshot's transaction takes the stream lock for
         # the whole stream while the claim is still held, then lets the claim go: at no
         # moment is the tenant's export unclaimed.
-        async with tenant_transaction(snapshots, tenant_id) as snapshot:
+        # One snapshot for the whole archive: rows committed meanwhile are not half in it.
+        async with tenant_transaction(
+            database.sessions, tenant_id, isolation="REPEATABLE READ"
+        ) as snapshot:
             await export_service.take_export_stream(snapshot, tenant_id)
             await claim.release()
             await snapshot.execute(_IDLE_WHILE_STREAMING)
