@@ -15,6 +15,7 @@ from app.api.admission import CallerAdmission, TenantLimiter, export_limiter
 from app.api.errors import install_error_handlers
 from app.api.idempotency import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER
 from app.api.metrics import router as metrics_router
+from app.api.openapi_security import declare_bearer_scheme
 from app.api.v1.documents import CONTENT_UPLOAD_PATH
 from app.api.v1.router import api_router, dev_router
 from app.auth.dev_issuer import dev_issuer_for
@@ -206,6 +207,7 @@ def create_app(
         client_header=settings.CLIENT_IP_HEADER,
     )
     app.include_router(api_router)
+    declare_bearer_scheme(app)  # the token is checked by plain calls, not a security dependency
     if settings.METRICS_TOKEN is not None:
         app.include_router(metrics_router)
     if tracer_provider is not None:

@@ -14,6 +14,11 @@ replica: its caller is then checked on the primary first, in a short transaction
 runs as `app_runtime`, is committed when the handler returns and *before* the response is sent
 (the dependency has `scope="function"`, so a failed commit becomes an error response, never a
 success), and is rolled back if the handler raises.
+
+The bearer token is read from the header by plain calls, not through a FastAPI security
+dependency: FastAPI charges every dependency node on every request, and more for each node
+above a security scheme (issue 20). The OpenAPI document still declares the scheme on every
+route that needs a token: `app.api.openapi_security` derives it from `TOKEN_CHECKS`.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -46,6 +51,8 @@ from app.services.actor import Actor
 from app.services.caller_cache import CallerCache
 
 __all__ = [
+    "BEARER_SCHEME",
+    "TOKEN_CHECKS",
     "AdminActor",
     "Content",
     "CurrentActor",
@@ -90,15 +97,12 @@ def _reads_only(request: Request, settings: Settings) -> bool:
 _MAX_USER_AGENT_LENGTH = 512
 
 
-# Declares the scheme in the OpenAPI document (the Authorize button in /docs); the header is
-# parsed below so each failure gets its own reason.
-_bearer_scheme = HTTPBearer(auto_error=False, description="An OIDC access token (JWT).")
+BEARER_SCHEME = HTTPBearer(auto_error=False, description="An OIDC access token (JWT).")
+"""The scheme the OpenAPI document declares (the Authorize button in /docs). Never a dependency:
+the header is parsed below, so each failure gets its own reason."""
 
 
-async def authenticate(
-    request: Request,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)],
-) -> VerifiedIdentity:
+async def authenticate(request: Request) -> VerifiedIdentity:
     """Verify the bearer token (no database access): 401 when missing, expired or invalid."""
     return await _verified_identity(request)
 
@@ -150,11 +154,7 @@ class _TenantRequest:
     caller: callers_service.Caller
 
 
-async def _tenant_request(
-    request: Request,
-    # Declares the scheme in the OpenAPI document; the header is verified below.
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)],
-) -> AsyncIterator[_TenantRequest]:
+async def _tenant_request(request: Request) -> AsyncIterator[_TenantRequest]:
     # Token check and admission are called here, not declared as sub-dependencies: FastAPI
     # walks a dependency's whole sub-tree again for every parameter that uses it (a handler
     # taking TenantSession and CurrentActor walked authenticate's chain twice), at a cost
@@ -273,6 +273,10 @@ async def _checked_caller(
 
 # scope="function": the transaction ends when the handler returns, before the response is sent.
 _TenantRequestDep = Annotated[_TenantRequest, Depends(_tenant_request, scope="function")]
+
+TOKEN_CHECKS: frozenset[Callable[..., Any]] = frozenset({authenticate, _tenant_request})
+"""The dependencies that verify the bearer token (the streaming path's `_admitted` depends on
+`authenticate`): a route with one of them in its dependency tree needs a token."""
 
 
 async def _session(tenant_request: _TenantRequestDep) -> AsyncSession:

@@ -1,8 +1,8 @@
 """The edge of the tenant context: the Authorization header is checked here, before anything.
 
 This middleware sets no tenant context: it refuses an oversized (> 8 KiB, 431) or duplicated
-(400) Authorization header before any parsing of the token. The token itself is verified by
-`app.api.deps.authenticate` (no database), and the request dependency then opens the request's
+(400) Authorization header before any parsing of the token. The token itself is verified in
+`app.api.deps` (no database), and the request dependency then opens the request's
 one transaction with `app.database.session.tenant_transaction`, whose first statement sets the
 tenant context and looks the caller up. A dependency rather than a middleware owns the
 transaction because it must commit after the handler and *before* the response is sent, and

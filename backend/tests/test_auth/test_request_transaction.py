@@ -18,7 +18,9 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_dependant
 from fastapi.routing import APIRoute
+from fastapi.security.base import SecurityBase
 from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -322,8 +324,34 @@ async def test_every_operation_but_health_and_docs_needs_a_token(
             assert response.json()["error"]["reason"] == "missing"
         for path in ("/api/v1/health/live", "/openapi.json", "/docs"):
             assert (await http.get(path)).status_code == 200, path
-    security = app.openapi()["paths"]["/api/v1/me"]["get"]["security"]
-    assert security == [{"HTTPBearer": []}]
+
+
+def test_the_openapi_document_declares_the_token_on_exactly_the_operations_needing_one(
+    settings: Settings, database: Database
+) -> None:
+    # The token is checked by plain calls, not a FastAPI security dependency (issue 20), so
+    # app.api.openapi_security adds the scheme: /docs keeps its Authorize button, and a client
+    # generator sees which operations need a token (the test above: all but PUBLIC_OPERATIONS).
+    document = create_app(settings, database).openapi()
+    assert document["components"]["securitySchemes"] == {
+        "HTTPBearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An OIDC access token (JWT).",
+        }
+    }
+    operations = {
+        (method, path): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+    assert operations.keys() >= PUBLIC_OPERATIONS
+    assert ("put", "/api/v1/documents/{document_id}/content") in operations  # StreamingActor
+    for key, operation in operations.items():
+        if key in PUBLIC_OPERATIONS:
+            assert "security" not in operation, key
+        else:
+            assert operation["security"] == [{"HTTPBearer": []}], key
 
 
 def _solved_nodes(dependant: Dependant) -> list[object]:
@@ -334,9 +362,10 @@ def _solved_nodes(dependant: Dependant) -> list[object]:
 
 def test_the_token_check_and_admission_are_not_walked_once_per_parameter() -> None:
     # Issue 20: TenantSession and CurrentActor both depend on the request dependency, so a
-    # chain of dependencies under it (authenticate, _admitted) was walked twice per request.
-    # The request dependency verifies and admits by plain calls; only the bearer scheme (for
-    # the OpenAPI document) stays a dependency under it.
+    # chain of dependencies under it (authenticate, _admitted, the bearer scheme) was walked
+    # twice per request, each node at a cost (more above a security scheme). The request
+    # dependency verifies and admits by plain calls and has no sub-dependency at all; the
+    # OpenAPI document gets the scheme from app.api.openapi_security instead.
     route = next(
         route
         for route in documents_api.router.routes
@@ -346,9 +375,13 @@ def test_the_token_check_and_admission_are_not_walked_once_per_parameter() -> No
     )
     nodes = _solved_nodes(route.dependant)
     assert deps.authenticate not in nodes
+    assert not [node for node in nodes if isinstance(node, SecurityBase)], nodes
     assert nodes.count(deps._tenant_request) == 2  # TenantSession's and CurrentActor's
-    # _session and _actor, each with the request dependency and its bearer scheme; settings.
-    assert len(nodes) == 7, nodes
+    # _session and _actor, each with the request dependency; settings.
+    assert len(nodes) == 5, nodes
+    # The streaming path: under the caller lookup, the admission and the token check only.
+    streaming = _solved_nodes(get_dependant(path="", call=deps._streaming_actor))
+    assert streaming == [deps._admitted, deps.authenticate], streaming
 
 
 async def test_concurrent_requests_do_not_share_a_transaction(
