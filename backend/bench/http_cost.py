@@ -49,6 +49,7 @@ from bench import corpus as corpus_module
 from bench.baseline import BASELINE_APPLICATION_NAME
 from bench.baseline import BENCH_TELEMETRY_VARIABLE as BENCH_TELEMETRY
 from bench.corpus import CorpusSpec
+from bench.http_inprocess import RUNTIME_APPLICATION_NAME, measure_in_process, print_in_process
 from bench.http_load import Cell, CellResult, encode_request, serve
 from testkit import auth_helpers
 from testkit import database_harness as harness
@@ -57,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE_DATABASE = "http_bench"
 RUN_DATABASE = "http_bench_run"
-RUNTIME_APPLICATION_NAME = "tenant-docs"  # app.database.engine.build_engine's default
 WORKERS = 2
 CONCURRENCIES = (1, 16, 64)
 GOAL_CONCURRENCY = 16
@@ -257,12 +257,9 @@ class Server:
         return [child for child in children if "resource_tracker" not in " ".join(child.cmdline())]
 
 
-@contextmanager
-def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -> Iterator[Server]:
-    """Start `uvicorn bench.baseline:create_app --factory --workers 2`; wait until it is ready."""
-    port = free_port()
-    env = {
-        **os.environ,
+def app_environment(database_url: str, settings_env: dict[str, str]) -> dict[str, str]:
+    """The app's settings for a bench run (as environment variables)."""
+    return {
         "ENVIRONMENT": "development",
         "LOG_LEVEL": "WARNING",
         "DATABASE_URL": database_url,
@@ -274,6 +271,13 @@ def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -
         "TENANT_MAX_CONCURRENT_REQUESTS": "0",
         **settings_env,
     }
+
+
+@contextmanager
+def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -> Iterator[Server]:
+    """Start `uvicorn bench.baseline:create_app --factory --workers 2`; wait until it is ready."""
+    port = free_port()
+    env = {**os.environ, **app_environment(database_url, settings_env)}
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "uvicorn.log"
     command = [
@@ -842,6 +846,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--jwt-iterations", type=int, default=2000, help="token checks timed (0: skip that table)"
     )
+    parser.add_argument(
+        "--cpu-requests",
+        type=int,
+        default=400,
+        help="requests per variant and route for the in-process CPU table (0: skip it)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached corpus")
     parser.add_argument(
         "--telemetry",
@@ -934,6 +944,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"timing: took {time.perf_counter() - started:.0f} s\n")
                 met = print_results(results, args.concurrency)
                 within = print_resources(sampler.resources, workers, pool_cap)
+            if args.cpu_requests:
+                # After the server has stopped: nothing else runs while this is timed.
+                app_settings = load_settings(**app_environment(database_url, settings_env))
+                chosen = {route.name: requests[route.name] for route in selected(args)}
+                cpu = measure_in_process(
+                    app_settings, chosen, args.cpu_requests, admin_dsn, database
+                )
+                print_in_process(cpu, args.cpu_requests)
     finally:
         load.close()
     print(
