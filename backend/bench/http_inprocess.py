@@ -26,7 +26,7 @@ import psutil
 import psycopg
 
 from app.core.config import Settings
-from bench.baseline import BASELINE_APPLICATION_NAME
+from bench.baseline import BASELINE_APPLICATION_NAME, create_app
 
 RUNTIME_APPLICATION_NAME = "tenant-docs"  # app.database.engine.build_engine's default
 
@@ -111,9 +111,7 @@ async def _measure(
     admin_dsn: str,
     database: str,
 ) -> dict[str, CpuSamples]:
-    from bench.baseline import create_app  # the product app plus the twins, as under uvicorn
-
-    app = create_app(settings)
+    app = create_app(settings)  # the product app plus the twins, as under uvicorn
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
     results: dict[str, CpuSamples] = {}
     async with (
