@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from sqlalchemy import select
@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import main
 from app.api.params import CursorCodecDep, PageDep
+from app.api.v1 import documents as documents_api
 from app.core.config import Settings, SettingsError, settings_or_exit
 from app.core.errors import ForbiddenError
 from app.core.tracing import PhiSafeSpanExporter
@@ -157,10 +158,15 @@ async def create_document(
 
 @router.get("/documents", response_model=document_schemas.DocumentPage)
 async def list_documents(
-    session: BaselineSession, context: BaselineContext, codec: CursorCodecDep, page: PageDep
+    session: BaselineSession,
+    context: BaselineContext,
+    codec: CursorCodecDep,
+    page: PageDep,
+    filters: Annotated[document_schemas.DocumentListFilters, Query()],
 ) -> document_schemas.DocumentPage:
-    """GET /api/v1/documents' first page query (no filters)."""
-    query = documents_service.DocumentQuery()
+    """GET /api/v1/documents' query, with the route's own query parameters (reading them is
+    the route's work, not authentication's: FastAPI spends ~15 µs per declared parameter)."""
+    query = documents_api.document_query(filters)
     rows, next_cursor = await documents_service.list_documents(session, context, query, page, codec)
     return page_of(document_schemas.DocumentPage, rows, next_cursor)
 
@@ -202,8 +208,19 @@ async def search_documents(
 
 @router.get("/documents/{document_id}", response_model=document_schemas.Document)
 async def get_document(
-    document_id: uuid.UUID, session: BaselineSession, context: BaselineContext
+    request: Request,
+    document_id: uuid.UUID,
+    session: BaselineSession,
+    context: BaselineContext,
+    include_deleted: Annotated[bool, Query()] = False,
 ) -> document_schemas.Document:
-    """GET /api/v1/documents/{id}'s query."""
-    document = await documents_service.get_document(session, context, document_id)
+    """GET /api/v1/documents/{id}'s query, with the route's query parameter and setting."""
+    settings: Settings = request.app.state.settings
+    document = await documents_service.get_document(
+        session,
+        context,
+        document_id,
+        include_deleted=include_deleted,
+        audit_read=settings.AUDIT_DOCUMENT_READS,
+    )
     return document_schemas.Document.model_validate(document)

@@ -2,9 +2,10 @@
 
 Use them as annotated parameters in routers:
 
-    async def handler(session: TenantSession, actor: CurrentActor) -> ...
+    async def handler(document_id: uuid.UUID, tenant: Tenant) -> ...:
+        return await documents_service.get_document(tenant.session, tenant.actor, document_id)
 
-Both come from the same per-request transaction, opened by
+`tenant.session` and `tenant.actor` come from the same per-request transaction, opened by
 `app.database.session.tenant_transaction` (BEGIN and the tenant context in one round trip),
 then the caller lookup, skipped while `app.services.caller_cache` holds the answer. Every
 dependency here is `async def`: a plain `def` dependency costs a thread-pool hand-off per
@@ -53,16 +54,14 @@ from app.services.caller_cache import CallerCache
 __all__ = [
     "BEARER_SCHEME",
     "TOKEN_CHECKS",
-    "AdminActor",
+    "AdminTenant",
     "Content",
-    "CurrentActor",
-    "CurrentCaller",
     "Sessions",
     "StreamingActor",
-    "TenantSession",
+    "Tenant",
+    "TenantRequest",
     "authenticate",
     "read_only",
-    "require_admin",
 ]
 
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
@@ -148,22 +147,42 @@ async def _admission(request: Request, identity: VerifiedIdentity) -> AsyncItera
 
 
 @dataclass(frozen=True)
-class _TenantRequest:
+class TenantRequest:
+    """What a tenant-scoped handler works with: one parameter, so one dependency to solve.
+
+    `session` is the request's one transaction as app_runtime, scoped to the caller's tenant;
+    `actor` the authenticated caller (tenant, user, role) with the request facts audit rows
+    record; `caller` the caller lookup's row (user and tenant as GET /me shows them);
+    `settings` the running app's.
+    """
+
     session: AsyncSession
     actor: Actor
     caller: callers_service.Caller
+    settings: Settings
 
 
-async def _tenant_request(request: Request) -> AsyncIterator[_TenantRequest]:
-    # Token check and admission are called here, not declared as sub-dependencies: FastAPI
-    # walks a dependency's whole sub-tree again for every parameter that uses it (a handler
-    # taking TenantSession and CurrentActor walked authenticate's chain twice), at a cost
-    # per node on every request (issue 20). Admitted before the transaction opens, released
-    # after it ends (this dependency has scope="function").
+async def _tenant_request(request: Request) -> AsyncIterator[TenantRequest]:
+    # Token check and admission are called here, not declared as sub-dependencies, and
+    # handlers take this one object rather than a session and an actor apart: FastAPI
+    # charges every dependency node on every request, and walks a dependency's sub-tree again
+    # for every parameter that uses it (issue 20). Admitted before the transaction opens,
+    # released after it ends (this dependency has scope="function").
     async with (
         _admission(request, await _verified_identity(request)) as admitted,
         _caller_transaction(request, admitted) as tenant_request,
     ):
+        yield tenant_request
+
+
+async def _admin_tenant_request(request: Request) -> AsyncIterator[TenantRequest]:
+    # The same request dependency, refusing a non-admin caller once the lookup knows the
+    # role: a separate function rather than a node above _tenant_request (one node less).
+    async with (
+        _admission(request, await _verified_identity(request)) as admitted,
+        _caller_transaction(request, admitted) as tenant_request,
+    ):
+        tenant_request.actor.require_admin()
         yield tenant_request
 
 
@@ -184,7 +203,7 @@ async def _streaming_actor(
 @asynccontextmanager
 async def _caller_transaction(
     request: Request, admitted: _Admitted, *, issue_token: bool = True
-) -> AsyncIterator[_TenantRequest]:
+) -> AsyncIterator[TenantRequest]:
     database: Database = request.app.state.database
     settings: Settings = request.app.state.settings
     identity = admitted.identity
@@ -242,7 +261,7 @@ async def _caller_transaction(
             session,
             lambda key: idempotency_service.IdempotencyScope(caller.tenant_id, caller.user_id, key),
         )
-        yield _TenantRequest(session=session, actor=actor, caller=caller)
+        yield TenantRequest(session=session, actor=actor, caller=caller, settings=settings)
     if transaction.committed_position is not None:
         request.state.consistency_token = replicas_module.issue_token(
             settings.consistency_token_key, identity.tenant_id, transaction.committed_position
@@ -271,34 +290,20 @@ async def _checked_caller(
     return caller
 
 
-# scope="function": the transaction ends when the handler returns, before the response is sent.
-_TenantRequestDep = Annotated[_TenantRequest, Depends(_tenant_request, scope="function")]
-
-TOKEN_CHECKS: frozenset[Callable[..., Any]] = frozenset({authenticate, _tenant_request})
+TOKEN_CHECKS: frozenset[Callable[..., Any]] = frozenset(
+    {authenticate, _tenant_request, _admin_tenant_request}
+)
 """The dependencies that verify the bearer token (the streaming path's `_admitted` depends on
 `authenticate`): a route with one of them in its dependency tree needs a token."""
 
+# scope="function": the transaction ends when the handler returns, before the response is sent.
+Tenant = Annotated[TenantRequest, Depends(_tenant_request, scope="function")]
+"""The request's tenant transaction and its caller (`TenantRequest`): the one parameter of a
+tenant-scoped handler."""
 
-async def _session(tenant_request: _TenantRequestDep) -> AsyncSession:
-    return tenant_request.session
-
-
-async def _actor(tenant_request: _TenantRequestDep) -> Actor:
-    return tenant_request.actor
-
-
-async def _caller(tenant_request: _TenantRequestDep) -> callers_service.Caller:
-    return tenant_request.caller
-
-
-TenantSession = Annotated[AsyncSession, Depends(_session)]
-"""The request's session: one transaction as app_runtime, scoped to the caller's tenant."""
-
-CurrentActor = Annotated[Actor, Depends(_actor)]
-"""The authenticated caller (tenant, user, role) and request facts for audit rows."""
-
-CurrentCaller = Annotated[callers_service.Caller, Depends(_caller)]
-"""The caller lookup's row (user and tenant as GET /me shows them), same transaction."""
+AdminTenant = Annotated[TenantRequest, Depends(_admin_tenant_request, scope="function")]
+"""Like `Tenant`, for admin-only endpoints: 403 for any other role (the services check the
+role again)."""
 
 
 StreamingActor = Annotated[Actor, Depends(_streaming_actor)]
@@ -323,13 +328,3 @@ async def _content(request: Request) -> ContentBackends:
 
 Content = Annotated[ContentBackends, Depends(_content)]
 """The object store and key manager (opened on first use)."""
-
-
-async def require_admin(actor: CurrentActor) -> Actor:
-    """The caller if their role is admin; 403 otherwise (before the body is even read)."""
-    actor.require_admin()
-    return actor
-
-
-AdminActor = Annotated[Actor, Depends(require_admin)]
-"""Like CurrentActor, for admin-only endpoints (the services check the role again)."""

@@ -53,7 +53,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            # Set by the TenantSession dependency once the caller is known (app.api.deps).
+            # Set by the Tenant dependency once the caller is known (app.api.deps).
             context = scope["state"].get("context")
             logger.info(
                 "request",

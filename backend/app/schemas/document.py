@@ -6,11 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from app.database.vector_search import EMBEDDING_DIMENSIONS
 from app.schemas.common import (
     FILTER_LIMITS_TEXT,
+    FILTER_MAX_BYTES,
     Embedding,
     Metadata,
     MetadataFilter,
@@ -115,6 +116,25 @@ class Document(ResponseModel):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+
+
+class DocumentListFilters(BaseModel):
+    """GET /documents' filters, declared once as a query-parameter model (FastAPI reads each
+    field from the query string, with the usual coercion of query values)."""
+
+    status: DocumentStatus | None = None
+    content_type: Text | None = Field(default=None, max_length=255)
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    metadata: str | None = Field(
+        default=None,
+        # Room for whitespace and \u escapes around a filter of FILTER_MAX_BYTES.
+        max_length=4 * FILTER_MAX_BYTES,
+        description="JSON object the metadata must contain (JSONB `@>`, GIN-indexed). "
+        + FILTER_LIMITS_TEXT,
+        examples=['{"department":"cardiology"}'],
+    )
+    include_deleted: bool = Field(default=False, description="Admins only")
 
 
 class DocumentPage(ResponseModel):

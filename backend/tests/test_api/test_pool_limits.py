@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from app.api.deps import TenantSession
+from app.api.deps import Tenant
 from app.core.config import Settings
 from app.database import Database
 from app.database.engine import build_runtime_engine, targets_for
@@ -47,14 +47,14 @@ async def _client_for(
     database = Database(targets=targets, engine=engine, sessions=make_sessionmaker(engine))
     app = create_app(settings, database)
 
-    async def hold(session: TenantSession) -> dict[str, bool]:
-        await session.execute(text("SELECT 1"))
+    async def hold(tenant: Tenant) -> dict[str, bool]:
+        await tenant.session.execute(text("SELECT 1"))
         holds.holding.set()
         await holds.release.wait()
         return {"held": True}
 
-    async def brief(session: TenantSession) -> dict[str, bool]:
-        await session.execute(text("SELECT pg_sleep(0.05)"))
+    async def brief(tenant: Tenant) -> dict[str, bool]:
+        await tenant.session.execute(text("SELECT pg_sleep(0.05)"))
         return {"held": True}
 
     app.add_api_route("/probe/hold", hold, methods=["GET"])

@@ -1,7 +1,7 @@
 """The request's transaction: one per request, tenant-scoped, committed before the response.
 
 Test-only routes are added to an app built like production's, so these tests exercise the
-real `TenantSession` / `CurrentActor` dependencies against the real database.
+real `Tenant` / `AdminTenant` dependencies against the real database.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.api import deps
-from app.api.deps import AdminActor, CurrentActor, TenantSession
+from app.api.deps import AdminTenant, Tenant
 from app.api.v1 import documents as documents_api
 from app.core.config import Settings
 from app.core.errors import ConflictError, NotFoundError
@@ -40,17 +40,17 @@ from tests.conftest import MakeCaller, MigratedDatabase
 
 
 def _add_probe_routes(app: FastAPI, superuser_dsn: str) -> None:
-    async def rename_then_fail(session: TenantSession, context: CurrentActor) -> dict[str, str]:
-        user = await session.get(User, context.user_id)
+    async def rename_then_fail(tenant: Tenant) -> dict[str, str]:
+        session = tenant.session
+        user = await session.get(User, tenant.actor.user_id)
         assert user is not None
         user.full_name = "renamed by a failed request"
         await session.flush()
         raise ConflictError("the handler refused after writing")
 
-    async def rename_then_lose_connection(
-        session: TenantSession, context: CurrentActor
-    ) -> dict[str, str]:
-        user = await session.get(User, context.user_id)
+    async def rename_then_lose_connection(tenant: Tenant) -> dict[str, str]:
+        session = tenant.session
+        user = await session.get(User, tenant.actor.user_id)
         assert user is not None
         user.full_name = "renamed, commit lost"
         await session.flush()
@@ -60,16 +60,17 @@ def _add_probe_routes(app: FastAPI, superuser_dsn: str) -> None:
             await admin.execute("SELECT pg_terminate_backend(%s)", [pid])
         return {"status": "this must never reach the client"}
 
-    async def find_user(user_id: uuid.UUID, session: TenantSession) -> dict[str, str]:
+    async def find_user(user_id: uuid.UUID, tenant: Tenant) -> dict[str, str]:
         # No explicit tenant filter on purpose: RLS alone must hide other tenants' users.
-        user = (await session.scalars(select(User).where(User.id == user_id))).first()
+        user = (await tenant.session.scalars(select(User).where(User.id == user_id))).first()
         if user is None:
             raise NotFoundError("user not found")
         return {"id": str(user.id)}
 
-    async def context_facts(session: TenantSession, context: CurrentActor) -> dict[str, Any]:
+    async def context_facts(tenant: Tenant) -> dict[str, Any]:
+        context = tenant.actor
         row = (
-            await session.execute(
+            await tenant.session.execute(
                 text(
                     "SELECT current_user AS role,"
                     " current_setting('app.current_tenant_id', true) AS tenant"
@@ -87,8 +88,8 @@ def _add_probe_routes(app: FastAPI, superuser_dsn: str) -> None:
             "user_agent": context.user_agent,
         }
 
-    async def admin_only(context: AdminActor) -> dict[str, str]:
-        return {"role": context.role}
+    async def admin_only(tenant: AdminTenant) -> dict[str, str]:
+        return {"role": tenant.actor.role}
 
     app.add_api_route("/probe/fail", rename_then_fail, methods=["POST"])
     app.add_api_route("/probe/lose-commit", rename_then_lose_connection, methods=["POST"])
@@ -360,12 +361,14 @@ def _solved_nodes(dependant: Dependant) -> list[object]:
     return [node for sub in dependant.dependencies for node in [sub.call, *_solved_nodes(sub)]]
 
 
-def test_the_token_check_and_admission_are_not_walked_once_per_parameter() -> None:
-    # Issue 20: TenantSession and CurrentActor both depend on the request dependency, so a
-    # chain of dependencies under it (authenticate, _admitted, the bearer scheme) was walked
-    # twice per request, each node at a cost (more above a security scheme). The request
-    # dependency verifies and admits by plain calls and has no sub-dependency at all; the
-    # OpenAPI document gets the scheme from app.api.openapi_security instead.
+def test_a_tenant_route_solves_one_dependency_for_the_token_the_transaction_and_the_caller() -> (
+    None
+):
+    # Issue 20: FastAPI charges every dependency node on every request, and walks a cached
+    # dependency's sub-tree again for every parameter that uses it. So the request dependency
+    # verifies and admits by plain calls (no sub-dependency, no security scheme: the OpenAPI
+    # document gets the scheme from app.api.openapi_security), and a handler takes one
+    # `Tenant` (session, actor, caller, settings) rather than a session and an actor apart.
     route = next(
         route
         for route in documents_api.router.routes
@@ -376,9 +379,14 @@ def test_the_token_check_and_admission_are_not_walked_once_per_parameter() -> No
     nodes = _solved_nodes(route.dependant)
     assert deps.authenticate not in nodes
     assert not [node for node in nodes if isinstance(node, SecurityBase)], nodes
-    assert nodes.count(deps._tenant_request) == 2  # TenantSession's and CurrentActor's
-    # _session and _actor, each with the request dependency; settings.
-    assert len(nodes) == 5, nodes
+    assert nodes == [deps._tenant_request], nodes
+    # An admin-only route: the role check is in its one request dependency, not a node above.
+    restore = next(
+        route
+        for route in documents_api.router.routes
+        if isinstance(route, APIRoute) and route.path == "/documents/{document_id}/restore"
+    )
+    assert _solved_nodes(restore.dependant) == [deps._admin_tenant_request]
     # The streaming path: under the caller lookup, the admission and the token check only.
     streaming = _solved_nodes(get_dependant(path="", call=deps._streaming_actor))
     assert streaming == [deps._admitted, deps.authenticate], streaming

@@ -341,7 +341,7 @@ async def test_an_export_response_dropped_before_it_is_sent_frees_its_slot(
         app,
         engine,
     ):
-        app.dependency_overrides[deps._tenant_request] = commit_fails_after_the_handler
+        app.dependency_overrides[deps._admin_tenant_request] = commit_fails_after_the_handler
         async with _client(app) as client:
             dropped = await client.get(EXPORT, headers=admin.headers)
         assert dropped.status_code == 503, dropped.text

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import AdminActor, CurrentActor, TenantSession, read_only
+from app.api.deps import AdminTenant, Tenant, read_only
 from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS
@@ -29,13 +29,15 @@ router = APIRouter(
     summary="Verify the tenant's audit hash chain (admins)",
 )
 @read_only()
-async def verify_audit_logs(session: TenantSession, actor: AdminActor) -> AuditChainVerification:
+async def verify_audit_logs(tenant: AdminTenant) -> AuditChainVerification:
     """Recompute the tenant's chain: `ok` with the count and head hash, or the first broken link.
 
     Runs under RLS, so it sees only the caller's tenant; `verify-audit` (admin CLI) checks every
     tenant and the chain heads too. 200 either way: a broken chain is a finding, not an error.
     """
-    return await audit_integrity_service.verify_chain(session, tenant_id=actor.own_tenant())
+    return await audit_integrity_service.verify_chain(
+        tenant.session, tenant_id=tenant.actor.own_tenant()
+    )
 
 
 @router.get(
@@ -45,8 +47,7 @@ async def verify_audit_logs(session: TenantSession, actor: AdminActor) -> AuditC
 )
 @read_only()
 async def list_audit_logs(
-    session: TenantSession,
-    actor: CurrentActor,
+    tenant: Tenant,
     codec: CursorCodecDep,
     page: PageDep,
     action: Annotated[Text | None, Query(max_length=100, examples=["document.create"])] = None,
@@ -69,5 +70,7 @@ async def list_audit_logs(
         created_after=created_after,
         created_before=created_before,
     )
-    rows, next_cursor = await audit_logs_service.list_audit_logs(session, actor, query, page, codec)
+    rows, next_cursor = await audit_logs_service.list_audit_logs(
+        tenant.session, tenant.actor, query, page, codec
+    )
     return page_of(schemas.AuditLogPage, rows, next_cursor)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import format_datetime
 from typing import Annotated
 from urllib.parse import quote
@@ -12,20 +12,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import (
-    AdminActor,
-    Content,
-    CurrentActor,
-    Sessions,
-    StreamingActor,
-    TenantSession,
-    read_only,
-)
+from app.api.deps import AdminTenant, Content, Sessions, StreamingActor, Tenant, read_only
 from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep, SettingsDep, metadata_filter
 from app.api.responses import API_ERRORS, Responses, error_response
 from app.schemas import document as schemas
-from app.schemas.common import FILTER_LIMITS_TEXT, FILTER_MAX_BYTES, Text, page_of
+from app.schemas.common import page_of
 from app.services import document_content as document_content_service
 from app.services import documents as documents_service
 
@@ -49,11 +41,9 @@ def _out(document: object) -> schemas.Document:
 
 
 @router.post("", status_code=201, response_model=schemas.Document, summary="Register a document")
-async def create_document(
-    body: schemas.DocumentCreate, session: TenantSession, actor: CurrentActor
-) -> schemas.Document:
+async def create_document(body: schemas.DocumentCreate, tenant: Tenant) -> schemas.Document:
     """Register a document already stored in S3; its status starts as `processing`."""
-    return _out(await documents_service.create_document(session, actor, body))
+    return _out(await documents_service.create_document(tenant.session, tenant.actor, body))
 
 
 @router.get(
@@ -64,37 +54,28 @@ async def create_document(
 )
 @read_only()
 async def list_documents(
-    session: TenantSession,
-    actor: CurrentActor,
+    tenant: Tenant,
     codec: CursorCodecDep,
     page: PageDep,
-    status: Annotated[schemas.DocumentStatus | None, Query()] = None,
-    content_type: Annotated[Text | None, Query(max_length=255)] = None,
-    created_after: Annotated[datetime | None, Query()] = None,
-    created_before: Annotated[datetime | None, Query()] = None,
-    metadata: Annotated[
-        str | None,
-        Query(
-            # Room for whitespace and \u escapes around a filter of FILTER_MAX_BYTES.
-            max_length=4 * FILTER_MAX_BYTES,
-            description="JSON object the metadata must contain (JSONB `@>`, GIN-indexed). "
-            + FILTER_LIMITS_TEXT,
-            examples=['{"department":"cardiology"}'],
-        ),
-    ] = None,
-    include_deleted: Annotated[bool, Query(description="Admins only")] = False,
+    filters: Annotated[schemas.DocumentListFilters, Query()],
 ) -> schemas.DocumentPage:
     """Cursor-paginated; filters by status, content type, creation time and metadata."""
-    query = documents_service.DocumentQuery(
-        status=status,
-        content_type=content_type,
-        created_after=created_after,
-        created_before=created_before,
-        metadata_contains=metadata_filter(metadata, "metadata"),
-        include_deleted=include_deleted,
+    rows, next_cursor = await documents_service.list_documents(
+        tenant.session, tenant.actor, document_query(filters), page, codec
     )
-    rows, next_cursor = await documents_service.list_documents(session, actor, query, page, codec)
     return page_of(schemas.DocumentPage, rows, next_cursor)
+
+
+def document_query(filters: schemas.DocumentListFilters) -> documents_service.DocumentQuery:
+    """The service's query for GET /documents' filters (422 for a malformed metadata filter)."""
+    return documents_service.DocumentQuery(
+        status=filters.status,
+        content_type=filters.content_type,
+        created_after=filters.created_after,
+        created_before=filters.created_before,
+        metadata_contains=metadata_filter(filters.metadata, "metadata"),
+        include_deleted=filters.include_deleted,
+    )
 
 
 @router.post(
@@ -102,14 +83,14 @@ async def list_documents(
 )
 @read_only()
 async def search_documents(
-    body: schemas.SearchRequest, session: TenantSession, actor: CurrentActor, request: Request
+    body: schemas.SearchRequest, tenant: Tenant, request: Request
 ) -> schemas.SearchResults:
     """The tenant's `k` nearest active documents by cosine distance, nearest first: to an
     `embedding`, or to a text `query` (ranked by each document's best chunk, with its text)."""
     if body.query is not None:
         found = await documents_service.search_documents_by_text(
-            session,
-            actor,
+            tenant.session,
+            tenant.actor,
             request.app.state.content,
             await request.app.state.embedder.get(),
             body.query,
@@ -122,7 +103,7 @@ async def search_documents(
                 for h in found
             ]
         )
-    hits = await documents_service.search_documents(session, actor, body)
+    hits = await documents_service.search_documents(tenant.session, tenant.actor, body)
     return schemas.SearchResults(
         items=[schemas.SearchHit(document=_out(h.document), distance=h.distance) for h in hits]
     )
@@ -137,18 +118,16 @@ async def search_documents(
 @read_only(unless=lambda settings: settings.AUDIT_DOCUMENT_READS)
 async def get_document(
     document_id: uuid.UUID,
-    session: TenantSession,
-    actor: CurrentActor,
-    settings: SettingsDep,
+    tenant: Tenant,
     include_deleted: Annotated[bool, Query(description="Admins only")] = False,
 ) -> schemas.Document:
     """One document of the caller's tenant (audited as `document.read` if AUDIT_DOCUMENT_READS)."""
     document = await documents_service.get_document(
-        session,
-        actor,
+        tenant.session,
+        tenant.actor,
         document_id,
         include_deleted=include_deleted,
-        audit_read=settings.AUDIT_DOCUMENT_READS,
+        audit_read=tenant.settings.AUDIT_DOCUMENT_READS,
     )
     return _out(document)
 
@@ -162,21 +141,21 @@ async def get_document(
 async def update_document(
     document_id: uuid.UUID,
     body: schemas.DocumentUpdate,
-    session: TenantSession,
-    actor: CurrentActor,
+    tenant: Tenant,
 ) -> schemas.Document:
     """Only the fields sent change; the audit row names the fields that did."""
-    return _out(await documents_service.update_document(session, actor, document_id, body))
+    document = await documents_service.update_document(
+        tenant.session, tenant.actor, document_id, body
+    )
+    return _out(document)
 
 
 @router.delete(
     "/{document_id}", status_code=204, responses=_NOT_FOUND, summary="Soft-delete a document"
 )
-async def delete_document(
-    document_id: uuid.UUID, session: TenantSession, actor: CurrentActor
-) -> Response:
+async def delete_document(document_id: uuid.UUID, tenant: Tenant) -> Response:
     """Soft delete: the row stays (retention) but disappears from lists, reads and search."""
-    await documents_service.delete_document(session, actor, document_id)
+    await documents_service.delete_document(tenant.session, tenant.actor, document_id)
     return Response(status_code=204)
 
 
@@ -186,15 +165,14 @@ async def delete_document(
     responses={**_NOT_FOUND, **_ADMINS_ONLY},
     summary="Restore a soft-deleted document (admins)",
 )
-async def restore_document(
-    document_id: uuid.UUID, session: TenantSession, actor: AdminActor
-) -> schemas.Document:
+async def restore_document(document_id: uuid.UUID, tenant: AdminTenant) -> schemas.Document:
     """Make a soft-deleted document active again (an active one is returned unchanged).
 
     Admins only, like every other way to reach soft-deleted rows: a member gets 403 before any
     lookup, so the answer says nothing about whether the id exists (docs/SECURITY.md).
     """
-    return _out(await documents_service.restore_document(session, actor, document_id))
+    document = await documents_service.restore_document(tenant.session, tenant.actor, document_id)
+    return _out(document)
 
 
 # Content ----------------------------------------------------------------------------------
@@ -300,8 +278,7 @@ async def upload_content(
 )
 async def download_content(
     document_id: uuid.UUID,
-    session: TenantSession,
-    actor: CurrentActor,
+    tenant: Tenant,
     content: Content,
     if_none_match: Annotated[
         str | None,
@@ -313,6 +290,7 @@ async def download_content(
     lookup, committed before the first byte is sent (a 304 sends no content and is not).
     Should the stored content fail its integrity check after the first bytes, the response is
     cut short (never wrong bytes)."""
+    session, actor = tenant.session, tenant.actor
     document = await document_content_service.get_document_with_content(session, actor, document_id)
     etag = f'"{document.content_sha256}"'
     if if_none_match is not None and _etag_matches(if_none_match, etag):

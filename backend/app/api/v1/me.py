@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentCaller, read_only
+from app.api.deps import Tenant, read_only
 from app.api.idempotency import IdempotentRoute
 from app.api.responses import AUTHENTICATED_ERRORS
 from app.schemas.me import Me
@@ -20,6 +20,6 @@ router = APIRouter(route_class=IdempotentRoute, tags=["me"])
     responses=AUTHENTICATED_ERRORS,
 )
 @read_only()
-async def read_me(caller: CurrentCaller) -> Me:
+async def read_me(tenant: Tenant) -> Me:
     """The authenticated user (id, email, full name, role) and their tenant (id, name, status)."""
-    return me_service.me_of(caller)
+    return me_service.me_of(tenant.caller)

@@ -18,15 +18,15 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy import text
 
 from app.api.admission import ALL_EXPORTS, TenantLimiter
-from app.api.deps import AdminActor, TenantSession
+from app.api.deps import AdminTenant
 from app.api.responses import API_ERRORS, error_response
 from app.api.streaming import IdleBoundedStreamingResponse
 from app.content.backends import ContentBackends
-from app.core.config import Settings
 from app.database import Database
 from app.database.session import tenant_transaction
 from app.services import audit_anchor as audit_anchor_service
 from app.services import tenant_export as export_service
+from app.services.actor import Actor
 
 router = APIRouter(prefix="/tenant", tags=["tenant"], responses=API_ERRORS)
 
@@ -39,7 +39,17 @@ _IDLE_WHILE_STREAMING = text(
 ARCHIVE_MEDIA_TYPE = "application/x-tar"
 
 
-async def _export_slot(request: Request, _admin: AdminActor) -> AsyncIterator[None]:
+async def _export_admin(tenant: AdminTenant) -> Actor:
+    # Not a generator: the slot and the claim below are held until the response is sent, and
+    # FastAPI lets such a dependency reach the request's transaction (scope="function") only
+    # through one that is not.
+    return tenant.actor
+
+
+ExportAdmin = Annotated[Actor, Depends(_export_admin)]
+
+
+async def _export_slot(request: Request, _admin: ExportAdmin) -> AsyncIterator[None]:
     """One of this worker's export slots (429 when all are taken), held until the response
     has been sent or dropped: the request's exit stack releases it on every path."""
     limiter: TenantLimiter = request.app.state.export_limiter
@@ -51,7 +61,7 @@ ExportSlot = Annotated[None, Depends(_export_slot)]
 
 
 async def _export_claim(
-    request: Request, actor: AdminActor, _slot: ExportSlot
+    request: Request, actor: ExportAdmin, _slot: ExportSlot
 ) -> AsyncIterator[export_service.ExportClaim]:
     """The tenant's export claim (429 while another export of it starts or streams), taken
     before the handler writes the audit row. The stream releases it once it holds the
@@ -84,7 +94,7 @@ ExportClaim = Annotated[export_service.ExportClaim, Depends(_export_claim)]
     },
 )
 async def export_tenant(
-    request: Request, session: TenantSession, actor: AdminActor, claim: ExportClaim
+    request: Request, tenant: AdminTenant, claim: ExportClaim
 ) -> IdleBoundedStreamingResponse:
     """Stream the caller's tenant's archive; the export is audited before the first byte.
 
@@ -93,8 +103,8 @@ async def export_tenant(
     archives carry the chain's head unsigned unless one is configured; an operator's
     `export-tenant` signs it.
     """
+    session, actor, settings = tenant.session, tenant.actor, tenant.settings
     tenant_id = actor.own_tenant()
-    settings: Settings = request.app.state.settings
     signing = settings.AUDIT_ANCHOR_SIGNING_KEY is not None
     anchor_key = audit_anchor_service.signing_key(settings) if signing else None
     # The claim (a dependency) refused a second export of the tenant before this row.

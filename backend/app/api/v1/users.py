@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import AdminActor, CurrentActor, TenantSession, read_only
+from app.api.deps import AdminTenant, Tenant, read_only
 from app.api.idempotency import IdempotentRoute
 from app.api.params import CursorCodecDep, PageDep
 from app.api.responses import API_ERRORS, Responses, error_response
@@ -31,15 +31,16 @@ _ADMIN: Responses = {
 )
 @read_only()
 async def list_users(
-    session: TenantSession,
-    actor: CurrentActor,
+    tenant: Tenant,
     codec: CursorCodecDep,
     page: PageDep,
     include_deleted: Annotated[bool, Query(description="Admins only")] = False,
 ) -> schemas.UserPage:
     """Newest first, cursor-paginated."""
     query = users_service.UserQuery(include_deleted=include_deleted)
-    rows, next_cursor = await users_service.page_users(session, actor, query, page, codec)
+    rows, next_cursor = await users_service.page_users(
+        tenant.session, tenant.actor, query, page, codec
+    )
     return page_of(schemas.UserPage, rows, next_cursor)
 
 
@@ -52,12 +53,13 @@ async def list_users(
 @read_only()
 async def get_user(
     user_id: uuid.UUID,
-    session: TenantSession,
-    actor: CurrentActor,
+    tenant: Tenant,
     include_deleted: Annotated[bool, Query(description="Admins only")] = False,
 ) -> schemas.UserRecord:
     """One user of the caller's tenant."""
-    user = await users_service.get_user(session, actor, user_id, include_deleted=include_deleted)
+    user = await users_service.get_user(
+        tenant.session, tenant.actor, user_id, include_deleted=include_deleted
+    )
     return schemas.UserRecord.model_validate(user)
 
 
@@ -68,11 +70,9 @@ async def get_user(
     responses={**_ADMIN, 409: error_response("An active user has this email or IdP subject.")},
     summary="Add a user (admins)",
 )
-async def create_user(
-    body: schemas.UserCreate, session: TenantSession, actor: AdminActor
-) -> schemas.UserRecord:
+async def create_user(body: schemas.UserCreate, tenant: AdminTenant) -> schemas.UserRecord:
     """Add a user to the caller's tenant; emails are unique per tenant, case-insensitively."""
-    user = await users_service.create_user(session, actor, body)
+    user = await users_service.create_user(tenant.session, tenant.actor, body)
     return schemas.UserRecord.model_validate(user)
 
 
@@ -82,9 +82,9 @@ async def create_user(
     responses={**_ADMIN, **_NOT_FOUND, 409: error_response("You cannot delete yourself.")},
     summary="Soft-delete a user (admins)",
 )
-async def delete_user(user_id: uuid.UUID, session: TenantSession, actor: AdminActor) -> Response:
+async def delete_user(user_id: uuid.UUID, tenant: AdminTenant) -> Response:
     """The user can no longer sign in; their documents and audit history stay."""
-    await users_service.delete_user(session, actor, user_id)
+    await users_service.delete_user(tenant.session, tenant.actor, user_id)
     return Response(status_code=204)
 
 
@@ -98,9 +98,7 @@ async def delete_user(user_id: uuid.UUID, session: TenantSession, actor: AdminAc
     },
     summary="Restore a soft-deleted user (admins)",
 )
-async def restore_user(
-    user_id: uuid.UUID, session: TenantSession, actor: AdminActor
-) -> schemas.UserRecord:
+async def restore_user(user_id: uuid.UUID, tenant: AdminTenant) -> schemas.UserRecord:
     """Make a soft-deleted user active again (an active one is returned unchanged)."""
-    user = await users_service.restore_user(session, actor, user_id)
+    user = await users_service.restore_user(tenant.session, tenant.actor, user_id)
     return schemas.UserRecord.model_validate(user)

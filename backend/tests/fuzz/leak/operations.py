@@ -420,7 +420,7 @@ async def create_user(self: LeakFuzzer, op: Op, tenant: TenantState, caller: Use
         expected = 201
 
     async def service(session: AsyncSession, context: Actor, _caller: Caller) -> tuple[int, Any]:
-        context.require_admin()  # the route's AdminActor runs before the body is read
+        context.require_admin()  # the route's AdminTenant runs before the body is read
         data = user_schemas.UserCreate.model_validate(body)
         user = await users_service.create_user(session, context, data)
         return 201, self._user_payload(user)
