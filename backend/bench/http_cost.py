@@ -87,9 +87,11 @@ class Measured:
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     app_cpu_seconds: float = 0.0  # the app workers' CPU time over the slices (--telemetry)
+    splits: set[tuple[int, ...]] = field(default_factory=set)  # connections per worker
 
     def add(self, result: CellResult) -> None:
         """Fold in one slice."""
+        self.splits.add(result.split)
         self.latencies += result.latencies
         self.requests += len(result.latencies)
         self.seconds += result.elapsed
@@ -284,6 +286,8 @@ def run_server(database_url: str, workdir: Path, settings_env: dict[str, str]) -
         sys.executable, "-m", "uvicorn", "bench.baseline:create_app", "--factory",
         "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
         "--no-access-log", "--log-level", "warning",
+        # The load process keeps its connections for the whole run (bench/http_load.py).
+        "--timeout-keep-alive", "3600",
     ]  # fmt: skip
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -420,6 +424,31 @@ def check_twins_agree(
 # Measuring
 
 
+# Sent once on each new load connection to learn which worker holds it (no database call).
+PROBE_REQUEST = encode_request("GET", "/api/v1/health/live", {})
+
+
+def load_cell(
+    port: int,
+    requests: list[bytes],
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    workers: list[psutil.Process],
+) -> Cell:
+    """A cell whose connections are spread evenly over `workers` (bench/http_load.py)."""
+    return Cell(
+        "127.0.0.1",
+        port,
+        requests,
+        concurrency,
+        seconds,
+        max_requests,
+        worker_pids=tuple(worker.pid for worker in workers),
+        probe=PROBE_REQUEST,
+    )
+
+
 class LoadProcess:
     """The separate load-generating process."""
 
@@ -528,12 +557,12 @@ def measure(
         for concurrency in args.concurrency:
             for batch in (authenticated, baseline):
                 # Warm-up: connections opened, statements prepared, caches warm.
-                load.run(Cell("127.0.0.1", port, batch, concurrency, args.warmup, 10**9))
+                load.run(load_cell(port, batch, concurrency, args.warmup, 10**9, cpu.workers))
             order = [("rls", authenticated), ("baseline", baseline)]
             for round_number in range(args.rounds):
                 for variant, batch in order if round_number % 2 == 0 else order[::-1]:
-                    cell = Cell(
-                        "127.0.0.1", port, batch, concurrency, args.seconds, args.max_requests
+                    cell = load_cell(
+                        port, batch, concurrency, args.seconds, args.max_requests, cpu.workers
                     )
                     measured = results.setdefault((route.name, concurrency, variant), Measured())
                     before = cpu.snapshot()
@@ -544,10 +573,15 @@ def measure(
             print(
                 f"  {route.name:<24} c={concurrency:<3} authenticated {auth.throughput:7.0f} req/s,"
                 f" baseline {base.throughput:7.0f} req/s; server CPU µs/request"
-                f" {auth.cpu_per_request:.0f} / {base.cpu_per_request:.0f}",
+                f" {auth.cpu_per_request:.0f} / {base.cpu_per_request:.0f}; connections per"
+                f" worker {_splits(auth.splits | base.splits)}",
                 flush=True,
             )
     return results
+
+
+def _splits(splits: set[tuple[int, ...]]) -> str:
+    return ", ".join(sorted("/".join(str(count) for count in split) for split in splits)) or "?"
 
 
 def jwt_costs(iterations: int) -> list[tuple[str, float, float, int]]:
@@ -686,14 +720,18 @@ def measure_telemetry(
     for route in selected(args):
         authenticated, _ = requests[route.name]
         for concurrency in args.concurrency:
-            for port in ports.values():
-                load.run(Cell("127.0.0.1", port, authenticated, concurrency, args.warmup, 10**9))
+            for variant, port in ports.items():
+                load.run(
+                    load_cell(
+                        port, authenticated, concurrency, args.warmup, 10**9, workers[variant]
+                    )
+                )
             order = list(ports.items())
             for round_number in range(args.rounds):
                 for variant, port in order if round_number % 2 == 0 else order[::-1]:
-                    cell = Cell(
-                        "127.0.0.1", port, authenticated, concurrency, args.seconds,
-                        args.max_requests,
+                    cell = load_cell(
+                        port, authenticated, concurrency, args.seconds, args.max_requests,
+                        workers[variant],
                     )  # fmt: skip
                     measured = results.setdefault((route.name, concurrency, variant), Measured())
                     cpu_before = cpu_seconds(workers[variant])
