@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 import psycopg
-from psycopg import pq
+from psycopg import generators, pq
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -120,17 +120,25 @@ async def enter_tenant(
         # refused as nested.
         raise RuntimeError("tenant transactions need an autocommit engine (build_runtime_engine)")
     try:
-        cursor = driver.cursor()
-        await cursor.execute(opening)
-        while cursor.pgresult is None or cursor.pgresult.status != pq.ExecStatus.TUPLES_OK:
-            if not cursor.nextset():
-                raise RuntimeError("the opening message returned no row")
-        row = await cursor.fetchone()
+        # The message as it is (simple query protocol) and its results in one go, on the
+        # connection's own lock and wait loop: what psycopg itself does for COMMIT. A cursor
+        # cost ~50 µs of CPU more per request (query conversion, a result set per statement).
+        async with driver.lock:
+            driver.pgconn.send_query(opening.encode())
+            results = await driver.wait(generators.execute(driver.pgconn))
+        for result in results:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                raise psycopg.errors.error_from_result(result, encoding=driver.info.encoding)
     except psycopg.Error as error:
         await connection.run_sync(_raise_as_sqlalchemy_error, error, opening)
         raise  # not reached: the line above raises
-    assert row is not None
-    return int(row[-1])
+    # The one statement with a row (a Citus SET LOCAL may follow it).
+    rows = [result for result in results if result.status == pq.ExecStatus.TUPLES_OK]
+    if len(rows) != 1 or rows[0].ntuples != 1:
+        raise RuntimeError("the opening message returned no row")
+    value = rows[0].get_value(0, rows[0].nfields - 1)
+    assert value is not None
+    return int(value)
 
 
 def _raise_as_sqlalchemy_error(sync_connection: Connection, error: Exception, sql: str) -> None:
