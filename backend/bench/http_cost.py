@@ -3,7 +3,8 @@
 Starts the real app with uvicorn (2 workers, `bench.baseline:create_app`: the product app
 plus the twins) on a throw-away copy of a cached corpus (a few Zipf-sized tenants, thousands
 of documents with embeddings), and drives it from a separate load process
-(bench/http_load.py) over keep-alive connections on loopback.
+(bench/http_load.py) over keep-alive connections on loopback, kept for the whole run and
+spread evenly over the two workers (a fresh set of 16 split anywhere from 8/8 to 14/2).
 Each API route is timed next to its benchmark-only twin (bench/baseline.py: the same
 service call, no token, no caller lookup, no tenant context, as a role RLS does not apply
 to), interleaved in short slices whose order alternates, at concurrency 1, 16 and 64. Also

@@ -67,7 +67,11 @@ SMOKE_RUNS = {
             *("--jwt-iterations", "5", "--cpu-requests", "3"),
         ),
         "| route | conc. |",
-        also_printed=("| route | auth p25 / p50 | baseline p25 / p50 |",),
+        also_printed=(
+            "| route | auth p25 / p50 | baseline p25 / p50 |",
+            # The load's connections are spread evenly over the two workers (bench/http_load.py).
+            "connections per worker 1/1\n",
+        ),
     ),
     "bench-content": Smoke(("--sizes-mb", "1", "--rounds", "1"), "| encrypted/plain |"),
     "bench-span": Smoke(("--requests", "20", "--rounds", "1"), "| ours | 100% |"),
