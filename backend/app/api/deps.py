@@ -162,28 +162,32 @@ class TenantRequest:
     settings: Settings
 
 
-async def _tenant_request(request: Request) -> AsyncIterator[TenantRequest]:
-    # Token check and admission are called here, not declared as sub-dependencies, and
-    # handlers take this one object rather than a session and an actor apart: FastAPI
-    # charges every dependency node on every request, and walks a dependency's sub-tree again
-    # for every parameter that uses it (issue 20). Admitted before the transaction opens,
-    # released after it ends (this dependency has scope="function").
-    async with (
-        _admission(request, await _verified_identity(request)) as admitted,
-        _caller_transaction(request, admitted) as tenant_request,
-    ):
-        yield tenant_request
+def _request_dependency(
+    name: str, *, admins_only: bool
+) -> Callable[[Request], AsyncIterator[TenantRequest]]:
+    """The request dependency (`Tenant`, or `AdminTenant` when `admins_only`)."""
+
+    async def dependency(request: Request) -> AsyncIterator[TenantRequest]:
+        # Token check and admission are called here, not declared as sub-dependencies, and
+        # handlers take this one object rather than a session and an actor apart: FastAPI
+        # charges every dependency node on every request, and walks a dependency's sub-tree
+        # again for every parameter that uses it (issue 20). The admin check is here too, once
+        # the lookup knows the role, rather than a node above. Admitted before the transaction
+        # opens, released after it ends (this dependency has scope="function").
+        async with (
+            _admission(request, await _verified_identity(request)) as admitted,
+            _caller_transaction(request, admitted) as tenant_request,
+        ):
+            if admins_only:
+                tenant_request.actor.require_admin()
+            yield tenant_request
+
+    dependency.__name__ = dependency.__qualname__ = name
+    return dependency
 
 
-async def _admin_tenant_request(request: Request) -> AsyncIterator[TenantRequest]:
-    # The same request dependency, refusing a non-admin caller once the lookup knows the
-    # role: a separate function rather than a node above _tenant_request (one node less).
-    async with (
-        _admission(request, await _verified_identity(request)) as admitted,
-        _caller_transaction(request, admitted) as tenant_request,
-    ):
-        tenant_request.actor.require_admin()
-        yield tenant_request
+_tenant_request = _request_dependency("_tenant_request", admins_only=False)
+_admin_tenant_request = _request_dependency("_admin_tenant_request", admins_only=True)
 
 
 async def _streaming_actor(
